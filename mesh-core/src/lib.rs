@@ -1,0 +1,5 @@
+//! mesh-core: the foundation of mesh.
+#![forbid(unsafe_code)]
+
+pub mod model;
+pub mod xds;

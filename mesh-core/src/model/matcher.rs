@@ -1,0 +1,447 @@
+//! String, header, query and path matchers with Envoy's semantics, validated on arrival.
+//!
+//! Regexes follow Envoy's `safe_regex`: RE2 syntax (the `regex` crate is linear time, like RE2)
+//! and a *full* match of the input, so every pattern is compiled anchored.
+
+use std::sync::Arc;
+
+use http::HeaderMap;
+use http::header::HeaderName;
+
+/// A compiled regular expression that must match the whole input, as Envoy's `safe_regex` does.
+#[derive(Clone, Debug)]
+pub struct FullRegex {
+    source: Arc<str>,
+    compiled: regex::Regex,
+}
+
+impl FullRegex {
+    /// Compiles `pattern` anchored at both ends.
+    ///
+    /// ```
+    /// let re = mesh_core::model::FullRegex::new("/api/v[0-9]+").unwrap();
+    /// assert!(re.is_match("/api/v1"));
+    /// assert!(!re.is_match("/api/v1/users"));
+    /// ```
+    pub fn new(pattern: &str) -> Result<Self, regex::Error> {
+        let compiled = regex::Regex::new(&format!("^(?:{pattern})$"))?;
+        Ok(Self { source: pattern.into(), compiled })
+    }
+
+    /// Whether the whole of `input` matches.
+    pub fn is_match(&self, input: &str) -> bool {
+        self.compiled.is_match(input)
+    }
+
+    /// The pattern as configured (without the anchors added here).
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+}
+
+/// How a [`StringMatcher`] compares.
+#[derive(Clone, Debug)]
+pub enum StringMatch {
+    /// The whole value equals this.
+    Exact(Box<str>),
+    /// The value starts with this.
+    Prefix(Box<str>),
+    /// The value ends with this.
+    Suffix(Box<str>),
+    /// The value contains this.
+    Contains(Box<str>),
+    /// The whole value matches this regex.
+    Regex(FullRegex),
+}
+
+/// Envoy's `type.matcher.v3.StringMatcher`.
+///
+/// ```
+/// use mesh_core::model::{StringMatch, StringMatcher};
+/// let m = StringMatcher { kind: StringMatch::Prefix("Bearer ".into()), ignore_case: true };
+/// assert!(m.matches("bearer abc"));
+/// ```
+#[derive(Clone, Debug)]
+pub struct StringMatcher {
+    /// The comparison.
+    pub kind: StringMatch,
+    /// Compare ASCII case-insensitively (not applied to regexes, as in Envoy).
+    pub ignore_case: bool,
+}
+
+impl StringMatcher {
+    /// An exact, case-sensitive matcher.
+    pub fn exact(value: impl Into<Box<str>>) -> Self {
+        Self { kind: StringMatch::Exact(value.into()), ignore_case: false }
+    }
+
+    /// Whether `value` matches.
+    pub fn matches(&self, value: &str) -> bool {
+        let ic = self.ignore_case;
+        match &self.kind {
+            StringMatch::Exact(s) if ic => value.eq_ignore_ascii_case(s),
+            StringMatch::Exact(s) => value == &**s,
+            StringMatch::Prefix(s) => starts_with(value, s, ic),
+            StringMatch::Suffix(s) => ends_with(value, s, ic),
+            StringMatch::Contains(s) if ic => {
+                value.to_ascii_lowercase().contains(&s.to_ascii_lowercase())
+            }
+            StringMatch::Contains(s) => value.contains(&**s),
+            StringMatch::Regex(re) => re.is_match(value),
+        }
+    }
+}
+
+pub(crate) fn starts_with(value: &str, prefix: &str, ignore_case: bool) -> bool {
+    if ignore_case {
+        value.len() >= prefix.len()
+            && value.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+    } else {
+        value.starts_with(prefix)
+    }
+}
+
+fn ends_with(value: &str, suffix: &str, ignore_case: bool) -> bool {
+    if ignore_case {
+        value.len() >= suffix.len()
+            && value.as_bytes()[value.len() - suffix.len()..]
+                .eq_ignore_ascii_case(suffix.as_bytes())
+    } else {
+        value.ends_with(suffix)
+    }
+}
+
+/// What a [`HeaderMatcher`] checks.
+#[derive(Clone, Debug)]
+pub enum HeaderMatch {
+    /// Value matches the string matcher (covers Envoy's exact/prefix/suffix/contains/regex forms).
+    String(StringMatcher),
+    /// Value parses as an integer in `[start, end)`.
+    Range {
+        /// Inclusive start.
+        start: i64,
+        /// Exclusive end.
+        end: i64,
+    },
+    /// Header present (`true`) or absent (`false`).
+    Present(bool),
+}
+
+/// Envoy's `route.v3.HeaderMatcher`.
+#[derive(Clone, Debug)]
+pub struct HeaderMatcher {
+    /// Header name (lower case). `:authority`, `:path`, `:method` and `:scheme` are pseudo-headers
+    /// read from the request line.
+    pub name: Box<str>,
+    /// The check.
+    pub kind: HeaderMatch,
+    /// Negate the result.
+    pub invert: bool,
+    /// A missing header matches as if it were present with an empty value.
+    pub treat_missing_as_empty: bool,
+}
+
+/// The parts of a request the matchers look at, borrowed so that matching allocates nothing.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestView<'a> {
+    /// Host or authority, with any port.
+    pub authority: &'a str,
+    /// Path without the query.
+    pub path: &'a str,
+    /// Raw query string, without `?`.
+    pub query: Option<&'a str>,
+    /// Method.
+    pub method: &'a http::Method,
+    /// Request headers.
+    pub headers: &'a HeaderMap,
+    /// `http` or `https`.
+    pub scheme: &'a str,
+}
+
+impl<'a> RequestView<'a> {
+    /// Borrows the view from an `http::Request`.
+    pub fn from_request<B>(req: &'a http::Request<B>) -> Self {
+        let uri = req.uri();
+        let authority = uri
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()))
+            .unwrap_or("");
+        Self {
+            authority,
+            path: uri.path(),
+            query: uri.query(),
+            method: req.method(),
+            headers: req.headers(),
+            scheme: uri.scheme_str().unwrap_or("http"),
+        }
+    }
+
+    /// A header's value as text, with the pseudo-headers Envoy exposes to matchers.
+    pub fn header(&self, name: &str) -> Option<&'a str> {
+        match name {
+            ":authority" | "host" => Some(self.authority),
+            ":path" => Some(self.path),
+            ":method" => Some(self.method.as_str()),
+            ":scheme" => Some(self.scheme),
+            _ => {
+                // Several values are joined with "," by Envoy; matching the first is what
+                // almost every config means, and it avoids allocating.
+                self.headers.get(name).and_then(|v| v.to_str().ok())
+            }
+        }
+    }
+}
+
+impl HeaderMatcher {
+    /// Whether the request matches.
+    pub fn matches(&self, req: &RequestView<'_>) -> bool {
+        let value = req.header(&self.name);
+        let value = match (value, self.treat_missing_as_empty) {
+            (None, true) => Some(""),
+            (v, _) => v,
+        };
+        let result = match (&self.kind, value) {
+            (HeaderMatch::Present(want), v) => v.is_some() == *want,
+            (_, None) => return false, // Envoy: a missing header never matches, even inverted.
+            (HeaderMatch::String(m), Some(v)) => m.matches(v),
+            (HeaderMatch::Range { start, end }, Some(v)) => {
+                v.parse::<i64>().is_ok_and(|n| n >= *start && n < *end)
+            }
+        };
+        result != self.invert
+    }
+
+    /// The header name as an `http` type, when it is a real header rather than a pseudo-header.
+    pub fn header_name(&self) -> Option<HeaderName> {
+        HeaderName::from_bytes(self.name.as_bytes()).ok()
+    }
+}
+
+/// Envoy's `route.v3.QueryParameterMatcher`.
+#[derive(Clone, Debug)]
+pub struct QueryParamMatcher {
+    /// Parameter name.
+    pub name: Box<str>,
+    /// `None`: the parameter must be present; otherwise its value must match.
+    pub value: Option<StringMatcher>,
+}
+
+impl QueryParamMatcher {
+    /// Whether the query string carries a matching parameter.
+    pub fn matches(&self, query: Option<&str>) -> bool {
+        let Some(query) = query else { return false };
+        query.split('&').any(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            k == &*self.name && self.value.as_ref().is_none_or(|m| m.matches(v))
+        })
+    }
+}
+
+/// How a route matches the path.
+#[derive(Clone, Debug)]
+pub enum PathMatch {
+    /// Path starts with this.
+    Prefix(Box<str>),
+    /// Path equals this.
+    Exact(Box<str>),
+    /// Whole path matches this regex.
+    Regex(FullRegex),
+    /// Path equals this or starts with it followed by `/`, `?` or `#`.
+    SeparatedPrefix(Box<str>),
+}
+
+impl PathMatch {
+    /// Whether `path` (without the query) matches.
+    pub fn matches(&self, path: &str, case_sensitive: bool) -> bool {
+        let ic = !case_sensitive;
+        match self {
+            PathMatch::Prefix(p) => starts_with(path, p, ic),
+            PathMatch::Exact(p) if ic => path.eq_ignore_ascii_case(p),
+            PathMatch::Exact(p) => path == &**p,
+            PathMatch::Regex(re) => re.is_match(path),
+            PathMatch::SeparatedPrefix(p) => {
+                starts_with(path, p, ic)
+                    && matches!(path.as_bytes().get(p.len()), None | Some(b'/' | b'?' | b'#'))
+            }
+        }
+    }
+}
+
+/// A fraction in parts per million (Envoy's `FractionalPercent` normalised).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fraction {
+    /// Parts per million, 0..=1_000_000.
+    pub per_million: u32,
+}
+
+impl Fraction {
+    /// Always.
+    pub const ALWAYS: Fraction = Fraction { per_million: 1_000_000 };
+
+    /// From a percentage (0.0 ..= 100.0), clamped.
+    pub fn from_percent(p: f64) -> Self {
+        Self { per_million: (p.clamp(0.0, 100.0) * 10_000.0).round() as u32 }
+    }
+
+    /// Whether a uniform sample in `0..1_000_000` falls inside the fraction.
+    pub fn hit(&self, sample: u32) -> bool {
+        sample < self.per_million
+    }
+}
+
+/// Envoy's `route.v3.RouteMatch`.
+#[derive(Clone, Debug)]
+pub struct RouteMatcher {
+    /// The path check.
+    pub path: PathMatch,
+    /// Whether path matching is case sensitive (default true).
+    pub case_sensitive: bool,
+    /// Every header matcher must match.
+    pub headers: Box<[HeaderMatcher]>,
+    /// Every query parameter matcher must match.
+    pub query_params: Box<[QueryParamMatcher]>,
+    /// Match only this fraction of requests.
+    pub runtime_fraction: Option<Fraction>,
+    /// Match only gRPC requests (`content-type: application/grpc*`).
+    pub grpc: bool,
+}
+
+impl RouteMatcher {
+    /// A matcher for every request (prefix `/`).
+    pub fn any() -> Self {
+        Self {
+            path: PathMatch::Prefix("/".into()),
+            case_sensitive: true,
+            headers: Box::new([]),
+            query_params: Box::new([]),
+            runtime_fraction: None,
+            grpc: false,
+        }
+    }
+
+    /// Whether the request matches. `sample` is a uniform random number in `0..1_000_000`,
+    /// used only when the route has a runtime fraction.
+    pub fn matches(&self, req: &RequestView<'_>, sample: u32) -> bool {
+        self.path.matches(req.path, self.case_sensitive)
+            && self.headers.iter().all(|h| h.matches(req))
+            && self.query_params.iter().all(|q| q.matches(req.query))
+            && (!self.grpc
+                || req
+                    .headers
+                    .get(http::header::CONTENT_TYPE)
+                    .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc")))
+            && self.runtime_fraction.is_none_or(|f| f.hit(sample))
+    }
+}
+
+/// An IP prefix (`CidrRange`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    /// Network address.
+    pub addr: std::net::IpAddr,
+    /// Prefix length in bits.
+    pub prefix_len: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` falls inside the range. IPv4 and IPv6 never match each other.
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr::{V4, V6};
+        match (self.addr, ip) {
+            (V4(net), V4(ip)) => {
+                let bits = u32::from(self.prefix_len.min(32));
+                let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (V6(net), V6(ip)) => {
+                let bits = u32::from(self.prefix_len.min(128));
+                let mask = if bits == 0 { 0 } else { u128::MAX << (128 - bits) };
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view<'a>(path: &'a str, headers: &'a HeaderMap, query: Option<&'a str>) -> RequestView<'a> {
+        RequestView {
+            authority: "svc:80",
+            path,
+            query,
+            method: &http::Method::GET,
+            headers,
+            scheme: "http",
+        }
+    }
+
+    #[test]
+    fn regex_is_full_match() {
+        let re = FullRegex::new("/a+").unwrap();
+        assert!(re.is_match("/aaa"));
+        assert!(!re.is_match("/aaab"));
+    }
+
+    #[test]
+    fn separated_prefix_needs_a_separator() {
+        let m = PathMatch::SeparatedPrefix("/api".into());
+        assert!(m.matches("/api", true));
+        assert!(m.matches("/api/x", true));
+        assert!(!m.matches("/apix", true));
+    }
+
+    #[test]
+    fn case_insensitive_prefix() {
+        assert!(PathMatch::Prefix("/API".into()).matches("/api/x", false));
+        assert!(!PathMatch::Prefix("/API".into()).matches("/api/x", true));
+    }
+
+    #[test]
+    fn header_invert_and_missing() {
+        let mut h = HeaderMap::new();
+        h.insert("end-user", "jason".parse().unwrap());
+        let m = HeaderMatcher {
+            name: "end-user".into(),
+            kind: HeaderMatch::String(StringMatcher::exact("jason")),
+            invert: true,
+            treat_missing_as_empty: false,
+        };
+        assert!(!m.matches(&view("/", &h, None)));
+        let empty = HeaderMap::new();
+        assert!(!m.matches(&view("/", &empty, None)), "a missing header never matches");
+        let range = HeaderMatcher {
+            name: "x-n".into(),
+            kind: HeaderMatch::Range { start: 1, end: 10 },
+            invert: false,
+            treat_missing_as_empty: false,
+        };
+        h.insert("x-n", "9".parse().unwrap());
+        assert!(range.matches(&view("/", &h, None)));
+        h.insert("x-n", "10".parse().unwrap());
+        assert!(!range.matches(&view("/", &h, None)));
+    }
+
+    #[test]
+    fn query_params() {
+        let m = QueryParamMatcher { name: "u".into(), value: Some(StringMatcher::exact("1")) };
+        assert!(m.matches(Some("a=2&u=1")));
+        assert!(!m.matches(Some("u=2")));
+        let present = QueryParamMatcher { name: "debug".into(), value: None };
+        assert!(present.matches(Some("debug")));
+        assert!(!present.matches(None));
+    }
+
+    #[test]
+    fn cidr() {
+        let c = Cidr { addr: "10.1.0.0".parse().unwrap(), prefix_len: 16 };
+        assert!(c.contains("10.1.2.3".parse().unwrap()));
+        assert!(!c.contains("10.2.0.1".parse().unwrap()));
+        let c6 = Cidr { addr: "fd00::".parse().unwrap(), prefix_len: 8 };
+        assert!(c6.contains("fd12::1".parse().unwrap()));
+        assert!(!c6.contains("10.1.2.3".parse().unwrap()));
+    }
+}

@@ -1,0 +1,23 @@
+//! The validated configuration model: plain Rust, no protobuf types.
+//!
+//! Every xDS resource is translated into these types once, when it arrives
+//! ([`crate::xds::translate`]); the data path reads nothing else. Lists are boxed slices (no
+//! spare capacity), names are `Arc<str>` (shared between the resource and its references).
+
+mod authz;
+mod cluster;
+mod endpoint;
+mod filter;
+mod listener;
+mod matcher;
+mod route;
+mod tls;
+
+pub use authz::*;
+pub use cluster::*;
+pub use endpoint::*;
+pub use filter::*;
+pub use listener::*;
+pub use matcher::*;
+pub use route::*;
+pub use tls::*;

@@ -1,0 +1,2 @@
+//! xDS.
+pub mod translate;
