@@ -1,1 +1,37 @@
-//! placeholder
+//! Test support shared by every crate's tests: a scriptable ADS server on real loopback TCP,
+//! builders for the xDS resources tests need, and small helpers.
+//!
+//! Not published; nothing here is used outside tests and benchmarks.
+#![forbid(unsafe_code)]
+// Test code may lock: nothing here is on a request path.
+#![allow(clippy::disallowed_types)]
+
+pub mod ads;
+pub mod resources;
+
+pub use ads::AdsServer;
+
+/// Installs a `tracing` subscriber for tests once (`RUST_LOG` filters it; default `warn`).
+pub fn trace_init() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+}
+
+/// Polls `$cond` until it holds, failing the test after `$timeout` (default 10 s) with `$msg`.
+#[macro_export]
+macro_rules! assert_eventually {
+    ($cond:expr, $($msg:tt)+) => {{
+        let deadline = ::tokio::time::Instant::now() + ::std::time::Duration::from_secs(10);
+        loop {
+            if $cond {
+                break;
+            }
+            if ::tokio::time::Instant::now() >= deadline {
+                panic!($($msg)+);
+            }
+            ::tokio::time::sleep(::std::time::Duration::from_millis(10)).await;
+        }
+    }};
+}

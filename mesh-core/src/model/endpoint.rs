@@ -78,6 +78,23 @@ pub struct EndpointExtra {
     pub additional_addresses: Box<[SocketAddr]>,
     /// Hostname (used for auto host rewrite and hashing by hostname).
     pub hostname: Box<str>,
+    /// An address that is not an IP socket address; `Endpoint::address` is then `0.0.0.0:0`.
+    pub non_ip: Option<NonIpAddress>,
+}
+
+/// Endpoint addresses other than IP sockets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NonIpAddress {
+    /// A Unix domain socket path (Envoy's `pipe`; istio-agent serves SDS and xDS this way).
+    Pipe(Box<str>),
+    /// An Envoy internal listener (`server_listener_name`, `endpoint_id`): reachable only inside
+    /// an Envoy, so balancers skip such endpoints.
+    Internal {
+        /// The internal listener.
+        listener: Box<str>,
+        /// The endpoint id passed to it.
+        endpoint_id: Box<str>,
+    },
 }
 
 /// `core.v3.HealthStatus`.
@@ -95,6 +112,13 @@ pub enum HealthStatus {
     Timeout,
     /// Degraded: chosen only when no healthy host is left.
     Degraded,
+}
+
+impl Endpoint {
+    /// The non-IP address, when the endpoint has one.
+    pub fn non_ip(&self) -> Option<&NonIpAddress> {
+        self.extra.as_ref().and_then(|e| e.non_ip.as_ref())
+    }
 }
 
 impl HealthStatus {

@@ -55,12 +55,16 @@ pub enum ListenerKind {
 /// A listener that owns a socket.
 #[derive(Clone, Debug)]
 pub struct SocketListener {
-    /// Bind address.
-    pub address: SocketAddr,
+    /// Bind address; `None` for an Envoy internal listener (reachable only inside Envoy).
+    pub address: Option<SocketAddr>,
     /// Filter chains, chosen per connection by their match.
     pub filter_chains: Box<[FilterChain]>,
     /// Chain used when none matches.
     pub default_filter_chain: Option<FilterChain>,
+    /// The listener also carries a `filter_chain_matcher` (the matcher API, which istiod uses
+    /// for sidecar listeners). It is not evaluated: chains are chosen by their
+    /// `filter_chain_match`, which is what proxyless inbound listeners use.
+    pub has_filter_chain_matcher: bool,
 }
 
 /// One filter chain.

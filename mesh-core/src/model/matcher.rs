@@ -249,6 +249,8 @@ pub enum PathMatch {
     Regex(FullRegex),
     /// Path equals this or starts with it followed by `/`, `?` or `#`.
     SeparatedPrefix(Box<str>),
+    /// Only `CONNECT` requests (Envoy's `connect_matcher`), whatever the path.
+    Connect,
 }
 
 impl PathMatch {
@@ -264,6 +266,8 @@ impl PathMatch {
                 starts_with(path, p, ic)
                     && matches!(path.as_bytes().get(p.len()), None | Some(b'/' | b'?' | b'#'))
             }
+            // Checked against the method in `RouteMatcher::matches`.
+            PathMatch::Connect => true,
         }
     }
 }
@@ -324,6 +328,7 @@ impl RouteMatcher {
     /// used only when the route has a runtime fraction.
     pub fn matches(&self, req: &RequestView<'_>, sample: u32) -> bool {
         self.path.matches(req.path, self.case_sensitive)
+            && (matches!(self.path, PathMatch::Connect) == (req.method == http::Method::CONNECT))
             && self.headers.iter().all(|h| h.matches(req))
             && self.query_params.iter().all(|q| q.matches(req.query))
             && (!self.grpc

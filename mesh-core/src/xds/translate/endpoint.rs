@@ -40,10 +40,9 @@ pub(crate) fn load_assignment(cla: &pb::ClusterLoadAssignment, name: &str) -> Re
                 x
             }
         };
-        let weight = match l.load_balancing_weight.as_ref().map(|v| v.value) {
-            Some(0) => return Err(FieldError::new("must be at least 1").at("load_balancing_weight").at(&at)),
-            w => w,
-        };
+        // Envoy's own dumps carry 0 for "unset"; either way the locality gets no load under
+        // locality-weighted balancing.
+        let weight = l.load_balancing_weight.as_ref().map(|v| v.value).filter(|w| *w > 0);
         let endpoints = super::each("lb_endpoints", &l.lb_endpoints, lb_endpoint).at(&at)?;
         by_priority[p].push(LocalityEndpoints { locality, weight, endpoints });
     }
@@ -82,8 +81,22 @@ fn lb_endpoint(e: &pb::LbEndpoint) -> Result<Endpoint, FieldError> {
         }
         None => return Err(FieldError::new("is required").at("endpoint")),
     };
-    let address = socket_address(ep.address.as_ref().ok_or_else(|| FieldError::new("is required").at("endpoint.address"))?)
-        .at("endpoint.address")?;
+    let pb_address = ep.address.as_ref().ok_or_else(|| FieldError::new("is required").at("endpoint.address"))?;
+    let non_ip = match &pb_address.address {
+        Some(core::address::Address::EnvoyInternalAddress(ia)) => {
+            use core::envoy_internal_address::AddressNameSpecifier as N;
+            let Some(N::ServerListenerName(listener)) = &ia.address_name_specifier else {
+                return Err(FieldError::new("server_listener_name is required").at("endpoint.address.envoy_internal_address"));
+            };
+            Some(NonIpAddress::Internal { listener: listener.as_str().into(), endpoint_id: ia.endpoint_id.as_str().into() })
+        }
+        Some(core::address::Address::Pipe(p)) if !p.path.is_empty() => Some(NonIpAddress::Pipe(p.path.as_str().into())),
+        _ => None,
+    };
+    let address = match non_ip {
+        Some(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        None => socket_address(pb_address).at("endpoint.address")?,
+    };
     let additional: Vec<SocketAddr> = ep
         .additional_addresses
         .iter()
@@ -107,8 +120,8 @@ fn lb_endpoint(e: &pb::LbEndpoint) -> Result<Endpoint, FieldError> {
         5 => HealthStatus::Degraded,
         h => return Err(FieldError::new(format!("unknown health status {h}")).at("health_status")),
     };
-    let extra = (!additional.is_empty() || !ep.hostname.is_empty()).then(|| {
-        Box::new(EndpointExtra { additional_addresses: additional.into(), hostname: ep.hostname.as_str().into() })
+    let extra = (!additional.is_empty() || !ep.hostname.is_empty() || non_ip.is_some()).then(|| {
+        Box::new(EndpointExtra { additional_addresses: additional.into(), hostname: ep.hostname.as_str().into(), non_ip })
     });
     Ok(Endpoint { address, weight, health, extra })
 }

@@ -21,7 +21,11 @@ pub fn listener(l: &pb::Listener) -> Result<Listener, FieldError> {
         let h: hcm::HttpConnectionManager = unpack(any).at("api_listener.api_listener")?;
         ListenerKind::Api(Arc::new(http_connection_manager(&h).at("api_listener.api_listener")?))
     } else {
-        let address = socket_address(l.address.as_ref().ok_or_else(|| FieldError::new("is required").at("address"))?).at("address")?;
+        let address = match &l.address {
+            Some(a) => Some(socket_address(a).at("address")?),
+            None if matches!(l.listener_specifier, Some(pb::listener::ListenerSpecifier::InternalListener(_))) => None,
+            None => return Err(FieldError::new("is required (unless internal_listener is set)").at("address")),
+        };
         if l.filter_chains.is_empty() && l.default_filter_chain.is_none() {
             return Err(FieldError::new("a socket listener needs filter_chains or a default_filter_chain").at("filter_chains"));
         }
@@ -29,6 +33,7 @@ pub fn listener(l: &pb::Listener) -> Result<Listener, FieldError> {
             address,
             filter_chains: each("filter_chains", &l.filter_chains, filter_chain)?,
             default_filter_chain: l.default_filter_chain.as_ref().map(filter_chain).transpose().at("default_filter_chain")?,
+            has_filter_chain_matcher: l.filter_chain_matcher.is_some(),
         }))
     };
     Ok(Listener { name: l.name.as_str().into(), kind })

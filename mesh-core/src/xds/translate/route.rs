@@ -115,9 +115,7 @@ pub(crate) fn route_match(m: &pb::RouteMatch) -> Result<RouteMatcher, FieldError
             }
             PathMatch::SeparatedPrefix(p.as_str().into())
         }
-        Some(P::ConnectMatcher(_)) => {
-            return Err(FieldError::new("CONNECT matching is not supported").at("connect_matcher"));
-        }
+        Some(P::ConnectMatcher(_)) => PathMatch::Connect,
         Some(P::PathMatchPolicy(_)) => {
             return Err(FieldError::new("path_match_policy is not supported").at("path_match_policy"));
         }

@@ -16,6 +16,16 @@ pub(crate) fn upstream_transport_socket(ts: &core::TransportSocket) -> Result<Op
     if any.type_url.ends_with("raw_buffer.v3.RawBuffer") {
         return Ok(None);
     }
+    if any.type_url.ends_with("internal_upstream.v3.InternalUpstreamTransport") {
+        // A wrapper that passes metadata to Envoy internal listeners; what matters to us is
+        // the transport it wraps.
+        use envoy_types::pb::envoy::extensions::transport_sockets::internal_upstream::v3::InternalUpstreamTransport;
+        let inner: InternalUpstreamTransport = super::unpack(any).at("typed_config")?;
+        return match inner.transport_socket.as_ref() {
+            Some(t) => upstream_transport_socket(t).at("typed_config.transport_socket"),
+            None => Ok(None),
+        };
+    }
     let ctx: pb::UpstreamTlsContext = unpack(any).at("typed_config")?;
     let common = ctx.common_tls_context.unwrap_or_default();
     let (identity, validation) = common_tls(&common).at("typed_config.common_tls_context")?;

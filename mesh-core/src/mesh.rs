@@ -1,0 +1,187 @@
+//! [`Mesh`]: one per process; the handle everything else is built from.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+use crate::bootstrap::{Bootstrap, BootstrapError};
+use crate::snapshot::Target;
+use crate::static_config::{StaticConfigError, StaticResources};
+use crate::xds::{ClientStopped, ResourceDump, ResourceType, ResourceWatch, XdsClient, XdsClientConfig};
+
+/// Errors building a [`Mesh`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The bootstrap is missing or invalid.
+    #[error(transparent)]
+    Bootstrap(#[from] BootstrapError),
+    /// The static configuration is invalid.
+    #[error("invalid static configuration: {0}")]
+    Static(#[from] StaticConfigError),
+    /// Neither a bootstrap with `xds_servers` nor static resources were given.
+    #[error("no configuration source: give a bootstrap with xds_servers, or static resources")]
+    NoSource,
+}
+
+/// Where resources come from.
+#[derive(Clone, Debug)]
+pub(crate) enum Source {
+    Ads(XdsClient),
+    Static(Arc<StaticResources>),
+}
+
+impl Source {
+    pub(crate) async fn watch(&self, ty: ResourceType, name: &str) -> Result<ResourceWatch, ClientStopped> {
+        match self {
+            Source::Ads(c) => c.watch(ty, name).await,
+            Source::Static(s) => {
+                // The sender is dropped at once: static resources never change, and
+                // `ResourceWatch::changed` then waits forever.
+                let (_tx, rx) = watch::channel(s.state(ty, name));
+                Ok(ResourceWatch::from_receiver(rx))
+            }
+        }
+    }
+}
+
+/// The mesh: configuration source, bootstrap and the targets in use. Cheap to clone.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), mesh_core::Error> {
+/// // Reads GRPC_XDS_BOOTSTRAP or GRPC_XDS_BOOTSTRAP_CONFIG and connects to the control plane.
+/// let mesh = mesh_core::Mesh::from_env().await?;
+/// let reviews = mesh.target("reviews:9080");
+/// let snapshot = reviews.ready().await;
+/// println!("{} virtual hosts", snapshot.routes.virtual_hosts.len());
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Mesh {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    bootstrap: Arc<Bootstrap>,
+    source: Source,
+    targets: ArcSwap<HashMap<Arc<str>, Target>>,
+}
+
+impl Mesh {
+    /// A builder.
+    pub fn builder() -> MeshBuilder {
+        MeshBuilder::default()
+    }
+
+    /// Builds from `GRPC_XDS_BOOTSTRAP` / `GRPC_XDS_BOOTSTRAP_CONFIG`.
+    pub async fn from_env() -> Result<Self, Error> {
+        Self::builder().bootstrap_from_env()?.build().await
+    }
+
+    /// The bootstrap in use (an empty one in static mode).
+    pub fn bootstrap(&self) -> &Bootstrap {
+        &self.inner.bootstrap
+    }
+
+    /// The xDS client, unless the mesh runs on static configuration.
+    pub fn xds_client(&self) -> Option<&XdsClient> {
+        match &self.inner.source {
+            Source::Ads(c) => Some(c),
+            Source::Static(_) => None,
+        }
+    }
+
+    /// The target for a client authority such as `reviews:9080` (the listener name comes from
+    /// the bootstrap's `client_default_listener_resource_name_template`). The first call starts
+    /// watching it; later calls return the same handle.
+    pub fn target(&self, authority: &str) -> Target {
+        if let Some(t) = self.inner.targets.load().get(authority) {
+            return t.clone();
+        }
+        let listener: Arc<str> = self.inner.bootstrap.client_listener_name(authority).into();
+        let mut result = None;
+        // Rare (once per authority): copy-on-write keeps the lookup above lock-free. Should a
+        // race run this twice, the losing target is dropped and its task ends.
+        self.inner.targets.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            let t = map
+                .entry(Arc::from(authority))
+                .or_insert_with(|| Target::spawn(self.inner.source.clone(), listener.clone()))
+                .clone();
+            result = Some(t);
+            map
+        });
+        result.expect("rcu ran at least once")
+    }
+
+    /// Every subscribed resource and its state (empty in static mode).
+    pub async fn dump(&self) -> Result<Vec<ResourceDump>, ClientStopped> {
+        match &self.inner.source {
+            Source::Ads(c) => c.dump().await,
+            Source::Static(_) => Ok(Vec::new()),
+        }
+    }
+}
+
+/// Builds a [`Mesh`]. Defaults: no bootstrap, no static resources (one of them is required),
+/// [`XdsClientConfig::default`].
+#[derive(Debug, Default)]
+#[must_use]
+pub struct MeshBuilder {
+    bootstrap: Option<Bootstrap>,
+    static_resources: Option<StaticResources>,
+    xds: XdsClientConfig,
+}
+
+impl MeshBuilder {
+    /// Uses this bootstrap.
+    pub fn bootstrap(mut self, b: Bootstrap) -> Self {
+        self.bootstrap = Some(b);
+        self
+    }
+
+    /// Reads the bootstrap from the environment.
+    pub fn bootstrap_from_env(self) -> Result<Self, BootstrapError> {
+        Ok(self.bootstrap(Bootstrap::from_env()?))
+    }
+
+    /// Reads the bootstrap from a file.
+    pub fn bootstrap_file(self, path: impl Into<PathBuf>) -> Result<Self, BootstrapError> {
+        Ok(self.bootstrap(Bootstrap::from_file(path)?))
+    }
+
+    /// Serves these resources instead of connecting to a control plane.
+    pub fn static_resources(mut self, r: StaticResources) -> Self {
+        self.static_resources = Some(r);
+        self
+    }
+
+    /// Loads static resources from a JSON or YAML file.
+    pub fn static_file(self, path: impl AsRef<std::path::Path>) -> Result<Self, StaticConfigError> {
+        Ok(self.static_resources(StaticResources::from_file(path)?))
+    }
+
+    /// xDS client tunables.
+    pub fn xds_config(mut self, c: XdsClientConfig) -> Self {
+        self.xds = c;
+        self
+    }
+
+    /// Starts the mesh on the current Tokio runtime.
+    pub async fn build(self) -> Result<Mesh, Error> {
+        let bootstrap = Arc::new(match self.bootstrap {
+            Some(b) => b,
+            None => Bootstrap::from_json("{}")?,
+        });
+        let source = match self.static_resources {
+            Some(r) => Source::Static(Arc::new(r)),
+            None if !bootstrap.xds_servers.is_empty() => Source::Ads(XdsClient::start(bootstrap.clone(), self.xds)),
+            None => return Err(Error::NoSource),
+        };
+        Ok(Mesh { inner: Arc::new(Inner { bootstrap, source, targets: ArcSwap::default() }) })
+    }
+}

@@ -1,0 +1,282 @@
+//! Per-target snapshots: everything one client target needs, assembled only when complete.
+//!
+//! A target is a client listener name (`reviews:9080`). Its assembler follows the chain
+//! LDS → RDS → CDS → EDS, subscribing to what each step names and dropping what it no longer
+//! names, and publishes a new immutable [`TargetSnapshot`] only when every resource in the chain
+//! has arrived or is known not to exist (gRFC A74: no torn config). The data path reads the
+//! current snapshot with one atomic load; requests in flight keep the one they started with.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use futures_util::future::{FutureExt, select_all};
+use tokio::sync::watch;
+
+use crate::mesh::Source;
+use crate::model::{Cluster, Discovery, EndpointSet, HttpConnectionManager, Listener, ListenerKind, RouteSource, RouteTable};
+use crate::xds::{Resource, ResourceType, ResourceWatch};
+
+/// Everything a client target needs, consistent and immutable.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct TargetSnapshot {
+    /// The listener name.
+    pub name: Arc<str>,
+    /// The listener.
+    pub listener: Arc<Listener>,
+    /// Its HTTP connection manager.
+    pub http: Arc<HttpConnectionManager>,
+    /// The routes.
+    pub routes: Arc<RouteTable>,
+    /// Clusters the routes reference that exist, with their endpoints.
+    pub clusters: HashMap<Arc<str>, ClusterEntry>,
+    /// Increases with every published snapshot of this target.
+    pub generation: u64,
+}
+
+/// A cluster and its endpoints.
+#[derive(Clone, Debug)]
+pub struct ClusterEntry {
+    /// The cluster.
+    pub cluster: Arc<Cluster>,
+    /// Its endpoints; `None` when EDS says the assignment does not exist.
+    pub endpoints: Option<Arc<EndpointSet>>,
+}
+
+/// The state of a target besides its snapshot.
+#[derive(Clone, Debug, Default)]
+pub struct TargetStatus {
+    /// Generation of the latest published snapshot (0: none yet).
+    pub generation: u64,
+    /// Why the target cannot be served, when it cannot (e.g. its listener does not exist).
+    pub error: Option<Arc<str>>,
+}
+
+/// A handle to one target's live configuration. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Target {
+    shared: Arc<TargetShared>,
+}
+
+#[derive(Debug)]
+struct TargetShared {
+    name: Arc<str>,
+    snapshot: ArcSwapOption<TargetSnapshot>,
+    status: watch::Receiver<TargetStatus>,
+}
+
+impl Target {
+    pub(crate) fn spawn(source: Source, name: Arc<str>) -> Self {
+        let (tx, rx) = watch::channel(TargetStatus::default());
+        let shared = Arc::new(TargetShared { name: name.clone(), snapshot: ArcSwapOption::empty(), status: rx });
+        let weak = Arc::downgrade(&shared);
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = assemble(source, name, weak, &tx) => {}
+                _ = tx.closed() => {}
+            }
+        });
+        Self { shared }
+    }
+
+    /// The listener name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The current snapshot, if one is complete. Lock-free.
+    pub fn snapshot(&self) -> Option<Arc<TargetSnapshot>> {
+        self.shared.snapshot.load_full()
+    }
+
+    /// The current status.
+    pub fn status(&self) -> TargetStatus {
+        self.shared.status.borrow().clone()
+    }
+
+    /// Waits for the first complete snapshot.
+    pub async fn ready(&self) -> Arc<TargetSnapshot> {
+        let mut rx = self.shared.status.clone();
+        loop {
+            if let Some(s) = self.snapshot() {
+                return s;
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Waits until a snapshot newer than `generation` is published.
+    pub async fn changed_since(&self, generation: u64) -> Arc<TargetSnapshot> {
+        let mut rx = self.shared.status.clone();
+        loop {
+            if let Some(s) = self.snapshot().filter(|s| s.generation > generation) {
+                return s;
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// A receiver that changes whenever the status (and so the snapshot) changes.
+    pub fn status_receiver(&self) -> watch::Receiver<TargetStatus> {
+        self.shared.status.clone()
+    }
+}
+
+async fn assemble(source: Source, name: Arc<str>, shared: std::sync::Weak<TargetShared>, status: &watch::Sender<TargetStatus>) {
+    let Ok(mut lw) = source.watch(ResourceType::Listener, &name).await else { return };
+    let mut rw: Option<(Arc<str>, ResourceWatch)> = None;
+    let mut cws: HashMap<Arc<str>, ResourceWatch> = HashMap::new();
+    let mut ews: HashMap<Arc<str>, ResourceWatch> = HashMap::new();
+    let mut generation = 0u64;
+    loop {
+        match evaluate(&source, &name, &lw, &mut rw, &mut cws, &mut ews).await {
+            Step::Complete(mut snap) => {
+                let Some(shared) = shared.upgrade() else { return };
+                let current = shared.snapshot.load();
+                if !current.as_ref().is_some_and(|c| same_config(c, &snap)) {
+                    generation += 1;
+                    snap.generation = generation;
+                    shared.snapshot.store(Some(Arc::new(snap)));
+                    status.send_replace(TargetStatus { generation, error: None });
+                }
+            }
+            Step::Failed(why) => {
+                tracing::warn!(target = %name, %why, "target cannot be served");
+                if let Some(shared) = shared.upgrade() {
+                    shared.snapshot.store(None);
+                }
+                status.send_replace(TargetStatus { generation, error: Some(why.into()) });
+            }
+            Step::Waiting => {}
+            Step::Stopped => return,
+        }
+        // Wait for any watched resource to change.
+        let mut futs = vec![lw.changed().boxed()];
+        if let Some((_, w)) = rw.as_mut() {
+            futs.push(w.changed().boxed());
+        }
+        futs.extend(cws.values_mut().map(|w| w.changed().boxed()));
+        futs.extend(ews.values_mut().map(|w| w.changed().boxed()));
+        select_all(futs).await;
+    }
+}
+
+enum Step {
+    Complete(TargetSnapshot),
+    Failed(String),
+    Waiting,
+    Stopped,
+}
+
+/// Whether two snapshots hold the very same resources (so publishing would change nothing).
+fn same_config(a: &TargetSnapshot, b: &TargetSnapshot) -> bool {
+    Arc::ptr_eq(&a.listener, &b.listener)
+        && Arc::ptr_eq(&a.routes, &b.routes)
+        && a.clusters.len() == b.clusters.len()
+        && a.clusters.iter().all(|(k, v)| {
+            b.clusters.get(k).is_some_and(|w| {
+                Arc::ptr_eq(&v.cluster, &w.cluster)
+                    && match (&v.endpoints, &w.endpoints) {
+                        (Some(x), Some(y)) => Arc::ptr_eq(x, y),
+                        (None, None) => true,
+                        _ => false,
+                    }
+            })
+        })
+}
+
+async fn evaluate(
+    source: &Source,
+    name: &Arc<str>,
+    lw: &ResourceWatch,
+    rw: &mut Option<(Arc<str>, ResourceWatch)>,
+    cws: &mut HashMap<Arc<str>, ResourceWatch>,
+    ews: &mut HashMap<Arc<str>, ResourceWatch>,
+) -> Step {
+    let l = lw.current();
+    let listener = match l.value {
+        Some(Resource::Listener(l)) => l,
+        _ if l.does_not_exist() => return Step::Failed(format!("listener {name:?} does not exist")),
+        _ => return Step::Waiting,
+    };
+    let http = match &listener.kind {
+        ListenerKind::Api(h) => h.clone(),
+        ListenerKind::Socket(_) => return Step::Failed(format!("listener {name:?} is not an API listener")),
+    };
+    let routes: Arc<RouteTable> = match &http.routes {
+        RouteSource::Inline(t) => {
+            *rw = None;
+            t.clone()
+        }
+        RouteSource::Rds(rds) => {
+            if rw.as_ref().is_none_or(|(n, _)| n != rds) {
+                let Ok(w) = source.watch(ResourceType::RouteConfiguration, rds).await else { return Step::Stopped };
+                *rw = Some((rds.clone(), w));
+            }
+            let st = rw.as_ref().expect("just set").1.current();
+            match st.value {
+                Some(Resource::RouteConfiguration(t)) => t,
+                _ if st.does_not_exist() => return Step::Failed(format!("route configuration {rds:?} does not exist")),
+                _ => return Step::Waiting,
+            }
+        }
+    };
+    let wanted = routes.referenced_clusters();
+    cws.retain(|k, _| wanted.contains(k));
+    for c in &wanted {
+        if !cws.contains_key(c) {
+            let Ok(w) = source.watch(ResourceType::Cluster, c).await else { return Step::Stopped };
+            cws.insert(c.clone(), w);
+        }
+    }
+    let mut clusters = HashMap::with_capacity(wanted.len());
+    let mut eds_wanted: Vec<Arc<str>> = Vec::new();
+    let mut complete = true;
+    for (cname, w) in cws.iter() {
+        let st = w.current();
+        match st.value {
+            Some(Resource::Cluster(c)) => {
+                if let Some(svc) = c.eds_name() {
+                    eds_wanted.push(svc.clone());
+                }
+                clusters.insert(cname.clone(), ClusterEntry { endpoints: static_endpoints(&c), cluster: c });
+            }
+            // A cluster that does not exist is left out; routes to it fail per request.
+            _ if st.is_resolved() => {}
+            _ => complete = false,
+        }
+    }
+    ews.retain(|k, _| eds_wanted.contains(k));
+    for e in &eds_wanted {
+        if !ews.contains_key(e) {
+            let Ok(w) = source.watch(ResourceType::ClusterLoadAssignment, e).await else { return Step::Stopped };
+            ews.insert(e.clone(), w);
+        }
+    }
+    for entry in clusters.values_mut() {
+        if let Some(svc) = entry.cluster.eds_name() {
+            let st = ews[svc].current();
+            match st.value {
+                Some(Resource::ClusterLoadAssignment(e)) => entry.endpoints = Some(e),
+                _ if st.is_resolved() => entry.endpoints = None,
+                _ => complete = false,
+            }
+        }
+    }
+    if !complete {
+        return Step::Waiting;
+    }
+    Step::Complete(TargetSnapshot { name: name.clone(), listener, http, routes, clusters, generation: 0 })
+}
+
+fn static_endpoints(c: &Cluster) -> Option<Arc<EndpointSet>> {
+    match &c.discovery {
+        Discovery::Static(e) => Some(e.clone()),
+        _ => None,
+    }
+}

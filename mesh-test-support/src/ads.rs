@@ -1,0 +1,263 @@
+//! A scriptable ADS (state-of-the-world) server on 127.0.0.1, speaking the real protocol over
+//! real TCP, so the client is tested the way it runs.
+//!
+//! Tests set resources per type; every open stream subscribed to that type gets a response with
+//! the resources it asked for. Every request the client sends (ACKs and NACKs included) is
+//! recorded and can be awaited.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    aggregated_discovery_service_server::{AggregatedDiscoveryService, AggregatedDiscoveryServiceServer},
+};
+use envoy_types::pb::google::protobuf::Any;
+use futures_util::Stream;
+use tokio::sync::{Notify, broadcast, mpsc, oneshot};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
+use tonic::{Request, Response, Status, Streaming};
+
+#[derive(Default)]
+struct State {
+    /// type URL → (version, name → resource)
+    resources: BTreeMap<String, (u64, BTreeMap<String, Any>)>,
+    requests: Vec<DiscoveryRequest>,
+    nonce: u64,
+    streams_opened: usize,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes stream tasks when resources change (the type URL).
+    push: broadcast::Sender<String>,
+    /// Wakes tests waiting for requests.
+    request_seen: Notify,
+    /// Ends every open stream (server "crash").
+    kill: broadcast::Sender<()>,
+}
+
+/// The server. Dropping it stops it.
+pub struct AdsServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl AdsServer {
+    /// Starts on an ephemeral loopback port.
+    pub async fn start() -> Self {
+        Self::start_on("127.0.0.1:0".parse().expect("loopback")).await
+    }
+
+    /// Starts on `addr` (to restart a server where a client expects it).
+    pub async fn start_on(addr: SocketAddr) -> Self {
+        let (push, _) = broadcast::channel(1024);
+        let (kill, _) = broadcast::channel(4);
+        let shared = Arc::new(Shared { state: Mutex::default(), push, request_seen: Notify::new(), kill });
+        let (addr, stop) = serve(addr, shared.clone()).await;
+        Self { addr, shared, stop: Some(stop) }
+    }
+
+    /// Stops the server and breaks every stream, keeping the resources and recorded requests;
+    /// [`AdsServer::restart`] brings it back on the same port.
+    pub async fn stop(&mut self) {
+        let _ = self.shared.kill.send(());
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        // Let the listener close before a restart binds the port again.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    /// Starts again on the same address with the same resources.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let (_, stop) = serve(self.addr, self.shared.clone()).await;
+        self.stop = Some(stop);
+    }
+
+    /// The address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A bootstrap JSON naming this server (insecure), with `features` as server features.
+    pub fn bootstrap_json(&self, features: &[&str]) -> String {
+        serde_json::json!({
+            "xds_servers": [{"server_uri": self.addr.to_string(), "channel_creds": [{"type": "insecure"}], "server_features": features}],
+            "node": {"id": "test-node", "cluster": "test", "metadata": {"NAMESPACE": "default"}},
+        })
+        .to_string()
+    }
+
+    /// Sets (adds or replaces) one resource and pushes its type.
+    pub fn set(&self, resource: Any) {
+        let name = crate::resources::name_of(&resource);
+        let url = resource.type_url.clone();
+        self.edit(&url, |m| {
+            m.insert(name, resource);
+        });
+    }
+
+    /// Removes one resource and pushes its type.
+    pub fn remove(&self, type_url: &str, name: &str) {
+        self.edit(type_url, |m| {
+            m.remove(name);
+        });
+    }
+
+    fn edit(&self, type_url: &str, f: impl FnOnce(&mut BTreeMap<String, Any>)) {
+        {
+            let mut st = self.shared.state.lock().expect("state");
+            let entry = st.resources.entry(type_url.to_owned()).or_default();
+            entry.0 += 1;
+            f(&mut entry.1);
+        }
+        let _ = self.shared.push.send(type_url.to_owned());
+    }
+
+    /// Every request received so far.
+    pub fn requests(&self) -> Vec<DiscoveryRequest> {
+        self.shared.state.lock().expect("state").requests.clone()
+    }
+
+    /// How many ADS streams have been opened.
+    pub fn streams_opened(&self) -> usize {
+        self.shared.state.lock().expect("state").streams_opened
+    }
+
+    /// Waits (up to 10 s) for a request satisfying `pred`, counting from the start.
+    pub async fn wait_request(&self, what: &str, mut pred: impl FnMut(&DiscoveryRequest) -> bool) -> DiscoveryRequest {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let notified = self.shared.request_seen.notified();
+            if let Some(r) = self.requests().into_iter().find(|r| pred(r)) {
+                return r;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!("no request matching {what:?} within 10 s; got {:#?}", self.requests());
+            }
+        }
+    }
+}
+
+impl Drop for AdsServer {
+    fn drop(&mut self) {
+        let _ = self.shared.kill.send(());
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+async fn serve(addr: SocketAddr, shared: Arc<Shared>) -> (SocketAddr, oneshot::Sender<()>) {
+    let listener = bind_retrying(addr).await;
+    let addr = listener.local_addr().expect("local addr");
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let svc = AggregatedDiscoveryServiceServer::new(Ads { shared });
+    tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                let _ = stop_rx.await;
+            })
+            .await;
+    });
+    (addr, stop_tx)
+}
+
+async fn bind_retrying(addr: SocketAddr) -> tokio::net::TcpListener {
+    let mut last = None;
+    for _ in 0..100 {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => return l,
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("cannot bind {addr}: {last:?}");
+}
+
+struct Ads {
+    shared: Arc<Shared>,
+}
+
+type RespStream = Pin<Box<dyn Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
+type DeltaStream = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for Ads {
+    type StreamAggregatedResourcesStream = RespStream;
+    type DeltaAggregatedResourcesStream = DeltaStream;
+
+    async fn stream_aggregated_resources(&self, req: Request<Streaming<DiscoveryRequest>>) -> Result<Response<RespStream>, Status> {
+        let mut inbound = req.into_inner();
+        let (tx, rx) = mpsc::unbounded_channel::<Result<DiscoveryResponse, Status>>();
+        let shared = self.shared.clone();
+        shared.state.lock().expect("state").streams_opened += 1;
+        let mut push = shared.push.subscribe();
+        let mut kill = shared.kill.subscribe();
+        tokio::spawn(async move {
+            // Per type: the names this stream subscribed to, and the version last sent.
+            let mut subs: HashMap<String, (Vec<String>, Option<u64>)> = HashMap::new();
+            loop {
+                tokio::select! {
+                    _ = kill.recv() => {
+                        let _ = tx.send(Err(Status::unavailable("server stopped")));
+                        return;
+                    }
+                    msg = inbound.next() => {
+                        let Some(Ok(req)) = msg else { return };
+                        let url = req.type_url.clone();
+                        {
+                            let mut st = shared.state.lock().expect("state");
+                            st.requests.push(req.clone());
+                        }
+                        shared.request_seen.notify_waiters();
+                        let mut names = req.resource_names.clone();
+                        names.sort();
+                        let entry = subs.entry(url.clone()).or_insert((Vec::new(), None));
+                        let names_changed = entry.0 != names;
+                        entry.0 = names;
+                        // Answer new or changed subscriptions; ACKs and NACKs get no answer.
+                        if names_changed || entry.1.is_none() {
+                            if let Some(resp) = respond(&shared, &url, entry) {
+                                let _ = tx.send(Ok(resp));
+                            }
+                        }
+                    }
+                    url = push.recv() => {
+                        let Ok(url) = url else { continue };
+                        if let Some(entry) = subs.get_mut(&url) {
+                            if let Some(resp) = respond(&shared, &url, entry) {
+                                let _ = tx.send(Ok(resp));
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+    }
+
+    async fn delta_aggregated_resources(&self, _: Request<Streaming<DeltaDiscoveryRequest>>) -> Result<Response<DeltaStream>, Status> {
+        Err(Status::unimplemented("delta xDS"))
+    }
+}
+
+fn respond(shared: &Shared, url: &str, entry: &mut (Vec<String>, Option<u64>)) -> Option<DiscoveryResponse> {
+    let mut st = shared.state.lock().expect("state");
+    let (version, resources) = st.resources.get(url).map(|(v, m)| (*v, m.clone())).unwrap_or_default();
+    if entry.1 == Some(version) && version != 0 && entry.0.is_empty() {
+        return None;
+    }
+    entry.1 = Some(version);
+    st.nonce += 1;
+    let nonce = st.nonce;
+    let resources = resources.into_iter().filter(|(n, _)| entry.0.contains(n)).map(|(_, a)| a).collect();
+    Some(DiscoveryResponse { version_info: version.to_string(), resources, type_url: url.to_owned(), nonce: nonce.to_string(), ..Default::default() })
+}

@@ -1,0 +1,74 @@
+//! Reconnect with resubscription after a server restart; fallback to the next server (A71).
+
+use mesh_core::xds::{ResourceStatus, ResourceType};
+use mesh_core::{Bootstrap, Mesh};
+use mesh_test_support::resources::{self as r, urls};
+use mesh_test_support::{AdsServer, assert_eventually};
+
+use super::{fast_config, mesh_for};
+
+#[tokio::test]
+async fn server_restart_reconnects_and_resubscribes() {
+    let mut server = AdsServer::start().await;
+    server.set(r::any(r::eds_cluster("c1")));
+    let mesh = mesh_for(&server, &[]).await;
+    let client = mesh.xds_client().unwrap();
+    let mut w = client.watch(ResourceType::Cluster, "c1").await.unwrap();
+    w.wait_for(|s| s.value.is_some()).await;
+    assert_eq!(server.streams_opened(), 1);
+
+    server.stop().await;
+    // While the server is down, the cache keeps serving.
+    assert!(w.current().value.is_some(), "last good config survives a lost stream");
+    let before = server.requests().len();
+    server.restart().await;
+    assert_eventually!(server.streams_opened() >= 2, "the client reconnects");
+    let resub = server
+        .wait_request("resubscription", |q| q.type_url == urls::CLUSTER && q.response_nonce.is_empty() && q.resource_names == ["c1"])
+        .await;
+    assert!(resub.node.is_some(), "a new stream starts with the node");
+    assert!(server.requests().len() > before);
+
+    // Updates flow again on the new stream.
+    let mut c = r::eds_cluster("c1");
+    c.connect_timeout = Some(envoy_types::pb::google::protobuf::Duration { seconds: 7, nanos: 0 });
+    server.set(r::any(c));
+    let st = w
+        .wait_for(|s| matches!(&s.value, Some(mesh_core::xds::Resource::Cluster(c)) if c.connect_timeout.as_secs() == 7))
+        .await;
+    assert_eq!(st.status, ResourceStatus::Acked);
+}
+
+#[tokio::test]
+async fn falls_back_when_primary_is_unreachable_and_returns_to_it() {
+    mesh_test_support::trace_init();
+    // A port with nothing listening: bind, read the port, close.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let fallback = AdsServer::start().await;
+    fallback.set(r::any(r::eds_cluster("c1")));
+    let json = serde_json::json!({
+        "xds_servers": [
+            {"server_uri": dead.to_string(), "channel_creds": [{"type": "insecure"}]},
+            {"server_uri": fallback.addr().to_string(), "channel_creds": [{"type": "insecure"}]},
+        ],
+        "node": {"id": "n"},
+    });
+    let mesh = Mesh::builder()
+        .bootstrap(Bootstrap::from_json(&json.to_string()).unwrap())
+        .xds_config(fast_config())
+        .build()
+        .await
+        .unwrap();
+    let mut w = mesh.xds_client().unwrap().watch(ResourceType::Cluster, "c1").await.unwrap();
+    let st = w.wait_for(|s| s.value.is_some()).await;
+    assert_eq!(st.status, ResourceStatus::Acked, "config came from the fallback");
+
+    // The primary comes up: the client moves back to it.
+    let primary = AdsServer::start_on(dead).await;
+    let mut c = r::eds_cluster("c1");
+    c.connect_timeout = Some(envoy_types::pb::google::protobuf::Duration { seconds: 9, nanos: 0 });
+    primary.set(r::any(c));
+    w.wait_for(|s| matches!(&s.value, Some(mesh_core::xds::Resource::Cluster(c)) if c.connect_timeout.as_secs() == 9))
+        .await;
+    assert!(primary.streams_opened() >= 1);
+}

@@ -1,0 +1,80 @@
+//! Does-not-exist timers, deletion (gRFC A53/A88) and unsubscription.
+
+use std::time::{Duration, Instant};
+
+use mesh_core::xds::{ResourceStatus, ResourceType};
+use mesh_test_support::AdsServer;
+use mesh_test_support::resources::{self as r, urls};
+
+use super::mesh_for;
+
+#[tokio::test]
+async fn does_not_exist_timer_fires_for_a_missing_route() {
+    // RDS is not "all resources required": absence in a response proves nothing, so only the
+    // timer (500 ms in tests, 15 s by default) declares it missing.
+    let server = AdsServer::start().await;
+    let mesh = mesh_for(&server, &[]).await;
+    let started = Instant::now();
+    let mut w = mesh.xds_client().unwrap().watch(ResourceType::RouteConfiguration, "nope").await.unwrap();
+    let st = w.wait_for(|s| s.status != ResourceStatus::Requested).await;
+    assert!(st.does_not_exist());
+    assert!(started.elapsed() >= Duration::from_millis(450), "not before the timer: {:?}", started.elapsed());
+
+    // If it appears later, it is used.
+    server.set(r::any(r::route_to("nope", &["*"], "c")));
+    w.wait_for(|s| s.value.is_some()).await;
+}
+
+#[tokio::test]
+async fn a_missing_cluster_is_known_at_once_from_a_cds_response() {
+    let server = AdsServer::start().await;
+    server.set(r::any(r::eds_cluster("other")));
+    let mesh = mesh_for(&server, &[]).await;
+    let started = Instant::now();
+    let mut w = mesh.xds_client().unwrap().watch(ResourceType::Cluster, "absent").await.unwrap();
+    let st = w.wait_for(|s| s.status != ResourceStatus::Requested).await;
+    assert!(st.does_not_exist());
+    assert!(started.elapsed() < Duration::from_millis(450), "CDS responses carry every resource, no timer needed");
+}
+
+#[tokio::test]
+async fn deleted_listener_keeps_serving_by_default() {
+    let server = AdsServer::start().await;
+    server.set(r::any(r::api_listener("svc:80", "rc")));
+    server.set(r::any(r::eds_cluster("keep")));
+    let mesh = mesh_for(&server, &[]).await;
+    let mut w = mesh.xds_client().unwrap().watch(ResourceType::Listener, "svc:80").await.unwrap();
+    w.wait_for(|s| s.value.is_some()).await;
+    server.remove(urls::LISTENER, "svc:80");
+    let st = w.wait_for(|s| s.status == ResourceStatus::DoesNotExist).await;
+    assert!(st.value.is_some(), "gRFC A88: a deletion is a data error; the cached listener keeps serving");
+}
+
+#[tokio::test]
+async fn deleted_listener_is_dropped_with_fail_on_data_errors() {
+    let server = AdsServer::start().await;
+    server.set(r::any(r::api_listener("svc:80", "rc")));
+    let mesh = mesh_for(&server, &["fail_on_data_errors"]).await;
+    let mut w = mesh.xds_client().unwrap().watch(ResourceType::Listener, "svc:80").await.unwrap();
+    w.wait_for(|s| s.value.is_some()).await;
+    server.remove(urls::LISTENER, "svc:80");
+    let st = w.wait_for(|s| s.status == ResourceStatus::DoesNotExist).await;
+    assert!(st.value.is_none(), "with fail_on_data_errors the deleted listener is dropped");
+}
+
+#[tokio::test]
+async fn dropping_every_watch_unsubscribes() {
+    let server = AdsServer::start().await;
+    server.set(r::any(r::eds_cluster("a")));
+    server.set(r::any(r::eds_cluster("b")));
+    let mesh = mesh_for(&server, &[]).await;
+    let client = mesh.xds_client().unwrap();
+    let mut a = client.watch(ResourceType::Cluster, "a").await.unwrap();
+    let b = client.watch(ResourceType::Cluster, "b").await.unwrap();
+    a.wait_for(|s| s.value.is_some()).await;
+    server.wait_request("both subscribed", |q| q.type_url == urls::CLUSTER && q.resource_names.len() == 2).await;
+    drop(b);
+    let q = server.wait_request("b unsubscribed", |q| q.type_url == urls::CLUSTER && q.resource_names == ["a"]).await;
+    assert!(q.resource_names == ["a"]);
+    assert!(a.current().value.is_some());
+}

@@ -1,0 +1,116 @@
+//! Bad input gets an error naming the resource and the field.
+
+use mesh_core::StaticResources;
+
+fn error(yaml: &str) -> String {
+    StaticResources::from_str(yaml, "bad.yaml").unwrap_err().to_string()
+}
+
+const ROUTE_HEAD: &str = r#"
+resources:
+- "@type": type.googleapis.com/envoy.config.route.v3.RouteConfiguration
+  name: rc
+  virtual_hosts:
+  - name: vh
+    domains: ["*"]
+    routes:
+"#;
+
+#[test]
+fn invalid_regex() {
+    let e = error(&format!("{ROUTE_HEAD}    - match: {{ safe_regex: {{ regex: \"/a(\" }} }}\n      route: {{ cluster: c }}\n"));
+    assert!(e.contains("RouteConfiguration rc"), "{e}");
+    assert!(e.contains("virtual_hosts[0].routes[0].match.safe_regex.regex"), "{e}");
+    assert!(e.contains("invalid regex"), "{e}");
+}
+
+#[test]
+fn weighted_clusters_total_that_does_not_add_up() {
+    let e = error(&format!(
+        "{ROUTE_HEAD}    - match: {{ prefix: / }}\n      route:\n        weighted_clusters:\n          total_weight: 100\n          clusters: [{{ name: a, weight: 50 }}, {{ name: b, weight: 40 }}]\n"
+    ));
+    assert!(e.contains("RouteConfiguration rc"), "{e}");
+    assert!(e.contains("virtual_hosts[0].routes[0].route.weighted_clusters.total_weight"), "{e}");
+    assert!(e.contains("add up to 90"), "{e}");
+}
+
+#[test]
+fn weighted_clusters_all_zero() {
+    let e = error(&format!(
+        "{ROUTE_HEAD}    - match: {{ prefix: / }}\n      route:\n        weighted_clusters:\n          clusters: [{{ name: a, weight: 0 }}]\n"
+    ));
+    assert!(e.contains("route.weighted_clusters.clusters: the weights add up to 0"), "{e}");
+}
+
+#[test]
+fn unknown_required_filter_is_rejected_and_optional_one_skipped() {
+    let listener = |optional: bool| {
+        format!(
+            r#"
+static_resources:
+  listeners:
+  - name: l
+    api_listener:
+      api_listener:
+        "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+        rds: {{ route_config_name: r }}
+        http_filters:
+        - name: istio.stats
+          is_optional: {optional}
+          typed_config: {{ "@type": type.googleapis.com/stats.PluginConfig, foo: bar }}
+        - name: router
+          typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+"#
+        )
+    };
+    let e = error(&listener(false));
+    assert!(e.contains("Listener l"), "{e}");
+    assert!(e.contains("api_listener.api_listener.http_filters[0].typed_config"), "{e}");
+    assert!(e.contains("unsupported filter type.googleapis.com/stats.PluginConfig"), "{e}");
+    StaticResources::from_str(&listener(true), "ok.yaml").expect("an optional unknown filter is skipped");
+}
+
+#[test]
+fn router_must_be_last() {
+    let e = error(
+        r#"
+static_resources:
+  listeners:
+  - name: l
+    api_listener:
+      api_listener:
+        "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+        rds: { route_config_name: r }
+        http_filters:
+        - name: router
+          typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+        - name: fault
+          typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault }
+"#,
+    );
+    assert!(e.contains("http_filters: the last filter must be the router"), "{e}");
+}
+
+#[test]
+fn malformed_bootstrap_fails_fast_with_the_json_path() {
+    let e = mesh_core::Bootstrap::from_json(r#"{"xds_servers": [{"server_uri": "x:1", "channel_creds": "insecure"}]}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("xds_servers[0].channel_creds"), "{e}");
+}
+
+#[test]
+fn bad_endpoint_address() {
+    let e = error(
+        r#"
+resources:
+- "@type": type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment
+  cluster_name: c
+  endpoints:
+  - lb_endpoints:
+    - endpoint: { address: { socket_address: { address: not-an-ip, port_value: 80 } } }
+"#,
+    );
+    assert!(e.contains("ClusterLoadAssignment c"), "{e}");
+    assert!(e.contains("endpoints[0].lb_endpoints[0].endpoint.address.socket_address.address"), "{e}");
+}
