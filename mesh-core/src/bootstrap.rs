@@ -26,7 +26,9 @@ pub const BOOTSTRAP_CONFIG_ENV: &str = "GRPC_XDS_BOOTSTRAP_CONFIG";
 #[derive(Debug, thiserror::Error)]
 pub enum BootstrapError {
     /// Neither environment variable is set.
-    #[error("no xDS bootstrap: set {BOOTSTRAP_PATH_ENV} (a file) or {BOOTSTRAP_CONFIG_ENV} (inline JSON)")]
+    #[error(
+        "no xDS bootstrap: set {BOOTSTRAP_PATH_ENV} (a file) or {BOOTSTRAP_CONFIG_ENV} (inline JSON)"
+    )]
     NotConfigured,
     /// The file could not be read.
     #[error("cannot read xDS bootstrap {path}: {source}")]
@@ -252,7 +254,9 @@ impl Bootstrap {
             return Self::from_file(path);
         }
         match std::env::var(BOOTSTRAP_CONFIG_ENV) {
-            Ok(json) if !json.is_empty() => Self::parse(&json, format!(" (from {BOOTSTRAP_CONFIG_ENV})")),
+            Ok(json) if !json.is_empty() => {
+                Self::parse(&json, format!(" (from {BOOTSTRAP_CONFIG_ENV})"))
+            }
             _ => Err(BootstrapError::NotConfigured),
         }
     }
@@ -260,7 +264,10 @@ impl Bootstrap {
     /// Reads a bootstrap file.
     pub fn from_file(path: impl Into<PathBuf>) -> Result<Self, BootstrapError> {
         let path = path.into();
-        let json = std::fs::read_to_string(&path).map_err(|source| BootstrapError::Read { path: path.clone(), source })?;
+        let json = std::fs::read_to_string(&path).map_err(|source| BootstrapError::Read {
+            path: path.clone(),
+            source,
+        })?;
         Self::parse(&json, format!(" {}", path.display()))
     }
 
@@ -271,22 +278,30 @@ impl Bootstrap {
 
     fn parse(json: &str, origin: String) -> Result<Self, BootstrapError> {
         let de = &mut serde_json::Deserializer::from_str(json);
-        let raw: RawBootstrap = serde_path_to_error::deserialize(de).map_err(|e| BootstrapError::Json {
-            origin: origin.clone(),
-            path: e.path().to_string(),
-            message: e.inner().to_string(),
-        })?;
-        validate(raw).map_err(|(path, message)| BootstrapError::Invalid { origin, path, message })
+        let raw: RawBootstrap =
+            serde_path_to_error::deserialize(de).map_err(|e| BootstrapError::Json {
+                origin: origin.clone(),
+                path: e.path().to_string(),
+                message: e.inner().to_string(),
+            })?;
+        validate(raw).map_err(|(path, message)| BootstrapError::Invalid {
+            origin,
+            path,
+            message,
+        })
     }
 
     /// The listener name a client uses for `target` (`reviews:9080`).
     pub fn client_listener_name(&self, target: &str) -> String {
-        self.client_default_listener_resource_name_template.replace("%s", target)
+        self.client_default_listener_resource_name_template
+            .replace("%s", target)
     }
 
     /// The inbound listener name for a server on `addr`, if the bootstrap has a template.
     pub fn server_listener_name(&self, addr: std::net::SocketAddr) -> Option<String> {
-        self.server_listener_resource_name_template.as_ref().map(|t| t.replace("%s", &addr.to_string()))
+        self.server_listener_resource_name_template
+            .as_ref()
+            .map(|t| t.replace("%s", &addr.to_string()))
     }
 }
 
@@ -302,13 +317,20 @@ fn validate(raw: RawBootstrap) -> Result<Bootstrap, Invalid> {
                 let fw: RawFileWatcher = serde_path_to_error::deserialize(p.config)
                     .map_err(|e| (format!("{at}.config.{}", e.path()), e.inner().to_string()))?;
                 if fw.certificate_file.is_some() != fw.private_key_file.is_some() {
-                    return Err((format!("{at}.config"), "certificate_file and private_key_file go together".into()));
+                    return Err((
+                        format!("{at}.config"),
+                        "certificate_file and private_key_file go together".into(),
+                    ));
                 }
-                if fw.certificate_file.is_none() && fw.ca_certificate_file.is_none() && fw.spiffe_trust_bundle_map_file.is_none() {
+                if fw.certificate_file.is_none()
+                    && fw.ca_certificate_file.is_none()
+                    && fw.spiffe_trust_bundle_map_file.is_none()
+                {
                     return Err((format!("{at}.config"), "names no file: set certificate_file/private_key_file and/or ca_certificate_file".into()));
                 }
                 let refresh_interval = match fw.refresh_interval {
-                    Some(s) => parse_duration(&s).map_err(|m| (format!("{at}.config.refresh_interval"), m))?,
+                    Some(s) => parse_duration(&s)
+                        .map_err(|m| (format!("{at}.config.refresh_interval"), m))?,
                     None => Duration::from_secs(600),
                 };
                 CertificateProviderConfig::FileWatcher {
@@ -319,17 +341,22 @@ fn validate(raw: RawBootstrap) -> Result<Bootstrap, Invalid> {
                     refresh_interval,
                 }
             }
-            other => CertificateProviderConfig::Unknown { plugin_name: other.to_owned() },
+            other => CertificateProviderConfig::Unknown {
+                plugin_name: other.to_owned(),
+            },
         };
         certificate_providers.insert(name, cfg);
     }
     let mut authorities = BTreeMap::new();
     for (name, a) in raw.authorities {
         let at = format!("authorities.{name}");
-        if let Some(t) = &a.client_listener_resource_name_template {
-            if !t.starts_with(&format!("xdstp://{name}/")) {
-                return Err((format!("{at}.client_listener_resource_name_template"), format!("must start with \"xdstp://{name}/\"")));
-            }
+        if let Some(t) = &a.client_listener_resource_name_template
+            && !t.starts_with(&format!("xdstp://{name}/"))
+        {
+            return Err((
+                format!("{at}.client_listener_resource_name_template"),
+                format!("must start with \"xdstp://{name}/\""),
+            ));
         }
         authorities.insert(
             name,
@@ -339,13 +366,23 @@ fn validate(raw: RawBootstrap) -> Result<Bootstrap, Invalid> {
             },
         );
     }
-    let node = raw.node.map(|n| Node { id: n.id, cluster: n.cluster, locality: n.locality, metadata: n.metadata }).unwrap_or_default();
+    let node = raw
+        .node
+        .map(|n| Node {
+            id: n.id,
+            cluster: n.cluster,
+            locality: n.locality,
+            metadata: n.metadata,
+        })
+        .unwrap_or_default();
     Ok(Bootstrap {
         xds_servers,
         node,
         certificate_providers,
         server_listener_resource_name_template: raw.server_listener_resource_name_template,
-        client_default_listener_resource_name_template: raw.client_default_listener_resource_name_template.unwrap_or_else(|| "%s".into()),
+        client_default_listener_resource_name_template: raw
+            .client_default_listener_resource_name_template
+            .unwrap_or_else(|| "%s".into()),
         authorities,
     })
 }
@@ -374,8 +411,17 @@ fn servers(raw: Vec<RawServer>, at: &str) -> Result<Vec<XdsServer>, Invalid> {
                     }
                     _ => None,
                 })
-                .ok_or_else(|| (format!("{at}.channel_creds"), "no supported type (insecure or tls)".to_owned()))?;
-            Ok(XdsServer { server_uri: s.server_uri, channel_creds: creds, server_features: s.server_features })
+                .ok_or_else(|| {
+                    (
+                        format!("{at}.channel_creds"),
+                        "no supported type (insecure or tls)".to_owned(),
+                    )
+                })?;
+            Ok(XdsServer {
+                server_uri: s.server_uri,
+                channel_creds: creds,
+                server_features: s.server_features,
+            })
         })
         .collect()
 }

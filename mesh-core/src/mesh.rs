@@ -10,7 +10,9 @@ use tokio::sync::watch;
 use crate::bootstrap::{Bootstrap, BootstrapError};
 use crate::snapshot::Target;
 use crate::static_config::{StaticConfigError, StaticResources};
-use crate::xds::{ClientStopped, ResourceDump, ResourceType, ResourceWatch, XdsClient, XdsClientConfig};
+use crate::xds::{
+    ClientStopped, ResourceDump, ResourceType, ResourceWatch, XdsClient, XdsClientConfig,
+};
 
 /// Errors building a [`Mesh`].
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +37,11 @@ pub(crate) enum Source {
 }
 
 impl Source {
-    pub(crate) async fn watch(&self, ty: ResourceType, name: &str) -> Result<ResourceWatch, ClientStopped> {
+    pub(crate) async fn watch(
+        &self,
+        ty: ResourceType,
+        name: &str,
+    ) -> Result<ResourceWatch, ClientStopped> {
         match self {
             Source::Ads(c) => c.watch(ty, name).await,
             Source::Static(s) => {
@@ -179,9 +185,17 @@ impl MeshBuilder {
         });
         let source = match self.static_resources {
             Some(r) => Source::Static(Arc::new(r)),
-            None if !bootstrap.xds_servers.is_empty() => Source::Ads(XdsClient::start(bootstrap.clone(), self.xds)),
+            None if !bootstrap.xds_servers.is_empty() => {
+                Source::Ads(XdsClient::start(bootstrap.clone(), self.xds))
+            }
             None => return Err(Error::NoSource),
         };
-        Ok(Mesh { inner: Arc::new(Inner { bootstrap, source, targets: ArcSwap::default() }) })
+        Ok(Mesh {
+            inner: Arc::new(Inner {
+                bootstrap,
+                source,
+                targets: ArcSwap::default(),
+            }),
+        })
     }
 }

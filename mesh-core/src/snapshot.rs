@@ -14,7 +14,10 @@ use futures_util::future::{FutureExt, select_all};
 use tokio::sync::watch;
 
 use crate::mesh::Source;
-use crate::model::{Cluster, Discovery, EndpointSet, HttpConnectionManager, Listener, ListenerKind, RouteSource, RouteTable};
+use crate::model::{
+    Cluster, Discovery, EndpointSet, HttpConnectionManager, Listener, ListenerKind, RouteSource,
+    RouteTable,
+};
 use crate::xds::{Resource, ResourceType, ResourceWatch};
 
 /// Everything a client target needs, consistent and immutable.
@@ -69,7 +72,11 @@ struct TargetShared {
 impl Target {
     pub(crate) fn spawn(source: Source, name: Arc<str>) -> Self {
         let (tx, rx) = watch::channel(TargetStatus::default());
-        let shared = Arc::new(TargetShared { name: name.clone(), snapshot: ArcSwapOption::empty(), status: rx });
+        let shared = Arc::new(TargetShared {
+            name: name.clone(),
+            snapshot: ArcSwapOption::empty(),
+            status: rx,
+        });
         let weak = Arc::downgrade(&shared);
         tokio::spawn(async move {
             tokio::select! {
@@ -127,8 +134,15 @@ impl Target {
     }
 }
 
-async fn assemble(source: Source, name: Arc<str>, shared: std::sync::Weak<TargetShared>, status: &watch::Sender<TargetStatus>) {
-    let Ok(mut lw) = source.watch(ResourceType::Listener, &name).await else { return };
+async fn assemble(
+    source: Source,
+    name: Arc<str>,
+    shared: std::sync::Weak<TargetShared>,
+    status: &watch::Sender<TargetStatus>,
+) {
+    let Ok(mut lw) = source.watch(ResourceType::Listener, &name).await else {
+        return;
+    };
     let mut rw: Option<(Arc<str>, ResourceWatch)> = None;
     let mut cws: HashMap<Arc<str>, ResourceWatch> = HashMap::new();
     let mut ews: HashMap<Arc<str>, ResourceWatch> = HashMap::new();
@@ -136,13 +150,18 @@ async fn assemble(source: Source, name: Arc<str>, shared: std::sync::Weak<Target
     loop {
         match evaluate(&source, &name, &lw, &mut rw, &mut cws, &mut ews).await {
             Step::Complete(mut snap) => {
-                let Some(shared) = shared.upgrade() else { return };
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
                 let current = shared.snapshot.load();
                 if !current.as_ref().is_some_and(|c| same_config(c, &snap)) {
                     generation += 1;
                     snap.generation = generation;
                     shared.snapshot.store(Some(Arc::new(snap)));
-                    status.send_replace(TargetStatus { generation, error: None });
+                    status.send_replace(TargetStatus {
+                        generation,
+                        error: None,
+                    });
                 }
             }
             Step::Failed(why) => {
@@ -150,7 +169,10 @@ async fn assemble(source: Source, name: Arc<str>, shared: std::sync::Weak<Target
                 if let Some(shared) = shared.upgrade() {
                     shared.snapshot.store(None);
                 }
-                status.send_replace(TargetStatus { generation, error: Some(why.into()) });
+                status.send_replace(TargetStatus {
+                    generation,
+                    error: Some(why.into()),
+                });
             }
             Step::Waiting => {}
             Step::Stopped => return,
@@ -201,12 +223,16 @@ async fn evaluate(
     let l = lw.current();
     let listener = match l.value {
         Some(Resource::Listener(l)) => l,
-        _ if l.does_not_exist() => return Step::Failed(format!("listener {name:?} does not exist")),
+        _ if l.does_not_exist() => {
+            return Step::Failed(format!("listener {name:?} does not exist"));
+        }
         _ => return Step::Waiting,
     };
     let http = match &listener.kind {
         ListenerKind::Api(h) => h.clone(),
-        ListenerKind::Socket(_) => return Step::Failed(format!("listener {name:?} is not an API listener")),
+        ListenerKind::Socket(_) => {
+            return Step::Failed(format!("listener {name:?} is not an API listener"));
+        }
     };
     let routes: Arc<RouteTable> = match &http.routes {
         RouteSource::Inline(t) => {
@@ -215,13 +241,17 @@ async fn evaluate(
         }
         RouteSource::Rds(rds) => {
             if rw.as_ref().is_none_or(|(n, _)| n != rds) {
-                let Ok(w) = source.watch(ResourceType::RouteConfiguration, rds).await else { return Step::Stopped };
+                let Ok(w) = source.watch(ResourceType::RouteConfiguration, rds).await else {
+                    return Step::Stopped;
+                };
                 *rw = Some((rds.clone(), w));
             }
             let st = rw.as_ref().expect("just set").1.current();
             match st.value {
                 Some(Resource::RouteConfiguration(t)) => t,
-                _ if st.does_not_exist() => return Step::Failed(format!("route configuration {rds:?} does not exist")),
+                _ if st.does_not_exist() => {
+                    return Step::Failed(format!("route configuration {rds:?} does not exist"));
+                }
                 _ => return Step::Waiting,
             }
         }
@@ -230,7 +260,9 @@ async fn evaluate(
     cws.retain(|k, _| wanted.contains(k));
     for c in &wanted {
         if !cws.contains_key(c) {
-            let Ok(w) = source.watch(ResourceType::Cluster, c).await else { return Step::Stopped };
+            let Ok(w) = source.watch(ResourceType::Cluster, c).await else {
+                return Step::Stopped;
+            };
             cws.insert(c.clone(), w);
         }
     }
@@ -244,7 +276,13 @@ async fn evaluate(
                 if let Some(svc) = c.eds_name() {
                     eds_wanted.push(svc.clone());
                 }
-                clusters.insert(cname.clone(), ClusterEntry { endpoints: static_endpoints(&c), cluster: c });
+                clusters.insert(
+                    cname.clone(),
+                    ClusterEntry {
+                        endpoints: static_endpoints(&c),
+                        cluster: c,
+                    },
+                );
             }
             // A cluster that does not exist is left out; routes to it fail per request.
             _ if st.is_resolved() => {}
@@ -254,7 +292,9 @@ async fn evaluate(
     ews.retain(|k, _| eds_wanted.contains(k));
     for e in &eds_wanted {
         if !ews.contains_key(e) {
-            let Ok(w) = source.watch(ResourceType::ClusterLoadAssignment, e).await else { return Step::Stopped };
+            let Ok(w) = source.watch(ResourceType::ClusterLoadAssignment, e).await else {
+                return Step::Stopped;
+            };
             ews.insert(e.clone(), w);
         }
     }
@@ -271,7 +311,14 @@ async fn evaluate(
     if !complete {
         return Step::Waiting;
     }
-    Step::Complete(TargetSnapshot { name: name.clone(), listener, http, routes, clusters, generation: 0 })
+    Step::Complete(TargetSnapshot {
+        name: name.clone(),
+        listener,
+        http,
+        routes,
+        clusters,
+        generation: 0,
+    })
 }
 
 fn static_endpoints(c: &Cluster) -> Option<Arc<EndpointSet>> {

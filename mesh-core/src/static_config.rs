@@ -52,7 +52,10 @@ pub struct StaticConfigError {
 
 impl StaticConfigError {
     fn new(origin: &str, message: impl Into<String>) -> Self {
-        Self { origin: origin.to_owned(), message: message.into() }
+        Self {
+            origin: origin.to_owned(),
+            message: message.into(),
+        }
     }
 }
 
@@ -60,8 +63,10 @@ impl StaticConfigError {
 pub fn descriptor_pool() -> &'static DescriptorPool {
     static POOL: OnceLock<DescriptorPool> = OnceLock::new();
     POOL.get_or_init(|| {
-        let mut pool = DescriptorPool::decode(crate::DESCRIPTORS).expect("envoy-types ships a valid descriptor set");
-        pool.add_file_descriptor_proto(typed_struct_file()).expect("TypedStruct descriptor is valid");
+        let mut pool = DescriptorPool::decode(crate::DESCRIPTORS)
+            .expect("envoy-types ships a valid descriptor set");
+        pool.add_file_descriptor_proto(typed_struct_file())
+            .expect("TypedStruct descriptor is valid");
         pool
     })
 }
@@ -109,14 +114,16 @@ impl StaticResources {
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, StaticConfigError> {
         let path = path.as_ref();
         let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| StaticConfigError::new(&origin, format!("cannot read: {e}")))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| StaticConfigError::new(&origin, format!("cannot read: {e}")))?;
         Self::from_str(&text, &origin)
     }
 
     /// Parses JSON or YAML text; `origin` names it in errors.
     pub fn from_str(text: &str, origin: &str) -> Result<Self, StaticConfigError> {
         // YAML is a superset of JSON, so one parser serves both and reports line and column.
-        let doc: serde_json::Value = serde_norway::from_str(text).map_err(|e| StaticConfigError::new(origin, e.to_string()))?;
+        let doc: serde_json::Value = serde_norway::from_str(text)
+            .map_err(|e| StaticConfigError::new(origin, e.to_string()))?;
         Self::from_value(&doc, origin)
     }
 
@@ -129,26 +136,52 @@ impl StaticResources {
         ];
         for (path, ty) in lists {
             let (a, b) = path.split_once('.').expect("two-part path");
-            for (i, v) in doc.get(a).and_then(|s| s.get(b)).and_then(|l| l.as_array()).into_iter().flatten().enumerate() {
+            for (i, v) in doc
+                .get(a)
+                .and_then(|s| s.get(b))
+                .and_then(|l| l.as_array())
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
                 let at = format!("{path}[{i}]");
-                let r = parse_typed(v, Some(ty)).map_err(|e| StaticConfigError::new(origin, format!("{at}{e}")))?;
+                let r = parse_typed(v, Some(ty))
+                    .map_err(|e| StaticConfigError::new(origin, format!("{at}{e}")))?;
                 out.insert(r, origin, &at)?;
             }
         }
-        for (i, v) in doc.get("resources").and_then(|l| l.as_array()).into_iter().flatten().enumerate() {
+        for (i, v) in doc
+            .get("resources")
+            .and_then(|l| l.as_array())
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
             let at = format!("resources[{i}]");
-            let r = parse_typed(v, None).map_err(|e| StaticConfigError::new(origin, format!("{at}{e}")))?;
+            let r = parse_typed(v, None)
+                .map_err(|e| StaticConfigError::new(origin, format!("{at}{e}")))?;
             out.insert(r, origin, &at)?;
         }
         if out.resources.is_empty() {
-            return Err(StaticConfigError::new(origin, "no resources: expected static_resources.listeners/clusters or resources"));
+            return Err(StaticConfigError::new(
+                origin,
+                "no resources: expected static_resources.listeners/clusters or resources",
+            ));
         }
         Ok(out)
     }
 
-    fn insert(&mut self, (ty, name, r): (ResourceType, String, Resource), origin: &str, at: &str) -> Result<(), StaticConfigError> {
+    fn insert(
+        &mut self,
+        (ty, name, r): (ResourceType, String, Resource),
+        origin: &str,
+        at: &str,
+    ) -> Result<(), StaticConfigError> {
         if self.resources.insert((ty, name.clone()), r).is_some() {
-            return Err(StaticConfigError::new(origin, format!("{at}: {ty} {name:?} is defined twice")));
+            return Err(StaticConfigError::new(
+                origin,
+                format!("{at}: {ty} {name:?} is defined twice"),
+            ));
         }
         Ok(())
     }
@@ -178,7 +211,10 @@ impl StaticResources {
                 raw: None,
                 updated_at: Some(SystemTime::now()),
             },
-            None => ResourceState { status: ResourceStatus::DoesNotExist, ..ResourceState::requested() },
+            None => ResourceState {
+                status: ResourceStatus::DoesNotExist,
+                ..ResourceState::requested()
+            },
         }
     }
 }
@@ -189,7 +225,10 @@ impl StaticResources {
 /// can prefix where the value came from. Any `@type` the descriptor pool does not know (say,
 /// Istio's own filters) is wrapped in a `TypedStruct` so that validation can say which filter
 /// is unsupported, or skip it when it is optional.
-pub fn parse_typed(value: &serde_json::Value, ty: Option<ResourceType>) -> Result<(ResourceType, String, Resource), String> {
+pub fn parse_typed(
+    value: &serde_json::Value,
+    ty: Option<ResourceType>,
+) -> Result<(ResourceType, String, Resource), String> {
     let pool = descriptor_pool();
     let mut value = value.clone();
     let type_url = match ty {
@@ -200,20 +239,29 @@ pub fn parse_typed(value: &serde_json::Value, ty: Option<ResourceType>) -> Resul
             t.type_url().to_owned()
         }
         None => {
-            let url = value.get("@type").and_then(|t| t.as_str()).ok_or(": \"@type\" is required")?.to_owned();
+            let url = value
+                .get("@type")
+                .and_then(|t| t.as_str())
+                .ok_or(": \"@type\" is required")?
+                .to_owned();
             value.as_object_mut().map(|o| o.remove("@type"));
             url
         }
     };
-    let ty = ResourceType::from_type_url(&type_url).ok_or_else(|| format!(".@type: {type_url} is not an xDS resource type"))?;
+    let ty = ResourceType::from_type_url(&type_url)
+        .ok_or_else(|| format!(".@type: {type_url} is not an xDS resource type"))?;
     wrap_unknown_any(&mut value, pool);
     let desc = pool
         .get_message_by_name(type_url.trim_start_matches("type.googleapis.com/"))
         .ok_or_else(|| format!(": descriptor for {type_url} missing"))?;
     let mut track = serde_path_to_error::Track::new();
     let de = serde_path_to_error::Deserializer::new(&value, &mut track);
-    let msg = DynamicMessage::deserialize(desc, de).map_err(|e| format!(".{}: {e}", track.path()))?;
-    let any = Any { type_url, value: msg.encode_to_vec() };
+    let msg =
+        DynamicMessage::deserialize(desc, de).map_err(|e| format!(".{}: {e}", track.path()))?;
+    let any = Any {
+        type_url,
+        value: msg.encode_to_vec(),
+    };
     let decoded = crate::xds::decode_any(&any).map_err(|e| format!(": {e}"))?;
     debug_assert_eq!(decoded.0, ty);
     let d = decoded.1;
@@ -229,14 +277,20 @@ fn wrap_unknown_any(v: &mut serde_json::Value, pool: &DescriptorPool) {
                 let name = url.rsplit('/').next().unwrap_or(url);
                 if name == "udpa.type.v1.TypedStruct" {
                     // Same shape as xds.type.v3's, which the pool knows.
-                    map.insert("@type".into(), "type.googleapis.com/xds.type.v3.TypedStruct".into());
+                    map.insert(
+                        "@type".into(),
+                        "type.googleapis.com/xds.type.v3.TypedStruct".into(),
+                    );
                     return;
                 }
                 if pool.get_message_by_name(name).is_none() {
                     let url = url.to_owned();
                     map.remove("@type");
                     let inner = serde_json::Value::Object(std::mem::take(map));
-                    map.insert("@type".into(), "type.googleapis.com/xds.type.v3.TypedStruct".into());
+                    map.insert(
+                        "@type".into(),
+                        "type.googleapis.com/xds.type.v3.TypedStruct".into(),
+                    );
                     map.insert("type_url".into(), url.into());
                     map.insert("value".into(), inner);
                     return;
@@ -250,4 +304,3 @@ fn wrap_unknown_any(v: &mut serde_json::Value, pool: &DescriptorPool) {
         _ => {}
     }
 }
-

@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-    aggregated_discovery_service_server::{AggregatedDiscoveryService, AggregatedDiscoveryServiceServer},
+    aggregated_discovery_service_server::{
+        AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+    },
 };
 use envoy_types::pb::google::protobuf::Any;
 use futures_util::Stream;
@@ -28,6 +30,8 @@ struct State {
     requests: Vec<DiscoveryRequest>,
     nonce: u64,
     streams_opened: usize,
+    /// Record requests (on by default; benchmarks turn it off so the log does not count).
+    quiet: bool,
 }
 
 struct Shared {
@@ -57,9 +61,18 @@ impl AdsServer {
     pub async fn start_on(addr: SocketAddr) -> Self {
         let (push, _) = broadcast::channel(1024);
         let (kill, _) = broadcast::channel(4);
-        let shared = Arc::new(Shared { state: Mutex::default(), push, request_seen: Notify::new(), kill });
+        let shared = Arc::new(Shared {
+            state: Mutex::default(),
+            push,
+            request_seen: Notify::new(),
+            kill,
+        });
         let (addr, stop) = serve(addr, shared.clone()).await;
-        Self { addr, shared, stop: Some(stop) }
+        Self {
+            addr,
+            shared,
+            stop: Some(stop),
+        }
     }
 
     /// Stops the server and breaks every stream, keeping the resources and recorded requests;
@@ -103,6 +116,22 @@ impl AdsServer {
         });
     }
 
+    /// Sets many resources of one type with a single version bump and push, as a control plane
+    /// that debounces changes would.
+    pub fn set_many(&self, resources: impl IntoIterator<Item = Any>) {
+        let mut by_type: BTreeMap<String, Vec<Any>> = BTreeMap::new();
+        for r in resources {
+            by_type.entry(r.type_url.clone()).or_default().push(r);
+        }
+        for (url, list) in by_type {
+            self.edit(&url, |m| {
+                for r in list {
+                    m.insert(crate::resources::name_of(&r), r);
+                }
+            });
+        }
+    }
+
     /// Removes one resource and pushes its type.
     pub fn remove(&self, type_url: &str, name: &str) {
         self.edit(type_url, |m| {
@@ -120,6 +149,13 @@ impl AdsServer {
         let _ = self.shared.push.send(type_url.to_owned());
     }
 
+    /// Stops recording requests and forgets those recorded (for memory measurements).
+    pub fn stop_recording(&self) {
+        let mut st = self.shared.state.lock().expect("state");
+        st.quiet = true;
+        st.requests = Vec::new();
+    }
+
     /// Every request received so far.
     pub fn requests(&self) -> Vec<DiscoveryRequest> {
         self.shared.state.lock().expect("state").requests.clone()
@@ -131,7 +167,11 @@ impl AdsServer {
     }
 
     /// Waits (up to 10 s) for a request satisfying `pred`, counting from the start.
-    pub async fn wait_request(&self, what: &str, mut pred: impl FnMut(&DiscoveryRequest) -> bool) -> DiscoveryRequest {
+    pub async fn wait_request(
+        &self,
+        what: &str,
+        mut pred: impl FnMut(&DiscoveryRequest) -> bool,
+    ) -> DiscoveryRequest {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
             let notified = self.shared.request_seen.notified();
@@ -139,7 +179,10 @@ impl AdsServer {
                 return r;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                panic!("no request matching {what:?} within 10 s; got {:#?}", self.requests());
+                panic!(
+                    "no request matching {what:?} within 10 s; got {:#?}",
+                    self.requests()
+                );
             }
         }
     }
@@ -194,7 +237,10 @@ impl AggregatedDiscoveryService for Ads {
     type StreamAggregatedResourcesStream = RespStream;
     type DeltaAggregatedResourcesStream = DeltaStream;
 
-    async fn stream_aggregated_resources(&self, req: Request<Streaming<DiscoveryRequest>>) -> Result<Response<RespStream>, Status> {
+    async fn stream_aggregated_resources(
+        &self,
+        req: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<RespStream>, Status> {
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::unbounded_channel::<Result<DiscoveryResponse, Status>>();
         let shared = self.shared.clone();
@@ -215,7 +261,9 @@ impl AggregatedDiscoveryService for Ads {
                         let url = req.type_url.clone();
                         {
                             let mut st = shared.state.lock().expect("state");
-                            st.requests.push(req.clone());
+                            if !st.quiet {
+                                st.requests.push(req.clone());
+                            }
                         }
                         shared.request_seen.notify_waiters();
                         let mut names = req.resource_names.clone();
@@ -224,19 +272,17 @@ impl AggregatedDiscoveryService for Ads {
                         let names_changed = entry.0 != names;
                         entry.0 = names;
                         // Answer new or changed subscriptions; ACKs and NACKs get no answer.
-                        if names_changed || entry.1.is_none() {
-                            if let Some(resp) = respond(&shared, &url, entry) {
+                        if (names_changed || entry.1.is_none())
+                            && let Some(resp) = respond(&shared, &url, entry) {
                                 let _ = tx.send(Ok(resp));
                             }
-                        }
                     }
                     url = push.recv() => {
                         let Ok(url) = url else { continue };
-                        if let Some(entry) = subs.get_mut(&url) {
-                            if let Some(resp) = respond(&shared, &url, entry) {
+                        if let Some(entry) = subs.get_mut(&url)
+                            && let Some(resp) = respond(&shared, &url, entry) {
                                 let _ = tx.send(Ok(resp));
                             }
-                        }
                     }
                 }
             }
@@ -244,20 +290,41 @@ impl AggregatedDiscoveryService for Ads {
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
     }
 
-    async fn delta_aggregated_resources(&self, _: Request<Streaming<DeltaDiscoveryRequest>>) -> Result<Response<DeltaStream>, Status> {
+    async fn delta_aggregated_resources(
+        &self,
+        _: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<DeltaStream>, Status> {
         Err(Status::unimplemented("delta xDS"))
     }
 }
 
-fn respond(shared: &Shared, url: &str, entry: &mut (Vec<String>, Option<u64>)) -> Option<DiscoveryResponse> {
+fn respond(
+    shared: &Shared,
+    url: &str,
+    entry: &mut (Vec<String>, Option<u64>),
+) -> Option<DiscoveryResponse> {
     let mut st = shared.state.lock().expect("state");
-    let (version, resources) = st.resources.get(url).map(|(v, m)| (*v, m.clone())).unwrap_or_default();
+    let (version, resources) = st
+        .resources
+        .get(url)
+        .map(|(v, m)| (*v, m.clone()))
+        .unwrap_or_default();
     if entry.1 == Some(version) && version != 0 && entry.0.is_empty() {
         return None;
     }
     entry.1 = Some(version);
     st.nonce += 1;
     let nonce = st.nonce;
-    let resources = resources.into_iter().filter(|(n, _)| entry.0.contains(n)).map(|(_, a)| a).collect();
-    Some(DiscoveryResponse { version_info: version.to_string(), resources, type_url: url.to_owned(), nonce: nonce.to_string(), ..Default::default() })
+    let resources = resources
+        .into_iter()
+        .filter(|(n, _)| entry.0.contains(n))
+        .map(|(_, a)| a)
+        .collect();
+    Some(DiscoveryResponse {
+        version_info: version.to_string(),
+        resources,
+        type_url: url.to_owned(),
+        nonce: nonce.to_string(),
+        ..Default::default()
+    })
 }

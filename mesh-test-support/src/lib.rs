@@ -14,7 +14,9 @@ pub use ads::AdsServer;
 /// Installs a `tracing` subscriber for tests once (`RUST_LOG` filters it; default `warn`).
 pub fn trace_init() {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_test_writer()
         .try_init();
 }

@@ -20,7 +20,8 @@ pub mod urls {
     /// CDS.
     pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
     /// EDS.
-    pub const ENDPOINTS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+    pub const ENDPOINTS: &str =
+        "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 }
 
 /// The resource name inside an `Any` of one of the four types.
@@ -30,7 +31,11 @@ pub fn name_of(any: &Any) -> String {
         urls::LISTENER => listener::Listener::decode(v).expect("listener").name,
         urls::ROUTE => route::RouteConfiguration::decode(v).expect("route").name,
         urls::CLUSTER => cluster::Cluster::decode(v).expect("cluster").name,
-        urls::ENDPOINTS => endpoint::ClusterLoadAssignment::decode(v).expect("cla").cluster_name,
+        urls::ENDPOINTS => {
+            endpoint::ClusterLoadAssignment::decode(v)
+                .expect("cla")
+                .cluster_name
+        }
         other => panic!("not an xDS resource: {other}"),
     }
 }
@@ -39,7 +44,9 @@ pub fn name_of(any: &Any) -> String {
 pub fn router_filter() -> hcm::HttpFilter {
     hcm::HttpFilter {
         name: "envoy.filters.http.router".into(),
-        config_type: Some(hcm::http_filter::ConfigType::TypedConfig(pack_any(Router::default()))),
+        config_type: Some(hcm::http_filter::ConfigType::TypedConfig(pack_any(
+            Router::default(),
+        ))),
         ..Default::default()
     }
 }
@@ -49,10 +56,12 @@ pub fn hcm_rds(rds: &str, mut filters: Vec<hcm::HttpFilter>) -> hcm::HttpConnect
     filters.push(router_filter());
     hcm::HttpConnectionManager {
         stat_prefix: "test".into(),
-        route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(hcm::Rds {
-            route_config_name: rds.into(),
-            config_source: Some(ads_config_source()),
-        })),
+        route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(
+            hcm::Rds {
+                route_config_name: rds.into(),
+                config_source: Some(ads_config_source()),
+            },
+        )),
         http_filters: filters,
         ..Default::default()
     }
@@ -61,7 +70,9 @@ pub fn hcm_rds(rds: &str, mut filters: Vec<hcm::HttpFilter>) -> hcm::HttpConnect
 /// A `ConfigSource` pointing at ADS.
 pub fn ads_config_source() -> core::ConfigSource {
     core::ConfigSource {
-        config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::Ads(Default::default())),
+        config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::Ads(
+            Default::default(),
+        )),
         resource_api_version: core::ApiVersion::V3 as i32,
         ..Default::default()
     }
@@ -71,7 +82,9 @@ pub fn ads_config_source() -> core::ConfigSource {
 pub fn api_listener(name: &str, rds: &str) -> listener::Listener {
     listener::Listener {
         name: name.into(),
-        api_listener: Some(listener::ApiListener { api_listener: Some(pack_any(hcm_rds(rds, vec![]))) }),
+        api_listener: Some(listener::ApiListener {
+            api_listener: Some(pack_any(hcm_rds(rds, vec![]))),
+        }),
         ..Default::default()
     }
 }
@@ -86,7 +99,9 @@ pub fn route_to(name: &str, domains: &[&str], cluster: &str) -> route::RouteConf
             routes: vec![route::Route {
                 r#match: Some(prefix_match("/")),
                 action: Some(route::route::Action::Route(route::RouteAction {
-                    cluster_specifier: Some(route::route_action::ClusterSpecifier::Cluster(cluster.into())),
+                    cluster_specifier: Some(route::route_action::ClusterSpecifier::Cluster(
+                        cluster.into(),
+                    )),
                     ..Default::default()
                 })),
                 ..Default::default()
@@ -99,15 +114,23 @@ pub fn route_to(name: &str, domains: &[&str], cluster: &str) -> route::RouteConf
 
 /// A prefix route match.
 pub fn prefix_match(prefix: &str) -> route::RouteMatch {
-    route::RouteMatch { path_specifier: Some(route::route_match::PathSpecifier::Prefix(prefix.into())), ..Default::default() }
+    route::RouteMatch {
+        path_specifier: Some(route::route_match::PathSpecifier::Prefix(prefix.into())),
+        ..Default::default()
+    }
 }
 
 /// An EDS cluster fed by ADS.
 pub fn eds_cluster(name: &str) -> cluster::Cluster {
     cluster::Cluster {
         name: name.into(),
-        cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(cluster::cluster::DiscoveryType::Eds as i32)),
-        eds_cluster_config: Some(cluster::cluster::EdsClusterConfig { eds_config: Some(ads_config_source()), service_name: String::new() }),
+        cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(
+            cluster::cluster::DiscoveryType::Eds as i32,
+        )),
+        eds_cluster_config: Some(cluster::cluster::EdsClusterConfig {
+            eds_config: Some(ads_config_source()),
+            service_name: String::new(),
+        }),
         ..Default::default()
     }
 }
@@ -117,7 +140,9 @@ pub fn address(addr: std::net::SocketAddr) -> core::Address {
     core::Address {
         address: Some(core::address::Address::SocketAddress(core::SocketAddress {
             address: addr.ip().to_string(),
-            port_specifier: Some(core::socket_address::PortSpecifier::PortValue(u32::from(addr.port()))),
+            port_specifier: Some(core::socket_address::PortSpecifier::PortValue(u32::from(
+                addr.port(),
+            ))),
             ..Default::default()
         })),
     }
@@ -128,14 +153,20 @@ pub fn endpoints(cluster: &str, addrs: &[std::net::SocketAddr]) -> endpoint::Clu
     endpoint::ClusterLoadAssignment {
         cluster_name: cluster.into(),
         endpoints: vec![endpoint::LocalityLbEndpoints {
-            locality: Some(core::Locality { region: "r1".into(), zone: "z1".into(), sub_zone: String::new() }),
+            locality: Some(core::Locality {
+                region: "r1".into(),
+                zone: "z1".into(),
+                sub_zone: String::new(),
+            }),
             lb_endpoints: addrs
                 .iter()
                 .map(|a| endpoint::LbEndpoint {
-                    host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(endpoint::Endpoint {
-                        address: Some(address(*a)),
-                        ..Default::default()
-                    })),
+                    host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(
+                        endpoint::Endpoint {
+                            address: Some(address(*a)),
+                            ..Default::default()
+                        },
+                    )),
                     ..Default::default()
                 })
                 .collect(),

@@ -19,19 +19,27 @@ async fn server_restart_reconnects_and_resubscribes() {
 
     server.stop().await;
     // While the server is down, the cache keeps serving.
-    assert!(w.current().value.is_some(), "last good config survives a lost stream");
+    assert!(
+        w.current().value.is_some(),
+        "last good config survives a lost stream"
+    );
     let before = server.requests().len();
     server.restart().await;
     assert_eventually!(server.streams_opened() >= 2, "the client reconnects");
     let resub = server
-        .wait_request("resubscription", |q| q.type_url == urls::CLUSTER && q.response_nonce.is_empty() && q.resource_names == ["c1"])
+        .wait_request("resubscription", |q| {
+            q.type_url == urls::CLUSTER && q.response_nonce.is_empty() && q.resource_names == ["c1"]
+        })
         .await;
     assert!(resub.node.is_some(), "a new stream starts with the node");
     assert!(server.requests().len() > before);
 
     // Updates flow again on the new stream.
     let mut c = r::eds_cluster("c1");
-    c.connect_timeout = Some(envoy_types::pb::google::protobuf::Duration { seconds: 7, nanos: 0 });
+    c.connect_timeout = Some(envoy_types::pb::google::protobuf::Duration {
+        seconds: 7,
+        nanos: 0,
+    });
     server.set(r::any(c));
     let st = w
         .wait_for(|s| matches!(&s.value, Some(mesh_core::xds::Resource::Cluster(c)) if c.connect_timeout.as_secs() == 7))
@@ -43,7 +51,10 @@ async fn server_restart_reconnects_and_resubscribes() {
 async fn falls_back_when_primary_is_unreachable_and_returns_to_it() {
     mesh_test_support::trace_init();
     // A port with nothing listening: bind, read the port, close.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let fallback = AdsServer::start().await;
     fallback.set(r::any(r::eds_cluster("c1")));
     let json = serde_json::json!({
@@ -59,14 +70,26 @@ async fn falls_back_when_primary_is_unreachable_and_returns_to_it() {
         .build()
         .await
         .unwrap();
-    let mut w = mesh.xds_client().unwrap().watch(ResourceType::Cluster, "c1").await.unwrap();
+    let mut w = mesh
+        .xds_client()
+        .unwrap()
+        .watch(ResourceType::Cluster, "c1")
+        .await
+        .unwrap();
     let st = w.wait_for(|s| s.value.is_some()).await;
-    assert_eq!(st.status, ResourceStatus::Acked, "config came from the fallback");
+    assert_eq!(
+        st.status,
+        ResourceStatus::Acked,
+        "config came from the fallback"
+    );
 
     // The primary comes up: the client moves back to it.
     let primary = AdsServer::start_on(dead).await;
     let mut c = r::eds_cluster("c1");
-    c.connect_timeout = Some(envoy_types::pb::google::protobuf::Duration { seconds: 9, nanos: 0 });
+    c.connect_timeout = Some(envoy_types::pb::google::protobuf::Duration {
+        seconds: 9,
+        nanos: 0,
+    });
     primary.set(r::any(c));
     w.wait_for(|s| matches!(&s.value, Some(mesh_core::xds::Resource::Cluster(c)) if c.connect_timeout.as_secs() == 9))
         .await;

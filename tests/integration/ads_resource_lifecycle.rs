@@ -15,10 +15,19 @@ async fn does_not_exist_timer_fires_for_a_missing_route() {
     let server = AdsServer::start().await;
     let mesh = mesh_for(&server, &[]).await;
     let started = Instant::now();
-    let mut w = mesh.xds_client().unwrap().watch(ResourceType::RouteConfiguration, "nope").await.unwrap();
+    let mut w = mesh
+        .xds_client()
+        .unwrap()
+        .watch(ResourceType::RouteConfiguration, "nope")
+        .await
+        .unwrap();
     let st = w.wait_for(|s| s.status != ResourceStatus::Requested).await;
     assert!(st.does_not_exist());
-    assert!(started.elapsed() >= Duration::from_millis(450), "not before the timer: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(450),
+        "not before the timer: {:?}",
+        started.elapsed()
+    );
 
     // If it appears later, it is used.
     server.set(r::any(r::route_to("nope", &["*"], "c")));
@@ -31,10 +40,18 @@ async fn a_missing_cluster_is_known_at_once_from_a_cds_response() {
     server.set(r::any(r::eds_cluster("other")));
     let mesh = mesh_for(&server, &[]).await;
     let started = Instant::now();
-    let mut w = mesh.xds_client().unwrap().watch(ResourceType::Cluster, "absent").await.unwrap();
+    let mut w = mesh
+        .xds_client()
+        .unwrap()
+        .watch(ResourceType::Cluster, "absent")
+        .await
+        .unwrap();
     let st = w.wait_for(|s| s.status != ResourceStatus::Requested).await;
     assert!(st.does_not_exist());
-    assert!(started.elapsed() < Duration::from_millis(450), "CDS responses carry every resource, no timer needed");
+    assert!(
+        started.elapsed() < Duration::from_millis(450),
+        "CDS responses carry every resource, no timer needed"
+    );
 }
 
 #[tokio::test]
@@ -43,11 +60,21 @@ async fn deleted_listener_keeps_serving_by_default() {
     server.set(r::any(r::api_listener("svc:80", "rc")));
     server.set(r::any(r::eds_cluster("keep")));
     let mesh = mesh_for(&server, &[]).await;
-    let mut w = mesh.xds_client().unwrap().watch(ResourceType::Listener, "svc:80").await.unwrap();
+    let mut w = mesh
+        .xds_client()
+        .unwrap()
+        .watch(ResourceType::Listener, "svc:80")
+        .await
+        .unwrap();
     w.wait_for(|s| s.value.is_some()).await;
     server.remove(urls::LISTENER, "svc:80");
-    let st = w.wait_for(|s| s.status == ResourceStatus::DoesNotExist).await;
-    assert!(st.value.is_some(), "gRFC A88: a deletion is a data error; the cached listener keeps serving");
+    let st = w
+        .wait_for(|s| s.status == ResourceStatus::DoesNotExist)
+        .await;
+    assert!(
+        st.value.is_some(),
+        "gRFC A88: a deletion is a data error; the cached listener keeps serving"
+    );
 }
 
 #[tokio::test]
@@ -55,11 +82,21 @@ async fn deleted_listener_is_dropped_with_fail_on_data_errors() {
     let server = AdsServer::start().await;
     server.set(r::any(r::api_listener("svc:80", "rc")));
     let mesh = mesh_for(&server, &["fail_on_data_errors"]).await;
-    let mut w = mesh.xds_client().unwrap().watch(ResourceType::Listener, "svc:80").await.unwrap();
+    let mut w = mesh
+        .xds_client()
+        .unwrap()
+        .watch(ResourceType::Listener, "svc:80")
+        .await
+        .unwrap();
     w.wait_for(|s| s.value.is_some()).await;
     server.remove(urls::LISTENER, "svc:80");
-    let st = w.wait_for(|s| s.status == ResourceStatus::DoesNotExist).await;
-    assert!(st.value.is_none(), "with fail_on_data_errors the deleted listener is dropped");
+    let st = w
+        .wait_for(|s| s.status == ResourceStatus::DoesNotExist)
+        .await;
+    assert!(
+        st.value.is_none(),
+        "with fail_on_data_errors the deleted listener is dropped"
+    );
 }
 
 #[tokio::test]
@@ -72,9 +109,17 @@ async fn dropping_every_watch_unsubscribes() {
     let mut a = client.watch(ResourceType::Cluster, "a").await.unwrap();
     let b = client.watch(ResourceType::Cluster, "b").await.unwrap();
     a.wait_for(|s| s.value.is_some()).await;
-    server.wait_request("both subscribed", |q| q.type_url == urls::CLUSTER && q.resource_names.len() == 2).await;
+    server
+        .wait_request("both subscribed", |q| {
+            q.type_url == urls::CLUSTER && q.resource_names.len() == 2
+        })
+        .await;
     drop(b);
-    let q = server.wait_request("b unsubscribed", |q| q.type_url == urls::CLUSTER && q.resource_names == ["a"]).await;
+    let q = server
+        .wait_request("b unsubscribed", |q| {
+            q.type_url == urls::CLUSTER && q.resource_names == ["a"]
+        })
+        .await;
     assert!(q.resource_names == ["a"]);
     assert!(a.current().value.is_some());
 }

@@ -3,7 +3,9 @@
 use mesh_core::StaticResources;
 
 fn error(yaml: &str) -> String {
-    StaticResources::from_str(yaml, "bad.yaml").unwrap_err().to_string()
+    StaticResources::from_str(yaml, "bad.yaml")
+        .unwrap_err()
+        .to_string()
 }
 
 const ROUTE_HEAD: &str = r#"
@@ -18,9 +20,14 @@ resources:
 
 #[test]
 fn invalid_regex() {
-    let e = error(&format!("{ROUTE_HEAD}    - match: {{ safe_regex: {{ regex: \"/a(\" }} }}\n      route: {{ cluster: c }}\n"));
+    let e = error(&format!(
+        "{ROUTE_HEAD}    - match: {{ safe_regex: {{ regex: \"/a(\" }} }}\n      route: {{ cluster: c }}\n"
+    ));
     assert!(e.contains("RouteConfiguration rc"), "{e}");
-    assert!(e.contains("virtual_hosts[0].routes[0].match.safe_regex.regex"), "{e}");
+    assert!(
+        e.contains("virtual_hosts[0].routes[0].match.safe_regex.regex"),
+        "{e}"
+    );
     assert!(e.contains("invalid regex"), "{e}");
 }
 
@@ -30,7 +37,10 @@ fn weighted_clusters_total_that_does_not_add_up() {
         "{ROUTE_HEAD}    - match: {{ prefix: / }}\n      route:\n        weighted_clusters:\n          total_weight: 100\n          clusters: [{{ name: a, weight: 50 }}, {{ name: b, weight: 40 }}]\n"
     ));
     assert!(e.contains("RouteConfiguration rc"), "{e}");
-    assert!(e.contains("virtual_hosts[0].routes[0].route.weighted_clusters.total_weight"), "{e}");
+    assert!(
+        e.contains("virtual_hosts[0].routes[0].route.weighted_clusters.total_weight"),
+        "{e}"
+    );
     assert!(e.contains("add up to 90"), "{e}");
 }
 
@@ -39,7 +49,10 @@ fn weighted_clusters_all_zero() {
     let e = error(&format!(
         "{ROUTE_HEAD}    - match: {{ prefix: / }}\n      route:\n        weighted_clusters:\n          clusters: [{{ name: a, weight: 0 }}]\n"
     ));
-    assert!(e.contains("route.weighted_clusters.clusters: the weights add up to 0"), "{e}");
+    assert!(
+        e.contains("route.weighted_clusters.clusters: the weights add up to 0"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -65,9 +78,16 @@ static_resources:
     };
     let e = error(&listener(false));
     assert!(e.contains("Listener l"), "{e}");
-    assert!(e.contains("api_listener.api_listener.http_filters[0].typed_config"), "{e}");
-    assert!(e.contains("unsupported filter type.googleapis.com/stats.PluginConfig"), "{e}");
-    StaticResources::from_str(&listener(true), "ok.yaml").expect("an optional unknown filter is skipped");
+    assert!(
+        e.contains("api_listener.api_listener.http_filters[0].typed_config"),
+        "{e}"
+    );
+    assert!(
+        e.contains("unsupported filter type.googleapis.com/stats.PluginConfig"),
+        "{e}"
+    );
+    StaticResources::from_str(&listener(true), "ok.yaml")
+        .expect("an optional unknown filter is skipped");
 }
 
 #[test]
@@ -88,14 +108,19 @@ static_resources:
           typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault }
 "#,
     );
-    assert!(e.contains("http_filters: the last filter must be the router"), "{e}");
+    assert!(
+        e.contains("http_filters: the last filter must be the router"),
+        "{e}"
+    );
 }
 
 #[test]
 fn malformed_bootstrap_fails_fast_with_the_json_path() {
-    let e = mesh_core::Bootstrap::from_json(r#"{"xds_servers": [{"server_uri": "x:1", "channel_creds": "insecure"}]}"#)
-        .unwrap_err()
-        .to_string();
+    let e = mesh_core::Bootstrap::from_json(
+        r#"{"xds_servers": [{"server_uri": "x:1", "channel_creds": "insecure"}]}"#,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("xds_servers[0].channel_creds"), "{e}");
 }
 
@@ -112,5 +137,8 @@ resources:
 "#,
     );
     assert!(e.contains("ClusterLoadAssignment c"), "{e}");
-    assert!(e.contains("endpoints[0].lb_endpoints[0].endpoint.address.socket_address.address"), "{e}");
+    assert!(
+        e.contains("endpoints[0].lb_endpoints[0].endpoint.address.socket_address.address"),
+        "{e}"
+    );
 }

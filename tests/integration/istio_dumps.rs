@@ -26,7 +26,11 @@ fn shared_dir() -> Option<PathBuf> {
 fn resources(v: &serde_json::Value, out: &mut Vec<serde_json::Value>) {
     match v {
         serde_json::Value::Object(m) => {
-            if m.get("@type").and_then(|t| t.as_str()).and_then(ResourceType::from_type_url).is_some() {
+            if m.get("@type")
+                .and_then(|t| t.as_str())
+                .and_then(ResourceType::from_type_url)
+                .is_some()
+            {
                 out.push(v.clone());
                 return;
             }
@@ -52,7 +56,8 @@ fn istiod_config_dumps_translate() {
     let mut failures = Vec::new();
     for f in files {
         let text = std::fs::read_to_string(dir.join(f)).unwrap();
-        let doc: serde_json::Value = serde_norway::from_str(&text).unwrap_or_else(|e| panic!("{f}: {e}"));
+        let doc: serde_json::Value =
+            serde_norway::from_str(&text).unwrap_or_else(|e| panic!("{f}: {e}"));
         let mut found = Vec::new();
         resources(&doc, &mut found);
         assert!(!found.is_empty(), "{f} holds resources");
@@ -60,8 +65,20 @@ fn istiod_config_dumps_translate() {
             // Envoy dumps inline route configs (`static_route_configs`) without a name; a name
             // is required over xDS, so give them one and validate the rest.
             if let Some(obj) = r.as_object_mut() {
-                let key = if obj.contains_key("cluster_name") || obj["@type"].as_str().is_some_and(|t| t.ends_with("ClusterLoadAssignment")) { "cluster_name" } else { "name" };
-                if obj.get(key).and_then(|n| n.as_str()).is_none_or(str::is_empty) {
+                let key = if obj.contains_key("cluster_name")
+                    || obj["@type"]
+                        .as_str()
+                        .is_some_and(|t| t.ends_with("ClusterLoadAssignment"))
+                {
+                    "cluster_name"
+                } else {
+                    "name"
+                };
+                if obj
+                    .get(key)
+                    .and_then(|n| n.as_str())
+                    .is_none_or(str::is_empty)
+                {
                     obj.insert(key.into(), format!("inline-{i}").into());
                 }
             }
@@ -75,12 +92,22 @@ fn istiod_config_dumps_translate() {
             }
         }
     }
-    assert!(failures.is_empty(), "istiod resources we reject:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "istiod resources we reject:\n{}",
+        failures.join("\n")
+    );
     println!("translated: {counts:?} (listeners, routes, clusters, endpoint sets)");
     println!("unsupported required filters: {unsupported:#?}");
-    assert!(counts.iter().all(|c| *c > 0), "every resource type is exercised: {counts:?}");
+    assert!(
+        counts.iter().all(|c| *c > 0),
+        "every resource type is exercised: {counts:?}"
+    );
     let expected: BTreeSet<String> = EXPECTED_UNSUPPORTED.iter().map(|s| s.to_string()).collect();
-    assert_eq!(unsupported, expected, "the list of unsupported filters changed");
+    assert_eq!(
+        unsupported, expected,
+        "the list of unsupported filters changed"
+    );
 }
 
 /// Required (non-optional) HTTP filters in those dumps that the model does not implement. A

@@ -7,6 +7,7 @@ mod bad_input;
 mod istio_dumps;
 mod snapshots;
 mod static_config;
+mod translate_fixtures;
 
 use std::time::Duration;
 
@@ -29,5 +30,10 @@ pub(crate) fn fast_config() -> XdsClientConfig {
 pub(crate) async fn mesh_for(server: &AdsServer, features: &[&str]) -> Mesh {
     mesh_test_support::trace_init();
     let bootstrap = Bootstrap::from_json(&server.bootstrap_json(features)).expect("bootstrap");
-    Mesh::builder().bootstrap(bootstrap).xds_config(fast_config()).build().await.expect("mesh")
+    Mesh::builder()
+        .bootstrap(bootstrap)
+        .xds_config(fast_config())
+        .build()
+        .await
+        .expect("mesh")
 }

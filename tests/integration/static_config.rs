@@ -51,20 +51,37 @@ resources:
 async fn static_yaml_serves_a_complete_snapshot() {
     let resources = StaticResources::from_str(EXAMPLE, "example.yaml").unwrap();
     assert_eq!(resources.len(), 5);
-    let mesh = Mesh::builder().static_resources(resources).build().await.unwrap();
+    let mesh = Mesh::builder()
+        .static_resources(resources)
+        .build()
+        .await
+        .unwrap();
     let snap = mesh.target("reviews:9080").ready().await;
     assert_eq!(snap.clusters.len(), 2);
-    assert_eq!(snap.clusters["reviews-v1"].cluster.lb, LbPolicy::LeastRequest { choice_count: 2, active_request_bias: 1.0 });
+    assert_eq!(
+        snap.clusters["reviews-v1"].cluster.lb,
+        LbPolicy::LeastRequest {
+            choice_count: 2,
+            active_request_bias: 1.0
+        }
+    );
     let v2 = snap.clusters["reviews-v2"].endpoints.as_ref().unwrap();
-    assert_eq!(v2.endpoints().next().unwrap().address, "[::1]:9081".parse().unwrap());
+    assert_eq!(
+        v2.endpoints().next().unwrap().address,
+        "[::1]:9081".parse().unwrap()
+    );
     let route = &snap.routes.virtual_hosts[0].routes[1];
-    let mesh_core::model::Action::Forward(f) = &route.action else { panic!() };
+    let mesh_core::model::Action::Forward(f) = &route.action else {
+        panic!()
+    };
     assert!(matches!(&f.cluster, ClusterSpecifier::Weighted(w) if w.total == 100));
 }
 
 #[test]
 fn yaml_syntax_errors_have_line_and_column() {
-    let e = StaticResources::from_str("static_resources:\n  listeners: [\n", "broken.yaml").unwrap_err().to_string();
+    let e = StaticResources::from_str("static_resources:\n  listeners: [\n", "broken.yaml")
+        .unwrap_err()
+        .to_string();
     assert!(e.starts_with("broken.yaml: "), "{e}");
     assert!(e.contains("line 3"), "{e}");
 }
@@ -77,5 +94,24 @@ fn proto_field_errors_name_the_resource_path() {
     )
     .unwrap_err()
     .to_string();
-    assert!(e.contains("c.yaml: static_resources.clusters[0].connect_timeout"), "{e}");
+    assert!(
+        e.contains("c.yaml: static_resources.clusters[0].connect_timeout"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn the_readme_example_config_is_valid() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/static-route/mesh.yaml"
+    );
+    let mesh = Mesh::builder()
+        .static_file(path)
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let snap = mesh.target("reviews:9080").ready().await;
+    assert_eq!(snap.clusters.len(), 2);
 }

@@ -29,7 +29,8 @@ fn istio_agent_bootstrap_parses() {
         CertificateProviderConfig::FileWatcher { refresh_interval, .. } if *refresh_interval == Duration::from_secs(900)
     ));
     assert_eq!(
-        b.server_listener_name("10.0.0.1:8080".parse().unwrap()).as_deref(),
+        b.server_listener_name("10.0.0.1:8080".parse().unwrap())
+            .as_deref(),
         Some("xds.istio.io/grpc/lds/inbound/10.0.0.1:8080")
     );
     assert_eq!(b.client_listener_name("reviews:9080"), "reviews:9080");
@@ -44,7 +45,11 @@ fn first_supported_channel_creds_win() {
     .unwrap();
     assert_eq!(
         b.xds_servers[0].channel_creds,
-        ChannelCreds::Tls { ca_certificate_file: Some("ca.pem".into()), certificate_file: None, private_key_file: None }
+        ChannelCreds::Tls {
+            ca_certificate_file: Some("ca.pem".into()),
+            certificate_file: None,
+            private_key_file: None
+        }
     );
 }
 
@@ -56,14 +61,23 @@ fn wrong_type_names_the_json_path() {
 
 #[test]
 fn unsupported_creds_name_the_field() {
-    let e = err(r#"{"xds_servers": [{"server_uri": "a:1", "channel_creds": [{"type": "google_default"}]}]}"#);
-    assert!(e.contains("xds_servers[0].channel_creds") && e.contains("no supported type"), "{e}");
+    let e = err(
+        r#"{"xds_servers": [{"server_uri": "a:1", "channel_creds": [{"type": "google_default"}]}]}"#,
+    );
+    assert!(
+        e.contains("xds_servers[0].channel_creds") && e.contains("no supported type"),
+        "{e}"
+    );
 }
 
 #[test]
 fn empty_server_uri_is_rejected() {
-    let e = err(r#"{"xds_servers": [{"server_uri": " ", "channel_creds": [{"type": "insecure"}]}]}"#);
-    assert!(e.contains("xds_servers[0].server_uri: must not be empty"), "{e}");
+    let e =
+        err(r#"{"xds_servers": [{"server_uri": " ", "channel_creds": [{"type": "insecure"}]}]}"#);
+    assert!(
+        e.contains("xds_servers[0].server_uri: must not be empty"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -72,7 +86,10 @@ fn bad_refresh_interval_names_the_field() {
         r#"{"certificate_providers": {"default": {"plugin_name": "file_watcher",
             "config": {"ca_certificate_file": "ca.pem", "refresh_interval": "ten minutes"}}}}"#,
     );
-    assert!(e.contains("certificate_providers.default.config.refresh_interval"), "{e}");
+    assert!(
+        e.contains("certificate_providers.default.config.refresh_interval"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -84,6 +101,11 @@ fn malformed_json_fails_with_position() {
 
 #[test]
 fn authority_templates_must_use_their_authority() {
-    let e = err(r#"{"authorities": {"a.com": {"client_listener_resource_name_template": "xdstp://b.com/x/%s"}}}"#);
-    assert!(e.contains("authorities.a.com.client_listener_resource_name_template"), "{e}");
+    let e = err(
+        r#"{"authorities": {"a.com": {"client_listener_resource_name_template": "xdstp://b.com/x/%s"}}}"#,
+    );
+    assert!(
+        e.contains("authorities.a.com.client_listener_resource_name_template"),
+        "{e}"
+    );
 }

@@ -25,7 +25,10 @@ pub struct EndpointSet {
 impl EndpointSet {
     /// Every endpoint, in all priorities and localities.
     pub fn endpoints(&self) -> impl Iterator<Item = &Endpoint> {
-        self.priorities.iter().flat_map(|p| p.localities.iter()).flat_map(|l| l.endpoints.iter())
+        self.priorities
+            .iter()
+            .flat_map(|p| p.localities.iter())
+            .flat_map(|l| l.endpoints.iter())
     }
 }
 

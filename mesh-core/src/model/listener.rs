@@ -23,21 +23,23 @@ impl Listener {
     pub fn rds_names(&self) -> Vec<Arc<str>> {
         let mut out = Vec::new();
         let mut push = |h: &HttpConnectionManager| {
-            if let RouteSource::Rds(n) = &h.routes {
-                if !out.contains(n) {
-                    out.push(n.clone());
-                }
+            if let RouteSource::Rds(n) = &h.routes
+                && !out.contains(n)
+            {
+                out.push(n.clone());
             }
         };
         match &self.kind {
             ListenerKind::Api(h) => push(h),
-            ListenerKind::Socket(s) => {
-                s.filter_chains.iter().chain(s.default_filter_chain.iter()).for_each(|fc| {
+            ListenerKind::Socket(s) => s
+                .filter_chains
+                .iter()
+                .chain(s.default_filter_chain.iter())
+                .for_each(|fc| {
                     if let NetworkFilter::Http(h) = &fc.filter {
                         push(h)
                     }
-                })
-            }
+                }),
         }
         out
     }

@@ -25,7 +25,10 @@ impl FullRegex {
     /// ```
     pub fn new(pattern: &str) -> Result<Self, regex::Error> {
         let compiled = regex::Regex::new(&format!("^(?:{pattern})$"))?;
-        Ok(Self { source: pattern.into(), compiled })
+        Ok(Self {
+            source: pattern.into(),
+            compiled,
+        })
     }
 
     /// Whether the whole of `input` matches.
@@ -72,7 +75,10 @@ pub struct StringMatcher {
 impl StringMatcher {
     /// An exact, case-sensitive matcher.
     pub fn exact(value: impl Into<Box<str>>) -> Self {
-        Self { kind: StringMatch::Exact(value.into()), ignore_case: false }
+        Self {
+            kind: StringMatch::Exact(value.into()),
+            ignore_case: false,
+        }
     }
 
     /// Whether `value` matches.
@@ -165,7 +171,11 @@ impl<'a> RequestView<'a> {
         let authority = uri
             .authority()
             .map(|a| a.as_str())
-            .or_else(|| req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()))
+            .or_else(|| {
+                req.headers()
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            })
             .unwrap_or("");
         Self {
             authority,
@@ -264,7 +274,10 @@ impl PathMatch {
             PathMatch::Regex(re) => re.is_match(path),
             PathMatch::SeparatedPrefix(p) => {
                 starts_with(path, p, ic)
-                    && matches!(path.as_bytes().get(p.len()), None | Some(b'/' | b'?' | b'#'))
+                    && matches!(
+                        path.as_bytes().get(p.len()),
+                        None | Some(b'/' | b'?' | b'#')
+                    )
             }
             // Checked against the method in `RouteMatcher::matches`.
             PathMatch::Connect => true,
@@ -281,11 +294,15 @@ pub struct Fraction {
 
 impl Fraction {
     /// Always.
-    pub const ALWAYS: Fraction = Fraction { per_million: 1_000_000 };
+    pub const ALWAYS: Fraction = Fraction {
+        per_million: 1_000_000,
+    };
 
     /// From a percentage (0.0 ..= 100.0), clamped.
     pub fn from_percent(p: f64) -> Self {
-        Self { per_million: (p.clamp(0.0, 100.0) * 10_000.0).round() as u32 }
+        Self {
+            per_million: (p.clamp(0.0, 100.0) * 10_000.0).round() as u32,
+        }
     }
 
     /// Whether a uniform sample in `0..1_000_000` falls inside the fraction.
@@ -356,12 +373,20 @@ impl Cidr {
         match (self.addr, ip) {
             (V4(net), V4(ip)) => {
                 let bits = u32::from(self.prefix_len.min(32));
-                let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
+                let mask = if bits == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - bits)
+                };
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (V6(net), V6(ip)) => {
                 let bits = u32::from(self.prefix_len.min(128));
-                let mask = if bits == 0 { 0 } else { u128::MAX << (128 - bits) };
+                let mask = if bits == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - bits)
+                };
                 u128::from(net) & mask == u128::from(ip) & mask
             }
             _ => false,
@@ -417,7 +442,10 @@ mod tests {
         };
         assert!(!m.matches(&view("/", &h, None)));
         let empty = HeaderMap::new();
-        assert!(!m.matches(&view("/", &empty, None)), "a missing header never matches");
+        assert!(
+            !m.matches(&view("/", &empty, None)),
+            "a missing header never matches"
+        );
         let range = HeaderMatcher {
             name: "x-n".into(),
             kind: HeaderMatch::Range { start: 1, end: 10 },
@@ -432,20 +460,32 @@ mod tests {
 
     #[test]
     fn query_params() {
-        let m = QueryParamMatcher { name: "u".into(), value: Some(StringMatcher::exact("1")) };
+        let m = QueryParamMatcher {
+            name: "u".into(),
+            value: Some(StringMatcher::exact("1")),
+        };
         assert!(m.matches(Some("a=2&u=1")));
         assert!(!m.matches(Some("u=2")));
-        let present = QueryParamMatcher { name: "debug".into(), value: None };
+        let present = QueryParamMatcher {
+            name: "debug".into(),
+            value: None,
+        };
         assert!(present.matches(Some("debug")));
         assert!(!present.matches(None));
     }
 
     #[test]
     fn cidr() {
-        let c = Cidr { addr: "10.1.0.0".parse().unwrap(), prefix_len: 16 };
+        let c = Cidr {
+            addr: "10.1.0.0".parse().unwrap(),
+            prefix_len: 16,
+        };
         assert!(c.contains("10.1.2.3".parse().unwrap()));
         assert!(!c.contains("10.2.0.1".parse().unwrap()));
-        let c6 = Cidr { addr: "fd00::".parse().unwrap(), prefix_len: 8 };
+        let c6 = Cidr {
+            addr: "fd00::".parse().unwrap(),
+            prefix_len: 8,
+        };
         assert!(c6.contains("fd12::1".parse().unwrap()));
         assert!(!c6.contains("10.1.2.3".parse().unwrap()));
     }

@@ -34,10 +34,10 @@ impl RouteTable {
         let mut best: Option<(&VirtualHost, DomainRank)> = None;
         for vh in self.virtual_hosts.iter() {
             for d in vh.domains.iter() {
-                if let Some(rank) = d.rank(authority) {
-                    if best.as_ref().is_none_or(|(_, r)| rank > *r) {
-                        best = Some((vh, rank));
-                    }
+                if let Some(rank) = d.rank(authority)
+                    && best.as_ref().is_none_or(|(_, r)| rank > *r)
+                {
+                    best = Some((vh, rank));
                 }
             }
         }
@@ -48,7 +48,10 @@ impl RouteTable {
     /// number in `0..1_000_000` for runtime fractions.
     pub fn find(&self, req: &RequestView<'_>, sample: u32) -> Option<(&VirtualHost, &Route)> {
         let vh = self.virtual_host(req.authority)?;
-        vh.routes.iter().find(|r| r.matcher.matches(req, sample)).map(|r| (vh, r))
+        vh.routes
+            .iter()
+            .find(|r| r.matcher.matches(req, sample))
+            .map(|r| (vh, r))
     }
 
     /// Every cluster name a route in this table can send to, without duplicates
@@ -68,7 +71,9 @@ impl RouteTable {
                 if let Action::Forward(f) = &r.action {
                     match &f.cluster {
                         ClusterSpecifier::Cluster(c) => push(c),
-                        ClusterSpecifier::Weighted(w) => w.clusters.iter().for_each(|c| push(&c.name)),
+                        ClusterSpecifier::Weighted(w) => {
+                            w.clusters.iter().for_each(|c| push(&c.name))
+                        }
                         ClusterSpecifier::Header(_) => {}
                     }
                     for m in f.mirrors.iter() {
@@ -115,20 +120,27 @@ impl DomainMatcher {
         let stars = domain.matches('*').count();
         match stars {
             0 => Ok(Self::Exact(domain.to_ascii_lowercase().into())),
-            1 if domain.starts_with('*') => Ok(Self::Suffix(domain[1..].to_ascii_lowercase().into())),
-            1 if domain.ends_with('*') => {
-                Ok(Self::Prefix(domain[..domain.len() - 1].to_ascii_lowercase().into()))
+            1 if domain.starts_with('*') => {
+                Ok(Self::Suffix(domain[1..].to_ascii_lowercase().into()))
             }
-            _ => Err(format!("domain {domain:?}: a wildcard may only be the first or last character")),
+            1 if domain.ends_with('*') => Ok(Self::Prefix(
+                domain[..domain.len() - 1].to_ascii_lowercase().into(),
+            )),
+            _ => Err(format!(
+                "domain {domain:?}: a wildcard may only be the first or last character"
+            )),
         }
     }
 
     fn rank(&self, authority: &str) -> Option<DomainRank> {
         match self {
             Self::Any => Some(DomainRank::Any),
-            Self::Exact(d) => authority.eq_ignore_ascii_case(d).then_some(DomainRank::Exact),
+            Self::Exact(d) => authority
+                .eq_ignore_ascii_case(d)
+                .then_some(DomainRank::Exact),
             Self::Suffix(s) => (authority.len() > s.len()
-                && authority.as_bytes()[authority.len() - s.len()..].eq_ignore_ascii_case(s.as_bytes()))
+                && authority.as_bytes()[authority.len() - s.len()..]
+                    .eq_ignore_ascii_case(s.as_bytes()))
             .then_some(DomainRank::Suffix(s.len())),
             Self::Prefix(p) => (authority.len() > p.len()
                 && authority.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes()))
@@ -550,7 +562,10 @@ mod tests {
     fn vh(name: &str, domains: &[&str]) -> VirtualHost {
         VirtualHost {
             name: name.into(),
-            domains: domains.iter().map(|d| DomainMatcher::parse(d).unwrap()).collect(),
+            domains: domains
+                .iter()
+                .map(|d| DomainMatcher::parse(d).unwrap())
+                .collect(),
             routes: Box::new([]),
             retry: None,
             hedge: None,

@@ -32,8 +32,8 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use resource::{Resource, ResourceType};
 pub(crate) use resource::decode_any;
+pub use resource::{Resource, ResourceType};
 pub use state::{ResourceError, ResourceState, ResourceStatus};
 
 use crate::bootstrap::Bootstrap;
@@ -70,8 +70,14 @@ impl Default for XdsClientConfig {
 }
 
 pub(crate) enum Command {
-    Watch { ty: ResourceType, name: String, reply: oneshot::Sender<watch::Receiver<ResourceState>> },
-    Dump { reply: oneshot::Sender<Vec<ResourceDump>> },
+    Watch {
+        ty: ResourceType,
+        name: String,
+        reply: oneshot::Sender<watch::Receiver<ResourceState>>,
+    },
+    Dump {
+        reply: oneshot::Sender<Vec<ResourceDump>>,
+    },
 }
 
 /// One cached resource, as `/config_dump` and CSDS show it.
@@ -104,7 +110,10 @@ impl XdsClient {
     /// When the bootstrap lists no server: check with [`Bootstrap::xds_servers`] first, or use
     /// static configuration.
     pub fn start(bootstrap: Arc<Bootstrap>, config: XdsClientConfig) -> Self {
-        assert!(!bootstrap.xds_servers.is_empty(), "XdsClient::start needs at least one xds_servers entry");
+        assert!(
+            !bootstrap.xds_servers.is_empty(),
+            "XdsClient::start needs at least one xds_servers entry"
+        );
         let (tx, rx) = mpsc::unbounded_channel();
         let worker = worker::Worker::new(bootstrap, config, rx);
         tokio::spawn(worker.run());
@@ -112,16 +121,30 @@ impl XdsClient {
     }
 
     /// Subscribes to a resource (or joins an existing subscription).
-    pub async fn watch(&self, ty: ResourceType, name: impl Into<String>) -> Result<ResourceWatch, ClientStopped> {
+    pub async fn watch(
+        &self,
+        ty: ResourceType,
+        name: impl Into<String>,
+    ) -> Result<ResourceWatch, ClientStopped> {
         let (reply, rx) = oneshot::channel();
-        self.commands.send(Command::Watch { ty, name: name.into(), reply }).map_err(|_| ClientStopped)?;
-        Ok(ResourceWatch { rx: rx.await.map_err(|_| ClientStopped)? })
+        self.commands
+            .send(Command::Watch {
+                ty,
+                name: name.into(),
+                reply,
+            })
+            .map_err(|_| ClientStopped)?;
+        Ok(ResourceWatch {
+            rx: rx.await.map_err(|_| ClientStopped)?,
+        })
     }
 
     /// Every subscribed resource with its state.
     pub async fn dump(&self) -> Result<Vec<ResourceDump>, ClientStopped> {
         let (reply, rx) = oneshot::channel();
-        self.commands.send(Command::Dump { reply }).map_err(|_| ClientStopped)?;
+        self.commands
+            .send(Command::Dump { reply })
+            .map_err(|_| ClientStopped)?;
         rx.await.map_err(|_| ClientStopped)
     }
 }

@@ -4,7 +4,10 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use envoy_types::pb::envoy::config::{cluster::v3::Cluster as PbCluster, endpoint::v3::ClusterLoadAssignment, listener::v3::Listener as PbListener, route::v3::RouteConfiguration};
+use envoy_types::pb::envoy::config::{
+    cluster::v3::Cluster as PbCluster, endpoint::v3::ClusterLoadAssignment,
+    listener::v3::Listener as PbListener, route::v3::RouteConfiguration,
+};
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 
@@ -26,15 +29,24 @@ pub enum ResourceType {
 
 impl ResourceType {
     /// All types, in the order a client subscribes to them.
-    pub const ALL: [ResourceType; 4] = [Self::Listener, Self::RouteConfiguration, Self::Cluster, Self::ClusterLoadAssignment];
+    pub const ALL: [ResourceType; 4] = [
+        Self::Listener,
+        Self::RouteConfiguration,
+        Self::Cluster,
+        Self::ClusterLoadAssignment,
+    ];
 
     /// The v3 type URL.
     pub fn type_url(self) -> &'static str {
         match self {
             Self::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
-            Self::RouteConfiguration => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+            Self::RouteConfiguration => {
+                "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+            }
             Self::Cluster => "type.googleapis.com/envoy.config.cluster.v3.Cluster",
-            Self::ClusterLoadAssignment => "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+            Self::ClusterLoadAssignment => {
+                "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+            }
         }
     }
 
@@ -109,15 +121,22 @@ pub(crate) fn decode(ty: ResourceType, any: &Any) -> Result<Decoded, String> {
     // Some servers wrap each resource in `discovery.v3.Resource` (name + resource).
     let unwrapped;
     let any = if any.type_url == RESOURCE_WRAPPER {
-        let r = envoy_types::pb::envoy::service::discovery::v3::Resource::decode(any.value.as_slice())
-            .map_err(|e| format!("cannot decode {RESOURCE_WRAPPER}: {e}"))?;
-        unwrapped = r.resource.ok_or("discovery.v3.Resource without a resource")?;
+        let r =
+            envoy_types::pb::envoy::service::discovery::v3::Resource::decode(any.value.as_slice())
+                .map_err(|e| format!("cannot decode {RESOURCE_WRAPPER}: {e}"))?;
+        unwrapped = r
+            .resource
+            .ok_or("discovery.v3.Resource without a resource")?;
         &unwrapped
     } else {
         any
     };
     if any.type_url != ty.type_url() {
-        return Err(format!("type {} in a {} response", any.type_url, ty.short_name()));
+        return Err(format!(
+            "type {} in a {} response",
+            any.type_url,
+            ty.short_name()
+        ));
     }
     let raw = Bytes::copy_from_slice(&any.value);
     fn pb<T: Message + Default>(raw: &Bytes) -> Result<T, String> {
@@ -126,19 +145,33 @@ pub(crate) fn decode(ty: ResourceType, any: &Any) -> Result<Decoded, String> {
     let (name, result) = match ty {
         ResourceType::Listener => {
             let l: PbListener = pb(&raw)?;
-            (l.name.clone(), translate::listener(&l).map(|x| Resource::Listener(Arc::new(x))))
+            (
+                l.name.clone(),
+                translate::listener(&l).map(|x| Resource::Listener(Arc::new(x))),
+            )
         }
         ResourceType::RouteConfiguration => {
             let r: RouteConfiguration = pb(&raw)?;
-            (r.name.clone(), translate::route_configuration(&r).map(|x| Resource::RouteConfiguration(Arc::new(x))))
+            (
+                r.name.clone(),
+                translate::route_configuration(&r)
+                    .map(|x| Resource::RouteConfiguration(Arc::new(x))),
+            )
         }
         ResourceType::Cluster => {
             let c: PbCluster = pb(&raw)?;
-            (c.name.clone(), translate::cluster(&c).map(|x| Resource::Cluster(Arc::new(x))))
+            (
+                c.name.clone(),
+                translate::cluster(&c).map(|x| Resource::Cluster(Arc::new(x))),
+            )
         }
         ResourceType::ClusterLoadAssignment => {
             let e: ClusterLoadAssignment = pb(&raw)?;
-            (e.cluster_name.clone(), translate::cluster_load_assignment(&e).map(|x| Resource::ClusterLoadAssignment(Arc::new(x))))
+            (
+                e.cluster_name.clone(),
+                translate::cluster_load_assignment(&e)
+                    .map(|x| Resource::ClusterLoadAssignment(Arc::new(x))),
+            )
         }
     };
     if name.is_empty() {
@@ -149,10 +182,10 @@ pub(crate) fn decode(ty: ResourceType, any: &Any) -> Result<Decoded, String> {
 
 /// Decodes a resource given as an `Any` of a known type (used by the static loader).
 pub(crate) fn decode_any(any: &Any) -> Result<(ResourceType, Decoded), String> {
-    let ty = ResourceType::from_type_url(&any.type_url).ok_or_else(|| format!("{} is not an xDS resource type", any.type_url))?;
+    let ty = ResourceType::from_type_url(&any.type_url)
+        .ok_or_else(|| format!("{} is not an xDS resource type", any.type_url))?;
     decode(ty, any).map(|d| (ty, d))
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -162,8 +195,14 @@ mod tests {
     #[test]
     fn type_urls_match_envoy_types() {
         assert_eq!(ResourceType::Listener.type_url(), PbListener::type_url());
-        assert_eq!(ResourceType::RouteConfiguration.type_url(), RouteConfiguration::type_url());
+        assert_eq!(
+            ResourceType::RouteConfiguration.type_url(),
+            RouteConfiguration::type_url()
+        );
         assert_eq!(ResourceType::Cluster.type_url(), PbCluster::type_url());
-        assert_eq!(ResourceType::ClusterLoadAssignment.type_url(), ClusterLoadAssignment::type_url());
+        assert_eq!(
+            ResourceType::ClusterLoadAssignment.type_url(),
+            ClusterLoadAssignment::type_url()
+        );
     }
 }

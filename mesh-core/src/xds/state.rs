@@ -27,7 +27,14 @@ pub struct ResourceState {
 
 impl ResourceState {
     pub(crate) fn requested() -> Self {
-        Self { value: None, version: "".into(), status: ResourceStatus::Requested, error: None, raw: None, updated_at: None }
+        Self {
+            value: None,
+            version: "".into(),
+            status: ResourceStatus::Requested,
+            error: None,
+            raw: None,
+            updated_at: None,
+        }
     }
 
     /// Whether the resource is known to be absent and there is nothing cached to serve.

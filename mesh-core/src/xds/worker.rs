@@ -14,7 +14,8 @@ use std::time::{Duration, SystemTime};
 
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DiscoveryRequest, DiscoveryResponse, aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
+    DiscoveryRequest, DiscoveryResponse,
+    aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
 };
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use tokio::sync::{mpsc, watch};
@@ -25,6 +26,11 @@ use super::resource::{ResourceType, decode};
 use super::state::{ResourceError, ResourceState, ResourceStatus};
 use super::{Command, ResourceDump, XdsClientConfig};
 use crate::bootstrap::{Bootstrap, XdsServer};
+
+/// Subscription changes are sent once none has arrived for this long ...
+const SUBSCRIPTION_COALESCING: Duration = Duration::from_millis(2);
+/// ... or this long after the first of a burst, whichever comes first.
+const SUBSCRIPTION_COALESCING_MAX: Duration = Duration::from_millis(100);
 
 struct Sub {
     tx: watch::Sender<ResourceState>,
@@ -62,9 +68,19 @@ enum End {
 }
 
 impl Worker {
-    pub(crate) fn new(bootstrap: Arc<Bootstrap>, config: XdsClientConfig, commands: mpsc::UnboundedReceiver<Command>) -> Self {
+    pub(crate) fn new(
+        bootstrap: Arc<Bootstrap>,
+        config: XdsClientConfig,
+        commands: mpsc::UnboundedReceiver<Command>,
+    ) -> Self {
         let node = node_proto(&bootstrap, &config);
-        Self { bootstrap, config, commands, types: Default::default(), node }
+        Self {
+            bootstrap,
+            config,
+            commands,
+            types: Default::default(),
+            node,
+        }
     }
 
     pub(crate) async fn run(mut self) {
@@ -109,7 +125,10 @@ impl Worker {
     }
 
     fn anything_missing(&self) -> bool {
-        self.types.iter().flat_map(|t| t.subs.values()).any(|s| s.tx.borrow().value.is_none())
+        self.types
+            .iter()
+            .flat_map(|t| t.subs.values())
+            .any(|s| s.tx.borrow().value.is_none())
     }
 
     /// Sleeps while still serving commands; `false` when the client is gone.
@@ -147,7 +166,8 @@ impl Worker {
             }
         }
         let mut sent_node = !first;
-        let mut client = AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
+        let mut client = AggregatedDiscoveryServiceClient::new(channel)
+            .max_decoding_message_size(64 * 1024 * 1024);
         let stream = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
         let mut inbound = match client.stream_aggregated_resources(stream).await {
             Ok(r) => r.into_inner(),
@@ -172,6 +192,9 @@ impl Worker {
                 }
             }
         });
+        let mut dirty = [false; 4];
+        let mut flush_at: Option<Instant> = None;
+        let mut burst_start: Option<Instant> = None;
         let end = loop {
             let next_dne = self.next_dne_deadline();
             tokio::select! {
@@ -188,11 +211,27 @@ impl Worker {
                     None => return End::Shutdown,
                     Some(cmd) => {
                         if let Some(ty) = self.command(cmd, Some(Instant::now() + self.config.does_not_exist_timeout)) {
+                            // Subscriptions often come in bursts (a snapshot naming many
+                            // clusters, a client warming up): coalesce them into one request
+                            // per type instead of one per name, which would make a burst of
+                            // N subscriptions cost N requests of up to N names each.
+                            dirty[ty.index()] = true;
+                            let now = Instant::now();
+                            let first = *burst_start.get_or_insert(now);
+                            flush_at = Some((now + SUBSCRIPTION_COALESCING).min(first + SUBSCRIPTION_COALESCING_MAX));
+                        }
+                    }
+                },
+                _ = sleep_until_opt(flush_at) => {
+                    flush_at = None;
+                    burst_start = None;
+                    for ty in ResourceType::ALL {
+                        if std::mem::take(&mut dirty[ty.index()]) {
                             let _ = tx.send(self.request(ty, !sent_node, None));
                             sent_node = true;
                         }
                     }
-                },
+                }
                 _ = sleep_until_opt(next_dne) => self.fire_dne_timers(),
                 _ = sweep.tick() => {
                     for ty in self.sweep_unwatched() {
@@ -209,7 +248,11 @@ impl Worker {
                 s.dne_deadline = None;
             }
         }
-        if got_response { End::Routine(end) } else { End::Failed(end) }
+        if got_response {
+            End::Routine(end)
+        } else {
+            End::Failed(end)
+        }
     }
 
     /// Serves commands until the client is dropped (used while connecting).
@@ -245,7 +288,11 @@ impl Worker {
         let mut out = Vec::new();
         for ty in ResourceType::ALL {
             for (name, sub) in &self.types[ty.index()].subs {
-                out.push(ResourceDump { resource_type: ty, name: name.clone(), state: sub.tx.borrow().clone() });
+                out.push(ResourceDump {
+                    resource_type: ty,
+                    name: name.clone(),
+                    state: sub.tx.borrow().clone(),
+                });
             }
         }
         out.sort_by(|a, b| (a.resource_type, &a.name).cmp(&(b.resource_type, &b.name)));
@@ -266,7 +313,12 @@ impl Worker {
         changed
     }
 
-    fn request(&self, ty: ResourceType, with_node: bool, error: Option<(String, String)>) -> DiscoveryRequest {
+    fn request(
+        &self,
+        ty: ResourceType,
+        with_node: bool,
+        error: Option<(String, String)>,
+    ) -> DiscoveryRequest {
         let t = &self.types[ty.index()];
         let mut names: Vec<String> = t.subs.keys().cloned().collect();
         names.sort();
@@ -275,8 +327,14 @@ impl Worker {
             node: with_node.then(|| self.node.clone()),
             resource_names: names,
             type_url: ty.type_url().to_owned(),
-            response_nonce: error.as_ref().map_or_else(|| t.nonce.clone(), |(n, _)| n.clone()),
-            error_detail: error.map(|(_, detail)| RpcStatus { code: tonic::Code::InvalidArgument as i32, message: detail, details: vec![] }),
+            response_nonce: error
+                .as_ref()
+                .map_or_else(|| t.nonce.clone(), |(n, _)| n.clone()),
+            error_detail: error.map(|(_, detail)| RpcStatus {
+                code: tonic::Code::InvalidArgument as i32,
+                message: detail,
+                details: vec![],
+            }),
             ..Default::default()
         }
     }
@@ -293,7 +351,11 @@ impl Worker {
     }
 
     fn next_dne_deadline(&self) -> Option<Instant> {
-        self.types.iter().flat_map(|t| t.subs.values()).filter_map(|s| s.dne_deadline).min()
+        self.types
+            .iter()
+            .flat_map(|t| t.subs.values())
+            .filter_map(|s| s.dne_deadline)
+            .min()
     }
 
     fn fire_dne_timers(&mut self) {
@@ -318,7 +380,11 @@ impl Worker {
                 type_url: resp.type_url.clone(),
                 response_nonce: resp.nonce.clone(),
                 node: None,
-                error_detail: Some(RpcStatus { code: tonic::Code::InvalidArgument as i32, message: format!("unsupported type {}", resp.type_url), details: vec![] }),
+                error_detail: Some(RpcStatus {
+                    code: tonic::Code::InvalidArgument as i32,
+                    message: format!("unsupported type {}", resp.type_url),
+                    details: vec![],
+                }),
                 ..Default::default()
             };
         };
@@ -337,7 +403,10 @@ impl Worker {
                 }
             };
             if !seen.insert(decoded.name.clone()) {
-                errors.push(format!("{ty} {}: appears twice in one response", decoded.name));
+                errors.push(format!(
+                    "{ty} {}: appears twice in one response",
+                    decoded.name
+                ));
                 continue;
             }
             let Some(sub) = t.subs.get_mut(&decoded.name) else {
@@ -349,7 +418,8 @@ impl Worker {
                 Ok(value) => {
                     let raw = decoded.raw;
                     sub.tx.send_if_modified(|st| {
-                        let same = st.raw.as_ref() == Some(&raw) && st.status == ResourceStatus::Acked;
+                        let same =
+                            st.raw.as_ref() == Some(&raw) && st.status == ResourceStatus::Acked;
                         st.version = version.clone();
                         if same {
                             return false;
@@ -368,7 +438,11 @@ impl Worker {
                     errors.push(detail.clone());
                     sub.tx.send_modify(|st| {
                         st.status = ResourceStatus::Nacked;
-                        st.error = Some(ResourceError { version: version.clone(), detail: detail.into(), at: now });
+                        st.error = Some(ResourceError {
+                            version: version.clone(),
+                            detail: detail.into(),
+                            at: now,
+                        });
                         if fail_on_data_errors {
                             st.value = None;
                             st.raw = None;
@@ -391,7 +465,9 @@ impl Worker {
                     info!(resource_type = %ty, %name, "resource does not exist");
                 }
                 sub.tx.send_if_modified(|st| {
-                    if st.status == ResourceStatus::DoesNotExist && (st.value.is_none() || !fail_on_data_errors) {
+                    if st.status == ResourceStatus::DoesNotExist
+                        && (st.value.is_none() || !fail_on_data_errors)
+                    {
                         return false;
                     }
                     st.status = ResourceStatus::DoesNotExist;
@@ -433,7 +509,9 @@ fn node_proto(b: &Bootstrap, config: &XdsClientConfig) -> core::Node {
             sub_zone: b.node.locality.sub_zone.clone(),
         }),
         user_agent_name: config.user_agent_name.clone(),
-        user_agent_version_type: Some(core::node::UserAgentVersionType::UserAgentVersion(env!("CARGO_PKG_VERSION").to_owned())),
+        user_agent_version_type: Some(core::node::UserAgentVersionType::UserAgentVersion(
+            env!("CARGO_PKG_VERSION").to_owned(),
+        )),
         // We honour overprovisioning_factor, so we do not send
         // "envoy.lb.does_not_support_overprovisioning".
         client_features: vec!["xds.config.resource-in-sotw".to_owned()],
@@ -442,7 +520,9 @@ fn node_proto(b: &Bootstrap, config: &XdsClientConfig) -> core::Node {
 }
 
 /// JSON object → `google.protobuf.Struct`.
-fn json_to_struct(map: &serde_json::Map<String, serde_json::Value>) -> envoy_types::pb::google::protobuf::Struct {
+fn json_to_struct(
+    map: &serde_json::Map<String, serde_json::Value>,
+) -> envoy_types::pb::google::protobuf::Struct {
     use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
     fn value(v: &serde_json::Value) -> Value {
         let kind = match v {
@@ -450,12 +530,16 @@ fn json_to_struct(map: &serde_json::Map<String, serde_json::Value>) -> envoy_typ
             serde_json::Value::Bool(b) => Kind::BoolValue(*b),
             serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
             serde_json::Value::String(s) => Kind::StringValue(s.clone()),
-            serde_json::Value::Array(a) => Kind::ListValue(ListValue { values: a.iter().map(value).collect() }),
+            serde_json::Value::Array(a) => Kind::ListValue(ListValue {
+                values: a.iter().map(value).collect(),
+            }),
             serde_json::Value::Object(o) => Kind::StructValue(json_to_struct(o)),
         };
         Value { kind: Some(kind) }
     }
-    Struct { fields: map.iter().map(|(k, v)| (k.clone(), value(v))).collect() }
+    Struct {
+        fields: map.iter().map(|(k, v)| (k.clone(), value(v))).collect(),
+    }
 }
 
 /// Jittered exponential backoff (gRPC's connection-backoff parameters: ×1.6, ±20 %).
@@ -467,7 +551,11 @@ struct Backoff {
 
 impl Backoff {
     fn new(base: Duration, max: Duration) -> Self {
-        Self { base, max, current: base }
+        Self {
+            base,
+            max,
+            current: base,
+        }
     }
 
     fn reset(&mut self) {
@@ -480,4 +568,3 @@ impl Backoff {
         d.mul_f64(0.8 + fastrand::f64() * 0.4)
     }
 }
-

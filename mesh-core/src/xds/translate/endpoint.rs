@@ -15,7 +15,10 @@ pub fn cluster_load_assignment(cla: &pb::ClusterLoadAssignment) -> Result<Endpoi
     load_assignment(cla, &cla.cluster_name)
 }
 
-pub(crate) fn load_assignment(cla: &pb::ClusterLoadAssignment, name: &str) -> Result<EndpointSet, FieldError> {
+pub(crate) fn load_assignment(
+    cla: &pb::ClusterLoadAssignment,
+    name: &str,
+) -> Result<EndpointSet, FieldError> {
     // Group localities by priority; priorities must be contiguous from 0 (Envoy rejects gaps).
     let mut by_priority: Vec<Vec<LocalityEndpoints>> = Vec::new();
     // Localities are shared by every endpoint set that names them (10k clusters often share a
@@ -25,13 +28,19 @@ pub(crate) fn load_assignment(cla: &pb::ClusterLoadAssignment, name: &str) -> Re
         let at = format!("endpoints[{i}]");
         let p = l.priority as usize;
         if p > 128 {
-            return Err(FieldError::new(format!("priority {p} is too large")).at("priority").at(&at));
+            return Err(FieldError::new(format!("priority {p} is too large"))
+                .at("priority")
+                .at(&at));
         }
         if by_priority.len() <= p {
             by_priority.resize_with(p + 1, Vec::new);
         }
         let loc = l.locality.clone().unwrap_or_default();
-        let loc = Locality { region: loc.region.into(), zone: loc.zone.into(), sub_zone: loc.sub_zone.into() };
+        let loc = Locality {
+            region: loc.region.into(),
+            zone: loc.zone.into(),
+            sub_zone: loc.sub_zone.into(),
+        };
         let locality = match localities.iter().find(|x| ***x == loc) {
             Some(x) => x.clone(),
             None => {
@@ -42,17 +51,30 @@ pub(crate) fn load_assignment(cla: &pb::ClusterLoadAssignment, name: &str) -> Re
         };
         // Envoy's own dumps carry 0 for "unset"; either way the locality gets no load under
         // locality-weighted balancing.
-        let weight = l.load_balancing_weight.as_ref().map(|v| v.value).filter(|w| *w > 0);
+        let weight = l
+            .load_balancing_weight
+            .as_ref()
+            .map(|v| v.value)
+            .filter(|w| *w > 0);
         let endpoints = super::each("lb_endpoints", &l.lb_endpoints, lb_endpoint).at(&at)?;
-        by_priority[p].push(LocalityEndpoints { locality, weight, endpoints });
+        by_priority[p].push(LocalityEndpoints {
+            locality,
+            weight,
+            endpoints,
+        });
     }
-    if let Some(p) = by_priority.iter().position(Vec::is_empty) {
-        if p < by_priority.len() {
-            return Err(FieldError::new(format!("priority {p} has no localities; priorities must be contiguous from 0")).at("endpoints"));
-        }
+    if let Some(p) = by_priority.iter().position(Vec::is_empty)
+        && p < by_priority.len()
+    {
+        return Err(FieldError::new(format!(
+            "priority {p} has no localities; priorities must be contiguous from 0"
+        ))
+        .at("endpoints"));
     }
     let policy = cla.policy.as_ref();
-    let overprovisioning_factor = policy.and_then(|p| p.overprovisioning_factor.as_ref()).map_or(140, |v| v.value);
+    let overprovisioning_factor = policy
+        .and_then(|p| p.overprovisioning_factor.as_ref())
+        .map_or(140, |v| v.value);
     if overprovisioning_factor == 0 {
         return Err(FieldError::new("must be greater than 0").at("policy.overprovisioning_factor"));
     }
@@ -60,14 +82,25 @@ pub(crate) fn load_assignment(cla: &pb::ClusterLoadAssignment, name: &str) -> Re
         Some(p) => super::each("policy.drop_overloads", &p.drop_overloads, |d| {
             Ok(DropOverload {
                 category: d.category.as_str().into(),
-                fraction: d.drop_percentage.as_ref().map(fraction).transpose().at("drop_percentage")?.unwrap_or(Fraction { per_million: 0 }),
+                fraction: d
+                    .drop_percentage
+                    .as_ref()
+                    .map(fraction)
+                    .transpose()
+                    .at("drop_percentage")?
+                    .unwrap_or(Fraction { per_million: 0 }),
             })
         })?,
         None => Box::new([]),
     };
     Ok(EndpointSet {
         cluster_name: name.into(),
-        priorities: by_priority.into_iter().map(|l| Priority { localities: l.into() }).collect(),
+        priorities: by_priority
+            .into_iter()
+            .map(|l| Priority {
+                localities: l.into(),
+            })
+            .collect(),
         overprovisioning_factor,
         drop_overloads,
     })
@@ -81,16 +114,25 @@ fn lb_endpoint(e: &pb::LbEndpoint) -> Result<Endpoint, FieldError> {
         }
         None => return Err(FieldError::new("is required").at("endpoint")),
     };
-    let pb_address = ep.address.as_ref().ok_or_else(|| FieldError::new("is required").at("endpoint.address"))?;
+    let pb_address = ep
+        .address
+        .as_ref()
+        .ok_or_else(|| FieldError::new("is required").at("endpoint.address"))?;
     let non_ip = match &pb_address.address {
         Some(core::address::Address::EnvoyInternalAddress(ia)) => {
             use core::envoy_internal_address::AddressNameSpecifier as N;
             let Some(N::ServerListenerName(listener)) = &ia.address_name_specifier else {
-                return Err(FieldError::new("server_listener_name is required").at("endpoint.address.envoy_internal_address"));
+                return Err(FieldError::new("server_listener_name is required")
+                    .at("endpoint.address.envoy_internal_address"));
             };
-            Some(NonIpAddress::Internal { listener: listener.as_str().into(), endpoint_id: ia.endpoint_id.as_str().into() })
+            Some(NonIpAddress::Internal {
+                listener: listener.as_str().into(),
+                endpoint_id: ia.endpoint_id.as_str().into(),
+            })
         }
-        Some(core::address::Address::Pipe(p)) if !p.path.is_empty() => Some(NonIpAddress::Pipe(p.path.as_str().into())),
+        Some(core::address::Address::Pipe(p)) if !p.path.is_empty() => {
+            Some(NonIpAddress::Pipe(p.path.as_str().into()))
+        }
         _ => None,
     };
     let address = match non_ip {
@@ -102,8 +144,12 @@ fn lb_endpoint(e: &pb::LbEndpoint) -> Result<Endpoint, FieldError> {
         .iter()
         .enumerate()
         .map(|(i, a)| {
-            socket_address(a.address.as_ref().ok_or_else(|| FieldError::new("is required"))?)
-                .at(format!("endpoint.additional_addresses[{i}].address"))
+            socket_address(
+                a.address
+                    .as_ref()
+                    .ok_or_else(|| FieldError::new("is required"))?,
+            )
+            .at(format!("endpoint.additional_addresses[{i}].address"))
         })
         .collect::<Result<_, _>>()?;
     let weight = match e.load_balancing_weight.as_ref().map(|v| v.value) {
@@ -120,10 +166,20 @@ fn lb_endpoint(e: &pb::LbEndpoint) -> Result<Endpoint, FieldError> {
         5 => HealthStatus::Degraded,
         h => return Err(FieldError::new(format!("unknown health status {h}")).at("health_status")),
     };
-    let extra = (!additional.is_empty() || !ep.hostname.is_empty() || non_ip.is_some()).then(|| {
-        Box::new(EndpointExtra { additional_addresses: additional.into(), hostname: ep.hostname.as_str().into(), non_ip })
-    });
-    Ok(Endpoint { address, weight, health, extra })
+    let extra =
+        (!additional.is_empty() || !ep.hostname.is_empty() || non_ip.is_some()).then(|| {
+            Box::new(EndpointExtra {
+                additional_addresses: additional.into(),
+                hostname: ep.hostname.as_str().into(),
+                non_ip,
+            })
+        });
+    Ok(Endpoint {
+        address,
+        weight,
+        health,
+        extra,
+    })
 }
 
 /// The host and port of a DNS cluster's endpoint (the address is a name, not an IP).
@@ -135,7 +191,8 @@ pub(crate) fn raw_socket_address(e: &pb::LbEndpoint) -> Result<(&str, u16), Fiel
         Some(core::address::Address::SocketAddress(sa)) => match sa.port_specifier {
             Some(core::socket_address::PortSpecifier::PortValue(p)) => Ok((
                 sa.address.as_str(),
-                u16::try_from(p).map_err(|_| FieldError::new(format!("invalid port {p}")).at("port_value"))?,
+                u16::try_from(p)
+                    .map_err(|_| FieldError::new(format!("invalid port {p}")).at("port_value"))?,
             )),
             _ => Err(FieldError::new("port_value is required")),
         },

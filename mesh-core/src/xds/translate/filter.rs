@@ -17,7 +17,9 @@ use prost::Name;
 
 use super::matcher::{cidr, header_matcher, path_matcher, string_matcher};
 use super::route::route_match;
-use super::{At, FieldError, each, effective_type_url, fraction, header_name, opt_duration, unpack};
+use super::{
+    At, FieldError, each, effective_type_url, fraction, header_name, opt_duration, unpack,
+};
 use crate::model::*;
 
 /// Translates one `http_filters` entry.
@@ -32,20 +34,29 @@ pub(crate) fn http_filter(
         Some(ConfigType::TypedConfig(any)) => match filter_config(any, false) {
             Ok(c) => c,
             Err(e) if f.is_optional && e.reason().starts_with(UNSUPPORTED) => {
-                FilterConfig::Unsupported { type_url: effective_type_url(any).into() }
+                FilterConfig::Unsupported {
+                    type_url: effective_type_url(any).into(),
+                }
             }
             Err(e) => return Err(e.at("typed_config")),
         },
         Some(ConfigType::ConfigDiscovery(_)) => {
             if f.is_optional {
-                FilterConfig::Unsupported { type_url: "config_discovery".into() }
+                FilterConfig::Unsupported {
+                    type_url: "config_discovery".into(),
+                }
             } else {
-                return Err(FieldError::new("config_discovery (ECDS) is not supported").at("config_discovery"));
+                return Err(FieldError::new("config_discovery (ECDS) is not supported")
+                    .at("config_discovery"));
             }
         }
         None => return Err(FieldError::new("typed_config is required")),
     };
-    Ok(HttpFilter { name: f.name.as_str().into(), config, disabled: f.disabled })
+    Ok(HttpFilter {
+        name: f.name.as_str().into(),
+        config,
+        disabled: f.disabled,
+    })
 }
 
 const UNSUPPORTED: &str = "unsupported filter";
@@ -56,27 +67,42 @@ fn filter_config(any: &Any, per_route: bool) -> Result<FilterConfig, FieldError>
     let url = any.type_url.as_str();
     Ok(match url {
         _ if url == Router::type_url() => FilterConfig::Router,
-        _ if url == fault::HttpFault::type_url() => FilterConfig::Fault(Arc::new(fault_config(&unpack(any)?)?)),
-        _ if url == rbac_filter::Rbac::type_url() => FilterConfig::Rbac(Arc::new(rbac_config(&unpack(any)?)?)),
+        _ if url == fault::HttpFault::type_url() => {
+            FilterConfig::Fault(Arc::new(fault_config(&unpack(any)?)?))
+        }
+        _ if url == rbac_filter::Rbac::type_url() => {
+            FilterConfig::Rbac(Arc::new(rbac_config(&unpack(any)?)?))
+        }
         _ if url == rbac_filter::RbacPerRoute::type_url() && per_route => {
             let pr: rbac_filter::RbacPerRoute = unpack(any)?;
             let inner = pr.rbac.unwrap_or_default();
             FilterConfig::Rbac(Arc::new(rbac_config(&inner).at("rbac")?))
         }
-        _ if url == jwt::JwtAuthentication::type_url() => FilterConfig::Jwt(Arc::new(jwt_config(&unpack(any)?)?)),
+        _ if url == jwt::JwtAuthentication::type_url() => {
+            FilterConfig::Jwt(Arc::new(jwt_config(&unpack(any)?)?))
+        }
         _ if url == jwt::PerRouteConfig::type_url() && per_route => {
             let pr: jwt::PerRouteConfig = unpack(any)?;
             use jwt::per_route_config::RequirementSpecifier as R;
             FilterConfig::JwtPerRoute(Arc::new(match pr.requirement_specifier {
                 Some(R::Disabled(true)) => JwtPerRoute::Disabled,
                 Some(R::RequirementName(n)) => JwtPerRoute::RequirementName(n.into()),
-                _ => return Err(FieldError::new("disabled: true or requirement_name is required")),
+                _ => {
+                    return Err(FieldError::new(
+                        "disabled: true or requirement_name is required",
+                    ));
+                }
             }))
         }
         _ if url == rl::LocalRateLimit::type_url() => {
             FilterConfig::LocalRateLimit(Arc::new(local_rate_limit(&unpack(any)?)?))
         }
-        _ => return Err(FieldError::new(format!("{UNSUPPORTED} {}", effective_type_url(any)))),
+        _ => {
+            return Err(FieldError::new(format!(
+                "{UNSUPPORTED} {}",
+                effective_type_url(any)
+            )));
+        }
     })
 }
 
@@ -98,7 +124,9 @@ pub(crate) fn filter_overrides(map: &HashMap<String, Any>) -> Result<FilterOverr
                     Some(inner) => match filter_config(inner, true) {
                         Ok(c) => Ok(FilterOverride::Config(c)),
                         Err(e) if fc.is_optional && e.reason().starts_with(UNSUPPORTED) => {
-                            Ok(FilterOverride::Config(FilterConfig::Unsupported { type_url: effective_type_url(inner).into() }))
+                            Ok(FilterOverride::Config(FilterConfig::Unsupported {
+                                type_url: effective_type_url(inner).into(),
+                            }))
                         }
                         Err(e) => Err(e.at("config")),
                     },
@@ -117,11 +145,23 @@ fn fault_config(f: &fault::HttpFault) -> Result<FaultConfig, FieldError> {
     let delay = match &f.delay {
         Some(d) => {
             let kind = match &d.fault_delay_secifier {
-                Some(D::FixedDelay(fd)) => DelayKind::Fixed(super::duration(fd).at("delay.fixed_delay")?),
+                Some(D::FixedDelay(fd)) => {
+                    DelayKind::Fixed(super::duration(fd).at("delay.fixed_delay")?)
+                }
                 Some(D::HeaderDelay(_)) => DelayKind::Header,
-                None => return Err(FieldError::new("fixed_delay or header_delay is required").at("delay")),
+                None => {
+                    return Err(
+                        FieldError::new("fixed_delay or header_delay is required").at("delay")
+                    );
+                }
             };
-            let fraction = d.percentage.as_ref().map(fraction).transpose().at("delay.percentage")?.unwrap_or(Fraction::ALWAYS);
+            let fraction = d
+                .percentage
+                .as_ref()
+                .map(fraction)
+                .transpose()
+                .at("delay.percentage")?
+                .unwrap_or(Fraction::ALWAYS);
             Some(FaultDelay { kind, fraction })
         }
         None => None,
@@ -134,25 +174,42 @@ fn fault_config(f: &fault::HttpFault) -> Result<FaultConfig, FieldError> {
                     http::StatusCode::from_u16(*s as u16)
                         .ok()
                         .filter(|_| (200..600).contains(s))
-                        .ok_or_else(|| FieldError::new(format!("invalid HTTP status {s}")).at("abort.http_status"))?,
+                        .ok_or_else(|| {
+                            FieldError::new(format!("invalid HTTP status {s}"))
+                                .at("abort.http_status")
+                        })?,
                 ),
                 Some(E::GrpcStatus(s)) => AbortKind::Grpc(*s),
                 Some(E::HeaderAbort(_)) => AbortKind::Header,
-                None => return Err(FieldError::new("http_status, grpc_status or header_abort is required").at("abort")),
+                None => {
+                    return Err(FieldError::new(
+                        "http_status, grpc_status or header_abort is required",
+                    )
+                    .at("abort"));
+                }
             };
-            let fraction = a.percentage.as_ref().map(fraction).transpose().at("abort.percentage")?.unwrap_or(Fraction::ALWAYS);
+            let fraction = a
+                .percentage
+                .as_ref()
+                .map(fraction)
+                .transpose()
+                .at("abort.percentage")?
+                .unwrap_or(Fraction::ALWAYS);
             Some(FaultAbort { kind, fraction })
         }
         None => None,
     };
     if f.response_rate_limit.is_some() {
-        return Err(FieldError::new("response_rate_limit is not supported").at("response_rate_limit"));
+        return Err(
+            FieldError::new("response_rate_limit is not supported").at("response_rate_limit")
+        );
     }
     Ok(FaultConfig {
         delay,
         abort,
         headers: each("headers", &f.headers, header_matcher)?,
-        upstream_cluster: (!f.upstream_cluster.is_empty()).then(|| f.upstream_cluster.as_str().into()),
+        upstream_cluster: (!f.upstream_cluster.is_empty())
+            .then(|| f.upstream_cluster.as_str().into()),
         max_active_faults: f.max_active_faults.as_ref().map(|v| v.value),
     })
 }
@@ -162,8 +219,18 @@ pub(crate) fn rbac_config(r: &rbac_filter::Rbac) -> Result<RbacFilter, FieldErro
         return Err(FieldError::new("the matcher API is not supported; use rules").at("matcher"));
     }
     Ok(RbacFilter {
-        rules: r.rules.as_ref().map(rbac_policies).transpose().at("rules")?,
-        shadow_rules: r.shadow_rules.as_ref().map(rbac_policies).transpose().at("shadow_rules")?,
+        rules: r
+            .rules
+            .as_ref()
+            .map(rbac_policies)
+            .transpose()
+            .at("rules")?,
+        shadow_rules: r
+            .shadow_rules
+            .as_ref()
+            .map(rbac_policies)
+            .transpose()
+            .at("shadow_rules")?,
         stat_prefix: r.rules_stat_prefix.as_str().into(),
         shadow_stat_prefix: r.shadow_rules_stat_prefix.as_str().into(),
     })
@@ -183,7 +250,9 @@ fn rbac_policies(r: &rbac::Rbac) -> Result<RbacPolicies, FieldError> {
         let p = &r.policies[name];
         let at = format!("policies[{name:?}]");
         if p.condition.is_some() || p.checked_condition.is_some() {
-            return Err(FieldError::new("CEL conditions are not supported").at("condition").at(at));
+            return Err(FieldError::new("CEL conditions are not supported")
+                .at("condition")
+                .at(at));
         }
         let policy = RbacPolicy {
             permissions: each("permissions", &p.permissions, permission).at(&at)?,
@@ -191,96 +260,162 @@ fn rbac_policies(r: &rbac::Rbac) -> Result<RbacPolicies, FieldError> {
         };
         policies.push((name.as_str().into(), policy));
     }
-    Ok(RbacPolicies { action, policies: policies.into() })
+    Ok(RbacPolicies {
+        action,
+        policies: policies.into(),
+    })
 }
 
 fn permission(p: &rbac::Permission) -> Result<Permission, FieldError> {
     use rbac::permission::Rule as R;
-    Ok(match p.rule.as_ref().ok_or_else(|| FieldError::new("rule is required"))? {
-        R::AndRules(s) => Permission::And(each("and_rules.rules", &s.rules, permission)?),
-        R::OrRules(s) => Permission::Or(each("or_rules.rules", &s.rules, permission)?),
-        R::Any(_) => Permission::Any,
-        R::Header(h) => Permission::Header(header_matcher(h).at("header")?),
-        R::UrlPath(m) => Permission::UrlPath(path_matcher(m).at("url_path")?),
-        R::DestinationIp(c) => Permission::DestinationIp(cidr(c).at("destination_ip")?),
-        R::DestinationPort(port) => Permission::DestinationPort(
-            u16::try_from(*port).map_err(|_| FieldError::new(format!("invalid port {port}")).at("destination_port"))?,
-        ),
-        R::DestinationPortRange(r) => {
-            let ok = |v: i32| u16::try_from(v).ok();
-            match (ok(r.start), ok(r.end)) {
-                (Some(s), Some(e)) if s < e => Permission::DestinationPortRange(s, e),
-                _ => return Err(FieldError::new(format!("invalid range {}..{}", r.start, r.end)).at("destination_port_range")),
+    Ok(
+        match p
+            .rule
+            .as_ref()
+            .ok_or_else(|| FieldError::new("rule is required"))?
+        {
+            R::AndRules(s) => Permission::And(each("and_rules.rules", &s.rules, permission)?),
+            R::OrRules(s) => Permission::Or(each("or_rules.rules", &s.rules, permission)?),
+            R::Any(_) => Permission::Any,
+            R::Header(h) => Permission::Header(header_matcher(h).at("header")?),
+            R::UrlPath(m) => Permission::UrlPath(path_matcher(m).at("url_path")?),
+            R::DestinationIp(c) => Permission::DestinationIp(cidr(c).at("destination_ip")?),
+            R::DestinationPort(port) => {
+                Permission::DestinationPort(u16::try_from(*port).map_err(|_| {
+                    FieldError::new(format!("invalid port {port}")).at("destination_port")
+                })?)
             }
-        }
-        R::Metadata(m) => Permission::Metadata(metadata_matcher(m).at("metadata")?),
-        R::NotRule(inner) => Permission::Not(Box::new(permission(inner).at("not_rule")?)),
-        R::RequestedServerName(m) => Permission::RequestedServerName(string_matcher(m).at("requested_server_name")?),
-        R::Matcher(_) | R::UriTemplate(_) | R::SourcedMetadata(_) => {
-            return Err(FieldError::new("matcher, uri_template and sourced_metadata rules are not supported"));
-        }
-    })
+            R::DestinationPortRange(r) => {
+                let ok = |v: i32| u16::try_from(v).ok();
+                match (ok(r.start), ok(r.end)) {
+                    (Some(s), Some(e)) if s < e => Permission::DestinationPortRange(s, e),
+                    _ => {
+                        return Err(FieldError::new(format!(
+                            "invalid range {}..{}",
+                            r.start, r.end
+                        ))
+                        .at("destination_port_range"));
+                    }
+                }
+            }
+            R::Metadata(m) => Permission::Metadata(metadata_matcher(m).at("metadata")?),
+            R::NotRule(inner) => Permission::Not(Box::new(permission(inner).at("not_rule")?)),
+            R::RequestedServerName(m) => {
+                Permission::RequestedServerName(string_matcher(m).at("requested_server_name")?)
+            }
+            R::Matcher(_) | R::UriTemplate(_) | R::SourcedMetadata(_) => {
+                return Err(FieldError::new(
+                    "matcher, uri_template and sourced_metadata rules are not supported",
+                ));
+            }
+        },
+    )
 }
 
 fn principal(p: &rbac::Principal) -> Result<Principal, FieldError> {
     use rbac::principal::Identifier as I;
-    Ok(match p.identifier.as_ref().ok_or_else(|| FieldError::new("identifier is required"))? {
-        I::AndIds(s) => Principal::And(each("and_ids.ids", &s.ids, principal)?),
-        I::OrIds(s) => Principal::Or(each("or_ids.ids", &s.ids, principal)?),
-        I::Any(_) => Principal::Any,
-        I::Authenticated(a) => Principal::Authenticated(
-            a.principal_name.as_ref().map(string_matcher).transpose().at("authenticated.principal_name")?,
-        ),
-        I::SourceIp(c) => Principal::SourceIp(cidr(c).at("source_ip")?),
-        I::DirectRemoteIp(c) => Principal::DirectRemoteIp(cidr(c).at("direct_remote_ip")?),
-        I::RemoteIp(c) => Principal::RemoteIp(cidr(c).at("remote_ip")?),
-        I::Header(h) => Principal::Header(header_matcher(h).at("header")?),
-        I::UrlPath(m) => Principal::UrlPath(path_matcher(m).at("url_path")?),
-        I::Metadata(m) => Principal::Metadata(metadata_matcher(m).at("metadata")?),
-        I::FilterState(f) => {
-            use pbm::filter_state_matcher::Matcher as M;
-            let value = match &f.matcher {
-                Some(M::StringMatch(s)) => string_matcher(s).at("filter_state.string_match")?,
-                _ => return Err(FieldError::new("only string_match is supported").at("filter_state")),
-            };
-            Principal::FilterState { key: f.key.as_str().into(), value }
-        }
-        I::NotId(inner) => Principal::Not(Box::new(principal(inner).at("not_id")?)),
-        I::SourcedMetadata(_) | I::Custom(_) => {
-            return Err(FieldError::new("sourced_metadata and custom principals are not supported"));
-        }
-    })
+    Ok(
+        match p
+            .identifier
+            .as_ref()
+            .ok_or_else(|| FieldError::new("identifier is required"))?
+        {
+            I::AndIds(s) => Principal::And(each("and_ids.ids", &s.ids, principal)?),
+            I::OrIds(s) => Principal::Or(each("or_ids.ids", &s.ids, principal)?),
+            I::Any(_) => Principal::Any,
+            I::Authenticated(a) => Principal::Authenticated(
+                a.principal_name
+                    .as_ref()
+                    .map(string_matcher)
+                    .transpose()
+                    .at("authenticated.principal_name")?,
+            ),
+            I::SourceIp(c) => Principal::SourceIp(cidr(c).at("source_ip")?),
+            I::DirectRemoteIp(c) => Principal::DirectRemoteIp(cidr(c).at("direct_remote_ip")?),
+            I::RemoteIp(c) => Principal::RemoteIp(cidr(c).at("remote_ip")?),
+            I::Header(h) => Principal::Header(header_matcher(h).at("header")?),
+            I::UrlPath(m) => Principal::UrlPath(path_matcher(m).at("url_path")?),
+            I::Metadata(m) => Principal::Metadata(metadata_matcher(m).at("metadata")?),
+            I::FilterState(f) => {
+                use pbm::filter_state_matcher::Matcher as M;
+                let value = match &f.matcher {
+                    Some(M::StringMatch(s)) => string_matcher(s).at("filter_state.string_match")?,
+                    _ => {
+                        return Err(
+                            FieldError::new("only string_match is supported").at("filter_state")
+                        );
+                    }
+                };
+                Principal::FilterState {
+                    key: f.key.as_str().into(),
+                    value,
+                }
+            }
+            I::NotId(inner) => Principal::Not(Box::new(principal(inner).at("not_id")?)),
+            I::SourcedMetadata(_) | I::Custom(_) => {
+                return Err(FieldError::new(
+                    "sourced_metadata and custom principals are not supported",
+                ));
+            }
+        },
+    )
 }
 
 fn metadata_matcher(m: &pbm::MetadataMatcher) -> Result<MetadataMatcher, FieldError> {
     let path = each("path", &m.path, |seg| match &seg.segment {
-        Some(pbm::metadata_matcher::path_segment::Segment::Key(k)) => Ok(Box::<str>::from(k.as_str())),
+        Some(pbm::metadata_matcher::path_segment::Segment::Key(k)) => {
+            Ok(Box::<str>::from(k.as_str()))
+        }
         None => Err(FieldError::new("key is required")),
     })?;
-    let value = value_matcher(m.value.as_ref().ok_or_else(|| FieldError::new("is required").at("value"))?).at("value")?;
-    Ok(MetadataMatcher { filter: m.filter.as_str().into(), path, value, invert: m.invert })
+    let value = value_matcher(
+        m.value
+            .as_ref()
+            .ok_or_else(|| FieldError::new("is required").at("value"))?,
+    )
+    .at("value")?;
+    Ok(MetadataMatcher {
+        filter: m.filter.as_str().into(),
+        path,
+        value,
+        invert: m.invert,
+    })
 }
 
 fn value_matcher(v: &pbm::ValueMatcher) -> Result<ValueMatch, FieldError> {
     use pbm::value_matcher::MatchPattern as P;
-    Ok(match v.match_pattern.as_ref().ok_or_else(|| FieldError::new("match_pattern is required"))? {
-        P::NullMatch(_) => ValueMatch::Null,
-        P::DoubleMatch(d) => match &d.match_pattern {
-            Some(pbm::double_matcher::MatchPattern::Range(r)) => ValueMatch::DoubleRange(r.start, r.end),
-            Some(pbm::double_matcher::MatchPattern::Exact(x)) => ValueMatch::DoubleRange(*x, x.next_up()),
-            None => return Err(FieldError::new("match_pattern is required").at("double_match")),
+    Ok(
+        match v
+            .match_pattern
+            .as_ref()
+            .ok_or_else(|| FieldError::new("match_pattern is required"))?
+        {
+            P::NullMatch(_) => ValueMatch::Null,
+            P::DoubleMatch(d) => match &d.match_pattern {
+                Some(pbm::double_matcher::MatchPattern::Range(r)) => {
+                    ValueMatch::DoubleRange(r.start, r.end)
+                }
+                Some(pbm::double_matcher::MatchPattern::Exact(x)) => {
+                    ValueMatch::DoubleRange(*x, x.next_up())
+                }
+                None => return Err(FieldError::new("match_pattern is required").at("double_match")),
+            },
+            P::StringMatch(s) => ValueMatch::String(string_matcher(s).at("string_match")?),
+            P::BoolMatch(b) => ValueMatch::Bool(*b),
+            P::PresentMatch(_) => ValueMatch::Present,
+            P::ListMatch(l) => match &l.match_pattern {
+                Some(pbm::list_matcher::MatchPattern::OneOf(inner)) => {
+                    ValueMatch::ListAny(Box::new(value_matcher(inner).at("list_match.one_of")?))
+                }
+                None => return Err(FieldError::new("one_of is required").at("list_match")),
+            },
+            P::OrMatch(o) => ValueMatch::Or(each(
+                "or_match.value_matchers",
+                &o.value_matchers,
+                value_matcher,
+            )?),
         },
-        P::StringMatch(s) => ValueMatch::String(string_matcher(s).at("string_match")?),
-        P::BoolMatch(b) => ValueMatch::Bool(*b),
-        P::PresentMatch(_) => ValueMatch::Present,
-        P::ListMatch(l) => match &l.match_pattern {
-            Some(pbm::list_matcher::MatchPattern::OneOf(inner)) => {
-                ValueMatch::ListAny(Box::new(value_matcher(inner).at("list_match.one_of")?))
-            }
-            None => return Err(FieldError::new("one_of is required").at("list_match")),
-        },
-        P::OrMatch(o) => ValueMatch::Or(each("or_match.value_matchers", &o.value_matchers, value_matcher)?),
-    })
+    )
 }
 
 fn jwt_config(j: &jwt::JwtAuthentication) -> Result<JwtConfig, FieldError> {
@@ -293,13 +428,17 @@ fn jwt_config(j: &jwt::JwtAuthentication) -> Result<JwtConfig, FieldError> {
     }
     let known = |n: &str| providers.iter().any(|(p, _)| &**p == n);
     let rules = each("rules", &j.rules, |r| {
-        let m = r.r#match.as_ref().ok_or_else(|| FieldError::new("is required").at("match"))?;
+        let m = r
+            .r#match
+            .as_ref()
+            .ok_or_else(|| FieldError::new("is required").at("match"))?;
         use jwt::requirement_rule::RequirementType as T;
         let req = match &r.requirement_type {
             Some(T::Requires(req)) => jwt_requirement(req, &known).at("requires")?,
             Some(T::RequirementName(n)) => {
                 let req = j.requirement_map.get(n).ok_or_else(|| {
-                    FieldError::new(format!("no requirement named {n:?} in requirement_map")).at("requirement_name")
+                    FieldError::new(format!("no requirement named {n:?} in requirement_map"))
+                        .at("requirement_name")
                 })?;
                 jwt_requirement(req, &known).at("requirement_name")?
             }
@@ -311,15 +450,32 @@ fn jwt_config(j: &jwt::JwtAuthentication) -> Result<JwtConfig, FieldError> {
     map_names.sort();
     let requirement_map = map_names
         .into_iter()
-        .map(|n| Ok((Arc::<str>::from(n.as_str()), jwt_requirement(&j.requirement_map[n], &known).at(format!("requirement_map[{n:?}]"))?)))
+        .map(|n| {
+            Ok((
+                Arc::<str>::from(n.as_str()),
+                jwt_requirement(&j.requirement_map[n], &known)
+                    .at(format!("requirement_map[{n:?}]"))?,
+            ))
+        })
         .collect::<Result<Box<[_]>, FieldError>>()?;
-    Ok(JwtConfig { providers: providers.into(), rules, requirement_map })
+    Ok(JwtConfig {
+        providers: providers.into(),
+        rules,
+        requirement_map,
+    })
 }
 
-fn jwt_requirement(r: &jwt::JwtRequirement, known: &dyn Fn(&str) -> bool) -> Result<JwtRequirement, FieldError> {
+fn jwt_requirement(
+    r: &jwt::JwtRequirement,
+    known: &dyn Fn(&str) -> bool,
+) -> Result<JwtRequirement, FieldError> {
     use jwt::jwt_requirement::RequiresType as T;
     let check = |n: &str, field: &str| {
-        if known(n) { Ok(Arc::<str>::from(n)) } else { Err(FieldError::new(format!("unknown provider {n:?}")).at(field.to_owned())) }
+        if known(n) {
+            Ok(Arc::<str>::from(n))
+        } else {
+            Err(FieldError::new(format!("unknown provider {n:?}")).at(field.to_owned()))
+        }
     };
     Ok(match &r.requires_type {
         Some(T::ProviderName(n)) => JwtRequirement::Provider(check(n, "provider_name")?),
@@ -327,12 +483,22 @@ fn jwt_requirement(r: &jwt::JwtRequirement, known: &dyn Fn(&str) -> bool) -> Res
             check(&p.provider_name, "provider_and_audiences.provider_name")?,
             p.audiences.iter().map(|a| a.as_str().into()).collect(),
         ),
-        Some(T::RequiresAny(l)) => JwtRequirement::Any(each("requires_any.requirements", &l.requirements, |x| jwt_requirement(x, known))?),
-        Some(T::RequiresAll(l)) => JwtRequirement::All(each("requires_all.requirements", &l.requirements, |x| jwt_requirement(x, known))?),
+        Some(T::RequiresAny(l)) => {
+            JwtRequirement::Any(each("requires_any.requirements", &l.requirements, |x| {
+                jwt_requirement(x, known)
+            })?)
+        }
+        Some(T::RequiresAll(l)) => {
+            JwtRequirement::All(each("requires_all.requirements", &l.requirements, |x| {
+                jwt_requirement(x, known)
+            })?)
+        }
         Some(T::AllowMissingOrFailed(_)) => JwtRequirement::AllowMissingOrFailed,
         Some(T::AllowMissing(_)) => JwtRequirement::AllowMissing,
         Some(T::ExtractOnlyWithoutValidation(_)) => {
-            return Err(FieldError::new("extract_only_without_validation is not supported"));
+            return Err(FieldError::new(
+                "extract_only_without_validation is not supported",
+            ));
         }
         None => JwtRequirement::AllowMissingOrFailed,
     })
@@ -350,26 +516,43 @@ fn jwt_provider(p: &jwt::JwtProvider) -> Result<JwtProvider, FieldError> {
             }
         }
         Some(J::RemoteJwks(r)) => {
-            let uri = r.http_uri.as_ref().ok_or_else(|| FieldError::new("is required").at("remote_jwks.http_uri"))?;
+            let uri = r
+                .http_uri
+                .as_ref()
+                .ok_or_else(|| FieldError::new("is required").at("remote_jwks.http_uri"))?;
             let cluster = match &uri.http_upstream_type {
-                Some(envoy_types::pb::envoy::config::core::v3::http_uri::HttpUpstreamType::Cluster(c)) => c.as_str().into(),
+                Some(
+                    envoy_types::pb::envoy::config::core::v3::http_uri::HttpUpstreamType::Cluster(
+                        c,
+                    ),
+                ) => c.as_str().into(),
                 None => Arc::from(""),
             };
             JwksSource::Remote {
                 uri: uri.uri.as_str().into(),
                 cluster,
-                timeout: opt_duration(uri.timeout.as_ref(), "remote_jwks.http_uri.timeout")?.unwrap_or(Duration::from_secs(1)),
-                cache_duration: opt_duration(r.cache_duration.as_ref(), "remote_jwks.cache_duration")?
-                    .unwrap_or(Duration::from_secs(300)),
+                timeout: opt_duration(uri.timeout.as_ref(), "remote_jwks.http_uri.timeout")?
+                    .unwrap_or(Duration::from_secs(1)),
+                cache_duration: opt_duration(
+                    r.cache_duration.as_ref(),
+                    "remote_jwks.cache_duration",
+                )?
+                .unwrap_or(Duration::from_secs(300)),
             }
         }
         None => return Err(FieldError::new("local_jwks or remote_jwks is required")),
     };
     let from_headers = each("from_headers", &p.from_headers, |h| {
-        Ok((header_name(&h.name).at("name")?, Box::<str>::from(h.value_prefix.as_str())))
+        Ok((
+            header_name(&h.name).at("name")?,
+            Box::<str>::from(h.value_prefix.as_str()),
+        ))
     })?;
     let claim_to_headers = each("claim_to_headers", &p.claim_to_headers, |c| {
-        Ok((Box::<str>::from(c.claim_name.as_str()), header_name(&c.header_name).at("header_name")?))
+        Ok((
+            Box::<str>::from(c.claim_name.as_str()),
+            header_name(&c.header_name).at("header_name")?,
+        ))
     })?;
     Ok(JwtProvider {
         issuer: p.issuer.as_str().into(),
@@ -383,18 +566,27 @@ fn jwt_provider(p: &jwt::JwtProvider) -> Result<JwtProvider, FieldError> {
             .transpose()
             .at("forward_payload_header")?,
         claim_to_headers,
-        payload_in_metadata: (!p.payload_in_metadata.is_empty()).then(|| p.payload_in_metadata.as_str().into()),
-        clock_skew: Duration::from_secs(if p.clock_skew_seconds == 0 { 60 } else { u64::from(p.clock_skew_seconds) }),
+        payload_in_metadata: (!p.payload_in_metadata.is_empty())
+            .then(|| p.payload_in_metadata.as_str().into()),
+        clock_skew: Duration::from_secs(if p.clock_skew_seconds == 0 {
+            60
+        } else {
+            u64::from(p.clock_skew_seconds)
+        }),
     })
 }
 
 fn local_rate_limit(r: &rl::LocalRateLimit) -> Result<LocalRateLimit, FieldError> {
     let bucket = match &r.token_bucket {
         Some(tb) => {
-            let fill_interval = opt_duration(tb.fill_interval.as_ref(), "token_bucket.fill_interval")?
-                .ok_or_else(|| FieldError::new("is required").at("token_bucket.fill_interval"))?;
+            let fill_interval =
+                opt_duration(tb.fill_interval.as_ref(), "token_bucket.fill_interval")?.ok_or_else(
+                    || FieldError::new("is required").at("token_bucket.fill_interval"),
+                )?;
             if fill_interval < Duration::from_millis(50) {
-                return Err(FieldError::new("must be at least 50ms").at("token_bucket.fill_interval"));
+                return Err(
+                    FieldError::new("must be at least 50ms").at("token_bucket.fill_interval")
+                );
             }
             if tb.max_tokens == 0 {
                 return Err(FieldError::new("must be greater than 0").at("token_bucket.max_tokens"));
@@ -407,9 +599,16 @@ fn local_rate_limit(r: &rl::LocalRateLimit) -> Result<LocalRateLimit, FieldError
         }
         None => None,
     };
-    let pct = |p: &Option<envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent>, field: &str| {
+    let pct = |p: &Option<envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent>,
+               field: &str| {
         match p {
-            Some(rf) => rf.default_value.as_ref().map(fraction).transpose().at(format!("{field}.default_value")).map(|f| f.unwrap_or(Fraction { per_million: 0 })),
+            Some(rf) => rf
+                .default_value
+                .as_ref()
+                .map(fraction)
+                .transpose()
+                .at(format!("{field}.default_value"))
+                .map(|f| f.unwrap_or(Fraction { per_million: 0 })),
             None => Ok(Fraction { per_million: 0 }),
         }
     };
@@ -417,12 +616,18 @@ fn local_rate_limit(r: &rl::LocalRateLimit) -> Result<LocalRateLimit, FieldError
         Some(s) => http::StatusCode::from_u16(s.code as u16)
             .ok()
             .filter(|_| (400..600).contains(&s.code))
-            .ok_or_else(|| FieldError::new(format!("invalid status {}", s.code)).at("status.code"))?,
+            .ok_or_else(|| {
+                FieldError::new(format!("invalid status {}", s.code)).at("status.code")
+            })?,
         None => http::StatusCode::TOO_MANY_REQUESTS,
     };
     let response_headers = each("response_headers_to_add", &r.response_headers_to_add, |h| {
-        let hv = h.header.as_ref().ok_or_else(|| FieldError::new("is required").at("header"))?;
-        let v = http::HeaderValue::from_str(&hv.value).map_err(|_| FieldError::new("invalid header value").at("header.value"))?;
+        let hv = h
+            .header
+            .as_ref()
+            .ok_or_else(|| FieldError::new("is required").at("header"))?;
+        let v = http::HeaderValue::from_str(&hv.value)
+            .map_err(|_| FieldError::new("invalid header value").at("header.value"))?;
         Ok((header_name(&hv.key).at("header.key")?, v))
     })?;
     Ok(LocalRateLimit {

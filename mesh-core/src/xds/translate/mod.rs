@@ -33,6 +33,16 @@ pub use endpoint::cluster_load_assignment;
 pub use listener::listener;
 pub use route::route_configuration;
 
+/// Decodes and validates one resource of any of the four types, as the client does on arrival:
+/// its type, name and model, or an error naming the resource and field.
+pub fn resource(
+    any: &Any,
+) -> Result<(crate::xds::ResourceType, String, crate::xds::Resource), String> {
+    let (ty, d) = crate::xds::decode_any(any)?;
+    let r = d.result.map_err(|e| format!("{ty} {}: {e}", d.name))?;
+    Ok((ty, d.name, r))
+}
+
 /// A validation failure inside one resource, with the path of the offending field.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub struct FieldError {
@@ -43,7 +53,10 @@ pub struct FieldError {
 impl FieldError {
     /// A failure at the current position.
     pub(crate) fn new(reason: impl Into<String>) -> Self {
-        Self { path: String::new(), reason: reason.into() }
+        Self {
+            path: String::new(),
+            reason: reason.into(),
+        }
     }
 
     /// Prefixes the path with an enclosing field name or index (`"routes[2]"`).
@@ -72,7 +85,11 @@ impl FieldError {
 
 impl fmt::Display for FieldError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() { f.write_str(&self.reason) } else { write!(f, "{}: {}", self.path, self.reason) }
+        if self.path.is_empty() {
+            f.write_str(&self.reason)
+        } else {
+            write!(f, "{}: {}", self.path, self.reason)
+        }
     }
 }
 
@@ -112,7 +129,10 @@ pub(crate) fn duration(d: &PbDuration) -> Result<Duration, FieldError> {
 }
 
 /// An optional duration field.
-pub(crate) fn opt_duration(d: Option<&PbDuration>, field: &str) -> Result<Option<Duration>, FieldError> {
+pub(crate) fn opt_duration(
+    d: Option<&PbDuration>,
+    field: &str,
+) -> Result<Option<Duration>, FieldError> {
     d.map(duration).transpose().at(field)
 }
 
@@ -125,7 +145,8 @@ pub(crate) fn unpack<T: Message + Name + Default>(any: &Any) -> Result<T, FieldE
             any.type_url
         )));
     }
-    T::decode(any.value.as_slice()).map_err(|e| FieldError::new(format!("cannot decode {}: {e}", T::full_name())))
+    T::decode(any.value.as_slice())
+        .map_err(|e| FieldError::new(format!("cannot decode {}: {e}", T::full_name())))
 }
 
 /// The type URL of a typed config, looking through `TypedStruct` wrappers so that an unknown
@@ -138,12 +159,11 @@ pub(crate) fn effective_type_url(any: &Any) -> String {
         #[prost(string, tag = "1")]
         type_url: String,
     }
-    if any.type_url == crate::model::type_urls::TYPED_STRUCT
-        || any.type_url == crate::model::type_urls::UDPA_TYPED_STRUCT
+    if (any.type_url == crate::model::type_urls::TYPED_STRUCT
+        || any.type_url == crate::model::type_urls::UDPA_TYPED_STRUCT)
+        && let Ok(ts) = TypedStruct::decode(any.value.as_slice())
     {
-        if let Ok(ts) = TypedStruct::decode(any.value.as_slice()) {
-            return ts.type_url;
-        }
+        return ts.type_url;
     }
     any.type_url.clone()
 }
@@ -164,11 +184,15 @@ pub(crate) fn fraction(
         2 => 1,      // MILLION
         d => return Err(FieldError::new(format!("unknown denominator {d}"))).at("denominator"),
     };
-    Ok(crate::model::Fraction { per_million: (u64::from(p.numerator) * scale).min(1_000_000) as u32 })
+    Ok(crate::model::Fraction {
+        per_million: (u64::from(p.numerator) * scale).min(1_000_000) as u32,
+    })
 }
 
 /// Converts a `Percent` (0-100 double).
-pub(crate) fn percent(p: &envoy_types::pb::envoy::r#type::v3::Percent) -> Result<crate::model::Fraction, FieldError> {
+pub(crate) fn percent(
+    p: &envoy_types::pb::envoy::r#type::v3::Percent,
+) -> Result<crate::model::Fraction, FieldError> {
     if !(0.0..=100.0).contains(&p.value) {
         return Err(FieldError::new(format!("percent {} is outside 0..=100", p.value)).at("value"));
     }

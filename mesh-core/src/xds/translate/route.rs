@@ -20,8 +20,10 @@ pub fn route_configuration(rc: &pb::RouteConfiguration) -> Result<RouteTable, Fi
     for (i, vh) in virtual_hosts.iter().enumerate() {
         for (j, d) in vh.domains.iter().enumerate() {
             if seen.contains(&d) {
-                return Err(FieldError::new("domain appears in more than one virtual host")
-                    .at(format!("virtual_hosts[{i}].domains[{j}]")));
+                return Err(
+                    FieldError::new("domain appears in more than one virtual host")
+                        .at(format!("virtual_hosts[{i}].domains[{j}]")),
+                );
             }
             seen.push(d);
         }
@@ -42,13 +44,21 @@ fn virtual_host(vh: &pb::VirtualHost) -> Result<VirtualHost, FieldError> {
     if vh.domains.is_empty() {
         return Err(FieldError::new("at least one domain is required").at("domains"));
     }
-    let domains = each("domains", &vh.domains, |d| DomainMatcher::parse(d).map_err(FieldError::new))?;
+    let domains = each("domains", &vh.domains, |d| {
+        DomainMatcher::parse(d).map_err(FieldError::new)
+    })?;
     let routes = each("routes", &vh.routes, route)?;
     Ok(VirtualHost {
         name: vh.name.as_str().into(),
         domains,
         routes,
-        retry: vh.retry_policy.as_ref().map(retry_policy).transpose().at("retry_policy")?.map(Arc::new),
+        retry: vh
+            .retry_policy
+            .as_ref()
+            .map(retry_policy)
+            .transpose()
+            .at("retry_policy")?
+            .map(Arc::new),
         hedge: vh.hedge_policy.as_ref().map(hedge_policy),
         headers: header_mutations(
             &vh.request_headers_to_add,
@@ -56,14 +66,22 @@ fn virtual_host(vh: &pb::VirtualHost) -> Result<VirtualHost, FieldError> {
             &vh.response_headers_to_add,
             &vh.response_headers_to_remove,
         )?,
-        filter_overrides: filter_overrides(&vh.typed_per_filter_config).at("typed_per_filter_config")?,
-        mirrors: each("request_mirror_policies", &vh.request_mirror_policies, mirror_policy)?,
+        filter_overrides: filter_overrides(&vh.typed_per_filter_config)
+            .at("typed_per_filter_config")?,
+        mirrors: each(
+            "request_mirror_policies",
+            &vh.request_mirror_policies,
+            mirror_policy,
+        )?,
         include_attempt_count: vh.include_request_attempt_count,
     })
 }
 
 fn route(r: &pb::Route) -> Result<Route, FieldError> {
-    let m = r.r#match.as_ref().ok_or_else(|| FieldError::new("is required").at("match"))?;
+    let m = r
+        .r#match
+        .as_ref()
+        .ok_or_else(|| FieldError::new("is required").at("match"))?;
     let matcher = route_match(m).at("match")?;
     use pb::route::Action as A;
     let action = match &r.action {
@@ -73,20 +91,34 @@ fn route(r: &pb::Route) -> Result<Route, FieldError> {
             let status = http::StatusCode::from_u16(d.status as u16)
                 .ok()
                 .filter(|_| (200..600).contains(&d.status))
-                .ok_or_else(|| FieldError::new(format!("invalid status {}", d.status)).at("direct_response.status"))?;
+                .ok_or_else(|| {
+                    FieldError::new(format!("invalid status {}", d.status))
+                        .at("direct_response.status")
+                })?;
             let body = match d.body.as_ref().and_then(|b| b.specifier.as_ref()) {
                 None => bytes::Bytes::new(),
-                Some(core::data_source::Specifier::InlineString(s)) => bytes::Bytes::copy_from_slice(s.as_bytes()),
-                Some(core::data_source::Specifier::InlineBytes(b)) => bytes::Bytes::copy_from_slice(b),
+                Some(core::data_source::Specifier::InlineString(s)) => {
+                    bytes::Bytes::copy_from_slice(s.as_bytes())
+                }
+                Some(core::data_source::Specifier::InlineBytes(b)) => {
+                    bytes::Bytes::copy_from_slice(b)
+                }
                 Some(_) => {
-                    return Err(FieldError::new("only inline bodies are supported").at("direct_response.body"));
+                    return Err(FieldError::new("only inline bodies are supported")
+                        .at("direct_response.body"));
                 }
             };
             Action::DirectResponse { status, body }
         }
         Some(A::NonForwardingAction(_)) => Action::NonForwarding,
-        Some(A::FilterAction(_)) => return Err(FieldError::new("filter_action is not supported").at("filter_action")),
-        None => return Err(FieldError::new("a route needs an action (route, redirect or direct_response)")),
+        Some(A::FilterAction(_)) => {
+            return Err(FieldError::new("filter_action is not supported").at("filter_action"));
+        }
+        None => {
+            return Err(FieldError::new(
+                "a route needs an action (route, redirect or direct_response)",
+            ));
+        }
     };
     Ok(Route {
         name: r.name.as_str().into(),
@@ -98,7 +130,8 @@ fn route(r: &pb::Route) -> Result<Route, FieldError> {
             &r.response_headers_to_add,
             &r.response_headers_to_remove,
         )?,
-        filter_overrides: filter_overrides(&r.typed_per_filter_config).at("typed_per_filter_config")?,
+        filter_overrides: filter_overrides(&r.typed_per_filter_config)
+            .at("typed_per_filter_config")?,
     })
 }
 
@@ -110,16 +143,24 @@ pub(crate) fn route_match(m: &pb::RouteMatch) -> Result<RouteMatcher, FieldError
         Some(P::SafeRegex(r)) => PathMatch::Regex(regex(r).at("safe_regex")?),
         Some(P::PathSeparatedPrefix(p)) => {
             if p.contains(['?', '#']) || (p.len() > 1 && p.ends_with('/')) {
-                return Err(FieldError::new(format!("{p:?} must not contain ? or # nor end with /"))
-                    .at("path_separated_prefix"));
+                return Err(FieldError::new(format!(
+                    "{p:?} must not contain ? or # nor end with /"
+                ))
+                .at("path_separated_prefix"));
             }
             PathMatch::SeparatedPrefix(p.as_str().into())
         }
         Some(P::ConnectMatcher(_)) => PathMatch::Connect,
         Some(P::PathMatchPolicy(_)) => {
-            return Err(FieldError::new("path_match_policy is not supported").at("path_match_policy"));
+            return Err(
+                FieldError::new("path_match_policy is not supported").at("path_match_policy")
+            );
         }
-        None => return Err(FieldError::new("a path specifier (prefix, path, safe_regex, path_separated_prefix) is required")),
+        None => {
+            return Err(FieldError::new(
+                "a path specifier (prefix, path, safe_regex, path_separated_prefix) is required",
+            ));
+        }
     };
     let runtime_fraction = match &m.runtime_fraction {
         Some(rf) => Some(
@@ -133,7 +174,9 @@ pub(crate) fn route_match(m: &pb::RouteMatch) -> Result<RouteMatcher, FieldError
         None => None,
     };
     if !m.dynamic_metadata.is_empty() {
-        return Err(FieldError::new("dynamic_metadata matching is not supported").at("dynamic_metadata"));
+        return Err(
+            FieldError::new("dynamic_metadata matching is not supported").at("dynamic_metadata"),
+        );
     }
     Ok(RouteMatcher {
         path,
@@ -148,25 +191,43 @@ pub(crate) fn route_match(m: &pb::RouteMatch) -> Result<RouteMatcher, FieldError
 fn route_action(ra: &pb::RouteAction) -> Result<ForwardAction, FieldError> {
     use pb::route_action::ClusterSpecifier as C;
     let cluster = match &ra.cluster_specifier {
-        Some(C::Cluster(c)) if c.is_empty() => return Err(FieldError::new("must not be empty").at("cluster")),
+        Some(C::Cluster(c)) if c.is_empty() => {
+            return Err(FieldError::new("must not be empty").at("cluster"));
+        }
         Some(C::Cluster(c)) => ClusterSpecifier::Cluster(c.as_str().into()),
         Some(C::ClusterHeader(h)) => ClusterSpecifier::Header(header_name(h).at("cluster_header")?),
-        Some(C::WeightedClusters(w)) => ClusterSpecifier::Weighted(weighted_clusters(w).at("weighted_clusters")?),
-        Some(C::ClusterSpecifierPlugin(_)) | Some(C::InlineClusterSpecifierPlugin(_)) => {
-            return Err(FieldError::new("cluster specifier plugins are not supported").at("cluster_specifier_plugin"));
+        Some(C::WeightedClusters(w)) => {
+            ClusterSpecifier::Weighted(weighted_clusters(w).at("weighted_clusters")?)
         }
-        None => return Err(FieldError::new("one of cluster, cluster_header or weighted_clusters is required")),
+        Some(C::ClusterSpecifierPlugin(_)) | Some(C::InlineClusterSpecifierPlugin(_)) => {
+            return Err(
+                FieldError::new("cluster specifier plugins are not supported")
+                    .at("cluster_specifier_plugin"),
+            );
+        }
+        None => {
+            return Err(FieldError::new(
+                "one of cluster, cluster_header or weighted_clusters is required",
+            ));
+        }
     };
     use pb::route_action::HostRewriteSpecifier as H;
     let host_rewrite = match &ra.host_rewrite_specifier {
         Some(H::HostRewriteLiteral(h)) => Some(HostRewrite::Literal(h.as_str().into())),
         Some(H::AutoHostRewrite(b)) if b.value => Some(HostRewrite::Auto),
         Some(H::AutoHostRewrite(_)) => None,
-        Some(H::HostRewriteHeader(h)) => Some(HostRewrite::Header(header_name(h).at("host_rewrite_header")?)),
+        Some(H::HostRewriteHeader(h)) => Some(HostRewrite::Header(
+            header_name(h).at("host_rewrite_header")?,
+        )),
         Some(H::HostRewritePathRegex(_)) => {
-            return Err(FieldError::new("host_rewrite_path_regex is not supported").at("host_rewrite_path_regex"));
+            return Err(FieldError::new("host_rewrite_path_regex is not supported")
+                .at("host_rewrite_path_regex"));
         }
-        Some(H::HostRewrite(_)) => return Err(FieldError::new("host_rewrite (formatter) is not supported").at("host_rewrite")),
+        Some(H::HostRewrite(_)) => {
+            return Err(
+                FieldError::new("host_rewrite (formatter) is not supported").at("host_rewrite")
+            );
+        }
         None => None,
     };
     let timeout = match &ra.timeout {
@@ -175,30 +236,62 @@ fn route_action(ra: &pb::RouteAction) -> Result<ForwardAction, FieldError> {
     };
     let max_stream_duration = match &ra.max_stream_duration {
         Some(m) => Some(MaxStreamDuration {
-            max: opt_duration(m.max_stream_duration.as_ref(), "max_stream_duration.max_stream_duration")?.filter(|d| !d.is_zero()),
-            grpc_timeout_header_max: opt_duration(m.grpc_timeout_header_max.as_ref(), "max_stream_duration.grpc_timeout_header_max")?,
-            grpc_timeout_header_offset: opt_duration(m.grpc_timeout_header_offset.as_ref(), "max_stream_duration.grpc_timeout_header_offset")?,
+            max: opt_duration(
+                m.max_stream_duration.as_ref(),
+                "max_stream_duration.max_stream_duration",
+            )?
+            .filter(|d| !d.is_zero()),
+            grpc_timeout_header_max: opt_duration(
+                m.grpc_timeout_header_max.as_ref(),
+                "max_stream_duration.grpc_timeout_header_max",
+            )?,
+            grpc_timeout_header_offset: opt_duration(
+                m.grpc_timeout_header_offset.as_ref(),
+                "max_stream_duration.grpc_timeout_header_offset",
+            )?,
         }),
         None => None,
     };
-    let regex_rewrite = ra.regex_rewrite.as_ref().map(regex_rewrite).transpose().at("regex_rewrite")?;
+    let regex_rewrite = ra
+        .regex_rewrite
+        .as_ref()
+        .map(regex_rewrite)
+        .transpose()
+        .at("regex_rewrite")?;
     if !ra.prefix_rewrite.is_empty() && regex_rewrite.is_some() {
-        return Err(FieldError::new("prefix_rewrite and regex_rewrite are mutually exclusive").at("prefix_rewrite"));
+        return Err(
+            FieldError::new("prefix_rewrite and regex_rewrite are mutually exclusive")
+                .at("prefix_rewrite"),
+        );
     }
     let cluster_not_found_status = match ra.cluster_not_found_response_code {
         0 => http::StatusCode::SERVICE_UNAVAILABLE,
         1 => http::StatusCode::NOT_FOUND,
         2 => http::StatusCode::INTERNAL_SERVER_ERROR,
-        c => return Err(FieldError::new(format!("unknown code {c}")).at("cluster_not_found_response_code")),
+        c => {
+            return Err(
+                FieldError::new(format!("unknown code {c}")).at("cluster_not_found_response_code")
+            );
+        }
     };
     Ok(ForwardAction {
         cluster,
         timeout,
         idle_timeout: opt_duration(ra.idle_timeout.as_ref(), "idle_timeout")?,
-        retry: ra.retry_policy.as_ref().map(retry_policy).transpose().at("retry_policy")?.map(Arc::new),
+        retry: ra
+            .retry_policy
+            .as_ref()
+            .map(retry_policy)
+            .transpose()
+            .at("retry_policy")?
+            .map(Arc::new),
         hedge: ra.hedge_policy.as_ref().map(hedge_policy),
         hash_policies: each("hash_policy", &ra.hash_policy, hash_policy)?,
-        mirrors: each("request_mirror_policies", &ra.request_mirror_policies, mirror_policy)?,
+        mirrors: each(
+            "request_mirror_policies",
+            &ra.request_mirror_policies,
+            mirror_policy,
+        )?,
         prefix_rewrite: (!ra.prefix_rewrite.is_empty()).then(|| ra.prefix_rewrite.as_str().into()),
         regex_rewrite,
         host_rewrite,
@@ -213,7 +306,10 @@ fn weighted_clusters(w: &pb::WeightedCluster) -> Result<WeightedClusters, FieldE
     }
     let clusters = each("clusters", &w.clusters, |c| {
         if c.name.is_empty() {
-            return Err(FieldError::new("must not be empty (cluster_header in weights is not supported)").at("name"));
+            return Err(FieldError::new(
+                "must not be empty (cluster_header in weights is not supported)",
+            )
+            .at("name"));
         }
         use pb::weighted_cluster::cluster_weight::HostRewriteSpecifier as H;
         Ok(ClusterWeight {
@@ -225,11 +321,12 @@ fn weighted_clusters(w: &pb::WeightedCluster) -> Result<WeightedClusters, FieldE
                 &c.response_headers_to_add,
                 &c.response_headers_to_remove,
             )?,
-            filter_overrides: filter_overrides(&c.typed_per_filter_config).at("typed_per_filter_config")?,
-            host_rewrite: match &c.host_rewrite_specifier {
-                Some(H::HostRewriteLiteral(h)) => Some(HostRewrite::Literal(h.as_str().into())),
-                None => None,
-            },
+            filter_overrides: filter_overrides(&c.typed_per_filter_config)
+                .at("typed_per_filter_config")?,
+            host_rewrite: c
+                .host_rewrite_specifier
+                .as_ref()
+                .map(|H::HostRewriteLiteral(h)| HostRewrite::Literal(h.as_str().into())),
         })
     })?;
     let sum: u64 = clusters.iter().map(|c| u64::from(c.weight)).sum();
@@ -237,7 +334,9 @@ fn weighted_clusters(w: &pb::WeightedCluster) -> Result<WeightedClusters, FieldE
         return Err(FieldError::new("the weights add up to 0").at("clusters"));
     }
     if sum > u64::from(u32::MAX) {
-        return Err(FieldError::new(format!("the weights add up to {sum}, above 2^32-1")).at("clusters"));
+        return Err(
+            FieldError::new(format!("the weights add up to {sum}, above 2^32-1")).at("clusters"),
+        );
     }
     if let Some(total) = &w.total_weight {
         // Deprecated in Envoy but still sent by older control planes; when set it must agree.
@@ -250,8 +349,15 @@ fn weighted_clusters(w: &pb::WeightedCluster) -> Result<WeightedClusters, FieldE
         }
     }
     // Zero-weight entries can never be chosen; dropping them keeps the pick loop tight.
-    let clusters: Box<[ClusterWeight]> = clusters.into_vec().into_iter().filter(|c| c.weight > 0).collect();
-    Ok(WeightedClusters { clusters, total: sum as u32 })
+    let clusters: Box<[ClusterWeight]> = clusters
+        .into_vec()
+        .into_iter()
+        .filter(|c| c.weight > 0)
+        .collect();
+    Ok(WeightedClusters {
+        clusters,
+        total: sum as u32,
+    })
 }
 
 pub(crate) fn retry_policy(r: &pb::RetryPolicy) -> Result<RetryPolicy, FieldError> {
@@ -266,15 +372,22 @@ pub(crate) fn retry_policy(r: &pb::RetryPolicy) -> Result<RetryPolicy, FieldErro
                 .at("retry_back_off.base_interval")?
                 .ok_or_else(|| FieldError::new("is required").at("retry_back_off.base_interval"))?;
             if base.is_zero() {
-                return Err(FieldError::new("must be greater than zero").at("retry_back_off.base_interval"));
+                return Err(
+                    FieldError::new("must be greater than zero").at("retry_back_off.base_interval")
+                );
             }
-            let max = opt_duration(b.max_interval.as_ref(), "retry_back_off.max_interval")?.unwrap_or(base * 10);
+            let max = opt_duration(b.max_interval.as_ref(), "retry_back_off.max_interval")?
+                .unwrap_or(base * 10);
             if max < base {
-                return Err(FieldError::new("must not be below base_interval").at("retry_back_off.max_interval"));
+                return Err(FieldError::new("must not be below base_interval")
+                    .at("retry_back_off.max_interval"));
             }
             (base, max)
         }
-        None => (std::time::Duration::from_millis(25), std::time::Duration::from_millis(250)),
+        None => (
+            std::time::Duration::from_millis(25),
+            std::time::Duration::from_millis(250),
+        ),
     };
     let avoid_previous_hosts = r
         .retry_host_predicate
@@ -289,11 +402,19 @@ pub(crate) fn retry_policy(r: &pb::RetryPolicy) -> Result<RetryPolicy, FieldErro
     Ok(RetryPolicy {
         retry_on,
         num_retries: r.num_retries.as_ref().map_or(1, |v| v.value),
-        per_try_timeout: opt_duration(r.per_try_timeout.as_ref(), "per_try_timeout")?.filter(|d| !d.is_zero()),
-        per_try_idle_timeout: opt_duration(r.per_try_idle_timeout.as_ref(), "per_try_idle_timeout")?,
+        per_try_timeout: opt_duration(r.per_try_timeout.as_ref(), "per_try_timeout")?
+            .filter(|d| !d.is_zero()),
+        per_try_idle_timeout: opt_duration(
+            r.per_try_idle_timeout.as_ref(),
+            "per_try_idle_timeout",
+        )?,
         retriable_status_codes,
         retriable_headers: each("retriable_headers", &r.retriable_headers, header_matcher)?,
-        retriable_request_headers: each("retriable_request_headers", &r.retriable_request_headers, header_matcher)?,
+        retriable_request_headers: each(
+            "retriable_request_headers",
+            &r.retriable_request_headers,
+            header_matcher,
+        )?,
         backoff_base,
         backoff_max,
         avoid_previous_hosts,
@@ -302,15 +423,26 @@ pub(crate) fn retry_policy(r: &pb::RetryPolicy) -> Result<RetryPolicy, FieldErro
 }
 
 fn hedge_policy(h: &pb::HedgePolicy) -> HedgePolicy {
-    HedgePolicy { on_per_try_timeout: h.hedge_on_per_try_timeout }
+    HedgePolicy {
+        on_per_try_timeout: h.hedge_on_per_try_timeout,
+    }
 }
 
 fn mirror_policy(m: &pb::route_action::RequestMirrorPolicy) -> Result<MirrorPolicy, FieldError> {
     if m.cluster.is_empty() {
-        return Err(FieldError::new("must not be empty (cluster_header mirrors are not supported)").at("cluster"));
+        return Err(FieldError::new(
+            "must not be empty (cluster_header mirrors are not supported)",
+        )
+        .at("cluster"));
     }
     let fraction = match &m.runtime_fraction {
-        Some(rf) => rf.default_value.as_ref().map(fraction).transpose().at("runtime_fraction.default_value")?.unwrap_or(Fraction { per_million: 0 }),
+        Some(rf) => rf
+            .default_value
+            .as_ref()
+            .map(fraction)
+            .transpose()
+            .at("runtime_fraction.default_value")?
+            .unwrap_or(Fraction { per_million: 0 }),
         None => Fraction::ALWAYS,
     };
     Ok(MirrorPolicy {
@@ -323,7 +455,9 @@ fn mirror_policy(m: &pb::route_action::RequestMirrorPolicy) -> Result<MirrorPoli
 fn hash_policy(h: &pb::route_action::HashPolicy) -> Result<HashPolicy, FieldError> {
     use pb::route_action::hash_policy::PolicySpecifier as P;
     let source = match &h.policy_specifier {
-        Some(P::Header(hd)) => HashSource::Header(header_name(&hd.header_name).at("header.header_name")?),
+        Some(P::Header(hd)) => {
+            HashSource::Header(header_name(&hd.header_name).at("header.header_name")?)
+        }
         Some(P::Cookie(c)) => HashSource::Cookie {
             name: c.name.as_str().into(),
             ttl: opt_duration(c.ttl.as_ref(), "cookie.ttl")?,
@@ -337,16 +471,28 @@ fn hash_policy(h: &pb::route_action::HashPolicy) -> Result<HashPolicy, FieldErro
         Some(P::FilterState(f)) => HashSource::FilterState(f.key.as_str().into()),
         None => return Err(FieldError::new("a policy specifier is required")),
     };
-    Ok(HashPolicy { source, terminal: h.terminal })
+    Ok(HashPolicy {
+        source,
+        terminal: h.terminal,
+    })
 }
 
-fn regex_rewrite(r: &envoy_types::pb::envoy::r#type::matcher::v3::RegexMatchAndSubstitute) -> Result<RegexRewrite, FieldError> {
-    let p = r.pattern.as_ref().ok_or_else(|| FieldError::new("is required").at("pattern"))?;
-    let pattern = regex::Regex::new(&p.regex)
-        .map_err(|e| FieldError::new(format!("invalid regex {:?}: {e}", p.regex)).at("pattern.regex"))?;
+fn regex_rewrite(
+    r: &envoy_types::pb::envoy::r#type::matcher::v3::RegexMatchAndSubstitute,
+) -> Result<RegexRewrite, FieldError> {
+    let p = r
+        .pattern
+        .as_ref()
+        .ok_or_else(|| FieldError::new("is required").at("pattern"))?;
+    let pattern = regex::Regex::new(&p.regex).map_err(|e| {
+        FieldError::new(format!("invalid regex {:?}: {e}", p.regex)).at("pattern.regex")
+    })?;
     // Envoy writes groups as \1; the regex crate as ${1}.
     let substitution = backrefs_to_regex_crate(&r.substitution);
-    Ok(RegexRewrite { pattern, substitution: substitution.into() })
+    Ok(RegexRewrite {
+        pattern,
+        substitution: substitution.into(),
+    })
 }
 
 fn backrefs_to_regex_crate(s: &str) -> String {
@@ -388,13 +534,23 @@ fn redirect(r: &pb::RedirectAction) -> Result<Redirect, FieldError> {
         host: (!r.host_redirect.is_empty()).then(|| r.host_redirect.as_str().into()),
         port: match r.port_redirect {
             0 => None,
-            p => Some(u16::try_from(p).map_err(|_| FieldError::new(format!("invalid port {p}")).at("port_redirect"))?),
+            p => {
+                Some(u16::try_from(p).map_err(|_| {
+                    FieldError::new(format!("invalid port {p}")).at("port_redirect")
+                })?)
+            }
         },
         path: match &r.path_rewrite_specifier {
             Some(P::PathRedirect(p)) => Some(RedirectPath::Path(p.as_str().into())),
             Some(P::PrefixRewrite(p)) => Some(RedirectPath::Prefix(p.as_str().into())),
-            Some(P::RegexRewrite(rr)) => Some(RedirectPath::Regex(regex_rewrite(rr).at("regex_rewrite")?)),
-            Some(P::PathRewrite(_)) => return Err(FieldError::new("path_rewrite (formatter) is not supported").at("path_rewrite")),
+            Some(P::RegexRewrite(rr)) => {
+                Some(RedirectPath::Regex(regex_rewrite(rr).at("regex_rewrite")?))
+            }
+            Some(P::PathRewrite(_)) => {
+                return Err(
+                    FieldError::new("path_rewrite (formatter) is not supported").at("path_rewrite")
+                );
+            }
             None => None,
         },
         status,
@@ -417,9 +573,16 @@ pub(crate) fn header_mutations(
 }
 
 fn header_add(h: &core::HeaderValueOption) -> Result<HeaderAdd, FieldError> {
-    let hv = h.header.as_ref().ok_or_else(|| FieldError::new("is required").at("header"))?;
+    let hv = h
+        .header
+        .as_ref()
+        .ok_or_else(|| FieldError::new("is required").at("header"))?;
     let name = header_name(&hv.key).at("header.key")?;
-    let raw: &[u8] = if hv.raw_value.is_empty() { hv.value.as_bytes() } else { &hv.raw_value };
+    let raw: &[u8] = if hv.raw_value.is_empty() {
+        hv.value.as_bytes()
+    } else {
+        &hv.raw_value
+    };
     let value = http::HeaderValue::from_bytes(raw)
         .map_err(|_| FieldError::new("not a valid header value").at("header.value"))?;
     let append = match (h.append.as_ref().map(|b| b.value), h.append_action) {
@@ -430,9 +593,15 @@ fn header_add(h: &core::HeaderValueOption) -> Result<HeaderAdd, FieldError> {
         (None, 1) => AppendAction::AddIfAbsent,
         (None, 2) => AppendAction::OverwriteIfExistsOrAdd,
         (None, 3) => AppendAction::OverwriteIfExists,
-        (None, a) => return Err(FieldError::new(format!("unknown append_action {a}")).at("append_action")),
+        (None, a) => {
+            return Err(FieldError::new(format!("unknown append_action {a}")).at("append_action"));
+        }
     };
-    Ok(HeaderAdd { name, value, append })
+    Ok(HeaderAdd {
+        name,
+        value,
+        append,
+    })
 }
 
 #[cfg(test)]

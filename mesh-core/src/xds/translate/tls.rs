@@ -5,18 +5,24 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as pb;
 
-
 use super::matcher::string_matcher;
 use super::{At, FieldError, each, unpack};
 use crate::model::*;
 
 /// The upstream TLS settings of a cluster's transport socket; `None` for plaintext.
-pub(crate) fn upstream_transport_socket(ts: &core::TransportSocket) -> Result<Option<UpstreamTls>, FieldError> {
-    let Some(any) = typed(ts)? else { return Ok(None) };
+pub(crate) fn upstream_transport_socket(
+    ts: &core::TransportSocket,
+) -> Result<Option<UpstreamTls>, FieldError> {
+    let Some(any) = typed(ts)? else {
+        return Ok(None);
+    };
     if any.type_url.ends_with("raw_buffer.v3.RawBuffer") {
         return Ok(None);
     }
-    if any.type_url.ends_with("internal_upstream.v3.InternalUpstreamTransport") {
+    if any
+        .type_url
+        .ends_with("internal_upstream.v3.InternalUpstreamTransport")
+    {
         // A wrapper that passes metadata to Envoy internal listeners; what matters to us is
         // the transport it wraps.
         use envoy_types::pb::envoy::extensions::transport_sockets::internal_upstream::v3::InternalUpstreamTransport;
@@ -33,13 +39,21 @@ pub(crate) fn upstream_transport_socket(ts: &core::TransportSocket) -> Result<Op
         sni: (!ctx.sni.is_empty()).then(|| ctx.sni.as_str().into()),
         identity,
         validation,
-        alpn: common.alpn_protocols.iter().map(|s| s.as_str().into()).collect(),
+        alpn: common
+            .alpn_protocols
+            .iter()
+            .map(|s| s.as_str().into())
+            .collect(),
     }))
 }
 
 /// The downstream TLS settings of a filter chain; `None` for plaintext.
-pub(crate) fn downstream_transport_socket(ts: &core::TransportSocket) -> Result<Option<DownstreamTls>, FieldError> {
-    let Some(any) = typed(ts)? else { return Ok(None) };
+pub(crate) fn downstream_transport_socket(
+    ts: &core::TransportSocket,
+) -> Result<Option<DownstreamTls>, FieldError> {
+    let Some(any) = typed(ts)? else {
+        return Ok(None);
+    };
     if any.type_url.ends_with("raw_buffer.v3.RawBuffer") {
         return Ok(None);
     }
@@ -52,101 +66,171 @@ pub(crate) fn downstream_transport_socket(ts: &core::TransportSocket) -> Result<
     Ok(Some(DownstreamTls {
         identity,
         validation,
-        require_client_certificate: ctx.require_client_certificate.as_ref().is_some_and(|b| b.value),
-        alpn: common.alpn_protocols.iter().map(|s| s.as_str().into()).collect(),
+        require_client_certificate: ctx
+            .require_client_certificate
+            .as_ref()
+            .is_some_and(|b| b.value),
+        alpn: common
+            .alpn_protocols
+            .iter()
+            .map(|s| s.as_str().into())
+            .collect(),
     }))
 }
 
-fn typed(ts: &core::TransportSocket) -> Result<Option<&envoy_types::pb::google::protobuf::Any>, FieldError> {
+fn typed(
+    ts: &core::TransportSocket,
+) -> Result<Option<&envoy_types::pb::google::protobuf::Any>, FieldError> {
     match &ts.config_type {
         Some(core::transport_socket::ConfigType::TypedConfig(any)) => Ok(Some(any)),
         None => Ok(None),
     }
 }
 
-fn common_tls(c: &pb::CommonTlsContext) -> Result<(Option<CertSource>, Option<CertValidation>), FieldError> {
+fn common_tls(
+    c: &pb::CommonTlsContext,
+) -> Result<(Option<CertSource>, Option<CertValidation>), FieldError> {
     let identity = if let Some(p) = &c.tls_certificate_provider_instance {
         Some(provider(p).at("tls_certificate_provider_instance")?)
     } else if let Some(p) = &c.tls_certificate_certificate_provider_instance {
-        Some(CertSource::Provider { instance: p.instance_name.as_str().into(), certificate_name: p.certificate_name.as_str().into() })
+        Some(CertSource::Provider {
+            instance: p.instance_name.as_str().into(),
+            certificate_name: p.certificate_name.as_str().into(),
+        })
     } else if let Some(s) = c.tls_certificate_sds_secret_configs.first() {
         Some(CertSource::Sds(s.name.as_str().into()))
     } else if let Some(t) = c.tls_certificates.first() {
-        let cert = data_source_file(t.certificate_chain.as_ref()).at("tls_certificates[0].certificate_chain")?;
+        let cert = data_source_file(t.certificate_chain.as_ref())
+            .at("tls_certificates[0].certificate_chain")?;
         let key = data_source_file(t.private_key.as_ref()).at("tls_certificates[0].private_key")?;
-        Some(CertSource::Files { cert, key: Some(key) })
+        Some(CertSource::Files {
+            cert,
+            key: Some(key),
+        })
     } else {
         None
     };
     use pb::common_tls_context::ValidationContextType as V;
     let validation = match &c.validation_context_type {
         None => None,
-        Some(V::ValidationContext(v)) => Some(validation_context(v, None).at("validation_context")?),
-        Some(V::ValidationContextSdsSecretConfig(s)) => {
-            Some(CertValidation { ca: CertSource::Sds(s.name.as_str().into()), san_matchers: Box::new([]) })
+        Some(V::ValidationContext(v)) => {
+            Some(validation_context(v, None).at("validation_context")?)
         }
+        Some(V::ValidationContextSdsSecretConfig(s)) => Some(CertValidation {
+            ca: CertSource::Sds(s.name.as_str().into()),
+            san_matchers: Box::new([]),
+        }),
         Some(V::CombinedValidationContext(cv)) => {
-            let from_sds = cv.validation_context_sds_secret_config.as_ref().map(|s| CertSource::Sds(s.name.as_str().into()));
-            let from_provider = cv.validation_context_certificate_provider_instance.as_ref().map(|p| CertSource::Provider {
-                instance: p.instance_name.as_str().into(),
-                certificate_name: p.certificate_name.as_str().into(),
-            });
+            let from_sds = cv
+                .validation_context_sds_secret_config
+                .as_ref()
+                .map(|s| CertSource::Sds(s.name.as_str().into()));
+            let from_provider = cv
+                .validation_context_certificate_provider_instance
+                .as_ref()
+                .map(|p| CertSource::Provider {
+                    instance: p.instance_name.as_str().into(),
+                    certificate_name: p.certificate_name.as_str().into(),
+                });
             let default = cv.default_validation_context.clone().unwrap_or_default();
-            Some(validation_context(&default, from_sds.or(from_provider)).at("combined_validation_context.default_validation_context")?)
+            Some(
+                validation_context(&default, from_sds.or(from_provider))
+                    .at("combined_validation_context.default_validation_context")?,
+            )
         }
         Some(V::ValidationContextCertificateProviderInstance(p)) => Some(CertValidation {
-            ca: CertSource::Provider { instance: p.instance_name.as_str().into(), certificate_name: p.certificate_name.as_str().into() },
+            ca: CertSource::Provider {
+                instance: p.instance_name.as_str().into(),
+                certificate_name: p.certificate_name.as_str().into(),
+            },
             san_matchers: Box::new([]),
         }),
         Some(V::ValidationContextCertificateProvider(_)) => {
-            return Err(FieldError::new("validation_context_certificate_provider is not supported; use the provider instance form"));
+            return Err(FieldError::new(
+                "validation_context_certificate_provider is not supported; use the provider instance form",
+            ));
         }
     };
     Ok((identity, validation))
 }
 
 fn provider(p: &pb::CertificateProviderPluginInstance) -> Result<CertSource, FieldError> {
-    let instance = if p.instance_name.is_empty() { "default" } else { p.instance_name.as_str() };
-    Ok(CertSource::Provider { instance: instance.into(), certificate_name: p.certificate_name.as_str().into() })
+    let instance = if p.instance_name.is_empty() {
+        "default"
+    } else {
+        p.instance_name.as_str()
+    };
+    Ok(CertSource::Provider {
+        instance: instance.into(),
+        certificate_name: p.certificate_name.as_str().into(),
+    })
 }
 
-fn validation_context(v: &pb::CertificateValidationContext, ca_override: Option<CertSource>) -> Result<CertValidation, FieldError> {
+fn validation_context(
+    v: &pb::CertificateValidationContext,
+    ca_override: Option<CertSource>,
+) -> Result<CertValidation, FieldError> {
     let ca = if let Some(ca) = ca_override {
         ca
     } else if let Some(p) = &v.ca_certificate_provider_instance {
         provider(p).at("ca_certificate_provider_instance")?
     } else if v.trusted_ca.is_some() {
-        CertSource::Files { cert: data_source_file(v.trusted_ca.as_ref()).at("trusted_ca")?, key: None }
+        CertSource::Files {
+            cert: data_source_file(v.trusted_ca.as_ref()).at("trusted_ca")?,
+            key: None,
+        }
     } else if v.system_root_certs.is_some() {
         CertSource::System
     } else {
-        return Err(FieldError::new("no trust anchors: set ca_certificate_provider_instance, trusted_ca or system_root_certs"));
+        return Err(FieldError::new(
+            "no trust anchors: set ca_certificate_provider_instance, trusted_ca or system_root_certs",
+        ));
     };
-    let mut san_matchers: Vec<SanMatcher> = each("match_typed_subject_alt_names", &v.match_typed_subject_alt_names, |m| {
-        let kind = match m.san_type {
-            1 => SanKind::Email,
-            2 => SanKind::Dns,
-            3 => SanKind::Uri,
-            4 => SanKind::Ip,
-            t => return Err(FieldError::new(format!("unsupported san_type {t}")).at("san_type")),
-        };
-        let matcher = string_matcher(m.matcher.as_ref().ok_or_else(|| FieldError::new("is required").at("matcher"))?).at("matcher")?;
-        Ok(SanMatcher { kind, matcher })
-    })?
+    let mut san_matchers: Vec<SanMatcher> = each(
+        "match_typed_subject_alt_names",
+        &v.match_typed_subject_alt_names,
+        |m| {
+            let kind = match m.san_type {
+                1 => SanKind::Email,
+                2 => SanKind::Dns,
+                3 => SanKind::Uri,
+                4 => SanKind::Ip,
+                t => {
+                    return Err(FieldError::new(format!("unsupported san_type {t}")).at("san_type"));
+                }
+            };
+            let matcher = string_matcher(
+                m.matcher
+                    .as_ref()
+                    .ok_or_else(|| FieldError::new("is required").at("matcher"))?,
+            )
+            .at("matcher")?;
+            Ok(SanMatcher { kind, matcher })
+        },
+    )?
     .into_vec();
     san_matchers.extend(
-        each("match_subject_alt_names", &v.match_subject_alt_names, |m| Ok(SanMatcher { kind: SanKind::Any, matcher: string_matcher(m)? }))?
-            .into_vec(),
+        each("match_subject_alt_names", &v.match_subject_alt_names, |m| {
+            Ok(SanMatcher {
+                kind: SanKind::Any,
+                matcher: string_matcher(m)?,
+            })
+        })?
+        .into_vec(),
     );
-    Ok(CertValidation { ca, san_matchers: san_matchers.into() })
+    Ok(CertValidation {
+        ca,
+        san_matchers: san_matchers.into(),
+    })
 }
 
 fn data_source_file(d: Option<&core::DataSource>) -> Result<Arc<str>, FieldError> {
     use core::data_source::Specifier as S;
     match d.and_then(|d| d.specifier.as_ref()) {
         Some(S::Filename(f)) => Ok(f.as_str().into()),
-        Some(_) => Err(FieldError::new("only filename data sources are supported for certificates")),
+        Some(_) => Err(FieldError::new(
+            "only filename data sources are supported for certificates",
+        )),
         None => Err(FieldError::new("is required")),
     }
 }
-
