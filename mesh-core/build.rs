@@ -17,12 +17,18 @@ fn main() {
         panic!("cannot find envoy-types' {FILE}: is envoy-types in the dependency graph?");
     };
     println!("cargo:rerun-if-changed={}", descriptors.display());
-    println!("cargo:rustc-env=MESH_ENVOY_DESCRIPTORS={}", descriptors.display());
+    println!(
+        "cargo:rustc-env=MESH_ENVOY_DESCRIPTORS={}",
+        descriptors.display()
+    );
 }
 
 /// `envoy-types-<locked version>` under `$CARGO_HOME/registry/src/*/`.
 fn from_registry(manifest_dir: &Path) -> Option<PathBuf> {
-    let lock = manifest_dir.ancestors().map(|d| d.join("Cargo.lock")).find(|p| p.exists())?;
+    let lock = manifest_dir
+        .ancestors()
+        .map(|d| d.join("Cargo.lock"))
+        .find(|p| p.exists())?;
     println!("cargo:rerun-if-changed={}", lock.display());
     let text = std::fs::read_to_string(lock).ok()?;
     let mut lines = text.lines();
@@ -30,7 +36,10 @@ fn from_registry(manifest_dir: &Path) -> Option<PathBuf> {
         let line = lines.next()?;
         if line.trim() == "name = \"envoy-types\"" {
             let v = lines.next()?.trim();
-            break v.strip_prefix("version = \"")?.strip_suffix('"')?.to_owned();
+            break v
+                .strip_prefix("version = \"")?
+                .strip_suffix('"')?
+                .to_owned();
         }
     };
     let home = env::var_os("CARGO_HOME")
@@ -39,7 +48,12 @@ fn from_registry(manifest_dir: &Path) -> Option<PathBuf> {
     std::fs::read_dir(home.join("registry/src"))
         .ok()?
         .filter_map(Result::ok)
-        .map(|index| index.path().join(format!("envoy-types-{version}")).join(FILE))
+        .map(|index| {
+            index
+                .path()
+                .join(format!("envoy-types-{version}"))
+                .join(FILE)
+        })
         .find(|p| p.exists())
 }
 
@@ -47,18 +61,32 @@ fn from_registry(manifest_dir: &Path) -> Option<PathBuf> {
 fn from_metadata(manifest_dir: &Path) -> Option<PathBuf> {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let output = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--offline", "--filter-platform"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--offline",
+            "--filter-platform",
+        ])
         .arg(env::var("TARGET").ok()?)
         .arg("--manifest-path")
         .arg(manifest_dir.join("Cargo.toml"))
         .output()
         .ok()?;
     if !output.status.success() {
-        println!("cargo:warning=cargo metadata failed: {}", String::from_utf8_lossy(&output.stderr));
+        println!(
+            "cargo:warning=cargo metadata failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         return None;
     }
     let meta: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
-    let pkg = meta["packages"].as_array()?.iter().find(|p| p["name"] == "envoy-types")?;
-    let dir = Path::new(pkg["manifest_path"].as_str()?).parent()?.to_path_buf();
+    let pkg = meta["packages"]
+        .as_array()?
+        .iter()
+        .find(|p| p["name"] == "envoy-types")?;
+    let dir = Path::new(pkg["manifest_path"].as_str()?)
+        .parent()?
+        .to_path_buf();
     Some(dir.join(FILE)).filter(|p| p.exists())
 }

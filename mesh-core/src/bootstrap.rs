@@ -250,11 +250,22 @@ struct RawAuthority {
 impl Bootstrap {
     /// Reads `GRPC_XDS_BOOTSTRAP` (a path), else `GRPC_XDS_BOOTSTRAP_CONFIG` (inline JSON).
     pub fn from_env() -> Result<Self, BootstrapError> {
-        if let Some(path) = std::env::var_os(BOOTSTRAP_PATH_ENV).filter(|p| !p.is_empty()) {
+        Self::from_env_values(
+            std::env::var_os(BOOTSTRAP_PATH_ENV),
+            std::env::var(BOOTSTRAP_CONFIG_ENV).ok(),
+        )
+    }
+
+    /// [`Bootstrap::from_env`] with the two variables' values given (the path wins, as in gRPC).
+    fn from_env_values(
+        path: Option<std::ffi::OsString>,
+        inline: Option<String>,
+    ) -> Result<Self, BootstrapError> {
+        if let Some(path) = path.filter(|p| !p.is_empty()) {
             return Self::from_file(path);
         }
-        match std::env::var(BOOTSTRAP_CONFIG_ENV) {
-            Ok(json) if !json.is_empty() => {
+        match inline {
+            Some(json) if !json.is_empty() => {
                 Self::parse(&json, format!(" (from {BOOTSTRAP_CONFIG_ENV})"))
             }
             _ => Err(BootstrapError::NotConfigured),

@@ -49,6 +49,20 @@ pub struct AdsServer {
     addr: SocketAddr,
     shared: Arc<Shared>,
     stop: Option<oneshot::Sender<()>>,
+    unix: Option<std::path::PathBuf>,
+}
+
+impl Shared {
+    fn new() -> Arc<Self> {
+        let (push, _) = broadcast::channel(1024);
+        let (kill, _) = broadcast::channel(4);
+        Arc::new(Shared {
+            state: Mutex::default(),
+            push,
+            request_seen: Notify::new(),
+            kill,
+        })
+    }
 }
 
 impl AdsServer {
@@ -59,19 +73,84 @@ impl AdsServer {
 
     /// Starts on `addr` (to restart a server where a client expects it).
     pub async fn start_on(addr: SocketAddr) -> Self {
-        let (push, _) = broadcast::channel(1024);
-        let (kill, _) = broadcast::channel(4);
-        let shared = Arc::new(Shared {
-            state: Mutex::default(),
-            push,
-            request_seen: Notify::new(),
-            kill,
-        });
+        let shared = Shared::new();
         let (addr, stop) = serve(addr, shared.clone()).await;
         Self {
             addr,
             shared,
             stop: Some(stop),
+            unix: None,
+        }
+    }
+
+    /// Starts with TLS on an ephemeral loopback port; with `client_ca`, clients must present a
+    /// certificate it signed (mTLS).
+    pub async fn start_tls(server: &crate::CertifiedKey, client_ca: Option<&str>) -> Self {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let shared = Shared::new();
+        let listener = bind_retrying("127.0.0.1:0".parse().expect("loopback")).await;
+        let addr = listener.local_addr().expect("local addr");
+        let mut tls =
+            ServerTlsConfig::new().identity(Identity::from_pem(&server.cert_pem, &server.key_pem));
+        if let Some(ca) = client_ca {
+            tls = tls.client_ca_root(Certificate::from_pem(ca));
+        }
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let svc = AggregatedDiscoveryServiceServer::new(Ads {
+            shared: shared.clone(),
+        });
+        let router = tonic::transport::Server::builder()
+            .tls_config(tls)
+            .expect("server TLS")
+            .add_service(svc);
+        tokio::spawn(async move {
+            let _ = router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                    let _ = stop_rx.await;
+                })
+                .await;
+        });
+        Self {
+            addr,
+            shared,
+            stop: Some(stop_tx),
+            unix: None,
+        }
+    }
+
+    /// Starts on a Unix domain socket at `path`.
+    pub async fn start_unix(path: &std::path::Path) -> Self {
+        let shared = Shared::new();
+        let listener = tokio::net::UnixListener::bind(path).expect("bind unix socket");
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let svc = AggregatedDiscoveryServiceServer::new(Ads {
+            shared: shared.clone(),
+        });
+        tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::UnixListenerStream::new(listener),
+                    async {
+                        let _ = stop_rx.await;
+                    },
+                )
+                .await;
+        });
+        let addr = "0.0.0.0:0".parse().expect("placeholder");
+        Self {
+            addr,
+            shared,
+            stop: Some(stop_tx),
+            unix: Some(path.to_owned()),
+        }
+    }
+
+    /// The server URI for a bootstrap: `127.0.0.1:PORT` or `unix:///path`.
+    pub fn server_uri(&self) -> String {
+        match &self.unix {
+            Some(p) => format!("unix://{}", p.display()),
+            None => self.addr.to_string(),
         }
     }
 
@@ -101,7 +180,7 @@ impl AdsServer {
     /// A bootstrap JSON naming this server (insecure), with `features` as server features.
     pub fn bootstrap_json(&self, features: &[&str]) -> String {
         serde_json::json!({
-            "xds_servers": [{"server_uri": self.addr.to_string(), "channel_creds": [{"type": "insecure"}], "server_features": features}],
+            "xds_servers": [{"server_uri": self.server_uri(), "channel_creds": [{"type": "insecure"}], "server_features": features}],
             "node": {"id": "test-node", "cluster": "test", "metadata": {"NAMESPACE": "default"}},
         })
         .to_string()

@@ -7,9 +7,11 @@
 #![allow(clippy::disallowed_types)]
 
 pub mod ads;
+pub mod pki;
 pub mod resources;
 
 pub use ads::AdsServer;
+pub use pki::{CertifiedKey, TempFiles, TestCa};
 
 /// Installs a `tracing` subscriber for tests once (`RUST_LOG` filters it; default `warn`).
 pub fn trace_init() {

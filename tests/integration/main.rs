@@ -3,6 +3,7 @@
 mod ads_ack_nack;
 mod ads_connectivity;
 mod ads_resource_lifecycle;
+mod ads_transports;
 mod bad_input;
 mod istio_dumps;
 mod snapshots;

@@ -109,3 +109,33 @@ fn authority_templates_must_use_their_authority() {
         "{e}"
     );
 }
+
+#[test]
+fn environment_path_wins_over_inline_config() {
+    let dir = std::env::temp_dir().join(format!("mesh-bootstrap-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bootstrap.json");
+    std::fs::write(&file, r#"{"node": {"id": "from-file"}}"#).unwrap();
+    let inline = Some(r#"{"node": {"id": "inline"}}"#.to_owned());
+    let b = Bootstrap::from_env_values(Some(file.clone().into()), inline.clone()).unwrap();
+    assert_eq!(b.node.id, "from-file");
+    let b = Bootstrap::from_env_values(None, inline).unwrap();
+    assert_eq!(b.node.id, "inline");
+    assert!(matches!(
+        Bootstrap::from_env_values(None, None),
+        Err(BootstrapError::NotConfigured)
+    ));
+    let e = Bootstrap::from_env_values(Some(dir.join("missing.json").into()), None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("missing.json"), "{e}");
+    std::fs::write(&file, r#"{"node": {"id": 7}}"#).unwrap();
+    let e = Bootstrap::from_env_values(Some(file.clone().into()), None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("bootstrap.json") && e.contains("node.id"),
+        "names the file and the field: {e}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
