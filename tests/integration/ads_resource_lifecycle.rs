@@ -54,12 +54,11 @@ async fn a_missing_cluster_is_known_at_once_from_a_cds_response() {
     );
 }
 
-#[tokio::test]
-async fn deleted_listener_keeps_serving_by_default() {
+/// Serves a listener, deletes it on the server, and returns what the client then holds.
+async fn state_after_listener_deletion(features: &[&str]) -> mesh_core::xds::ResourceState {
     let server = AdsServer::start().await;
     server.set(r::any(r::api_listener("svc:80", "rc")));
-    server.set(r::any(r::eds_cluster("keep")));
-    let mesh = mesh_for(&server, &[]).await;
+    let mesh = mesh_for(&server, features).await;
     let mut w = mesh
         .xds_client()
         .unwrap()
@@ -68,9 +67,13 @@ async fn deleted_listener_keeps_serving_by_default() {
         .unwrap();
     w.wait_for(|s| s.value.is_some()).await;
     server.remove(urls::LISTENER, "svc:80");
-    let st = w
-        .wait_for(|s| s.status == ResourceStatus::DoesNotExist)
-        .await;
+    w.wait_for(|s| s.status == ResourceStatus::DoesNotExist)
+        .await
+}
+
+#[tokio::test]
+async fn deleted_listener_keeps_serving_by_default() {
+    let st = state_after_listener_deletion(&[]).await;
     assert!(
         st.value.is_some(),
         "gRFC A88: a deletion is a data error; the cached listener keeps serving"
@@ -79,20 +82,7 @@ async fn deleted_listener_keeps_serving_by_default() {
 
 #[tokio::test]
 async fn deleted_listener_is_dropped_with_fail_on_data_errors() {
-    let server = AdsServer::start().await;
-    server.set(r::any(r::api_listener("svc:80", "rc")));
-    let mesh = mesh_for(&server, &["fail_on_data_errors"]).await;
-    let mut w = mesh
-        .xds_client()
-        .unwrap()
-        .watch(ResourceType::Listener, "svc:80")
-        .await
-        .unwrap();
-    w.wait_for(|s| s.value.is_some()).await;
-    server.remove(urls::LISTENER, "svc:80");
-    let st = w
-        .wait_for(|s| s.status == ResourceStatus::DoesNotExist)
-        .await;
+    let st = state_after_listener_deletion(&["fail_on_data_errors"]).await;
     assert!(
         st.value.is_none(),
         "with fail_on_data_errors the deleted listener is dropped"

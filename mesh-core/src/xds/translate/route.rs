@@ -10,6 +10,18 @@ use super::matcher::{header_matcher, query_matcher, regex};
 use super::{At, FieldError, each, fraction, header_name, opt_duration};
 use crate::model::*;
 
+/// Header mutations of any message carrying Envoy's four `*_headers_to_*` fields.
+macro_rules! mutations {
+    ($m:expr) => {
+        header_mutations(
+            &$m.request_headers_to_add,
+            &$m.request_headers_to_remove,
+            &$m.response_headers_to_add,
+            &$m.response_headers_to_remove,
+        )
+    };
+}
+
 /// Translates and validates a `RouteConfiguration`.
 pub fn route_configuration(rc: &pb::RouteConfiguration) -> Result<RouteTable, FieldError> {
     if rc.vhds.is_some() {
@@ -31,12 +43,7 @@ pub fn route_configuration(rc: &pb::RouteConfiguration) -> Result<RouteTable, Fi
     Ok(RouteTable {
         name: rc.name.as_str().into(),
         virtual_hosts,
-        headers: header_mutations(
-            &rc.request_headers_to_add,
-            &rc.request_headers_to_remove,
-            &rc.response_headers_to_add,
-            &rc.response_headers_to_remove,
-        )?,
+        headers: mutations!(rc)?,
     })
 }
 
@@ -60,12 +67,7 @@ fn virtual_host(vh: &pb::VirtualHost) -> Result<VirtualHost, FieldError> {
             .at("retry_policy")?
             .map(Arc::new),
         hedge: vh.hedge_policy.as_ref().map(hedge_policy),
-        headers: header_mutations(
-            &vh.request_headers_to_add,
-            &vh.request_headers_to_remove,
-            &vh.response_headers_to_add,
-            &vh.response_headers_to_remove,
-        )?,
+        headers: mutations!(vh)?,
         filter_overrides: filter_overrides(&vh.typed_per_filter_config)
             .at("typed_per_filter_config")?,
         mirrors: each(
@@ -124,12 +126,7 @@ fn route(r: &pb::Route) -> Result<Route, FieldError> {
         name: r.name.as_str().into(),
         matcher,
         action,
-        headers: header_mutations(
-            &r.request_headers_to_add,
-            &r.request_headers_to_remove,
-            &r.response_headers_to_add,
-            &r.response_headers_to_remove,
-        )?,
+        headers: mutations!(r)?,
         filter_overrides: filter_overrides(&r.typed_per_filter_config)
             .at("typed_per_filter_config")?,
     })
@@ -315,12 +312,7 @@ fn weighted_clusters(w: &pb::WeightedCluster) -> Result<WeightedClusters, FieldE
         Ok(ClusterWeight {
             name: c.name.as_str().into(),
             weight: c.weight.as_ref().map_or(0, |v| v.value),
-            headers: header_mutations(
-                &c.request_headers_to_add,
-                &c.request_headers_to_remove,
-                &c.response_headers_to_add,
-                &c.response_headers_to_remove,
-            )?,
+            headers: mutations!(c)?,
             filter_overrides: filter_overrides(&c.typed_per_filter_config)
                 .at("typed_per_filter_config")?,
             host_rewrite: c

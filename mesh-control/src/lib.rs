@@ -1,0 +1,5 @@
+//! mesh-control: a development control plane. Istio YAML in, xDS out, for mesh's own clients,
+//! gRPC's proxyless clients and Envoy sidecars alike.
+#![forbid(unsafe_code)]
+
+pub mod config;

@@ -1,0 +1,183 @@
+//! `mesh-control validate`: Istio's own samples are accepted; broken YAML is rejected with
+//! file:line:column and the field path.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use mesh_control::config::{self, Spec};
+
+fn shared_samples() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/istio-samples");
+    if dir.is_dir() {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var_os("MESH_SHARED_OPTIONAL").is_some(),
+        "{} is missing (set MESH_SHARED_OPTIONAL=1 to run without it)",
+        dir.display()
+    );
+    None
+}
+
+#[test]
+fn istio_samples_are_accepted() {
+    let Some(dir) = shared_samples() else { return };
+    let config = config::load_dir(&dir).unwrap_or_else(|errors| {
+        panic!(
+            "{}",
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    });
+    let count = |kind: &str| {
+        config
+            .objects
+            .iter()
+            .filter(|o| o.spec.kind() == kind)
+            .count()
+    };
+    assert!(count("VirtualService") >= 15, "{}", count("VirtualService"));
+    assert!(count("DestinationRule") >= 3);
+    assert!(
+        count("Service") >= 4 && count("Deployment") >= 6,
+        "bookinfo.yaml's services and deployments"
+    );
+    let reviews_v2 = config
+        .objects
+        .iter()
+        .find(|o| o.metadata.name == "reviews-v2" && o.spec.kind() == "Deployment")
+        .expect("reviews-v2 deployment");
+    let Spec::Deployment(d) = &reviews_v2.spec else {
+        unreachable!()
+    };
+    assert_eq!(
+        d.template.spec.service_account_name.as_deref(),
+        Some("bookinfo-reviews")
+    );
+    assert_eq!(
+        d.template
+            .metadata
+            .labels
+            .get("version")
+            .map(String::as_str),
+        Some("v2")
+    );
+}
+
+fn errors(yaml: &str) -> Vec<String> {
+    config::parse_str(yaml, Path::new("broken.yaml"))
+        .expect_err("must be rejected")
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+const HEAD: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: reviews\nspec:\n  hosts: [reviews]\n";
+
+#[test]
+fn bad_duration_has_file_line_and_field() {
+    let e = errors(&format!(
+        "{HEAD}  http:\n  - timeout: soon\n    route:\n    - destination: {{host: reviews}}\n"
+    ));
+    assert_eq!(e.len(), 1);
+    assert!(e[0].starts_with("broken.yaml:8:"), "{}", e[0]);
+    assert!(e[0].contains("spec.http[0].timeout"), "{}", e[0]);
+    assert!(e[0].contains("\"soon\" is not a duration"), "{}", e[0]);
+}
+
+#[test]
+fn misspelled_field_is_an_error_in_the_right_document() {
+    let first = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec:\n  host: reviews\n";
+    let e = errors(&format!(
+        "{first}---\n{HEAD}  http:\n  - route:\n    - destination:\n        host: reviews\n        subst: v2\n"
+    ));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with("broken.yaml:17:"),
+        "absolute line in the second document: {}",
+        e[0]
+    );
+    assert!(
+        e[0].contains("spec.http[0].route[0].destination"),
+        "{}",
+        e[0]
+    );
+    assert!(e[0].contains("unknown field `subst`"), "{}", e[0]);
+}
+
+#[test]
+fn string_match_needs_exactly_one_kind() {
+    let e = errors(&format!(
+        "{HEAD}  http:\n  - match:\n    - uri: {{prefix: /a, exact: /b}}\n    route:\n    - destination: {{host: reviews}}\n"
+    ));
+    assert!(e[0].contains("spec.http[0].match[0].uri"), "{}", e[0]);
+    assert!(
+        e[0].contains("exactly one of exact, prefix or regex"),
+        "{}",
+        e[0]
+    );
+}
+
+#[test]
+fn wrong_type_and_missing_name() {
+    let e = errors(&format!(
+        "{HEAD}  http:\n  - retries: {{attempts: many}}\n    route:\n    - destination: {{host: reviews}}\n"
+    ));
+    assert!(
+        e[0].contains("spec.http[0].retries.attempts") && e[0].contains("invalid type"),
+        "{}",
+        e[0]
+    );
+    let e = errors(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nspec: {host: reviews}\n",
+    );
+    assert!(e[0].contains("metadata.name: is required"), "{}", e[0]);
+}
+
+#[test]
+fn yaml_syntax_error_is_located() {
+    let e = errors("apiVersion: v1\nkind: Service\nmetadata: {name: x\n");
+    assert!(e[0].starts_with("broken.yaml:"), "{}", e[0]);
+    assert!(e[0].contains("error:"), "{}", e[0]);
+}
+
+#[test]
+fn the_cli_exits_non_zero_and_prints_locations() {
+    let dir = std::env::temp_dir().join(format!("mesh-control-validate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("vs.yaml");
+    std::fs::write(&file, format!("{HEAD}  http:\n  - timeout: 3 seconds\n    route:\n    - destination: {{host: reviews}}\n")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mesh-control"))
+        .arg("validate")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!("{}:8:", file.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("spec.http[0].timeout"), "{stderr}");
+    std::fs::write(
+        &file,
+        format!(
+            "{HEAD}  http:\n  - timeout: 3s\n    route:\n    - destination: {{host: reviews}}\n"
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mesh-control"))
+        .arg("validate")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
