@@ -3,3 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod control;
+pub mod generate;
+pub mod registry;
+pub mod server;

@@ -1,16 +1,25 @@
-//! `mesh-control`: validate Istio configuration (and, as the issue progresses, serve it as xDS).
+//! `mesh-control`: Istio YAML in, xDS out.
+//!
+//! ```text
+//! mesh-control serve --config DIR [--listen ADDR]   serve ADS (ADDR: host:port or unix:///path)
+//! mesh-control validate DIR|FILE...                 check configuration like `istioctl analyze`
+//! ```
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use mesh_control::config::{self, Severity};
+use mesh_control::control::{ControlPlane, ListenAddr};
 
-const USAGE: &str = "usage: mesh-control validate DIR|FILE...";
+const USAGE: &str = "usage:\n  mesh-control serve --config DIR [--listen ADDR]\n  mesh-control validate DIR|FILE...";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("validate") if args.len() > 1 => validate(&args[1..]),
+        Some("serve") => serve(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -22,34 +31,80 @@ fn main() -> ExitCode {
     }
 }
 
+fn flag(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+fn serve(args: &[String]) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let Some(dir) = flag(args, "--config") else {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let listen: ListenAddr = match flag(args, "--listen")
+        .unwrap_or_else(|| "127.0.0.1:15010".into())
+        .parse()
+    {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("--listen: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cp = match ControlPlane::new(PathBuf::from(&dir)) {
+        Ok(cp) => Arc::new(cp),
+        Err(errors) => return fail(&errors),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        tokio::spawn(cp.clone().watch(Duration::from_millis(40)));
+        tokio::select! {
+            r = cp.serve(listen) => match r {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => { eprintln!("mesh-control: {e}"); ExitCode::FAILURE }
+            },
+            _ = tokio::signal::ctrl_c() => ExitCode::SUCCESS,
+        }
+    })
+}
+
 /// Like `istioctl analyze`: every problem with file, line and field; non-zero exit on errors.
 fn validate(paths: &[String]) -> ExitCode {
-    let mut files = Vec::new();
-    for p in paths {
-        let p = PathBuf::from(p);
-        if p.is_dir() {
-            match config::load_dir(&p) {
-                Ok(c) => report(&c),
-                Err(errors) => return fail(&errors),
-            }
-        } else {
-            files.push(p);
+    let (dirs, files): (Vec<PathBuf>, Vec<PathBuf>) =
+        paths.iter().map(PathBuf::from).partition(|p| p.is_dir());
+    let mut loaded = Vec::new();
+    for d in &dirs {
+        match config::load_dir(d) {
+            Ok(c) => loaded.push(c),
+            Err(errors) => return fail(&errors),
         }
     }
     if !files.is_empty() {
         match config::load_files(&files) {
-            Ok(c) => report(&c),
+            Ok(c) => loaded.push(c),
             Err(errors) => return fail(&errors),
         }
     }
-    ExitCode::SUCCESS
-}
-
-fn report(c: &config::Config) {
-    for w in &c.warnings {
-        eprintln!("{w}");
+    for c in &loaded {
+        for w in &c.warnings {
+            eprintln!("{w}");
+        }
+        if let Err(errors) = mesh_control::registry::Registry::build(c) {
+            return fail(&errors);
+        }
+        println!("{} objects valid", c.objects.len());
     }
-    println!("{} objects valid", c.objects.len());
+    ExitCode::SUCCESS
 }
 
 fn fail(errors: &[config::Diagnostic]) -> ExitCode {

@@ -5,6 +5,7 @@ mod ads_connectivity;
 mod ads_resource_lifecycle;
 mod ads_transports;
 mod bad_input;
+mod control_plane;
 mod istio_dumps;
 mod snapshots;
 mod static_config;

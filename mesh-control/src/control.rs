@@ -1,0 +1,185 @@
+//! The control plane: load a configuration directory, watch it, publish snapshots, serve them.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+use tracing::{error, info};
+
+use crate::config::{self, Diagnostic};
+use crate::generate::Policies;
+use crate::registry::Registry;
+use crate::server::{Ads, Snapshot};
+
+/// Loads and checks a configuration directory into a snapshot with `version`.
+pub fn load(dir: &Path, version: u64) -> Result<Snapshot, Vec<Diagnostic>> {
+    let config = config::load_dir(dir)?;
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    let registry = Registry::build(&config)?;
+    let policies = Policies::new(&config);
+    Ok(Snapshot {
+        version,
+        registry,
+        policies,
+    })
+}
+
+/// Where to listen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// TCP.
+    Tcp(std::net::SocketAddr),
+    /// A Unix domain socket path.
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for ListenAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(p) = s
+            .strip_prefix("unix://")
+            .or_else(|| s.strip_prefix("unix:"))
+        {
+            return Ok(Self::Unix(p.into()));
+        }
+        s.parse()
+            .map(Self::Tcp)
+            .map_err(|_| format!("{s:?} is neither host:port nor unix:///path"))
+    }
+}
+
+/// A running control plane over one configuration directory.
+pub struct ControlPlane {
+    snapshots: watch::Sender<Arc<Snapshot>>,
+    dir: PathBuf,
+}
+
+impl ControlPlane {
+    /// Loads `dir`; fails with every diagnostic if it is invalid.
+    pub fn new(dir: impl Into<PathBuf>) -> Result<Self, Vec<Diagnostic>> {
+        let dir = dir.into();
+        let first = load(&dir, 1)?;
+        let (tx, _) = watch::channel(Arc::new(first));
+        Ok(Self { snapshots: tx, dir })
+    }
+
+    /// The ADS service for these snapshots.
+    pub fn ads(&self) -> Ads {
+        Ads::new(self.snapshots.subscribe())
+    }
+
+    /// The current snapshot.
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.snapshots.borrow().clone()
+    }
+
+    /// Reloads now; on error the last good snapshot stays and the diagnostics are returned.
+    pub fn reload(&self) -> Result<u64, Vec<Diagnostic>> {
+        let version = self.snapshots.borrow().version + 1;
+        let snap = load(&self.dir, version)?;
+        self.snapshots.send_replace(Arc::new(snap));
+        Ok(version)
+    }
+
+    /// Watches the directory and reloads on change: polled every `poll`, applied once the files
+    /// have been quiet for one more `poll` (editors write files in several steps).
+    pub async fn watch(self: Arc<Self>, poll: Duration) {
+        let mut last = fingerprint(&self.dir);
+        loop {
+            tokio::time::sleep(poll).await;
+            let now = fingerprint(&self.dir);
+            if now == last {
+                continue;
+            }
+            // Debounce: wait until two polls agree.
+            let mut settled = now;
+            loop {
+                tokio::time::sleep(poll).await;
+                let again = fingerprint(&self.dir);
+                if again == settled {
+                    break;
+                }
+                settled = again;
+            }
+            last = settled;
+            match self.reload() {
+                Ok(v) => info!(version = v, dir = %self.dir.display(), "configuration reloaded"),
+                Err(diags) => {
+                    for d in &diags {
+                        error!("{d}");
+                    }
+                    error!(dir = %self.dir.display(), "configuration rejected; still serving the last good one");
+                }
+            }
+        }
+    }
+
+    /// Serves ADS on an already bound TCP listener (tests bind port 0 first).
+    pub async fn serve_tcp(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+    ) -> std::io::Result<()> {
+        let svc = self.ads().into_service();
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+            .map_err(std::io::Error::other)
+    }
+
+    /// Serves ADS on `addr` until the future is dropped.
+    pub async fn serve(self: Arc<Self>, addr: ListenAddr) -> std::io::Result<()> {
+        let svc = self.ads().into_service();
+        let server = tonic::transport::Server::builder().add_service(svc);
+        let result = match addr {
+            ListenAddr::Tcp(a) => {
+                let listener = tokio::net::TcpListener::bind(a).await?;
+                info!(addr = %listener.local_addr()?, "serving ADS");
+                server
+                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                    .await
+            }
+            ListenAddr::Unix(p) => {
+                let _ = std::fs::remove_file(&p);
+                let listener = tokio::net::UnixListener::bind(&p)?;
+                info!(path = %p.display(), "serving ADS");
+                server
+                    .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
+                    .await
+            }
+        };
+        result.map_err(std::io::Error::other)
+    }
+}
+
+/// Names, sizes and modification times of the YAML files under `dir`.
+fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+    let mut out = Vec::new();
+    fn walk(dir: &Path, out: &mut Vec<(PathBuf, u64, Option<SystemTime>)>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if matches!(
+                path.extension().and_then(|x| x.to_str()),
+                Some("yaml" | "yml")
+            ) {
+                let meta = e.metadata().ok();
+                out.push((
+                    path,
+                    meta.as_ref().map_or(0, |m| m.len()),
+                    meta.and_then(|m| m.modified().ok()),
+                ));
+            }
+        }
+    }
+    walk(dir, &mut out);
+    out.sort();
+    out
+}

@@ -1,0 +1,252 @@
+//! xDS generation from the registry and Istio policy, for one node at a time.
+//!
+//! Proxyless nodes (mesh's library, gRPC) get what istiod's `grpcgen` sends: per target
+//! `host:port` an API listener whose routes come from RDS `outbound|port||fqdn`, clusters
+//! `outbound|port|subset|fqdn`, and EDS under the cluster name. We fill in the standard Envoy
+//! fields grpcgen leaves out (route timeouts, retries, fault, outlier detection) so our library
+//! gets the whole policy.
+
+mod cluster;
+pub mod names;
+mod route;
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::config::listener::v3 as listener;
+use envoy_types::pb::envoy::extensions::filters::http::{fault::v3::HttpFault, router::v3::Router};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use envoy_types::pb::google::protobuf::Any;
+use envoy_types::util::pack_any;
+
+use crate::config::{Config, Spec, istio};
+use crate::registry::{Registry, Service};
+
+pub use names::{OutboundName, outbound, split_listener};
+
+/// Who is asking: the facts about a node that change what it is sent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Node id.
+    pub id: String,
+    /// Namespace (resolves short names; selects namespace-scoped policy).
+    pub namespace: String,
+    /// Workload labels (for `sourceLabels` matches).
+    pub labels: BTreeMap<String, String>,
+}
+
+impl NodeInfo {
+    /// Reads Istio's node conventions: metadata `NAMESPACE` and `LABELS`, else the namespace in
+    /// an id of the form `sidecar~IP~pod.namespace~namespace.svc.cluster.local`.
+    pub fn from_node(node: &core::Node) -> Self {
+        use envoy_types::pb::google::protobuf::value::Kind;
+        let meta = node.metadata.as_ref();
+        let string = |k: &str| match meta
+            .and_then(|m| m.fields.get(k))
+            .and_then(|v| v.kind.as_ref())
+        {
+            Some(Kind::StringValue(s)) => Some(s.clone()),
+            _ => None,
+        };
+        let labels = match meta
+            .and_then(|m| m.fields.get("LABELS"))
+            .and_then(|v| v.kind.as_ref())
+        {
+            Some(Kind::StructValue(s)) => s
+                .fields
+                .iter()
+                .filter_map(|(k, v)| match &v.kind {
+                    Some(Kind::StringValue(s)) => Some((k.clone(), s.clone())),
+                    _ => None,
+                })
+                .collect(),
+            _ => BTreeMap::new(),
+        };
+        let from_id = node
+            .id
+            .split('~')
+            .nth(2)
+            .and_then(|p| p.split('.').nth(1))
+            .map(str::to_owned);
+        Self {
+            id: node.id.clone(),
+            namespace: string("NAMESPACE")
+                .or(from_id)
+                .unwrap_or_else(|| "default".into()),
+            labels,
+        }
+    }
+}
+
+/// Policy indexed for generation.
+#[derive(Clone, Debug, Default)]
+pub struct Policies {
+    virtual_services: Vec<(String, String, istio::VirtualService)>,
+    destination_rules: Vec<(String, istio::DestinationRule)>,
+}
+
+impl Policies {
+    /// Indexes the policy objects of `config`.
+    pub fn new(config: &Config) -> Self {
+        let mut p = Self::default();
+        for o in &config.objects {
+            let ns = o.metadata.namespace().to_owned();
+            match &o.spec {
+                Spec::VirtualService(vs) => {
+                    p.virtual_services
+                        .push((ns, o.metadata.name.clone(), (**vs).clone()))
+                }
+                Spec::DestinationRule(dr) => p.destination_rules.push((ns, (**dr).clone())),
+                _ => {}
+            }
+        }
+        p
+    }
+}
+
+/// Generates resources for one configuration snapshot.
+pub struct Generator<'a> {
+    registry: &'a Registry,
+    policies: &'a Policies,
+}
+
+impl<'a> Generator<'a> {
+    /// A generator over a registry and its policies.
+    pub fn new(registry: &'a Registry, policies: &'a Policies) -> Self {
+        Self { registry, policies }
+    }
+
+    /// The API listener for target `name` (`reviews:9080`), if such a service port exists.
+    pub fn listener(&self, node: &NodeInfo, name: &str) -> Option<Any> {
+        let (host, port) = split_listener(name)?;
+        let svc = self.registry.resolve(host, &node.namespace)?;
+        let p = svc.ports.iter().find(|p| p.number == port && p.is_http())?;
+        let manager = hcm::HttpConnectionManager {
+            stat_prefix: name.to_owned(),
+            route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(
+                hcm::Rds {
+                    config_source: Some(ads()),
+                    route_config_name: outbound(p.number, "", &svc.hostname),
+                },
+            )),
+            http_filters: vec![
+                http_filter("envoy.filters.http.fault", pack_any(HttpFault::default())),
+                http_filter("envoy.filters.http.router", pack_any(Router::default())),
+            ],
+            ..Default::default()
+        };
+        Some(pack_any(listener::Listener {
+            name: name.to_owned(),
+            api_listener: Some(listener::ApiListener {
+                api_listener: Some(pack_any(manager)),
+            }),
+            ..Default::default()
+        }))
+    }
+
+    /// The route configuration `outbound|port||fqdn`.
+    pub fn route_configuration(&self, node: &NodeInfo, name: &str) -> Option<Any> {
+        let n = OutboundName::parse(name)?;
+        let svc = self.registry.resolve(n.host, &node.namespace)?;
+        svc.ports.iter().find(|p| p.number == n.port)?;
+        Some(pack_any(route::route_configuration(
+            self, node, name, svc, n.port,
+        )))
+    }
+
+    /// The cluster `outbound|port|subset|fqdn`.
+    pub fn cluster(&self, node: &NodeInfo, name: &str) -> Option<Any> {
+        let n = OutboundName::parse(name)?;
+        let svc = self.registry.resolve(n.host, &node.namespace)?;
+        let port = svc.ports.iter().find(|p| p.number == n.port)?;
+        if !n.subset.is_empty() && self.subset(svc, n.subset).is_none() {
+            return None;
+        }
+        Some(pack_any(cluster::cluster(self, name, svc, port, n.subset)))
+    }
+
+    /// The endpoints of cluster `outbound|port|subset|fqdn`.
+    pub fn endpoints(&self, node: &NodeInfo, name: &str) -> Option<Any> {
+        let n = OutboundName::parse(name)?;
+        let svc = self.registry.resolve(n.host, &node.namespace)?;
+        let port = svc.ports.iter().find(|p| p.number == n.port)?;
+        let labels = if n.subset.is_empty() {
+            None
+        } else {
+            Some(&self.subset(svc, n.subset)?.labels)
+        };
+        Some(pack_any(cluster::endpoints(name, svc, port, labels)))
+    }
+
+    /// The VirtualService for a service, as seen from `namespace`: the first whose hosts name
+    /// it (short names resolve in the VirtualService's own namespace).
+    fn virtual_service(&self, svc: &Service) -> Option<(&str, &istio::VirtualService)> {
+        self.policies
+            .virtual_services
+            .iter()
+            .find_map(|(ns, name, vs)| {
+                let mesh_bound = vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == "mesh");
+                let names_it = vs.hosts.iter().any(|h| {
+                    self.registry
+                        .resolve(h, ns)
+                        .is_some_and(|s| s.hostname == svc.hostname)
+                });
+                (mesh_bound && names_it).then_some((name.as_str(), vs))
+            })
+    }
+
+    /// The DestinationRule for a service.
+    fn destination_rule(&self, svc: &Service) -> Option<&istio::DestinationRule> {
+        self.policies
+            .destination_rules
+            .iter()
+            .find(|(ns, dr)| {
+                self.registry
+                    .resolve(&dr.host, ns)
+                    .is_some_and(|s| s.hostname == svc.hostname)
+            })
+            .map(|(_, dr)| dr)
+    }
+
+    fn subset(&self, svc: &Service, name: &str) -> Option<&istio::Subset> {
+        self.destination_rule(svc)?
+            .subsets
+            .iter()
+            .find(|s| s.name == name)
+    }
+}
+
+fn ads() -> core::ConfigSource {
+    core::ConfigSource {
+        config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::Ads(
+            Default::default(),
+        )),
+        resource_api_version: core::ApiVersion::V3 as i32,
+        ..Default::default()
+    }
+}
+
+fn http_filter(name: &str, config: Any) -> hcm::HttpFilter {
+    hcm::HttpFilter {
+        name: name.to_owned(),
+        config_type: Some(hcm::http_filter::ConfigType::TypedConfig(config)),
+        ..Default::default()
+    }
+}
+
+/// Protobuf duration.
+pub(crate) fn pb_duration(d: std::time::Duration) -> envoy_types::pb::google::protobuf::Duration {
+    envoy_types::pb::google::protobuf::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+/// Istio `Percent` (0-100) as Envoy's `FractionalPercent` per million.
+pub(crate) fn fraction(p: f64) -> envoy_types::pb::envoy::r#type::v3::FractionalPercent {
+    envoy_types::pb::envoy::r#type::v3::FractionalPercent {
+        numerator: (p.clamp(0.0, 100.0) * 10_000.0).round() as u32,
+        denominator:
+            envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType::Million as i32,
+    }
+}

@@ -1,0 +1,219 @@
+//! Serving generated configuration over ADS (state of the world).
+//!
+//! Each stream remembers its node and, per type, the names it subscribed to and a digest of
+//! what it was last sent. A request with new names, or a new configuration snapshot, sends a
+//! response only when the resources for that stream actually changed. NACKs are logged with the
+//! node id and the client's detail; the stream keeps going.
+
+use std::collections::HashMap;
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    aggregated_discovery_service_server::{
+        AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+    },
+};
+use envoy_types::pb::google::protobuf::Any;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+
+use crate::generate::{Generator, NodeInfo, Policies};
+use crate::registry::Registry;
+
+/// Type URLs served.
+pub mod urls {
+    /// LDS.
+    pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+    /// RDS.
+    pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+    /// CDS.
+    pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+    /// EDS.
+    pub const ENDPOINTS: &str =
+        "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+}
+
+/// One consistent configuration: what every stream is served from.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Increases with every accepted configuration.
+    pub version: u64,
+    /// Services.
+    pub registry: Registry,
+    /// Policy.
+    pub policies: Policies,
+}
+
+impl Snapshot {
+    /// Generates the named resources of one type for a node (unknown names are left out: the
+    /// client's does-not-exist handling applies).
+    pub fn resources(&self, node: &NodeInfo, type_url: &str, names: &[String]) -> Vec<Any> {
+        let g = Generator::new(&self.registry, &self.policies);
+        names
+            .iter()
+            .filter_map(|n| match type_url {
+                urls::LISTENER => g.listener(node, n),
+                urls::ROUTE => g.route_configuration(node, n),
+                urls::CLUSTER => g.cluster(node, n),
+                urls::ENDPOINTS => g.endpoints(node, n),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// The ADS service, fed by a watch of snapshots.
+#[derive(Clone)]
+pub struct Ads {
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    nonce: Arc<AtomicU64>,
+    nacks: Arc<AtomicU64>,
+}
+
+impl Ads {
+    /// Serves the snapshots `rx` publishes.
+    pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>) -> Self {
+        Self {
+            snapshots,
+            nonce: Arc::default(),
+            nacks: Arc::default(),
+        }
+    }
+
+    /// How many NACKs clients have sent.
+    pub fn nack_count(&self) -> u64 {
+        self.nacks.load(Ordering::Relaxed)
+    }
+
+    /// The tonic service.
+    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
+        AggregatedDiscoveryServiceServer::new(self).max_decoding_message_size(64 * 1024 * 1024)
+    }
+}
+
+type RespStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
+type DeltaStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
+
+#[derive(Default)]
+struct Subscription {
+    names: Vec<String>,
+    /// Digest of the last response's resources; `None` before the first response.
+    sent: Option<u64>,
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for Ads {
+    type StreamAggregatedResourcesStream = RespStream;
+    type DeltaAggregatedResourcesStream = DeltaStream;
+
+    async fn stream_aggregated_resources(
+        &self,
+        req: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<RespStream>, Status> {
+        let peer = req.remote_addr();
+        let mut inbound = req.into_inner();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut snapshots = self.snapshots.clone();
+        let nonce = self.nonce.clone();
+        let nacks = self.nacks.clone();
+        tokio::spawn(async move {
+            let mut node: Option<NodeInfo> = None;
+            let mut subs: HashMap<String, Subscription> = HashMap::new();
+            loop {
+                tokio::select! {
+                    msg = inbound.next() => {
+                        let req = match msg {
+                            Some(Ok(r)) => r,
+                            Some(Err(e)) => { debug!(?peer, "stream error: {e}"); return; }
+                            None => return,
+                        };
+                        if node.is_none() {
+                            let Some(n) = req.node.as_ref() else {
+                                let _ = tx.send(Err(Status::invalid_argument("the first request must carry a node")));
+                                return;
+                            };
+                            let info = NodeInfo::from_node(n);
+                            info!(node = %info.id, namespace = %info.namespace, ?peer, "ADS stream");
+                            node = Some(info);
+                        }
+                        let node = node.as_ref().expect("set above");
+                        if let Some(err) = &req.error_detail {
+                            nacks.fetch_add(1, Ordering::Relaxed);
+                            warn!(node = %node.id, type_url = %req.type_url, version = %req.version_info, nonce = %req.response_nonce, "NACK: {}", err.message);
+                        }
+                        let mut names = req.resource_names.clone();
+                        names.sort();
+                        names.dedup();
+                        let sub = subs.entry(req.type_url.clone()).or_default();
+                        if sub.names != names || sub.sent.is_none() {
+                            sub.names = names;
+                            let snap = snapshots.borrow().clone();
+                            respond(&snap, node, &req.type_url, sub, &nonce, &tx, true);
+                        }
+                    }
+                    changed = snapshots.changed() => {
+                        if changed.is_err() { return; }
+                        let Some(node) = node.as_ref() else { continue };
+                        let snap = snapshots.borrow_and_update().clone();
+                        for (type_url, sub) in subs.iter_mut() {
+                            respond(&snap, node, type_url, sub, &nonce, &tx, false);
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        _: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<DeltaStream>, Status> {
+        Err(Status::unimplemented(
+            "incremental xDS is not served; use state of the world",
+        ))
+    }
+}
+
+/// Sends the resources for one subscription when they changed (or when `force`d by a new
+/// subscription list, which the protocol requires an answer to).
+fn respond(
+    snap: &Snapshot,
+    node: &NodeInfo,
+    type_url: &str,
+    sub: &mut Subscription,
+    nonce: &AtomicU64,
+    tx: &mpsc::UnboundedSender<Result<DiscoveryResponse, Status>>,
+    force: bool,
+) {
+    let resources = snap.resources(node, type_url, &sub.names);
+    let mut h = DefaultHasher::new();
+    for r in &resources {
+        r.type_url.hash(&mut h);
+        r.value.hash(&mut h);
+    }
+    let digest = h.finish();
+    if !force && sub.sent == Some(digest) {
+        return;
+    }
+    sub.sent = Some(digest);
+    let n = nonce.fetch_add(1, Ordering::Relaxed) + 1;
+    debug!(node = %node.id, %type_url, count = resources.len(), version = snap.version, "push");
+    let _ = tx.send(Ok(DiscoveryResponse {
+        version_info: snap.version.to_string(),
+        resources,
+        type_url: type_url.to_owned(),
+        nonce: n.to_string(),
+        ..Default::default()
+    }));
+}
