@@ -19,34 +19,54 @@ fn shared_samples() -> Option<PathBuf> {
     None
 }
 
+/// Every sample file on its own, as a user applies them (several redefine the same
+/// VirtualService: they are alternatives, not one configuration).
+fn sample_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .chain(std::fs::read_dir(dir.join("httpbin")).unwrap())
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
 #[test]
 fn istio_samples_are_accepted() {
     let Some(dir) = shared_samples() else { return };
-    let config = config::load_dir(&dir).unwrap_or_else(|errors| {
-        panic!(
-            "{}",
-            errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    });
-    let count = |kind: &str| {
-        config
-            .objects
-            .iter()
-            .filter(|o| o.spec.kind() == kind)
-            .count()
-    };
+    let mut objects = Vec::new();
+    for file in sample_files(&dir) {
+        let config = config::load_files(std::slice::from_ref(&file)).unwrap_or_else(|errors| {
+            panic!(
+                "{}",
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        });
+        mesh_control::registry::Registry::build(&config).unwrap_or_else(|errors| {
+            panic!(
+                "{}",
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        });
+        objects.extend(config.objects);
+    }
+    let count = |kind: &str| objects.iter().filter(|o| o.spec.kind() == kind).count();
     assert!(count("VirtualService") >= 15, "{}", count("VirtualService"));
     assert!(count("DestinationRule") >= 3);
     assert!(
         count("Service") >= 4 && count("Deployment") >= 6,
         "bookinfo.yaml's services and deployments"
     );
-    let reviews_v2 = config
-        .objects
+    let reviews_v2 = objects
         .iter()
         .find(|o| o.metadata.name == "reviews-v2" && o.spec.kind() == "Deployment")
         .expect("reviews-v2 deployment");
@@ -180,4 +200,23 @@ fn the_cli_exits_non_zero_and_prints_locations() {
         String::from_utf8_lossy(&out.stderr)
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn duplicate_objects_name_both_places() {
+    let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews}\nspec: {host: reviews}\n";
+    let dir = std::env::temp_dir().join(format!("mesh-control-dup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("a.yaml"), dr).unwrap();
+    std::fs::write(dir.join("b.yaml"), dr).unwrap();
+    let e = config::load_dir(&dir).unwrap_err();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(e.len(), 1);
+    let msg = e[0].to_string();
+    assert!(
+        msg.contains("b.yaml:1:1")
+            && msg.contains("DestinationRule default/reviews is already defined at")
+            && msg.contains("a.yaml:1:1"),
+        "{msg}"
+    );
 }

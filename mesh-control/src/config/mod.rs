@@ -191,11 +191,37 @@ pub fn load_files(files: &[PathBuf]) -> Result<Config, Vec<Diagnostic>> {
             Err(e) => errors.push(io_diagnostic(file, e)),
         }
     }
+    errors.extend(duplicates(&config));
     if errors.is_empty() {
         Ok(config)
     } else {
         Err(errors)
     }
+}
+
+/// The same kind, namespace and name twice: one would silently replace the other.
+fn duplicates(config: &Config) -> Vec<Diagnostic> {
+    let mut seen: BTreeMap<(&str, &str, &str), &Origin> = BTreeMap::new();
+    let mut out = Vec::new();
+    for o in &config.objects {
+        let key = (
+            o.spec.kind(),
+            o.metadata.namespace(),
+            o.metadata.name.as_str(),
+        );
+        if let Some(first) = seen.insert(key, &o.origin) {
+            out.push(Diagnostic {
+                origin: o.origin.clone(),
+                field: Some("metadata.name".into()),
+                message: format!(
+                    "{} {}/{} is already defined at {first}",
+                    key.0, key.1, key.2
+                ),
+                severity: Severity::Error,
+            });
+        }
+    }
+    out
 }
 
 /// Parses YAML text (several documents allowed) named `file` in diagnostics.
