@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod control;
+pub mod dump;
 pub mod generate;
 pub mod registry;
 pub mod server;

@@ -3,6 +3,8 @@
 //! ```text
 //! mesh-control serve --config DIR [--listen ADDR]   serve ADS (ADDR: host:port or unix:///path)
 //! mesh-control validate DIR|FILE...                 check configuration like `istioctl analyze`
+//! mesh-control dump --config DIR [--namespace NS] TARGET...
+//!                                                   the xDS a proxyless node would get, as JSON
 //! ```
 
 use std::path::PathBuf;
@@ -13,13 +15,14 @@ use std::time::Duration;
 use mesh_control::config::{self, Severity};
 use mesh_control::control::{ControlPlane, ListenAddr};
 
-const USAGE: &str = "usage:\n  mesh-control serve --config DIR [--listen ADDR]\n  mesh-control validate DIR|FILE...";
+const USAGE: &str = "usage:\n  mesh-control serve --config DIR [--listen ADDR]\n  mesh-control validate DIR|FILE...\n  mesh-control dump --config DIR [--namespace NS] TARGET...   (TARGET: host:port)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("validate") if args.len() > 1 => validate(&args[1..]),
         Some("serve") => serve(&args[1..]),
+        Some("dump") => dump(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -36,6 +39,47 @@ fn flag(args: &[String], name: &str) -> Option<String> {
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
         .cloned()
+}
+
+fn dump(args: &[String]) -> ExitCode {
+    let Some(dir) = flag(args, "--config") else {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let namespace = flag(args, "--namespace").unwrap_or_else(|| "default".into());
+    let mut targets = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a.starts_with("--") {
+            it.next();
+        } else {
+            targets.push(a.clone());
+        }
+    }
+    if targets.is_empty() {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    }
+    let snap = match mesh_control::control::load(&PathBuf::from(dir), 1) {
+        Ok(s) => s,
+        Err(errors) => return fail(&errors),
+    };
+    let node = mesh_control::generate::NodeInfo {
+        id: "dump".into(),
+        namespace,
+        labels: Default::default(),
+    };
+    let resources = mesh_control::dump::resources(&snap, &node, &targets);
+    match mesh_control::dump::to_json(&resources) {
+        Ok(v) => {
+            println!("{}", serde_json::to_string_pretty(&v).expect("JSON"));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mesh-control dump: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn serve(args: &[String]) -> ExitCode {

@@ -157,3 +157,32 @@ async fn a_changed_virtual_service_reaches_the_client_and_a_bad_one_is_held_back
         "outbound|9080|v1|reviews.default.svc.cluster.local"
     );
 }
+
+#[tokio::test]
+async fn a_dump_replays_in_static_mode() {
+    let snap = mesh_control::control::load(&bookinfo_dir(), 1).unwrap_or_else(|e| panic!("{e:?}"));
+    let node = mesh_control::generate::NodeInfo {
+        id: "dump".into(),
+        namespace: "default".into(),
+        labels: Default::default(),
+    };
+    let resources = mesh_control::dump::resources(&snap, &node, &["reviews:9080".to_owned()]);
+    assert_eq!(
+        resources.len(),
+        1 + 1 + 2 + 2,
+        "listener, routes, two subset clusters and their endpoints"
+    );
+    let json = mesh_control::dump::to_json(&resources).unwrap();
+    let statics = mesh_core::StaticResources::from_value(&json, "dump.json")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mesh = Mesh::builder()
+        .static_resources(statics)
+        .build()
+        .await
+        .unwrap();
+    let target = mesh.target("reviews:9080").ready().await;
+    assert_eq!(
+        cluster_for(&target, Some("jason")),
+        "outbound|9080|v2|reviews.default.svc.cluster.local"
+    );
+}

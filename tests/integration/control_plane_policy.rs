@@ -66,7 +66,8 @@ spec:
 async fn snapshot() -> Arc<TargetSnapshot> {
     mesh_test_support::trace_init();
     let tmp = tempfile::tempdir().unwrap();
-    let services = Path::new(env!("CARGO_MANIFEST_DIR")).join("../mesh-control/testdata/bookinfo/services.yaml");
+    let services = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../mesh-control/testdata/bookinfo/services.yaml");
     std::fs::copy(services, tmp.path().join("services.yaml")).unwrap();
     std::fs::write(tmp.path().join("policy.yaml"), POLICY).unwrap();
     let cp = Arc::new(ControlPlane::new(tmp.path()).unwrap_or_else(|e| panic!("{e:?}")));
@@ -77,8 +78,15 @@ async fn snapshot() -> Arc<TargetSnapshot> {
         "xds_servers": [{"server_uri": addr.to_string(), "channel_creds": [{"type": "insecure"}]}],
         "node": {"id": "productpage", "metadata": {"NAMESPACE": "default"}},
     });
-    let mesh = Mesh::builder().bootstrap(Bootstrap::from_json(&json.to_string()).unwrap()).xds_config(super::fast_config()).build().await.unwrap();
-    let snap = tokio::time::timeout(Duration::from_secs(5), mesh.target("reviews:9080").ready()).await.expect("complete config");
+    let mesh = Mesh::builder()
+        .bootstrap(Bootstrap::from_json(&json.to_string()).unwrap())
+        .xds_config(super::fast_config())
+        .build()
+        .await
+        .unwrap();
+    let snap = tokio::time::timeout(Duration::from_secs(5), mesh.target("reviews:9080").ready())
+        .await
+        .expect("complete config");
     assert_eq!(cp.ads().nack_count(), 0, "no NACK");
     snap
 }
@@ -88,65 +96,178 @@ async fn destination_rule_policy() {
     let s = snapshot().await;
     let v1 = &s.clusters["outbound|9080|v1|reviews.default.svc.cluster.local"].cluster;
     let v2 = &s.clusters["outbound|9080|v2|reviews.default.svc.cluster.local"].cluster;
-    assert_eq!(v1.lb, LbPolicy::RoundRobin, "the subset's load balancer wins");
-    assert_eq!(v2.lb, LbPolicy::RingHash { min_ring_size: 256, max_ring_size: 8 * 1024 * 1024 });
+    assert_eq!(
+        v1.lb,
+        LbPolicy::RoundRobin,
+        "the subset's load balancer wins"
+    );
+    assert_eq!(
+        v2.lb,
+        LbPolicy::RingHash {
+            min_ring_size: 256,
+            max_ring_size: 8 * 1024 * 1024
+        }
+    );
     for c in [v1, v2] {
         assert_eq!(c.connect_timeout, Duration::from_secs(2));
-        assert_eq!((c.circuit_breakers.max_connections, c.circuit_breakers.max_pending_requests), (10, 5));
-        assert_eq!((c.circuit_breakers.max_requests, c.circuit_breakers.max_retries), (20, 3));
+        assert_eq!(
+            (
+                c.circuit_breakers.max_connections,
+                c.circuit_breakers.max_pending_requests
+            ),
+            (10, 5)
+        );
+        assert_eq!(
+            (
+                c.circuit_breakers.max_requests,
+                c.circuit_breakers.max_retries
+            ),
+            (20, 3)
+        );
         assert_eq!(c.max_requests_per_connection, Some(7));
         let tls = c.tls.as_ref().expect("ISTIO_MUTUAL");
-        assert_eq!(tls.identity, Some(CertSource::Provider { instance: "default".into(), certificate_name: "default".into() }));
+        assert_eq!(
+            tls.identity,
+            Some(CertSource::Provider {
+                instance: "default".into(),
+                certificate_name: "default".into()
+            })
+        );
         let validation = tls.validation.as_ref().unwrap();
-        assert_eq!(validation.ca, CertSource::Provider { instance: "default".into(), certificate_name: "ROOTCA".into() });
-        assert!(validation.san_matchers.iter().any(|m| m.matcher.matches("spiffe://cluster.local/ns/default/sa/bookinfo-reviews")));
-        assert!(tls.sni.as_deref().is_some_and(|sni| sni.starts_with("outbound_.9080_.")));
+        assert_eq!(
+            validation.ca,
+            CertSource::Provider {
+                instance: "default".into(),
+                certificate_name: "ROOTCA".into()
+            }
+        );
+        assert!(validation.san_matchers.iter().any(|m| {
+            m.matcher
+                .matches("spiffe://cluster.local/ns/default/sa/bookinfo-reviews")
+        }));
+        assert!(
+            tls.sni
+                .as_deref()
+                .is_some_and(|sni| sni.starts_with("outbound_.9080_."))
+        );
     }
     let od2 = v2.outlier_detection.as_ref().unwrap();
-    assert_eq!((od2.consecutive_5xx, od2.enforcing_consecutive_5xx), (2, 100));
-    assert_eq!((od2.interval, od2.base_ejection_time, od2.max_ejection_percent), (Duration::from_secs(1), Duration::from_secs(30), 50));
-    assert_eq!(od2.enforcing_success_rate, 0, "Istio turns success-rate ejection off");
+    assert_eq!(
+        (od2.consecutive_5xx, od2.enforcing_consecutive_5xx),
+        (2, 100)
+    );
+    assert_eq!(
+        (
+            od2.interval,
+            od2.base_ejection_time,
+            od2.max_ejection_percent
+        ),
+        (Duration::from_secs(1), Duration::from_secs(30), 50)
+    );
+    assert_eq!(
+        od2.enforcing_success_rate, 0,
+        "Istio turns success-rate ejection off"
+    );
     assert_eq!(v2.healthy_panic_threshold, 20.0);
     let od1 = v1.outlier_detection.as_ref().unwrap();
-    assert_eq!((od1.consecutive_gateway_failure, od1.enforcing_consecutive_gateway_failure, od1.interval), (4, 100, Duration::from_secs(2)), "port-level settings win");
+    assert_eq!(
+        (
+            od1.consecutive_gateway_failure,
+            od1.enforcing_consecutive_gateway_failure,
+            od1.interval
+        ),
+        (4, 100, Duration::from_secs(2)),
+        "port-level settings win"
+    );
 }
 
 fn named<'a>(s: &'a TargetSnapshot, name: &str) -> &'a Route {
-    s.routes.virtual_hosts[0].routes.iter().find(|r| &*r.name == name).unwrap_or_else(|| panic!("route {name}"))
+    s.routes.virtual_hosts[0]
+        .routes
+        .iter()
+        .find(|r| &*r.name == name)
+        .unwrap_or_else(|| panic!("route {name}"))
 }
 
 #[tokio::test]
 async fn virtual_service_features() {
     let s = snapshot().await;
-    let Action::Redirect(rd) = &named(&s, "redirect-old").action else { panic!() };
-    assert_eq!((rd.host.as_deref(), rd.status), (Some("reviews.example"), http::StatusCode::FOUND));
+    let Action::Redirect(rd) = &named(&s, "redirect-old").action else {
+        panic!()
+    };
+    assert_eq!(
+        (rd.host.as_deref(), rd.status),
+        (Some("reviews.example"), http::StatusCode::FOUND)
+    );
     assert!(matches!(&rd.path, Some(RedirectPath::Path(p)) if &**p == "/new"));
-    assert!(named(&s, "redirect-old").matcher.headers.iter().any(|h| &*h.name == ":method"));
-    assert!(matches!(&named(&s, "static").action, Action::DirectResponse { status, .. } if *status == 204));
+    assert!(
+        named(&s, "redirect-old")
+            .matcher
+            .headers
+            .iter()
+            .any(|h| &*h.name == ":method")
+    );
+    assert!(
+        matches!(&named(&s, "static").action, Action::DirectResponse { status, .. } if *status == 204)
+    );
 
     let api = named(&s, "api");
     assert!(!api.matcher.case_sensitive);
     assert_eq!(api.matcher.query_params.len(), 1);
-    assert!(api.matcher.headers.iter().any(|h| &*h.name == "x-skip" && h.invert));
-    let Action::Forward(f) = &api.action else { panic!() };
+    assert!(
+        api.matcher
+            .headers
+            .iter()
+            .any(|h| &*h.name == "x-skip" && h.invert)
+    );
+    let Action::Forward(f) = &api.action else {
+        panic!()
+    };
     assert_eq!(f.prefix_rewrite.as_deref(), Some("/v2/api"));
     assert!(matches!(&f.host_rewrite, Some(HostRewrite::Literal(h)) if &**h == "internal.reviews"));
     assert_eq!(f.timeout, Some(Duration::from_secs(2)));
     let retry = f.retry.as_ref().unwrap();
-    assert_eq!((retry.num_retries, retry.per_try_timeout), (4, Some(Duration::from_millis(500))));
-    assert!(retry.retry_on.contains(RetryOn::GATEWAY_ERROR) && retry.retry_on.contains(RetryOn::RETRIABLE_STATUS_CODES));
+    assert_eq!(
+        (retry.num_retries, retry.per_try_timeout),
+        (4, Some(Duration::from_millis(500)))
+    );
+    assert!(
+        retry.retry_on.contains(RetryOn::GATEWAY_ERROR)
+            && retry.retry_on.contains(RetryOn::RETRIABLE_STATUS_CODES)
+    );
     assert_eq!(&*retry.retriable_status_codes, &[503]);
     assert_eq!(f.mirrors.len(), 1);
-    assert_eq!(&*f.mirrors[0].cluster, "outbound|9080|v2|reviews.default.svc.cluster.local");
+    assert_eq!(
+        &*f.mirrors[0].cluster,
+        "outbound|9080|v2|reviews.default.svc.cluster.local"
+    );
     assert_eq!(f.mirrors[0].fraction, Fraction::from_percent(25.0));
-    let ClusterSpecifier::Weighted(w) = &f.cluster else { panic!() };
-    assert_eq!(w.clusters.iter().map(|c| c.weight).collect::<Vec<_>>(), [70, 30]);
-    assert!(matches!(&f.hash_policies[0].source, HashSource::Header(h) if h == "x-user"), "consistent hashing puts a hash policy on the route");
-    let adds: Vec<(&str, AppendAction)> = api.headers.request_add.iter().map(|h| (h.name.as_str(), h.append)).collect();
-    assert!(adds.contains(&("x-env", AppendAction::OverwriteIfExistsOrAdd)) && adds.contains(&("x-trace", AppendAction::AppendIfExistsOrAdd)));
+    let ClusterSpecifier::Weighted(w) = &f.cluster else {
+        panic!()
+    };
+    assert_eq!(
+        w.clusters.iter().map(|c| c.weight).collect::<Vec<_>>(),
+        [70, 30]
+    );
+    assert!(
+        matches!(&f.hash_policies[0].source, HashSource::Header(h) if h == "x-user"),
+        "consistent hashing puts a hash policy on the route"
+    );
+    let adds: Vec<(&str, AppendAction)> = api
+        .headers
+        .request_add
+        .iter()
+        .map(|h| (h.name.as_str(), h.append))
+        .collect();
+    assert!(
+        adds.contains(&("x-env", AppendAction::OverwriteIfExistsOrAdd))
+            && adds.contains(&("x-trace", AppendAction::AppendIfExistsOrAdd))
+    );
     assert_eq!(api.headers.request_remove[0], "x-internal");
     assert_eq!(api.headers.response_remove[0], "server");
 
-    let Action::Forward(rest) = &named(&s, "rest").action else { panic!() };
+    let Action::Forward(rest) = &named(&s, "rest").action else {
+        panic!()
+    };
     assert!(rest.retry.is_none(), "attempts: 0 disables retries");
 }
