@@ -68,6 +68,7 @@ fn dump(args: &[String]) -> ExitCode {
         id: "dump".into(),
         namespace,
         labels: Default::default(),
+        ..Default::default()
     };
     let resources = mesh_control::dump::resources(&snap, &node, &targets);
     match mesh_control::dump::to_json(&resources) {

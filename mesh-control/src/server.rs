@@ -25,7 +25,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
-use crate::generate::{Generator, NodeInfo, Policies};
+use crate::generate::{ENVOY_OUTBOUND_ROUTES, Generator, NodeInfo, NodeKind, Policies};
 use crate::registry::Registry;
 
 /// Type URLs served.
@@ -57,6 +57,22 @@ impl Snapshot {
     /// client's does-not-exist handling applies).
     pub fn resources(&self, node: &NodeInfo, type_url: &str, names: &[String]) -> Vec<Any> {
         let g = Generator::new(&self.registry, &self.policies);
+        // Envoy subscribes to every listener and cluster (an empty list, or `*`).
+        let wildcard = names.is_empty() || names.iter().any(|n| n == "*");
+        if node.kind == NodeKind::Envoy {
+            match type_url {
+                urls::LISTENER if wildcard => return g.envoy_listeners(node),
+                urls::CLUSTER if wildcard => return g.all_clusters(node),
+                urls::ROUTE => {
+                    return names
+                        .iter()
+                        .filter(|n| *n == ENVOY_OUTBOUND_ROUTES)
+                        .map(|_| g.envoy_outbound_routes(node))
+                        .collect();
+                }
+                _ => {}
+            }
+        }
         names
             .iter()
             .filter_map(|n| match type_url {

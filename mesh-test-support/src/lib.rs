@@ -7,10 +7,15 @@
 #![allow(clippy::disallowed_types)]
 
 pub mod ads;
+pub mod backend;
+pub mod envoy;
+pub mod http;
 pub mod pki;
 pub mod resources;
 
 pub use ads::AdsServer;
+pub use backend::{Backend, Behavior};
+pub use envoy::Envoy;
 pub use pki::{CertifiedKey, TempFiles, TestCa};
 
 /// Installs a `tracing` subscriber for tests once (`RUST_LOG` filters it; default `warn`).

@@ -165,6 +165,7 @@ async fn a_dump_replays_in_static_mode() {
         id: "dump".into(),
         namespace: "default".into(),
         labels: Default::default(),
+        ..Default::default()
     };
     let resources = mesh_control::dump::resources(&snap, &node, &["reviews:9080".to_owned()]);
     assert_eq!(

@@ -8,6 +8,7 @@ mod bad_input;
 mod control_plane;
 mod control_plane_policy;
 mod control_plane_samples;
+mod envoy_control_plane;
 mod istio_dumps;
 mod snapshots;
 mod static_config;

@@ -33,7 +33,24 @@ pub struct NodeInfo {
     pub namespace: String,
     /// Workload labels (for `sourceLabels` matches).
     pub labels: BTreeMap<String, String>,
+    /// What kind of client it is.
+    pub kind: NodeKind,
+    /// For Envoy: where its outbound HTTP listener listens (metadata `MESH_OUTBOUND_ADDR`).
+    pub outbound_addr: Option<std::net::SocketAddr>,
 }
+
+/// Proxyless library or Envoy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NodeKind {
+    /// mesh or gRPC: API listeners per target, resources by name.
+    #[default]
+    Proxyless,
+    /// Envoy: socket listeners, wildcard LDS and CDS.
+    Envoy,
+}
+
+/// The route configuration of an Envoy node's outbound listener.
+pub const ENVOY_OUTBOUND_ROUTES: &str = "mesh-outbound-http";
 
 impl NodeInfo {
     /// Reads Istio's node conventions: metadata `NAMESPACE` and `LABELS`, else the namespace in
@@ -74,6 +91,12 @@ impl NodeInfo {
                 .or(from_id)
                 .unwrap_or_else(|| "default".into()),
             labels,
+            kind: if node.user_agent_name == "envoy" {
+                NodeKind::Envoy
+            } else {
+                NodeKind::Proxyless
+            },
+            outbound_addr: string("MESH_OUTBOUND_ADDR").and_then(|a| a.parse().ok()),
         }
     }
 }
@@ -176,6 +199,113 @@ impl<'a> Generator<'a> {
             Some(&self.subset(svc, n.subset)?.labels)
         };
         Some(pack_any(cluster::endpoints(name, svc, port, labels)))
+    }
+
+    /// Every listener of an Envoy node: the outbound HTTP listener, when its address is known.
+    pub fn envoy_listeners(&self, node: &NodeInfo) -> Vec<Any> {
+        let Some(addr) = node.outbound_addr else {
+            return vec![];
+        };
+        let manager = hcm::HttpConnectionManager {
+            codec_type: hcm::http_connection_manager::CodecType::Auto as i32,
+            stat_prefix: "outbound_http".into(),
+            route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(
+                hcm::Rds {
+                    config_source: Some(ads()),
+                    route_config_name: ENVOY_OUTBOUND_ROUTES.into(),
+                },
+            )),
+            http_filters: vec![
+                http_filter("envoy.filters.http.fault", pack_any(HttpFault::default())),
+                http_filter("envoy.filters.http.router", pack_any(Router::default())),
+            ],
+            ..Default::default()
+        };
+        let address = core::Address {
+            address: Some(core::address::Address::SocketAddress(core::SocketAddress {
+                address: addr.ip().to_string(),
+                port_specifier: Some(core::socket_address::PortSpecifier::PortValue(u32::from(
+                    addr.port(),
+                ))),
+                ..Default::default()
+            })),
+        };
+        vec![pack_any(listener::Listener {
+            name: "mesh_outbound_http".into(),
+            address: Some(address),
+            filter_chains: vec![listener::FilterChain {
+                filters: vec![listener::Filter {
+                    name: "envoy.filters.network.http_connection_manager".into(),
+                    config_type: Some(listener::filter::ConfigType::TypedConfig(pack_any(manager))),
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        })]
+    }
+
+    /// The routes of an Envoy node's outbound listener: one virtual host per HTTP service port,
+    /// chosen by the request's Host, and Istio's REGISTRY_ONLY answer (502) for anything else.
+    pub fn envoy_outbound_routes(&self, node: &NodeInfo) -> Any {
+        use envoy_types::pb::envoy::config::route::v3 as route_pb;
+        let mut used = std::collections::HashSet::new();
+        let mut virtual_hosts = Vec::new();
+        for svc in self.registry.services() {
+            for port in svc.ports.iter().filter(|p| p.is_http()) {
+                let rc = route::route_configuration(self, node, "", svc, port.number);
+                for mut vh in rc.virtual_hosts {
+                    // A service with several ports lists its bare names once.
+                    vh.domains.retain(|d| used.insert(d.clone()));
+                    if !vh.domains.is_empty() {
+                        virtual_hosts.push(vh);
+                    }
+                }
+            }
+        }
+        virtual_hosts.push(route_pb::VirtualHost {
+            name: "block_all".into(),
+            domains: vec!["*".into()],
+            routes: vec![route_pb::Route {
+                r#match: Some(route_pb::RouteMatch {
+                    path_specifier: Some(route_pb::route_match::PathSpecifier::Prefix("/".into())),
+                    ..Default::default()
+                }),
+                action: Some(route_pb::route::Action::DirectResponse(
+                    route_pb::DirectResponseAction {
+                        status: 502,
+                        ..Default::default()
+                    },
+                )),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        pack_any(route_pb::RouteConfiguration {
+            name: ENVOY_OUTBOUND_ROUTES.into(),
+            virtual_hosts,
+            ..Default::default()
+        })
+    }
+
+    /// Every cluster (whole services and DestinationRule subsets), for wildcard CDS.
+    pub fn all_clusters(&self, node: &NodeInfo) -> Vec<Any> {
+        let mut out = Vec::new();
+        for svc in self.registry.services() {
+            let subsets: Vec<&str> = self
+                .destination_rule(svc)
+                .map(|dr| dr.subsets.iter().map(|s| s.name.as_str()).collect())
+                .unwrap_or_default();
+            for port in &svc.ports {
+                for subset in std::iter::once("").chain(subsets.iter().copied()) {
+                    if let Some(c) =
+                        self.cluster(node, &outbound(port.number, subset, &svc.hostname))
+                    {
+                        out.push(c);
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// The VirtualService for a service, as seen from `namespace`: the first whose hosts name

@@ -1,0 +1,141 @@
+//! HTTP backends on loopback that answer with their name, count requests, and can be told to
+//! fail, delay or reset: the upstreams every data-path test talks to.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::sync::watch;
+
+/// What a backend does with each request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Behavior {
+    /// 200 with the backend's name as the body.
+    Ok,
+    /// Answer with this status.
+    Status(u16),
+    /// Wait, then answer 200.
+    Delay(Duration),
+    /// Close the connection without answering.
+    Reset,
+}
+
+#[derive(Debug)]
+struct Shared {
+    name: String,
+    behavior: watch::Sender<Behavior>,
+    requests: AtomicU64,
+    /// Fail this many of the next requests with 503, then behave normally.
+    fail_next: AtomicU32,
+}
+
+/// A running backend; stops when dropped.
+#[derive(Debug)]
+pub struct Backend {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Backend {
+    /// Starts `name` on an ephemeral loopback port, speaking HTTP/1.1 and HTTP/2 (cleartext).
+    pub async fn start(name: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
+        let addr = listener.local_addr().expect("addr");
+        let (behavior, _) = watch::channel(Behavior::Ok);
+        let shared = Arc::new(Shared {
+            name: name.to_owned(),
+            behavior,
+            requests: AtomicU64::new(0),
+            fail_next: AtomicU32::new(0),
+        });
+        let s = shared.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| handle(s.clone(), req));
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Self { addr, shared, task }
+    }
+
+    /// Its address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its name (the body of a 200).
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Requests received so far.
+    pub fn requests(&self) -> u64 {
+        self.shared.requests.load(Ordering::Relaxed)
+    }
+
+    /// Changes what it does from now on.
+    pub fn set(&self, b: Behavior) {
+        self.shared.behavior.send_replace(b);
+    }
+
+    /// Answers the next `n` requests with 503.
+    pub fn fail_next(&self, n: u32) {
+        self.shared.fail_next.store(n, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn handle(
+    s: Arc<Shared>,
+    _req: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, std::io::Error> {
+    s.requests.fetch_add(1, Ordering::Relaxed);
+    let failing = s
+        .fail_next
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+        .is_ok();
+    let behavior = if failing {
+        Behavior::Status(503)
+    } else {
+        s.behavior.borrow().clone()
+    };
+    let reply = |status: u16| {
+        let mut rsp = Response::new(Full::new(Bytes::from(s.name.clone())));
+        *rsp.status_mut() =
+            hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+        rsp.headers_mut()
+            .insert("x-backend", s.name.parse().expect("header-safe name"));
+        rsp
+    };
+    match behavior {
+        Behavior::Ok => Ok(reply(200)),
+        Behavior::Status(code) => Ok(reply(code)),
+        Behavior::Delay(d) => {
+            tokio::time::sleep(d).await;
+            Ok(reply(200))
+        }
+        // An error from the service makes hyper drop the connection without a response.
+        Behavior::Reset => Err(std::io::Error::other("reset by test backend")),
+    }
+}
