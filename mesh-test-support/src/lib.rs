@@ -11,6 +11,7 @@ pub mod backend;
 pub mod envoy;
 pub mod http;
 pub mod pki;
+pub mod python;
 pub mod resources;
 
 pub use ads::AdsServer;

@@ -9,6 +9,7 @@ mod control_plane;
 mod control_plane_policy;
 mod control_plane_samples;
 mod envoy_control_plane;
+mod grpcio_control_plane;
 mod istio_dumps;
 mod snapshots;
 mod static_config;

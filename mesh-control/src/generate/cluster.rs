@@ -7,6 +7,7 @@ use envoy_types::pb::envoy::config::cluster::v3 as cluster;
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::config::endpoint::v3 as endpoint;
 use envoy_types::pb::envoy::config::route::v3 as route;
+use envoy_types::pb::envoy::extensions::load_balancing_policies as lbp;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3 as upstream_http;
 use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
@@ -82,8 +83,6 @@ pub(super) fn cluster(
         }),
         // Istio's default connect timeout.
         connect_timeout: Some(pb_duration(Duration::from_secs(10))),
-        // Istio's default load balancer.
-        lb_policy: cluster::cluster::LbPolicy::LeastRequest as i32,
         ..Default::default()
     };
     if let Some(lb) = e.lb {
@@ -109,12 +108,14 @@ pub(super) fn cluster(
                 ));
             }
         } else {
-            c.lb_policy = match lb.simple.as_deref() {
-                Some("ROUND_ROBIN") => cluster::cluster::LbPolicy::RoundRobin,
-                Some("RANDOM") => cluster::cluster::LbPolicy::Random,
-                _ => cluster::cluster::LbPolicy::LeastRequest,
-            } as i32;
+            c.load_balancing_policy = match lb.simple.as_deref() {
+                Some("ROUND_ROBIN") => None,
+                Some("RANDOM") => Some(policy_list(pack_any(lbp::random::v3::Random::default()))),
+                _ => Some(least_request()),
+            };
         }
+    } else {
+        c.load_balancing_policy = Some(least_request());
     }
     if let Some(pool) = e.pool {
         let t = cluster::circuit_breakers::Thresholds {
@@ -212,6 +213,31 @@ pub(super) fn cluster(
         c.transport_socket = upstream_tls(t, svc, port.number, name);
     }
     c
+}
+
+/// Istio's default balancer. It goes in `load_balancing_policy` (gRFC A52) with round robin
+/// after it, not in the legacy `lb_policy` enum: each client takes the first policy it
+/// supports, and gRPC rejects `lb_policy: LEAST_REQUEST` outright.
+fn least_request() -> cluster::LoadBalancingPolicy {
+    policy_list(pack_any(lbp::least_request::v3::LeastRequest::default()))
+}
+
+fn policy_list(first: envoy_types::pb::google::protobuf::Any) -> cluster::LoadBalancingPolicy {
+    let entry = |name: &str, any| cluster::load_balancing_policy::Policy {
+        typed_extension_config: Some(core::TypedExtensionConfig {
+            name: name.into(),
+            typed_config: Some(any),
+        }),
+    };
+    cluster::LoadBalancingPolicy {
+        policies: vec![
+            entry("preferred", first),
+            entry(
+                "round_robin",
+                pack_any(lbp::round_robin::v3::RoundRobin::default()),
+            ),
+        ],
+    }
 }
 
 /// `ClientTLSSettings` → the cluster's transport socket.

@@ -1,0 +1,89 @@
+//! Python interop peers (grpcio), run from the project's virtualenv that `scripts/test` fills.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+/// The virtualenv's Python: `$MESH_PYTHON`, else `.tools/venv/bin/python`. Panics with
+/// instructions when missing: interop tests never pass silently without their peer.
+pub fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("MESH_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.tools/venv/bin/python");
+    assert!(
+        p.exists(),
+        "the test virtualenv is missing: run ./scripts/test (it installs grpcio into .tools/venv) or set MESH_PYTHON"
+    );
+    p
+}
+
+/// A path under the workspace's `tests/python/`.
+pub fn script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/python")
+        .join(name)
+}
+
+/// A child process killed on drop.
+pub struct Peer(pub Child);
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `grpc_xds_peer.py server NAME` and returns it with its port.
+pub fn grpc_server(name: &str) -> (Peer, u16) {
+    use std::io::BufRead;
+    let mut child = Command::new(python())
+        .arg(script("grpc_xds_peer.py"))
+        .args(["server", name])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the grpcio server");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read port");
+    let port = line
+        .trim()
+        .strip_prefix("PORT ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("grpcio server said {line:?}"));
+    (Peer(child), port)
+}
+
+/// Runs `grpc_xds_peer.py client` with a bootstrap and returns its parsed results.
+pub async fn grpc_client(
+    bootstrap: &str,
+    target: &str,
+    n: usize,
+    metadata: &[&str],
+) -> Vec<serde_json::Value> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("bootstrap.json");
+    std::fs::write(&file, bootstrap).expect("write bootstrap");
+    let out = tokio::process::Command::new(python())
+        .arg(script("grpc_xds_peer.py"))
+        .args(["client", target, &n.to_string()])
+        .args(metadata)
+        .env("GRPC_XDS_BOOTSTRAP", &file)
+        .output()
+        .await
+        .expect("run the grpcio client");
+    assert!(
+        out.status.success(),
+        "grpcio client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "grpcio client printed {:?}: {e}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
