@@ -41,6 +41,9 @@ pub mod urls {
         "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 }
 
+/// The order a configuration change is pushed in.
+const PUSH_ORDER: [&str; 4] = [urls::CLUSTER, urls::ENDPOINTS, urls::LISTENER, urls::ROUTE];
+
 /// One consistent configuration: what every stream is served from.
 #[derive(Debug)]
 pub struct Snapshot {
@@ -181,8 +184,12 @@ impl AggregatedDiscoveryService for Ads {
                         if changed.is_err() { return; }
                         let Some(node) = node.as_ref() else { continue };
                         let snap = snapshots.borrow_and_update().clone();
-                        for (type_url, sub) in subs.iter_mut() {
-                            respond(&snap, node, type_url, sub, &nonce, &tx, false);
+                        // Make before break (the xDS protocol's ordering): clusters and
+                        // endpoints exist before listeners and routes point at them.
+                        for type_url in PUSH_ORDER {
+                            if let Some(sub) = subs.get_mut(type_url) {
+                                respond(&snap, node, type_url, sub, &nonce, &tx, false);
+                            }
                         }
                     }
                 }

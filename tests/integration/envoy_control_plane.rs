@@ -162,3 +162,89 @@ async fn envoy_routes_by_the_istio_yaml() {
         "Envoy rejected updates:\n{stats}"
     );
 }
+
+#[tokio::test]
+async fn a_hundred_pushes_under_load_fail_no_request() {
+    mesh_test_support::trace_init();
+    let reviews = [
+        Backend::start("reviews-v1").await,
+        Backend::start("reviews-v2").await,
+        Backend::start("reviews-v3").await,
+    ];
+    let ratings = Backend::start("ratings-v1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let list = [
+        ("reviews", "v1", &reviews[0]),
+        ("reviews", "v2", &reviews[1]),
+        ("reviews", "v3", &reviews[2]),
+        ("ratings", "v1", &ratings),
+    ];
+    std::fs::write(dir.path().join("registry.yaml"), registry_yaml(&list)).unwrap();
+    let vs = |subset: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews}}\nspec:\n  hosts: [reviews]\n  http:\n  - route: [{{destination: {{host: reviews, subset: {subset}}}}}]\n"
+        )
+    };
+    std::fs::write(dir.path().join("vs.yaml"), vs("v1")).unwrap();
+    let cp = Arc::new(ControlPlane::new(dir.path()).unwrap_or_else(|e| panic!("{e:?}")));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let xds = listener.local_addr().unwrap();
+    tokio::spawn(cp.clone().serve_tcp(listener));
+    let outbound = free_port();
+    let bootstrap = ads_bootstrap(
+        xds,
+        "sidecar~127.0.0.1~load.default~default.svc.cluster.local",
+        serde_json::json!({"NAMESPACE": "default", "MESH_OUTBOUND_ADDR": outbound.to_string()}),
+    );
+    let envoy = Envoy::start(&bootstrap).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !matches!(
+        http::get(outbound, "/", &[("host", "reviews:9080")]).await,
+        Ok((200, _))
+    ) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Envoy never routed:\n{}",
+            envoy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A client sends continuously while the VirtualService flips between subsets 100 times.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match http::get(outbound, "/", &[("host", "reviews:9080")]).await {
+                    Ok((200, _)) => ok += 1,
+                    other => failed.push(format!("{other:?}")),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    for i in 0..100 {
+        std::fs::write(dir.path().join("vs.yaml"), vs(["v2", "v3", "v1"][i % 3])).unwrap();
+        cp.reload().unwrap_or_else(|e| panic!("{e:?}"));
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = client.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed during pushes: {:?}",
+        failed.len(),
+        ok as usize + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 100, "the client kept sending ({ok} requests)");
+    assert!(
+        reviews.iter().all(|b| b.requests() > 0),
+        "every subset was routed to at some point"
+    );
+    assert_eq!(cp.ads().nack_count(), 0);
+    assert_eq!(cp.current().version, 101);
+}
