@@ -25,7 +25,9 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
-use crate::generate::{ENVOY_OUTBOUND_ROUTES, Generator, NodeInfo, NodeKind, Policies};
+use crate::generate::{
+    ENVOY_OUTBOUND_ROUTES, Generator, INBOUND_PREFIX, NodeInfo, NodeKind, Policies,
+};
 use crate::registry::Registry;
 
 /// Type URLs served.
@@ -79,6 +81,7 @@ impl Snapshot {
         names
             .iter()
             .filter_map(|n| match type_url {
+                urls::LISTENER if n.starts_with(INBOUND_PREFIX) => g.inbound_listener(node, n),
                 urls::LISTENER => g.listener(node, n),
                 urls::ROUTE => g.route_configuration(node, n),
                 urls::CLUSTER => g.cluster(node, n),

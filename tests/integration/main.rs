@@ -6,6 +6,7 @@ mod ads_resource_lifecycle;
 mod ads_transports;
 mod bad_input;
 mod control_plane;
+mod control_plane_authz;
 mod control_plane_policy;
 mod control_plane_samples;
 mod envoy_control_plane;

@@ -6,6 +6,7 @@
 //! fields grpcgen leaves out (route timeouts, retries, fault, outlier detection) so our library
 //! gets the whole policy.
 
+mod authz;
 mod cluster;
 pub mod names;
 mod route;
@@ -101,11 +102,86 @@ impl NodeInfo {
     }
 }
 
+/// Where a proxyless server's inbound listener names start (istiod's grpcgen convention).
+pub const INBOUND_PREFIX: &str = "xds.istio.io/grpc/lds/inbound/";
+
+/// Istio's root namespace: policy there applies mesh-wide.
+pub const ROOT_NAMESPACE: &str = "istio-system";
+
 /// Policy indexed for generation.
 #[derive(Clone, Debug, Default)]
 pub struct Policies {
     virtual_services: Vec<(String, String, istio::VirtualService)>,
     destination_rules: Vec<(String, istio::DestinationRule)>,
+    peer_authentications: Vec<(String, String, istio::PeerAuthentication)>,
+    authorization_policies: Vec<(String, String, istio::AuthorizationPolicy)>,
+}
+
+/// Inbound mTLS mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MtlsMode {
+    /// mTLS only.
+    Strict,
+    /// mTLS and plaintext on the same port.
+    Permissive,
+    /// Plaintext only.
+    Disable,
+}
+
+fn selects(selector: Option<&istio::WorkloadSelector>, labels: &BTreeMap<String, String>) -> bool {
+    selector.is_none_or(|s| s.labels.iter().all(|(k, v)| labels.get(k) == Some(v)))
+}
+
+impl Policies {
+    /// The mTLS mode for a workload's port: a workload-selecting PeerAuthentication (its
+    /// port-level setting first), else the namespace's, else the mesh's, else PERMISSIVE.
+    pub fn mtls_mode(&self, node: &NodeInfo, port: u16) -> MtlsMode {
+        let parse = |m: Option<&istio::MtlsSetting>| match m.and_then(|m| m.mode.as_deref()) {
+            Some("STRICT") => Some(MtlsMode::Strict),
+            Some("PERMISSIVE") => Some(MtlsMode::Permissive),
+            Some("DISABLE") => Some(MtlsMode::Disable),
+            _ => None,
+        };
+        fn in_ns<'a>(
+            list: &'a [(String, String, istio::PeerAuthentication)],
+            ns: &'a str,
+        ) -> impl Iterator<Item = &'a (String, String, istio::PeerAuthentication)> {
+            list.iter().filter(move |(n, _, _)| n == ns)
+        }
+        let list = self.peer_authentications.as_slice();
+        let workload = in_ns(list, &node.namespace)
+            .find(|(_, _, pa)| pa.selector.is_some() && selects(pa.selector.as_ref(), &node.labels))
+            .and_then(|(_, _, pa)| {
+                parse(pa.port_level_mtls.get(&u32::from(port))).or_else(|| parse(pa.mtls.as_ref()))
+            });
+        let namespace = || {
+            in_ns(list, &node.namespace)
+                .find(|(_, _, pa)| pa.selector.is_none())
+                .and_then(|(_, _, pa)| parse(pa.mtls.as_ref()))
+        };
+        let mesh = || {
+            in_ns(list, ROOT_NAMESPACE)
+                .find(|(_, _, pa)| pa.selector.is_none())
+                .and_then(|(_, _, pa)| parse(pa.mtls.as_ref()))
+        };
+        workload
+            .or_else(namespace)
+            .or_else(mesh)
+            .unwrap_or(MtlsMode::Permissive)
+    }
+
+    /// The AuthorizationPolicies that apply to a workload: its namespace's (selector matching
+    /// its labels, or none) and the mesh-wide ones in the root namespace.
+    fn authorization_for(&self, node: &NodeInfo) -> Vec<(&str, &str, &istio::AuthorizationPolicy)> {
+        self.authorization_policies
+            .iter()
+            .filter(|(ns, _, p)| {
+                (*ns == node.namespace || ns == ROOT_NAMESPACE)
+                    && selects(p.selector.as_ref(), &node.labels)
+            })
+            .map(|(ns, name, p)| (ns.as_str(), name.as_str(), p))
+            .collect()
+    }
 }
 
 impl Policies {
@@ -120,6 +196,14 @@ impl Policies {
                         .push((ns, o.metadata.name.clone(), (**vs).clone()))
                 }
                 Spec::DestinationRule(dr) => p.destination_rules.push((ns, (**dr).clone())),
+                Spec::PeerAuthentication(pa) => {
+                    p.peer_authentications
+                        .push((ns, o.metadata.name.clone(), (**pa).clone()))
+                }
+                Spec::AuthorizationPolicy(ap) => {
+                    p.authorization_policies
+                        .push((ns, o.metadata.name.clone(), (**ap).clone()))
+                }
                 _ => {}
             }
         }
@@ -199,6 +283,119 @@ impl<'a> Generator<'a> {
             Some(&self.subset(svc, n.subset)?.labels)
         };
         Some(pack_any(cluster::endpoints(name, svc, port, labels)))
+    }
+
+    /// A proxyless server's inbound listener (`xds.istio.io/grpc/lds/inbound/IP:PORT`): filter
+    /// chains by the PeerAuthentication mode, and RBAC filters from AuthorizationPolicy.
+    pub fn inbound_listener(&self, node: &NodeInfo, name: &str) -> Option<Any> {
+        use envoy_types::pb::envoy::config::route::v3 as route_pb;
+        use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
+        let addr: std::net::SocketAddr = name.strip_prefix(INBOUND_PREFIX)?.parse().ok()?;
+        let mut filters: Vec<hcm::HttpFilter> =
+            authz::filters(&self.policies.authorization_for(node))
+                .into_iter()
+                .map(|(n, config)| http_filter(&n, pack_any(config)))
+                .collect();
+        filters.push(http_filter(
+            "envoy.filters.http.router",
+            pack_any(Router::default()),
+        ));
+        let routes = route_pb::RouteConfiguration {
+            name: format!("inbound|{}", addr.port()),
+            virtual_hosts: vec![route_pb::VirtualHost {
+                name: "inbound".into(),
+                domains: vec!["*".into()],
+                routes: vec![route_pb::Route {
+                    r#match: Some(route_pb::RouteMatch {
+                        path_specifier: Some(route_pb::route_match::PathSpecifier::Prefix(
+                            "/".into(),
+                        )),
+                        ..Default::default()
+                    }),
+                    action: Some(route_pb::route::Action::NonForwardingAction(
+                        Default::default(),
+                    )),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let manager = hcm::HttpConnectionManager {
+            stat_prefix: format!("inbound_{}", addr.port()),
+            route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(
+                routes,
+            )),
+            http_filters: filters,
+            ..Default::default()
+        };
+        let provider = |cert: &str| tls::CertificateProviderPluginInstance {
+            instance_name: "default".into(),
+            certificate_name: cert.into(),
+        };
+        let mtls = || core::TransportSocket {
+            name: "envoy.transport_sockets.tls".into(),
+            config_type: Some(core::transport_socket::ConfigType::TypedConfig(pack_any(
+                tls::DownstreamTlsContext {
+                    common_tls_context: Some(tls::CommonTlsContext {
+                        tls_certificate_provider_instance: Some(provider("default")),
+                        validation_context_type: Some(
+                            tls::common_tls_context::ValidationContextType::ValidationContext(
+                                tls::CertificateValidationContext {
+                                    ca_certificate_provider_instance: Some(provider("ROOTCA")),
+                                    ..Default::default()
+                                },
+                            ),
+                        ),
+                        ..Default::default()
+                    }),
+                    require_client_certificate: Some(
+                        envoy_types::pb::google::protobuf::BoolValue { value: true },
+                    ),
+                    ..Default::default()
+                },
+            ))),
+        };
+        let chain = |name: &str, transport: Option<&str>, socket: Option<core::TransportSocket>| {
+            listener::FilterChain {
+                name: name.into(),
+                filter_chain_match: transport.map(|t| listener::FilterChainMatch {
+                    transport_protocol: t.into(),
+                    ..Default::default()
+                }),
+                transport_socket: socket,
+                filters: vec![listener::Filter {
+                    name: "envoy.filters.network.http_connection_manager".into(),
+                    config_type: Some(listener::filter::ConfigType::TypedConfig(pack_any(
+                        manager.clone(),
+                    ))),
+                }],
+                ..Default::default()
+            }
+        };
+        let filter_chains = match self.policies.mtls_mode(node, addr.port()) {
+            MtlsMode::Strict => vec![chain("mtls", None, Some(mtls()))],
+            MtlsMode::Permissive => vec![
+                chain("mtls", Some("tls"), Some(mtls())),
+                chain("plaintext", Some("raw_buffer"), None),
+            ],
+            MtlsMode::Disable => vec![chain("plaintext", None, None)],
+        };
+        let address = core::Address {
+            address: Some(core::address::Address::SocketAddress(core::SocketAddress {
+                address: addr.ip().to_string(),
+                port_specifier: Some(core::socket_address::PortSpecifier::PortValue(u32::from(
+                    addr.port(),
+                ))),
+                ..Default::default()
+            })),
+        };
+        Some(pack_any(listener::Listener {
+            name: name.to_owned(),
+            address: Some(address),
+            filter_chains,
+            ..Default::default()
+        }))
     }
 
     /// Every listener of an Envoy node: the outbound HTTP listener, when its address is known.

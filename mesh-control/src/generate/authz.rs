@@ -1,0 +1,503 @@
+//! AuthorizationPolicy → Envoy RBAC filters, the way istiod builds them: one filter for DENY
+//! policies placed before one for ALLOW policies (and AUDIT as a LOG filter); policy names
+//! `ns[NS]-policy[NAME]-rule[I]`; a rule is `from` (any source) AND `to` (any operation) AND
+//! every `when` condition.
+
+// istiod still emits the `metadata` principal for request principals and JWT claims (Envoy
+// deprecated it for `sourced_metadata`); we emit what clients and istiod agree on.
+#![allow(deprecated)]
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::config::core::v3::CidrRange;
+use envoy_types::pb::envoy::config::rbac::v3 as rbac;
+use envoy_types::pb::envoy::config::route::v3::{
+    HeaderMatcher, header_matcher::HeaderMatchSpecifier,
+};
+use envoy_types::pb::envoy::extensions::filters::http::rbac::v3 as rbac_filter;
+use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
+use envoy_types::pb::google::protobuf::UInt32Value;
+
+use crate::config::istio::{AuthorizationPolicy, AuthzRule, Condition, Operation, Source};
+use crate::registry::TRUST_DOMAIN;
+
+/// The RBAC filters for the policies that apply to a workload, in evaluation order.
+pub(crate) fn filters(
+    policies: &[(&str, &str, &AuthorizationPolicy)],
+) -> Vec<(String, rbac_filter::Rbac)> {
+    let mut by_action: BTreeMap<u8, (rbac::rbac::Action, BTreeMap<String, rbac::Policy>)> =
+        BTreeMap::new();
+    for (ns, name, p) in policies {
+        let (order, action) = match p.action.as_deref().unwrap_or("ALLOW") {
+            "DENY" => (0, rbac::rbac::Action::Deny),
+            "ALLOW" => (1, rbac::rbac::Action::Allow),
+            "AUDIT" => (2, rbac::rbac::Action::Log),
+            // CUSTOM (external authorization) is generated with the security layer.
+            _ => continue,
+        };
+        let entry = by_action
+            .entry(order)
+            .or_insert_with(|| (action, BTreeMap::new()));
+        for (i, rule) in p.rules.iter().enumerate() {
+            entry
+                .1
+                .insert(format!("ns[{ns}]-policy[{name}]-rule[{i}]"), policy(rule));
+        }
+    }
+    by_action
+        .into_values()
+        .map(|(action, policies)| {
+            let name = match action {
+                rbac::rbac::Action::Deny => "envoy.filters.http.rbac.deny",
+                rbac::rbac::Action::Allow => "envoy.filters.http.rbac.allow",
+                _ => "envoy.filters.http.rbac.audit",
+            };
+            // An ALLOW filter with no policies denies everything: Istio's "allow nothing".
+            let config = rbac_filter::Rbac {
+                rules: Some(rbac::Rbac {
+                    action: action as i32,
+                    policies: policies.into_iter().collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            (name.to_owned(), config)
+        })
+        .collect()
+}
+
+fn policy(rule: &AuthzRule) -> rbac::Policy {
+    let mut permissions: Vec<rbac::Permission> = Vec::new();
+    if !rule.to.is_empty() {
+        permissions.push(or_perm(
+            rule.to.iter().map(|t| operation(&t.operation)).collect(),
+        ));
+    }
+    for c in &rule.when {
+        if let Some(p) = condition_permission(c) {
+            permissions.push(p);
+        }
+    }
+    let mut principals: Vec<rbac::Principal> = Vec::new();
+    if !rule.from.is_empty() {
+        principals.push(or_id(rule.from.iter().map(|f| source(&f.source)).collect()));
+    }
+    for c in &rule.when {
+        if let Some(p) = condition_principal(c) {
+            principals.push(p);
+        }
+    }
+    rbac::Policy {
+        permissions: vec![and_perm(if permissions.is_empty() {
+            vec![any_perm()]
+        } else {
+            permissions
+        })],
+        principals: vec![and_id(if principals.is_empty() {
+            vec![any_id()]
+        } else {
+            principals
+        })],
+        ..Default::default()
+    }
+}
+
+fn any_perm() -> rbac::Permission {
+    rbac::Permission {
+        rule: Some(rbac::permission::Rule::Any(true)),
+    }
+}
+fn any_id() -> rbac::Principal {
+    rbac::Principal {
+        identifier: Some(rbac::principal::Identifier::Any(true)),
+    }
+}
+fn and_perm(rules: Vec<rbac::Permission>) -> rbac::Permission {
+    rbac::Permission {
+        rule: Some(rbac::permission::Rule::AndRules(rbac::permission::Set {
+            rules,
+        })),
+    }
+}
+fn or_perm(rules: Vec<rbac::Permission>) -> rbac::Permission {
+    rbac::Permission {
+        rule: Some(rbac::permission::Rule::OrRules(rbac::permission::Set {
+            rules,
+        })),
+    }
+}
+fn not_perm(p: rbac::Permission) -> rbac::Permission {
+    rbac::Permission {
+        rule: Some(rbac::permission::Rule::NotRule(Box::new(p))),
+    }
+}
+fn and_id(ids: Vec<rbac::Principal>) -> rbac::Principal {
+    rbac::Principal {
+        identifier: Some(rbac::principal::Identifier::AndIds(rbac::principal::Set {
+            ids,
+        })),
+    }
+}
+fn or_id(ids: Vec<rbac::Principal>) -> rbac::Principal {
+    rbac::Principal {
+        identifier: Some(rbac::principal::Identifier::OrIds(rbac::principal::Set {
+            ids,
+        })),
+    }
+}
+fn not_id(p: rbac::Principal) -> rbac::Principal {
+    rbac::Principal {
+        identifier: Some(rbac::principal::Identifier::NotId(Box::new(p))),
+    }
+}
+
+/// Istio's string forms: `*` any, `*x` suffix, `x*` prefix, else exact.
+fn istio_string(v: &str, prefix: &str) -> matcher::StringMatcher {
+    use matcher::string_matcher::MatchPattern as P;
+    let pattern = if v == "*" {
+        P::SafeRegex(matcher::RegexMatcher {
+            regex: ".+".into(),
+            ..Default::default()
+        })
+    } else if let Some(rest) = v.strip_prefix('*') {
+        P::Suffix(rest.to_owned())
+    } else if let Some(rest) = v.strip_suffix('*') {
+        P::Prefix(format!("{prefix}{rest}"))
+    } else {
+        P::Exact(format!("{prefix}{v}"))
+    };
+    matcher::StringMatcher {
+        match_pattern: Some(pattern),
+        ignore_case: false,
+    }
+}
+
+fn header(name: &str, m: matcher::StringMatcher) -> HeaderMatcher {
+    HeaderMatcher {
+        name: name.into(),
+        header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(m)),
+        ..Default::default()
+    }
+}
+
+fn cidr(s: &str) -> CidrRange {
+    let (addr, len) = s
+        .split_once('/')
+        .unwrap_or((s, if s.contains(':') { "128" } else { "32" }));
+    CidrRange {
+        address_prefix: addr.to_owned(),
+        prefix_len: len.parse().ok().map(|value| UInt32Value { value }),
+    }
+}
+
+/// `values` OR-ed, `not_values` each negated; both AND-ed.
+fn with_negations<T>(
+    values: &[String],
+    not_values: &[String],
+    one: impl Fn(&str) -> T,
+    or: impl Fn(Vec<T>) -> T,
+    not: impl Fn(T) -> T,
+) -> Vec<T> {
+    let mut out = Vec::new();
+    if !values.is_empty() {
+        out.push(or(values.iter().map(|v| one(v)).collect()));
+    }
+    if !not_values.is_empty() {
+        out.push(not(or(not_values.iter().map(|v| one(v)).collect())));
+    }
+    out
+}
+
+fn spiffe(v: &str) -> rbac::Principal {
+    let m = istio_string(v, "spiffe://");
+    rbac::Principal {
+        identifier: Some(rbac::principal::Identifier::Authenticated(
+            rbac::principal::Authenticated {
+                principal_name: Some(m),
+            },
+        )),
+    }
+}
+
+fn namespace_principal(ns: &str) -> rbac::Principal {
+    let regex = format!(".*/ns/{}/.*", regex_escape(ns));
+    rbac::Principal {
+        identifier: Some(rbac::principal::Identifier::Authenticated(
+            rbac::principal::Authenticated {
+                principal_name: Some(matcher::StringMatcher {
+                    match_pattern: Some(matcher::string_matcher::MatchPattern::SafeRegex(
+                        matcher::RegexMatcher {
+                            regex,
+                            ..Default::default()
+                        },
+                    )),
+                    ignore_case: false,
+                }),
+            },
+        )),
+    }
+}
+
+fn service_account_principal(sa: &str) -> rbac::Principal {
+    // `ns/sa` or just `sa` (in any namespace).
+    match sa.split_once('/') {
+        Some((ns, name)) => spiffe(&format!("{TRUST_DOMAIN}/ns/{ns}/sa/{name}")),
+        None => rbac::Principal {
+            identifier: Some(rbac::principal::Identifier::Authenticated(
+                rbac::principal::Authenticated {
+                    principal_name: Some(matcher::StringMatcher {
+                        match_pattern: Some(matcher::string_matcher::MatchPattern::Suffix(
+                            format!("/sa/{sa}"),
+                        )),
+                        ignore_case: false,
+                    }),
+                },
+            )),
+        },
+    }
+}
+
+fn request_principal(v: &str) -> rbac::Principal {
+    metadata_principal("request.auth.principal", None, istio_string(v, ""))
+}
+
+fn metadata_principal(key: &str, sub: Option<&str>, m: matcher::StringMatcher) -> rbac::Principal {
+    let mut path = vec![matcher::metadata_matcher::PathSegment {
+        segment: Some(matcher::metadata_matcher::path_segment::Segment::Key(
+            key.into(),
+        )),
+    }];
+    let value = match sub {
+        Some(claim) => {
+            path.push(matcher::metadata_matcher::PathSegment {
+                segment: Some(matcher::metadata_matcher::path_segment::Segment::Key(
+                    claim.into(),
+                )),
+            });
+            matcher::ValueMatcher {
+                match_pattern: Some(matcher::value_matcher::MatchPattern::ListMatch(Box::new(
+                    matcher::ListMatcher {
+                        match_pattern: Some(matcher::list_matcher::MatchPattern::OneOf(Box::new(
+                            matcher::ValueMatcher {
+                                match_pattern: Some(
+                                    matcher::value_matcher::MatchPattern::StringMatch(m),
+                                ),
+                            },
+                        ))),
+                    },
+                ))),
+            }
+        }
+        None => matcher::ValueMatcher {
+            match_pattern: Some(matcher::value_matcher::MatchPattern::StringMatch(m)),
+        },
+    };
+    rbac::Principal {
+        identifier: Some(rbac::principal::Identifier::Metadata(
+            matcher::MetadataMatcher {
+                filter: "istio_authn".into(),
+                path,
+                value: Some(value),
+                invert: false,
+            },
+        )),
+    }
+}
+
+fn source(s: &Source) -> rbac::Principal {
+    let mut ids = Vec::new();
+    ids.extend(with_negations(
+        &s.principals,
+        &s.not_principals,
+        spiffe,
+        or_id,
+        not_id,
+    ));
+    ids.extend(with_negations(
+        &s.request_principals,
+        &s.not_request_principals,
+        request_principal,
+        or_id,
+        not_id,
+    ));
+    ids.extend(with_negations(
+        &s.namespaces,
+        &s.not_namespaces,
+        namespace_principal,
+        or_id,
+        not_id,
+    ));
+    ids.extend(with_negations(
+        &s.service_accounts,
+        &s.not_service_accounts,
+        service_account_principal,
+        or_id,
+        not_id,
+    ));
+    let ip = |v: &str| rbac::Principal {
+        identifier: Some(rbac::principal::Identifier::DirectRemoteIp(cidr(v))),
+    };
+    ids.extend(with_negations(
+        &s.ip_blocks,
+        &s.not_ip_blocks,
+        ip,
+        or_id,
+        not_id,
+    ));
+    let remote = |v: &str| rbac::Principal {
+        identifier: Some(rbac::principal::Identifier::RemoteIp(cidr(v))),
+    };
+    ids.extend(with_negations(
+        &s.remote_ip_blocks,
+        &s.not_remote_ip_blocks,
+        remote,
+        or_id,
+        not_id,
+    ));
+    and_id(if ids.is_empty() { vec![any_id()] } else { ids })
+}
+
+fn operation(o: &Operation) -> rbac::Permission {
+    let mut rules = Vec::new();
+    let host = |v: &str| {
+        let mut m = istio_string(v, "");
+        m.ignore_case = true;
+        rbac::Permission {
+            rule: Some(rbac::permission::Rule::Header(header(":authority", m))),
+        }
+    };
+    rules.extend(with_negations(
+        &o.hosts,
+        &o.not_hosts,
+        host,
+        or_perm,
+        not_perm,
+    ));
+    let port = |v: &str| rbac::Permission {
+        rule: Some(rbac::permission::Rule::DestinationPort(
+            v.parse().unwrap_or(0),
+        )),
+    };
+    rules.extend(with_negations(
+        &o.ports,
+        &o.not_ports,
+        port,
+        or_perm,
+        not_perm,
+    ));
+    let method = |v: &str| rbac::Permission {
+        rule: Some(rbac::permission::Rule::Header(header(
+            ":method",
+            istio_string(v, ""),
+        ))),
+    };
+    rules.extend(with_negations(
+        &o.methods,
+        &o.not_methods,
+        method,
+        or_perm,
+        not_perm,
+    ));
+    let path = |v: &str| rbac::Permission {
+        rule: Some(rbac::permission::Rule::UrlPath(matcher::PathMatcher {
+            rule: Some(matcher::path_matcher::Rule::Path(istio_string(v, ""))),
+        })),
+    };
+    rules.extend(with_negations(
+        &o.paths,
+        &o.not_paths,
+        path,
+        or_perm,
+        not_perm,
+    ));
+    and_perm(if rules.is_empty() {
+        vec![any_perm()]
+    } else {
+        rules
+    })
+}
+
+/// `when` conditions about the request (headers, destination) become permissions.
+fn condition_permission(c: &Condition) -> Option<rbac::Permission> {
+    let one: Box<dyn Fn(&str) -> rbac::Permission> = if let Some(h) = c
+        .key
+        .strip_prefix("request.headers[")
+        .and_then(|k| k.strip_suffix(']'))
+    {
+        let h = h.to_ascii_lowercase();
+        Box::new(move |v| rbac::Permission {
+            rule: Some(rbac::permission::Rule::Header(header(
+                &h,
+                istio_string(v, ""),
+            ))),
+        })
+    } else if c.key == "destination.port" {
+        Box::new(|v| rbac::Permission {
+            rule: Some(rbac::permission::Rule::DestinationPort(
+                v.parse().unwrap_or(0),
+            )),
+        })
+    } else if c.key == "destination.ip" {
+        Box::new(|v| rbac::Permission {
+            rule: Some(rbac::permission::Rule::DestinationIp(cidr(v))),
+        })
+    } else {
+        return None;
+    };
+    Some(and_perm(with_negations(
+        &c.values,
+        &c.not_values,
+        one,
+        or_perm,
+        not_perm,
+    )))
+}
+
+/// `when` conditions about the caller become principals.
+fn condition_principal(c: &Condition) -> Option<rbac::Principal> {
+    let one: Box<dyn Fn(&str) -> rbac::Principal> = match c.key.as_str() {
+        "source.ip" => Box::new(|v| rbac::Principal {
+            identifier: Some(rbac::principal::Identifier::DirectRemoteIp(cidr(v))),
+        }),
+        "remote.ip" => Box::new(|v| rbac::Principal {
+            identifier: Some(rbac::principal::Identifier::RemoteIp(cidr(v))),
+        }),
+        "source.namespace" => Box::new(namespace_principal),
+        "source.principal" => Box::new(spiffe),
+        "request.auth.principal" => Box::new(request_principal),
+        "request.auth.audiences" => {
+            Box::new(|v| metadata_principal("request.auth.audiences", None, istio_string(v, "")))
+        }
+        "request.auth.presenter" => {
+            Box::new(|v| metadata_principal("request.auth.presenter", None, istio_string(v, "")))
+        }
+        k => {
+            let claim = k
+                .strip_prefix("request.auth.claims[")?
+                .strip_suffix(']')?
+                .to_owned();
+            Box::new(move |v| {
+                metadata_principal("request.auth.claims", Some(&claim), istio_string(v, ""))
+            })
+        }
+    };
+    Some(and_id(with_negations(
+        &c.values,
+        &c.not_values,
+        one,
+        or_id,
+        not_id,
+    )))
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                vec![c]
+            } else {
+                vec!['\\', c]
+            }
+        })
+        .collect()
+}

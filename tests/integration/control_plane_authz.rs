@@ -1,0 +1,245 @@
+//! Inbound listeners for proxyless servers: PeerAuthentication picks the filter chains,
+//! AuthorizationPolicy becomes RBAC filters (DENY before ALLOW), as istiod builds them. Read back
+//! through our client's validated model.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_control::control::ControlPlane;
+use mesh_core::model::*;
+use mesh_core::xds::{Resource, ResourceStatus, ResourceType};
+use mesh_core::{Bootstrap, Mesh};
+
+const INBOUND: &str = "xds.istio.io/grpc/lds/inbound/127.0.0.1:19081";
+
+/// Istio's authz-http task policies (A1-A4), the JWT task's (J2, J3), and one DENY rule.
+const POLICIES: &str = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: allow-nothing, namespace: default }
+spec: {}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: details-viewer, namespace: default }
+spec:
+  selector: { matchLabels: { app: details } }
+  action: ALLOW
+  rules:
+  - from: [{ source: { principals: ["cluster.local/ns/default/sa/bookinfo-productpage"] } }]
+    to: [{ operation: { methods: ["GET"] } }]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: ratings-viewer, namespace: default }
+spec:
+  selector: { matchLabels: { app: ratings } }
+  rules: [{ from: [{ source: { principals: ["cluster.local/ns/default/sa/bookinfo-reviews"] } }] }]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: require-jwt, namespace: default }
+spec:
+  selector: { matchLabels: { app: details } }
+  rules:
+  - from: [{ source: { requestPrincipals: ["testing@secure.istio.io/testing@secure.istio.io"] } }]
+    when: [{ key: "request.auth.claims[groups]", values: ["group1"] }]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: no-delete, namespace: default }
+spec:
+  action: DENY
+  rules: [{ to: [{ operation: { methods: ["DELETE"], notPaths: ["/public/*"] } }] }]
+"#;
+
+async fn inbound(extra: &str) -> std::sync::Arc<Listener> {
+    mesh_test_support::trace_init();
+    let dir = tempfile::tempdir().unwrap();
+    let services = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../mesh-control/testdata/bookinfo/services.yaml");
+    std::fs::copy(services, dir.path().join("services.yaml")).unwrap();
+    std::fs::write(
+        dir.path().join("policies.yaml"),
+        format!("{POLICIES}---\n{extra}"),
+    )
+    .unwrap();
+    let cp = Arc::new(ControlPlane::new(dir.path()).unwrap_or_else(|e| panic!("{e:?}")));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(cp.clone().serve_tcp(listener));
+    let json = serde_json::json!({
+        "xds_servers": [{"server_uri": addr.to_string(), "channel_creds": [{"type": "insecure"}]}],
+        "node": {"id": "sidecar~127.0.0.1~details-v1.default~default.svc.cluster.local",
+                 "metadata": {"NAMESPACE": "default", "LABELS": {"app": "details", "version": "v1"}}},
+        "server_listener_resource_name_template": "xds.istio.io/grpc/lds/inbound/%s",
+    });
+    let bootstrap = Bootstrap::from_json(&json.to_string()).unwrap();
+    assert_eq!(
+        bootstrap
+            .server_listener_name("127.0.0.1:19081".parse().unwrap())
+            .as_deref(),
+        Some(INBOUND)
+    );
+    let mesh = Mesh::builder()
+        .bootstrap(bootstrap)
+        .xds_config(super::fast_config())
+        .build()
+        .await
+        .unwrap();
+    let mut w = mesh
+        .xds_client()
+        .unwrap()
+        .watch(ResourceType::Listener, INBOUND)
+        .await
+        .unwrap();
+    let st = tokio::time::timeout(
+        Duration::from_secs(5),
+        w.wait_for(|s| s.status != ResourceStatus::Requested),
+    )
+    .await
+    .unwrap();
+    assert_eq!(cp.ads().nack_count(), 0, "{:?}", st.error);
+    match st.value {
+        Some(Resource::Listener(l)) => l,
+        other => panic!("no inbound listener: {other:?} {:?}", st.error),
+    }
+}
+
+fn socket(l: &Listener) -> &SocketListener {
+    match &l.kind {
+        ListenerKind::Socket(s) => s,
+        ListenerKind::Api(_) => panic!("an inbound listener owns a socket"),
+    }
+}
+
+fn http(chain: &FilterChain) -> &HttpConnectionManager {
+    match &chain.filter {
+        NetworkFilter::Http(h) => h,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn authorization_policies_become_rbac_filters_deny_first() {
+    let l = inbound("").await;
+    let s = socket(&l);
+    assert_eq!(s.address, Some("127.0.0.1:19081".parse().unwrap()));
+    let h = http(&s.filter_chains[0]);
+    let kinds: Vec<&str> = h.http_filters.iter().map(|f| f.config.kind()).collect();
+    assert_eq!(
+        kinds,
+        ["rbac", "rbac", "router"],
+        "DENY, then ALLOW, then the router"
+    );
+    let rules = |i: usize| match &h.http_filters[i].config {
+        FilterConfig::Rbac(r) => r.rules.clone().expect("enforced rules"),
+        other => panic!("{other:?}"),
+    };
+    let deny = rules(0);
+    assert_eq!(deny.action, RbacAction::Deny);
+    assert_eq!(
+        &*deny.policies[0].0,
+        "ns[default]-policy[no-delete]-rule[0]"
+    );
+    let allow = rules(1);
+    assert_eq!(allow.action, RbacAction::Allow);
+    let names: Vec<&str> = allow.policies.iter().map(|(n, _)| &**n).collect();
+    assert_eq!(
+        names,
+        [
+            "ns[default]-policy[details-viewer]-rule[0]",
+            "ns[default]-policy[require-jwt]-rule[0]"
+        ],
+        "allow-nothing adds no rule, ratings-viewer selects another workload"
+    );
+    // details-viewer: GET from productpage's SPIFFE identity.
+    let viewer = &allow.policies[0].1;
+    let Principal::And(ids) = &viewer.principals[0] else {
+        panic!()
+    };
+    let Principal::Or(sources) = &ids[0] else {
+        panic!()
+    };
+    let Principal::And(fields) = &sources[0] else {
+        panic!()
+    };
+    let Principal::Or(principals) = &fields[0] else {
+        panic!()
+    };
+    assert!(
+        matches!(&principals[0], Principal::Authenticated(Some(m)) if m.matches("spiffe://cluster.local/ns/default/sa/bookinfo-productpage") && !m.matches("spiffe://cluster.local/ns/default/sa/other"))
+    );
+    let Permission::And(perms) = &viewer.permissions[0] else {
+        panic!()
+    };
+    let Permission::Or(ops) = &perms[0] else {
+        panic!()
+    };
+    let Permission::And(op_fields) = &ops[0] else {
+        panic!()
+    };
+    let Permission::Or(methods) = &op_fields[0] else {
+        panic!()
+    };
+    assert!(matches!(&methods[0], Permission::Header(h) if &*h.name == ":method"));
+    // require-jwt: the request principal and the groups claim come from JWT metadata.
+    let jwt = &allow.policies[1].1;
+    let Principal::And(ids) = &jwt.principals[0] else {
+        panic!()
+    };
+    assert_eq!(ids.len(), 2, "the source and the when-condition");
+    let Principal::And(claim) = &ids[1] else {
+        panic!()
+    };
+    let Principal::Or(values) = &claim[0] else {
+        panic!()
+    };
+    assert!(
+        matches!(&values[0], Principal::Metadata(m) if &*m.filter == "istio_authn" && m.path.len() == 2 && matches!(&m.value, ValueMatch::ListAny(_)))
+    );
+}
+
+#[tokio::test]
+async fn peer_authentication_picks_the_filter_chains() {
+    // No PeerAuthentication: PERMISSIVE, mTLS and plaintext on one port.
+    let l = inbound("").await;
+    let chains = &socket(&l).filter_chains;
+    assert_eq!(chains.len(), 2);
+    assert_eq!(chains[0].matcher.transport_protocol.as_deref(), Some("tls"));
+    assert!(
+        chains[0]
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.require_client_certificate)
+    );
+    assert_eq!(
+        chains[1].matcher.transport_protocol.as_deref(),
+        Some("raw_buffer")
+    );
+    assert!(chains[1].tls.is_none());
+
+    // Mesh-wide STRICT: one chain, client certificates required.
+    let strict = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n";
+    let l = inbound(strict).await;
+    let chains = &socket(&l).filter_chains;
+    assert_eq!(chains.len(), 1);
+    let tls = chains[0].tls.as_ref().expect("mTLS");
+    assert!(tls.require_client_certificate);
+    assert_eq!(
+        tls.identity,
+        CertSource::Provider {
+            instance: "default".into(),
+            certificate_name: "default".into()
+        }
+    );
+
+    // A workload's port-level setting beats the mesh's.
+    let port_level = format!(
+        "{strict}---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: details, namespace: default}}\nspec:\n  selector: {{matchLabels: {{app: details}}}}\n  mtls: {{mode: STRICT}}\n  portLevelMtls: {{19081: {{mode: DISABLE}}}}\n"
+    );
+    let l = inbound(&port_level).await;
+    let chains = &socket(&l).filter_chains;
+    assert_eq!(chains.len(), 1);
+    assert!(chains[0].tls.is_none(), "port 19081 is DISABLE");
+}
