@@ -243,3 +243,47 @@ async fn peer_authentication_picks_the_filter_chains() {
     assert_eq!(chains.len(), 1);
     assert!(chains[0].tls.is_none(), "port 19081 is DISABLE");
 }
+
+#[tokio::test]
+async fn request_authentication_puts_jwt_before_rbac() {
+    // Istio's authz-jwt task (J1), with the sample's issuer and an inline key set.
+    let ra = r#"apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: { name: jwt-example, namespace: default }
+spec:
+  selector: { matchLabels: { app: details } }
+  jwtRules:
+  - issuer: testing@secure.istio.io
+    jwks: '{"keys":[{"kty":"RSA","e":"AQAB","n":"xAE7eB6qugXyCAG3yhh7pkDkT65pHymX-P7KfIupjf59vsdo91bSP9C8H07pSAGQO1MV_xFj9VswgsCg4R6otmg5PV2He95lZdHtOcU5DXIg_pbhLdKXbi66GlVeK6ABZOUW3WYtnNHD-91gVuoeJT_DwtGGcp4ignkgXfkiEm4sw-4sfb4qdt5oLbyVpmW6x9cfa7vs2WTfURiCrBoUqgBo_-4WTiULmmHSGZHOjzwa8WtrtOQGsAFjIbno85jp6MnGGGZPYZbDAa_b3y5u-YpW7ypZrvD8BgtKVjgtQgZhLAGezMt0ua3DRrWnKqTZ0BJ_EyxOGuHJrLsn00fnMQ"}]}'
+    forwardOriginalToken: true
+    outputClaimToHeaders: [{ header: x-jwt-sub, claim: sub }]
+"#;
+    let l = inbound(ra).await;
+    let h = http(&socket(&l).filter_chains[0]);
+    let kinds: Vec<&str> = h.http_filters.iter().map(|f| f.config.kind()).collect();
+    assert_eq!(
+        kinds,
+        ["jwt_authn", "rbac", "rbac", "router"],
+        "JWT before RBAC"
+    );
+    let FilterConfig::Jwt(jwt) = &h.http_filters[0].config else {
+        panic!()
+    };
+    let (name, p) = &jwt.providers[0];
+    assert_eq!(&**name, "origins-0");
+    assert_eq!(&*p.issuer, "testing@secure.istio.io");
+    assert_eq!(
+        p.payload_in_metadata.as_deref(),
+        Some("testing@secure.istio.io"),
+        "RBAC reads the payload under the issuer"
+    );
+    assert!(p.forward);
+    assert_eq!(p.claim_to_headers[0].1, "x-jwt-sub");
+    assert!(matches!(&p.jwks, JwksSource::Local(keys) if keys.contains("\"kty\":\"RSA\"")));
+    // A missing token passes; a present one must verify with a provider.
+    let JwtRequirement::Any(reqs) = &jwt.rules[0].1 else {
+        panic!()
+    };
+    assert!(matches!(&reqs[0], JwtRequirement::Provider(n) if &**n == "origins-0"));
+    assert!(matches!(reqs[1], JwtRequirement::AllowMissing));
+}

@@ -6,6 +6,7 @@
 //! fields grpcgen leaves out (route timeouts, retries, fault, outlier detection) so our library
 //! gets the whole policy.
 
+mod authn;
 mod authz;
 mod cluster;
 pub mod names;
@@ -115,6 +116,7 @@ pub struct Policies {
     destination_rules: Vec<(String, istio::DestinationRule)>,
     peer_authentications: Vec<(String, String, istio::PeerAuthentication)>,
     authorization_policies: Vec<(String, String, istio::AuthorizationPolicy)>,
+    request_authentications: Vec<(String, istio::RequestAuthentication)>,
 }
 
 /// Inbound mTLS mode.
@@ -170,6 +172,18 @@ impl Policies {
             .unwrap_or(MtlsMode::Permissive)
     }
 
+    /// The RequestAuthentications that apply to a workload (same scoping as authorization).
+    fn request_authentication_for(&self, node: &NodeInfo) -> Vec<&istio::RequestAuthentication> {
+        self.request_authentications
+            .iter()
+            .filter(|(ns, p)| {
+                (*ns == node.namespace || ns == ROOT_NAMESPACE)
+                    && selects(p.selector.as_ref(), &node.labels)
+            })
+            .map(|(_, p)| p)
+            .collect()
+    }
+
     /// The AuthorizationPolicies that apply to a workload: its namespace's (selector matching
     /// its labels, or none) and the mesh-wide ones in the root namespace.
     fn authorization_for(&self, node: &NodeInfo) -> Vec<(&str, &str, &istio::AuthorizationPolicy)> {
@@ -203,6 +217,9 @@ impl Policies {
                 Spec::AuthorizationPolicy(ap) => {
                     p.authorization_policies
                         .push((ns, o.metadata.name.clone(), (**ap).clone()))
+                }
+                Spec::RequestAuthentication(ra) => {
+                    p.request_authentications.push((ns, (**ra).clone()))
                 }
                 _ => {}
             }
@@ -291,11 +308,17 @@ impl<'a> Generator<'a> {
         use envoy_types::pb::envoy::config::route::v3 as route_pb;
         use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
         let addr: std::net::SocketAddr = name.strip_prefix(INBOUND_PREFIX)?.parse().ok()?;
+        // JWT first: RBAC reads the principal and claims it publishes.
         let mut filters: Vec<hcm::HttpFilter> =
+            authn::filter(&self.policies.request_authentication_for(node))
+                .map(|j| http_filter("envoy.filters.http.jwt_authn", pack_any(j)))
+                .into_iter()
+                .collect();
+        filters.extend(
             authz::filters(&self.policies.authorization_for(node))
                 .into_iter()
-                .map(|(n, config)| http_filter(&n, pack_any(config)))
-                .collect();
+                .map(|(n, config)| http_filter(&n, pack_any(config))),
+        );
         filters.push(http_filter(
             "envoy.filters.http.router",
             pack_any(Router::default()),
