@@ -7,16 +7,7 @@ use std::process::Command;
 use mesh_control::config::{self, Spec};
 
 fn shared_samples() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/istio-samples");
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var_os("MESH_SHARED_OPTIONAL").is_some(),
-        "{} is missing (set MESH_SHARED_OPTIONAL=1 to run without it)",
-        dir.display()
-    );
-    None
+    mesh_test_support::shared_dir("istio-samples")
 }
 
 /// Every sample file on its own, as a user applies them (several redefine the same

@@ -45,3 +45,21 @@ macro_rules! assert_eventually {
         }
     }};
 }
+
+/// `../shared/<sub>` beside the workspace (Istio's samples and xDS dumps, kept outside the
+/// repository). CI and developer machines have it; a test that needs it panics when it is
+/// missing, unless `MESH_SHARED_OPTIONAL` is set, in which case it gets `None` and returns.
+pub fn shared_dir(sub: &str) -> Option<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared")
+        .join(sub);
+    if dir.is_dir() {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var_os("MESH_SHARED_OPTIONAL").is_some(),
+        "{} is missing (set MESH_SHARED_OPTIONAL=1 to run without the shared fixtures)",
+        dir.display()
+    );
+    None
+}

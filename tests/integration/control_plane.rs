@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_control::control::ControlPlane;
+use mesh_core::Mesh;
 use mesh_core::model::{Action, ClusterSpecifier, RequestView};
 use mesh_core::xds::ResourceStatus;
-use mesh_core::{Bootstrap, Mesh};
 
 fn bookinfo_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../mesh-control/testdata/bookinfo")
@@ -22,25 +22,14 @@ async fn start() -> (Arc<ControlPlane>, std::net::SocketAddr, tempfile::TempDir)
         let f = f.unwrap().path();
         std::fs::copy(&f, dir.path().join(f.file_name().unwrap())).unwrap();
     }
-    let cp = Arc::new(ControlPlane::new(dir.path()).unwrap_or_else(|e| panic!("{e:?}")));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(cp.clone().serve_tcp(listener));
+    let (cp, addr) = super::serve_control_plane(dir.path()).await;
     tokio::spawn(cp.clone().watch(Duration::from_millis(20)));
     (cp, addr, dir)
 }
 
 async fn mesh(addr: std::net::SocketAddr) -> Mesh {
-    let json = serde_json::json!({
-        "xds_servers": [{"server_uri": addr.to_string(), "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3"]}],
-        "node": {"id": "sidecar~127.0.0.1~productpage-v1.default~default.svc.cluster.local", "metadata": {"NAMESPACE": "default"}},
-    });
-    Mesh::builder()
-        .bootstrap(Bootstrap::from_json(&json.to_string()).unwrap())
-        .xds_config(super::fast_config())
-        .build()
-        .await
-        .unwrap()
+    let node = serde_json::json!({"id": "sidecar~127.0.0.1~productpage-v1.default~default.svc.cluster.local", "metadata": {"NAMESPACE": "default"}});
+    super::mesh_at(addr, node, serde_json::json!({})).await
 }
 
 fn cluster_for(snap: &mesh_core::TargetSnapshot, user: Option<&str>) -> String {

@@ -2,13 +2,10 @@
 //! AuthorizationPolicy becomes RBAC filters (DENY before ALLOW), as istiod builds them. Read back
 //! through our client's validated model.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_control::control::ControlPlane;
 use mesh_core::model::*;
 use mesh_core::xds::{Resource, ResourceStatus, ResourceType};
-use mesh_core::{Bootstrap, Mesh};
 
 const INBOUND: &str = "xds.istio.io/grpc/lds/inbound/127.0.0.1:19081";
 
@@ -64,29 +61,16 @@ async fn inbound(extra: &str) -> std::sync::Arc<Listener> {
         format!("{POLICIES}---\n{extra}"),
     )
     .unwrap();
-    let cp = Arc::new(ControlPlane::new(dir.path()).unwrap_or_else(|e| panic!("{e:?}")));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(cp.clone().serve_tcp(listener));
-    let json = serde_json::json!({
-        "xds_servers": [{"server_uri": addr.to_string(), "channel_creds": [{"type": "insecure"}]}],
-        "node": {"id": "sidecar~127.0.0.1~details-v1.default~default.svc.cluster.local",
-                 "metadata": {"NAMESPACE": "default", "LABELS": {"app": "details", "version": "v1"}}},
-        "server_listener_resource_name_template": "xds.istio.io/grpc/lds/inbound/%s",
-    });
-    let bootstrap = Bootstrap::from_json(&json.to_string()).unwrap();
+    let (cp, addr) = super::serve_control_plane(dir.path()).await;
+    let node = serde_json::json!({"id": "sidecar~127.0.0.1~details-v1.default~default.svc.cluster.local",
+                                  "metadata": {"NAMESPACE": "default", "LABELS": {"app": "details", "version": "v1"}}});
+    let mesh = super::mesh_at(addr, node, serde_json::json!({"server_listener_resource_name_template": "xds.istio.io/grpc/lds/inbound/%s"})).await;
     assert_eq!(
-        bootstrap
+        mesh.bootstrap()
             .server_listener_name("127.0.0.1:19081".parse().unwrap())
             .as_deref(),
         Some(INBOUND)
     );
-    let mesh = Mesh::builder()
-        .bootstrap(bootstrap)
-        .xds_config(super::fast_config())
-        .build()
-        .await
-        .unwrap();
     let mut w = mesh
         .xds_client()
         .unwrap()

@@ -5,9 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_control::control::ControlPlane;
+use mesh_core::TargetSnapshot;
 use mesh_core::model::*;
-use mesh_core::{Bootstrap, Mesh, TargetSnapshot};
 
 const POLICY: &str = r#"
 apiVersion: networking.istio.io/v1
@@ -70,20 +69,13 @@ async fn snapshot() -> Arc<TargetSnapshot> {
         .join("../mesh-control/testdata/bookinfo/services.yaml");
     std::fs::copy(services, tmp.path().join("services.yaml")).unwrap();
     std::fs::write(tmp.path().join("policy.yaml"), POLICY).unwrap();
-    let cp = Arc::new(ControlPlane::new(tmp.path()).unwrap_or_else(|e| panic!("{e:?}")));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(cp.clone().serve_tcp(listener));
-    let json = serde_json::json!({
-        "xds_servers": [{"server_uri": addr.to_string(), "channel_creds": [{"type": "insecure"}]}],
-        "node": {"id": "productpage", "metadata": {"NAMESPACE": "default"}},
-    });
-    let mesh = Mesh::builder()
-        .bootstrap(Bootstrap::from_json(&json.to_string()).unwrap())
-        .xds_config(super::fast_config())
-        .build()
-        .await
-        .unwrap();
+    let (cp, addr) = super::serve_control_plane(tmp.path()).await;
+    let mesh = super::mesh_at(
+        addr,
+        serde_json::json!({"id": "productpage", "metadata": {"NAMESPACE": "default"}}),
+        serde_json::json!({}),
+    )
+    .await;
     let snap = tokio::time::timeout(Duration::from_secs(5), mesh.target("reviews:9080").ready())
         .await
         .expect("complete config");

@@ -5,24 +5,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_control::control::ControlPlane;
+use mesh_core::TargetSnapshot;
 use mesh_core::model::{
     AbortKind, Action, ClusterSpecifier, DelayKind, FilterConfig, FilterOverride, RequestView,
     Route,
 };
-use mesh_core::{Bootstrap, Mesh, TargetSnapshot};
 
 fn samples() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/istio-samples");
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var_os("MESH_SHARED_OPTIONAL").is_some(),
-        "{} is missing (set MESH_SHARED_OPTIONAL=1 to run without it)",
-        dir.display()
-    );
-    None
+    mesh_test_support::shared_dir("istio-samples")
 }
 
 /// Serves our Bookinfo services plus Istio's DestinationRules (unless the sample brings its
@@ -43,20 +33,13 @@ async fn snapshot_for(sample: &str, target: &str) -> Option<(Arc<TargetSnapshot>
         .unwrap();
     }
     std::fs::write(tmp.path().join(sample), text).unwrap();
-    let cp = Arc::new(ControlPlane::new(tmp.path()).unwrap_or_else(|e| panic!("{sample}: {e:?}")));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(cp.clone().serve_tcp(listener));
-    let json = serde_json::json!({
-        "xds_servers": [{"server_uri": addr.to_string(), "channel_creds": [{"type": "insecure"}]}],
-        "node": {"id": "productpage", "metadata": {"NAMESPACE": "default"}},
-    });
-    let mesh = Mesh::builder()
-        .bootstrap(Bootstrap::from_json(&json.to_string()).unwrap())
-        .xds_config(super::fast_config())
-        .build()
-        .await
-        .unwrap();
+    let (cp, addr) = super::serve_control_plane(tmp.path()).await;
+    let mesh = super::mesh_at(
+        addr,
+        serde_json::json!({"id": "productpage", "metadata": {"NAMESPACE": "default"}}),
+        serde_json::json!({}),
+    )
+    .await;
     let snap = tokio::time::timeout(Duration::from_secs(5), mesh.target(target).ready())
         .await
         .expect("complete config");

@@ -60,9 +60,18 @@ fn free_port() -> std::net::SocketAddr {
         .unwrap()
 }
 
-#[tokio::test]
-async fn envoy_routes_by_the_istio_yaml() {
-    mesh_test_support::trace_init();
+/// Backends for reviews v1-v3 and ratings v1, mesh-control serving `registry_yaml` plus
+/// `policy`, and an Envoy configured by it whose outbound listener already routes.
+struct Fixture {
+    reviews: [Backend; 3],
+    ratings: Backend,
+    cp: Arc<ControlPlane>,
+    envoy: Envoy,
+    outbound: std::net::SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+async fn fixture(policy: &str) -> Fixture {
     let reviews = [
         Backend::start("reviews-v1").await,
         Backend::start("reviews-v2").await,
@@ -77,12 +86,8 @@ async fn envoy_routes_by_the_istio_yaml() {
         ("ratings", "v1", &ratings),
     ];
     std::fs::write(dir.path().join("registry.yaml"), registry_yaml(&list)).unwrap();
-    std::fs::write(dir.path().join("policy.yaml"), POLICY).unwrap();
-    let cp = Arc::new(ControlPlane::new(dir.path()).unwrap_or_else(|e| panic!("{e:?}")));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let xds = listener.local_addr().unwrap();
-    tokio::spawn(cp.clone().serve_tcp(listener));
-
+    std::fs::write(dir.path().join("policy.yaml"), policy).unwrap();
+    let (cp, xds) = super::serve_control_plane(dir.path()).await;
     let outbound = free_port();
     let bootstrap = ads_bootstrap(
         xds,
@@ -90,17 +95,12 @@ async fn envoy_routes_by_the_istio_yaml() {
         serde_json::json!({"NAMESPACE": "default", "MESH_OUTBOUND_ADDR": outbound.to_string()}),
     );
     let envoy = Envoy::start(&bootstrap).await;
-
-    let call = |host: &'static str, user: Option<&'static str>| async move {
-        let mut headers = vec![("host", host)];
-        if let Some(u) = user {
-            headers.push(("end-user", u));
-        }
-        http::get(outbound, "/", &headers).await
-    };
     // Envoy applies LDS, then RDS, CDS, EDS: wait for the first routed answer.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !matches!(call("reviews:9080", Some("jason")).await, Ok((200, _))) {
+    while !matches!(
+        http::get(outbound, "/", &[("host", "reviews:9080")]).await,
+        Ok((200, _))
+    ) {
         assert!(
             tokio::time::Instant::now() < deadline,
             "Envoy never routed; its log:\n{}",
@@ -108,6 +108,27 @@ async fn envoy_routes_by_the_istio_yaml() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    Fixture {
+        reviews,
+        ratings,
+        cp,
+        envoy,
+        outbound,
+        dir,
+    }
+}
+
+#[tokio::test]
+async fn envoy_routes_by_the_istio_yaml() {
+    let f = fixture(POLICY).await;
+    let outbound = f.outbound;
+    let call = |host: &'static str, user: Option<&'static str>| async move {
+        let mut headers = vec![("host", host)];
+        if let Some(u) = user {
+            headers.push(("end-user", u));
+        }
+        http::get(outbound, "/", &headers).await
+    };
 
     // Header match: jason always reaches v2.
     for _ in 0..20 {
@@ -131,16 +152,19 @@ async fn envoy_routes_by_the_istio_yaml() {
         "v1 {v1}, v3 {v3}"
     );
     // Fault abort for jason on ratings; others pass.
-    let (status, _) = call("ratings:9080", Some("jason")).await.unwrap();
-    assert_eq!(status, 500, "fault abort");
+    assert_eq!(
+        call("ratings:9080", Some("jason")).await.unwrap().0,
+        500,
+        "fault abort"
+    );
     assert_eq!(
         call("ratings:9080", None).await.unwrap(),
         (200, "ratings-v1".to_owned())
     );
-    let before = ratings.requests();
+    let before = f.ratings.requests();
     call("ratings:9080", Some("jason")).await.unwrap();
     assert_eq!(
-        ratings.requests(),
+        f.ratings.requests(),
         before,
         "an aborted request never reaches the backend"
     );
@@ -148,12 +172,13 @@ async fn envoy_routes_by_the_istio_yaml() {
     assert_eq!(call("unknown:80", None).await.unwrap().0, 502);
 
     assert_eq!(
-        cp.ads().nack_count(),
+        f.cp.ads().nack_count(),
         0,
         "Envoy NACKed something; its log:\n{}",
-        envoy.log()
+        f.envoy.log()
     );
-    let stats = envoy
+    let stats = f
+        .envoy
         .admin_get("/stats?filter=update_rejected")
         .await
         .unwrap();
@@ -165,50 +190,13 @@ async fn envoy_routes_by_the_istio_yaml() {
 
 #[tokio::test]
 async fn a_hundred_pushes_under_load_fail_no_request() {
-    mesh_test_support::trace_init();
-    let reviews = [
-        Backend::start("reviews-v1").await,
-        Backend::start("reviews-v2").await,
-        Backend::start("reviews-v3").await,
-    ];
-    let ratings = Backend::start("ratings-v1").await;
-    let dir = tempfile::tempdir().unwrap();
-    let list = [
-        ("reviews", "v1", &reviews[0]),
-        ("reviews", "v2", &reviews[1]),
-        ("reviews", "v3", &reviews[2]),
-        ("ratings", "v1", &ratings),
-    ];
-    std::fs::write(dir.path().join("registry.yaml"), registry_yaml(&list)).unwrap();
     let vs = |subset: &str| {
         format!(
             "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews}}\nspec:\n  hosts: [reviews]\n  http:\n  - route: [{{destination: {{host: reviews, subset: {subset}}}}}]\n"
         )
     };
-    std::fs::write(dir.path().join("vs.yaml"), vs("v1")).unwrap();
-    let cp = Arc::new(ControlPlane::new(dir.path()).unwrap_or_else(|e| panic!("{e:?}")));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let xds = listener.local_addr().unwrap();
-    tokio::spawn(cp.clone().serve_tcp(listener));
-    let outbound = free_port();
-    let bootstrap = ads_bootstrap(
-        xds,
-        "sidecar~127.0.0.1~load.default~default.svc.cluster.local",
-        serde_json::json!({"NAMESPACE": "default", "MESH_OUTBOUND_ADDR": outbound.to_string()}),
-    );
-    let envoy = Envoy::start(&bootstrap).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !matches!(
-        http::get(outbound, "/", &[("host", "reviews:9080")]).await,
-        Ok((200, _))
-    ) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "Envoy never routed:\n{}",
-            envoy.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let f = fixture(&vs("v1")).await;
+    let outbound = f.outbound;
 
     // A client sends continuously while the VirtualService flips between subsets 100 times.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -226,8 +214,12 @@ async fn a_hundred_pushes_under_load_fail_no_request() {
         })
     };
     for i in 0..100 {
-        std::fs::write(dir.path().join("vs.yaml"), vs(["v2", "v3", "v1"][i % 3])).unwrap();
-        cp.reload().unwrap_or_else(|e| panic!("{e:?}"));
+        std::fs::write(
+            f.dir.path().join("policy.yaml"),
+            vs(["v2", "v3", "v1"][i % 3]),
+        )
+        .unwrap();
+        f.cp.reload().unwrap_or_else(|e| panic!("{e:?}"));
         tokio::time::sleep(Duration::from_millis(15)).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -242,9 +234,9 @@ async fn a_hundred_pushes_under_load_fail_no_request() {
     );
     assert!(ok > 100, "the client kept sending ({ok} requests)");
     assert!(
-        reviews.iter().all(|b| b.requests() > 0),
+        f.reviews.iter().all(|b| b.requests() > 0),
         "every subset was routed to at some point"
     );
-    assert_eq!(cp.ads().nack_count(), 0);
-    assert_eq!(cp.current().version, 101);
+    assert_eq!(f.cp.ads().nack_count(), 0);
+    assert_eq!(f.cp.current().version, 101);
 }

@@ -1,9 +1,6 @@
 //! Real grpcio 1.85 (gRPC's proxyless xDS client) gets its configuration from mesh-control over
 //! an `xds:///` target and a bootstrap, with no NACK, and routes as the YAML says.
 
-use std::sync::Arc;
-
-use mesh_control::control::ControlPlane;
 use mesh_test_support::python::{grpc_client, grpc_server};
 
 const POLICY: &str = r#"
@@ -43,10 +40,7 @@ async fn grpcio_routes_by_the_istio_yaml() {
     );
     std::fs::write(dir.path().join("registry.yaml"), registry).unwrap();
     std::fs::write(dir.path().join("policy.yaml"), POLICY).unwrap();
-    let cp = Arc::new(ControlPlane::new(dir.path()).unwrap_or_else(|e| panic!("{e:?}")));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let xds = listener.local_addr().unwrap();
-    tokio::spawn(cp.clone().serve_tcp(listener));
+    let (cp, xds) = super::serve_control_plane(dir.path()).await;
     let bootstrap = serde_json::json!({
         "xds_servers": [{"server_uri": xds.to_string(), "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3"]}],
         "node": {"id": "sidecar~127.0.0.1~client.default~default.svc.cluster.local", "metadata": {"NAMESPACE": "default", "GENERATOR": "grpc"}},

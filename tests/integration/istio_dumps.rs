@@ -9,17 +9,7 @@ use mesh_core::static_config::parse_typed;
 use mesh_core::xds::ResourceType;
 
 fn shared_dir() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/istio-xds");
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    // CI and developer machines have ../shared; a bare clone elsewhere may not.
-    assert!(
-        std::env::var_os("MESH_SHARED_OPTIONAL").is_some(),
-        "{} is missing (set MESH_SHARED_OPTIONAL=1 to run without the shared fixtures)",
-        dir.display()
-    );
-    None
+    mesh_test_support::shared_dir("istio-xds")
 }
 
 /// Every object in a dump whose `@type` is one of the four resource types.

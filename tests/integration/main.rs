@@ -44,3 +44,53 @@ pub(crate) async fn mesh_for(server: &AdsServer, features: &[&str]) -> Mesh {
         .await
         .expect("mesh")
 }
+
+/// Loads `dir` into mesh-control and serves it on an ephemeral loopback port.
+pub(crate) async fn serve_control_plane(
+    dir: &std::path::Path,
+) -> (
+    std::sync::Arc<mesh_control::control::ControlPlane>,
+    std::net::SocketAddr,
+) {
+    mesh_test_support::trace_init();
+    let cp = std::sync::Arc::new(
+        mesh_control::control::ControlPlane::new(dir).unwrap_or_else(|e| {
+            panic!(
+                "{}",
+                e.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(cp.clone().serve_tcp(listener));
+    (cp, addr)
+}
+
+/// A mesh whose bootstrap names `xds` and the given node (id, metadata), plus `extra` top-level
+/// bootstrap fields.
+pub(crate) async fn mesh_at(
+    xds: std::net::SocketAddr,
+    node: serde_json::Value,
+    extra: serde_json::Value,
+) -> Mesh {
+    let mut json = serde_json::json!({
+        "xds_servers": [{"server_uri": xds.to_string(), "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3"]}],
+        "node": node,
+    });
+    if let (Some(obj), Some(more)) = (json.as_object_mut(), extra.as_object()) {
+        obj.extend(more.clone());
+    }
+    let bootstrap = Bootstrap::from_json(&json.to_string()).expect("bootstrap");
+    Mesh::builder()
+        .bootstrap(bootstrap)
+        .xds_config(fast_config())
+        .build()
+        .await
+        .expect("mesh")
+}

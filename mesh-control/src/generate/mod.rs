@@ -404,15 +404,7 @@ impl<'a> Generator<'a> {
             ],
             MtlsMode::Disable => vec![chain("plaintext", None, None)],
         };
-        let address = core::Address {
-            address: Some(core::address::Address::SocketAddress(core::SocketAddress {
-                address: addr.ip().to_string(),
-                port_specifier: Some(core::socket_address::PortSpecifier::PortValue(u32::from(
-                    addr.port(),
-                ))),
-                ..Default::default()
-            })),
-        };
+        let address = socket_address(addr);
         Some(pack_any(listener::Listener {
             name: name.to_owned(),
             address: Some(address),
@@ -441,15 +433,7 @@ impl<'a> Generator<'a> {
             ],
             ..Default::default()
         };
-        let address = core::Address {
-            address: Some(core::address::Address::SocketAddress(core::SocketAddress {
-                address: addr.ip().to_string(),
-                port_specifier: Some(core::socket_address::PortSpecifier::PortValue(u32::from(
-                    addr.port(),
-                ))),
-                ..Default::default()
-            })),
-        };
+        let address = socket_address(addr);
         vec![pack_any(listener::Listener {
             name: "mesh_outbound_http".into(),
             address: Some(address),
@@ -563,6 +547,18 @@ impl<'a> Generator<'a> {
             .subsets
             .iter()
             .find(|s| s.name == name)
+    }
+}
+
+fn socket_address(addr: std::net::SocketAddr) -> core::Address {
+    core::Address {
+        address: Some(core::address::Address::SocketAddress(core::SocketAddress {
+            address: addr.ip().to_string(),
+            port_specifier: Some(core::socket_address::PortSpecifier::PortValue(u32::from(
+                addr.port(),
+            ))),
+            ..Default::default()
+        })),
     }
 }
 
