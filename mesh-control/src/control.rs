@@ -19,6 +19,15 @@ pub fn load(dir: &Path, version: u64) -> Result<Snapshot, Vec<Diagnostic>> {
         tracing::warn!("{w}");
     }
     let registry = Registry::build(&config)?;
+    let (errors, warnings): (Vec<_>, Vec<_>) = crate::analyze::analyze(&config, &registry)
+        .into_iter()
+        .partition(|d| d.severity == crate::config::Severity::Error);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
     let policies = Policies::new(&config);
     Ok(Snapshot {
         version,

@@ -2,6 +2,7 @@
 //! gRPC's proxyless clients and Envoy sidecars alike.
 #![forbid(unsafe_code)]
 
+pub mod analyze;
 pub mod config;
 pub mod control;
 pub mod dump;

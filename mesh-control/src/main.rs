@@ -144,7 +144,17 @@ fn validate(paths: &[String]) -> ExitCode {
         for w in &c.warnings {
             eprintln!("{w}");
         }
-        if let Err(errors) = mesh_control::registry::Registry::build(c) {
+        let registry = match mesh_control::registry::Registry::build(c) {
+            Ok(r) => r,
+            Err(errors) => return fail(&errors),
+        };
+        let (errors, warnings): (Vec<_>, Vec<_>) = mesh_control::analyze::analyze(c, &registry)
+            .into_iter()
+            .partition(|d| d.severity == Severity::Error);
+        for w in &warnings {
+            eprintln!("{w}");
+        }
+        if !errors.is_empty() {
             return fail(&errors);
         }
         println!("{} objects valid", c.objects.len());

@@ -211,3 +211,53 @@ fn duplicate_objects_name_both_places() {
         "{msg}"
     );
 }
+
+fn analyzed(yaml: &str) -> Vec<String> {
+    let config = config::parse_str(yaml, Path::new("a.yaml")).unwrap();
+    let registry = mesh_control::registry::Registry::build(&config).unwrap();
+    mesh_control::analyze::analyze(&config, &registry)
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+#[test]
+fn semantic_errors_and_warnings() {
+    let services = "apiVersion: v1\nkind: Service\nmetadata: {name: reviews}\nspec: {ports: [{port: 9080, name: http}]}\n---\n";
+    let d = analyzed(&format!(
+        "{services}{HEAD}  http:\n  - route:\n    - {{destination: {{host: reviews, subset: v1}}, weight: 50}}\n    - {{destination: {{host: ghost}}, weight: 40}}\n"
+    ));
+    assert!(d.iter().any(|x| x.contains("a.yaml:6:1: error: spec.http[0].route: VirtualService reviews: the destination weights add up to 90, not 100")), "{d:#?}");
+    assert!(
+        d.iter().any(
+            |x| x.contains("warning: spec.http[0].route[0].destination.subset")
+                && x.contains("no DestinationRule defines subset \"v1\"")
+        ),
+        "{d:#?}"
+    );
+    assert!(
+        d.iter().any(
+            |x| x.contains("warning: spec.http[0].route[1].destination.host")
+                && x.contains("no service \"ghost\"")
+        ),
+        "{d:#?}"
+    );
+
+    let d = analyzed(&format!(
+        "{HEAD}  http:\n  - match: [{{uri: {{regex: \"/a(\"}}}}]\n    fault: {{abort: {{percentage: {{value: 150}}}}}}\n    route: [{{destination: {{host: reviews}}}}]\n"
+    ));
+    assert!(
+        d.iter()
+            .any(|x| x.contains("error: spec.http[0].match[0].uri.regex")
+                && x.contains("invalid regex")),
+        "{d:#?}"
+    );
+    assert!(
+        d.iter().any(
+            |x| x.contains("error: spec.http[0].fault.abort.percentage.value")
+                && x.contains("150 is not a percentage")
+        ),
+        "{d:#?}"
+    );
+    assert!(d.iter().any(|x| x.contains("error: spec.http[0].fault.abort: VirtualService reviews: httpStatus or grpcStatus is required")), "{d:#?}");
+}
