@@ -176,3 +176,31 @@ async fn a_dump_replays_in_static_mode() {
         "outbound|9080|v2|reviews.default.svc.cluster.local"
     );
 }
+
+#[tokio::test]
+async fn serves_over_a_unix_socket() {
+    mesh_test_support::trace_init();
+    let tmp = tempfile::tempdir().unwrap();
+    let sock = tmp.path().join("xds.sock");
+    let cp = Arc::new(ControlPlane::new(bookinfo_dir()).unwrap_or_else(|e| panic!("{e:?}")));
+    let addr: mesh_control::control::ListenAddr =
+        format!("unix://{}", sock.display()).parse().unwrap();
+    tokio::spawn(cp.clone().serve(addr));
+    let json = serde_json::json!({
+        "xds_servers": [{"server_uri": format!("unix://{}", sock.display()), "channel_creds": [{"type": "insecure"}]}],
+        "node": {"id": "productpage", "metadata": {"NAMESPACE": "default"}},
+    });
+    let mesh = Mesh::builder()
+        .bootstrap(mesh_core::Bootstrap::from_json(&json.to_string()).unwrap())
+        .xds_config(super::fast_config())
+        .build()
+        .await
+        .unwrap();
+    let snap = tokio::time::timeout(Duration::from_secs(5), mesh.target("reviews:9080").ready())
+        .await
+        .expect("config over a Unix socket");
+    assert_eq!(
+        cluster_for(&snap, Some("jason")),
+        "outbound|9080|v2|reviews.default.svc.cluster.local"
+    );
+}
