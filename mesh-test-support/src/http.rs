@@ -13,6 +13,16 @@ pub async fn get(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<(u16, String), String> {
+    request(addr, "GET", path, headers).await
+}
+
+/// Sends a body-less request with any method; returns status and body.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(u16, String), String> {
     let stream = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect {addr}: {e}"))?;
@@ -20,7 +30,7 @@ pub async fn get(
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
-    let mut req = http::Request::get(path);
+    let mut req = http::Request::builder().method(method).uri(path);
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
         req = req.header("host", addr.to_string());
     }

@@ -39,6 +39,10 @@ pub struct NodeInfo {
     pub kind: NodeKind,
     /// For Envoy: where its outbound HTTP listener listens (metadata `MESH_OUTBOUND_ADDR`).
     pub outbound_addr: Option<std::net::SocketAddr>,
+    /// For Envoy: where its inbound listener listens (metadata `MESH_INBOUND_ADDR`) ...
+    pub inbound_addr: Option<std::net::SocketAddr>,
+    /// ... in front of the local workload at this address (metadata `MESH_APP_ADDR`).
+    pub app_addr: Option<std::net::SocketAddr>,
 }
 
 /// Proxyless library or Envoy.
@@ -99,6 +103,8 @@ impl NodeInfo {
                 NodeKind::Proxyless
             },
             outbound_addr: string("MESH_OUTBOUND_ADDR").and_then(|a| a.parse().ok()),
+            inbound_addr: string("MESH_INBOUND_ADDR").and_then(|a| a.parse().ok()),
+            app_addr: string("MESH_APP_ADDR").and_then(|a| a.parse().ok()),
         }
     }
 }
@@ -309,20 +315,7 @@ impl<'a> Generator<'a> {
         use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
         let addr: std::net::SocketAddr = name.strip_prefix(INBOUND_PREFIX)?.parse().ok()?;
         // JWT first: RBAC reads the principal and claims it publishes.
-        let mut filters: Vec<hcm::HttpFilter> =
-            authn::filter(&self.policies.request_authentication_for(node))
-                .map(|j| http_filter("envoy.filters.http.jwt_authn", pack_any(j)))
-                .into_iter()
-                .collect();
-        filters.extend(
-            authz::filters(&self.policies.authorization_for(node))
-                .into_iter()
-                .map(|(n, config)| http_filter(&n, pack_any(config))),
-        );
-        filters.push(http_filter(
-            "envoy.filters.http.router",
-            pack_any(Router::default()),
-        ));
+        let filters = self.inbound_http_filters(node);
         let routes = route_pb::RouteConfiguration {
             name: format!("inbound|{}", addr.port()),
             virtual_hosts: vec![route_pb::VirtualHost {
@@ -413,10 +406,116 @@ impl<'a> Generator<'a> {
         }))
     }
 
+    /// The HTTP filters in front of a workload: JWT first (RBAC reads the principal and claims
+    /// it publishes), then RBAC (DENY, ALLOW, AUDIT), then the router.
+    fn inbound_http_filters(&self, node: &NodeInfo) -> Vec<hcm::HttpFilter> {
+        let mut filters: Vec<hcm::HttpFilter> =
+            authn::filter(&self.policies.request_authentication_for(node))
+                .map(|j| http_filter("envoy.filters.http.jwt_authn", pack_any(j)))
+                .into_iter()
+                .collect();
+        filters.extend(
+            authz::filters(&self.policies.authorization_for(node))
+                .into_iter()
+                .map(|(n, config)| http_filter(&n, pack_any(config))),
+        );
+        filters.push(http_filter(
+            "envoy.filters.http.router",
+            pack_any(Router::default()),
+        ));
+        filters
+    }
+
+    /// An Envoy node's inbound listener, in front of its workload (plaintext: Envoy-side mTLS
+    /// needs SDS, which arrives with the security work).
+    fn envoy_inbound_listener(&self, node: &NodeInfo) -> Option<Any> {
+        use envoy_types::pb::envoy::config::route::v3 as route_pb;
+        let (addr, app) = (node.inbound_addr?, node.app_addr?);
+        let routes = route_pb::RouteConfiguration {
+            name: format!("inbound|{}", app.port()),
+            virtual_hosts: vec![route_pb::VirtualHost {
+                name: "inbound".into(),
+                domains: vec!["*".into()],
+                routes: vec![route_pb::Route {
+                    r#match: Some(route_pb::RouteMatch {
+                        path_specifier: Some(route_pb::route_match::PathSpecifier::Prefix(
+                            "/".into(),
+                        )),
+                        ..Default::default()
+                    }),
+                    action: Some(route_pb::route::Action::Route(route_pb::RouteAction {
+                        cluster_specifier: Some(route_pb::route_action::ClusterSpecifier::Cluster(
+                            inbound_cluster_name(app),
+                        )),
+                        timeout: Some(pb_duration(std::time::Duration::ZERO)),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let manager = hcm::HttpConnectionManager {
+            codec_type: hcm::http_connection_manager::CodecType::Auto as i32,
+            stat_prefix: "inbound_http".into(),
+            route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(
+                routes,
+            )),
+            http_filters: self.inbound_http_filters(node),
+            ..Default::default()
+        };
+        Some(pack_any(listener::Listener {
+            name: "mesh_inbound_http".into(),
+            address: Some(socket_address(addr)),
+            filter_chains: vec![listener::FilterChain {
+                filters: vec![listener::Filter {
+                    name: "envoy.filters.network.http_connection_manager".into(),
+                    config_type: Some(listener::filter::ConfigType::TypedConfig(pack_any(manager))),
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }))
+    }
+
+    /// The static cluster an Envoy node's inbound listener forwards to.
+    fn envoy_inbound_cluster(&self, node: &NodeInfo) -> Option<Any> {
+        use envoy_types::pb::envoy::config::cluster::v3 as cluster_pb;
+        use envoy_types::pb::envoy::config::endpoint::v3 as endpoint_pb;
+        let app = node.app_addr?;
+        let name = inbound_cluster_name(app);
+        Some(pack_any(cluster_pb::Cluster {
+            name: name.clone(),
+            cluster_discovery_type: Some(cluster_pb::cluster::ClusterDiscoveryType::Type(
+                cluster_pb::cluster::DiscoveryType::Static as i32,
+            )),
+            connect_timeout: Some(pb_duration(std::time::Duration::from_secs(10))),
+            load_assignment: Some(endpoint_pb::ClusterLoadAssignment {
+                cluster_name: name,
+                endpoints: vec![endpoint_pb::LocalityLbEndpoints {
+                    lb_endpoints: vec![endpoint_pb::LbEndpoint {
+                        host_identifier: Some(endpoint_pb::lb_endpoint::HostIdentifier::Endpoint(
+                            endpoint_pb::Endpoint {
+                                address: Some(socket_address(app)),
+                                ..Default::default()
+                            },
+                        )),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+    }
+
     /// Every listener of an Envoy node: the outbound HTTP listener, when its address is known.
     pub fn envoy_listeners(&self, node: &NodeInfo) -> Vec<Any> {
+        let inbound = self.envoy_inbound_listener(node);
         let Some(addr) = node.outbound_addr else {
-            return vec![];
+            return inbound.into_iter().collect();
         };
         let manager = hcm::HttpConnectionManager {
             codec_type: hcm::http_connection_manager::CodecType::Auto as i32,
@@ -446,6 +545,9 @@ impl<'a> Generator<'a> {
             }],
             ..Default::default()
         })]
+        .into_iter()
+        .chain(inbound)
+        .collect()
     }
 
     /// The routes of an Envoy node's outbound listener: one virtual host per HTTP service port,
@@ -493,7 +595,7 @@ impl<'a> Generator<'a> {
 
     /// Every cluster (whole services and DestinationRule subsets), for wildcard CDS.
     pub fn all_clusters(&self, node: &NodeInfo) -> Vec<Any> {
-        let mut out = Vec::new();
+        let mut out: Vec<Any> = self.envoy_inbound_cluster(node).into_iter().collect();
         for svc in self.registry.services() {
             let subsets: Vec<&str> = self
                 .destination_rule(svc)
@@ -548,6 +650,11 @@ impl<'a> Generator<'a> {
             .iter()
             .find(|s| s.name == name)
     }
+}
+
+/// `inbound|PORT||`, istiod's name for the cluster to the local workload.
+fn inbound_cluster_name(app: std::net::SocketAddr) -> String {
+    format!("inbound|{}||", app.port())
 }
 
 fn socket_address(addr: std::net::SocketAddr) -> core::Address {
