@@ -314,29 +314,12 @@ impl<'a> Generator<'a> {
         use envoy_types::pb::envoy::config::route::v3 as route_pb;
         use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
         let addr: std::net::SocketAddr = name.strip_prefix(INBOUND_PREFIX)?.parse().ok()?;
-        // JWT first: RBAC reads the principal and claims it publishes.
         let filters = self.inbound_http_filters(node);
-        let routes = route_pb::RouteConfiguration {
-            name: format!("inbound|{}", addr.port()),
-            virtual_hosts: vec![route_pb::VirtualHost {
-                name: "inbound".into(),
-                domains: vec!["*".into()],
-                routes: vec![route_pb::Route {
-                    r#match: Some(route_pb::RouteMatch {
-                        path_specifier: Some(route_pb::route_match::PathSpecifier::Prefix(
-                            "/".into(),
-                        )),
-                        ..Default::default()
-                    }),
-                    action: Some(route_pb::route::Action::NonForwardingAction(
-                        Default::default(),
-                    )),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
+        // Proxyless servers match the route, then hand the request to the application.
+        let routes = inbound_routes(
+            addr.port(),
+            route_pb::route::Action::NonForwardingAction(Default::default()),
+        );
         let manager = hcm::HttpConnectionManager {
             stat_prefix: format!("inbound_{}", addr.port()),
             route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(
@@ -431,31 +414,16 @@ impl<'a> Generator<'a> {
     fn envoy_inbound_listener(&self, node: &NodeInfo) -> Option<Any> {
         use envoy_types::pb::envoy::config::route::v3 as route_pb;
         let (addr, app) = (node.inbound_addr?, node.app_addr?);
-        let routes = route_pb::RouteConfiguration {
-            name: format!("inbound|{}", app.port()),
-            virtual_hosts: vec![route_pb::VirtualHost {
-                name: "inbound".into(),
-                domains: vec!["*".into()],
-                routes: vec![route_pb::Route {
-                    r#match: Some(route_pb::RouteMatch {
-                        path_specifier: Some(route_pb::route_match::PathSpecifier::Prefix(
-                            "/".into(),
-                        )),
-                        ..Default::default()
-                    }),
-                    action: Some(route_pb::route::Action::Route(route_pb::RouteAction {
-                        cluster_specifier: Some(route_pb::route_action::ClusterSpecifier::Cluster(
-                            inbound_cluster_name(app),
-                        )),
-                        timeout: Some(pb_duration(std::time::Duration::ZERO)),
-                        ..Default::default()
-                    })),
-                    ..Default::default()
-                }],
+        let routes = inbound_routes(
+            app.port(),
+            route_pb::route::Action::Route(route_pb::RouteAction {
+                cluster_specifier: Some(route_pb::route_action::ClusterSpecifier::Cluster(
+                    inbound_cluster_name(app),
+                )),
+                timeout: Some(pb_duration(std::time::Duration::ZERO)),
                 ..Default::default()
-            }],
-            ..Default::default()
-        };
+            }),
+        );
         let manager = hcm::HttpConnectionManager {
             codec_type: hcm::http_connection_manager::CodecType::Auto as i32,
             stat_prefix: "inbound_http".into(),
@@ -469,10 +437,7 @@ impl<'a> Generator<'a> {
             name: "mesh_inbound_http".into(),
             address: Some(socket_address(addr)),
             filter_chains: vec![listener::FilterChain {
-                filters: vec![listener::Filter {
-                    name: "envoy.filters.network.http_connection_manager".into(),
-                    config_type: Some(listener::filter::ConfigType::TypedConfig(pack_any(manager))),
-                }],
+                filters: vec![hcm_filter(manager)],
                 ..Default::default()
             }],
             ..Default::default()
@@ -537,10 +502,7 @@ impl<'a> Generator<'a> {
             name: "mesh_outbound_http".into(),
             address: Some(address),
             filter_chains: vec![listener::FilterChain {
-                filters: vec![listener::Filter {
-                    name: "envoy.filters.network.http_connection_manager".into(),
-                    config_type: Some(listener::filter::ConfigType::TypedConfig(pack_any(manager))),
-                }],
+                filters: vec![hcm_filter(manager)],
                 ..Default::default()
             }],
             ..Default::default()
@@ -649,6 +611,39 @@ impl<'a> Generator<'a> {
             .subsets
             .iter()
             .find(|s| s.name == name)
+    }
+}
+
+/// An inbound route configuration: every request on the port takes `action`.
+fn inbound_routes(
+    port: u16,
+    action: envoy_types::pb::envoy::config::route::v3::route::Action,
+) -> envoy_types::pb::envoy::config::route::v3::RouteConfiguration {
+    use envoy_types::pb::envoy::config::route::v3 as route_pb;
+    route_pb::RouteConfiguration {
+        name: format!("inbound|{port}"),
+        virtual_hosts: vec![route_pb::VirtualHost {
+            name: "inbound".into(),
+            domains: vec!["*".into()],
+            routes: vec![route_pb::Route {
+                r#match: Some(route_pb::RouteMatch {
+                    path_specifier: Some(route_pb::route_match::PathSpecifier::Prefix("/".into())),
+                    ..Default::default()
+                }),
+                action: Some(action),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// The network filter that runs an HTTP connection manager.
+fn hcm_filter(manager: hcm::HttpConnectionManager) -> listener::Filter {
+    listener::Filter {
+        name: "envoy.filters.network.http_connection_manager".into(),
+        config_type: Some(listener::filter::ConfigType::TypedConfig(pack_any(manager))),
     }
 }
 
