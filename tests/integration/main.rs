@@ -36,11 +36,23 @@ pub(crate) fn fast_config() -> XdsClientConfig {
 
 /// A mesh connected to `server` with `features`.
 pub(crate) async fn mesh_for(server: &AdsServer, features: &[&str]) -> Mesh {
+    mesh_with(server, features, fast_config()).await
+}
+
+/// Like [`mesh_for`], with a does-not-exist timer long enough that a test can rely on it not
+/// firing, however slow the machine.
+pub(crate) async fn mesh_with_long_timer(server: &AdsServer) -> Mesh {
+    let mut config = fast_config();
+    config.does_not_exist_timeout = Duration::from_secs(30);
+    mesh_with(server, &[], config).await
+}
+
+async fn mesh_with(server: &AdsServer, features: &[&str], config: XdsClientConfig) -> Mesh {
     mesh_test_support::trace_init();
     let bootstrap = Bootstrap::from_json(&server.bootstrap_json(features)).expect("bootstrap");
     Mesh::builder()
         .bootstrap(bootstrap)
-        .xds_config(fast_config())
+        .xds_config(config)
         .build()
         .await
         .expect("mesh")

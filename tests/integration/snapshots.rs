@@ -18,11 +18,11 @@ async fn snapshot_waits_for_the_whole_chain() {
         "outbound|9080||reviews",
     )));
     server.set(r::any(r::eds_cluster("outbound|9080||reviews")));
-    let mesh = mesh_for(&server, &[]).await;
+    let mesh = super::mesh_with_long_timer(&server).await;
     let target = mesh.target("reviews:9080");
 
-    // Endpoints are missing: no snapshot, however long we wait (the EDS timer is 500 ms here,
-    // so stay below it).
+    // Endpoints are missing: no snapshot (the does-not-exist timer is 30 s here, so it cannot
+    // declare them absent while we look).
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         target.snapshot().is_none(),
