@@ -61,7 +61,7 @@ impl Snapshot {
     /// Generates the named resources of one type for a node (unknown names are left out: the
     /// client's does-not-exist handling applies).
     pub fn resources(&self, node: &NodeInfo, type_url: &str, names: &[String]) -> Vec<Any> {
-        let g = Generator::new(&self.registry, &self.policies);
+        let g = Generator::new(&self.registry, &self.policies, &node.namespace);
         // Envoy subscribes to every listener and cluster (an empty list, or `*`).
         let wildcard = names.is_empty() || names.iter().any(|n| n == "*");
         if node.kind == NodeKind::Envoy {

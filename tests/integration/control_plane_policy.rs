@@ -263,3 +263,103 @@ async fn virtual_service_features() {
     };
     assert!(rest.retry.is_none(), "attempts: 0 disables retries");
 }
+
+/// What a proxyless node in `namespace` gets for `target`, translated by our client.
+fn resources_for(dir: &Path, namespace: &str, target: &str) -> Vec<mesh_core::xds::Resource> {
+    let snap = mesh_control::control::load(dir, 1).unwrap_or_else(|e| panic!("{e:?}"));
+    let node = mesh_control::generate::NodeInfo {
+        id: "n".into(),
+        namespace: namespace.into(),
+        ..Default::default()
+    };
+    mesh_control::dump::resources(&snap, &node, &[target.to_owned()])
+        .iter()
+        .map(|a| {
+            mesh_core::xds::translate::resource(a)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .2
+        })
+        .collect()
+}
+
+#[test]
+fn export_to_and_destination_rule_precedence() {
+    let tmp = tempfile::tempdir().unwrap();
+    let services = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../mesh-control/testdata/bookinfo/services.yaml");
+    std::fs::copy(services, tmp.path().join("services.yaml")).unwrap();
+    std::fs::write(
+        tmp.path().join("policy.yaml"),
+        r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: reviews, namespace: default }
+spec:
+  host: reviews
+  trafficPolicy: { loadBalancer: { simple: ROUND_ROBIN } }
+  subsets: [{ name: v1, labels: { version: v1 } }, { name: v2, labels: { version: v2 } }]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: reviews-for-other, namespace: other }
+spec:
+  host: reviews.default.svc.cluster.local
+  trafficPolicy: { loadBalancer: { simple: RANDOM } }
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: reviews, namespace: default }
+spec:
+  hosts: [reviews]
+  exportTo: ["."]
+  http: [{ route: [{ destination: { host: reviews, subset: v2 } }] }]
+"#,
+    )
+    .unwrap();
+    let route_cluster = |rs: &[mesh_core::xds::Resource]| {
+        rs.iter()
+            .find_map(|r| match r {
+                mesh_core::xds::Resource::RouteConfiguration(t) => {
+                    match &t.virtual_hosts[0].routes[0].action {
+                        Action::Forward(f) => match &f.cluster {
+                            ClusterSpecifier::Cluster(c) => Some(c.to_string()),
+                            _ => None,
+                        },
+                        _ => None,
+                    }
+                }
+                _ => None,
+            })
+            .expect("a route")
+    };
+    let lb = |rs: &[mesh_core::xds::Resource]| {
+        rs.iter()
+            .find_map(|r| match r {
+                mesh_core::xds::Resource::Cluster(c) => Some(c.lb.clone()),
+                _ => None,
+            })
+            .expect("a cluster")
+    };
+
+    // In `default`, the VirtualService applies and the namespace's DestinationRule.
+    let home = resources_for(tmp.path(), "default", "reviews:9080");
+    assert_eq!(
+        route_cluster(&home),
+        "outbound|9080|v2|reviews.default.svc.cluster.local"
+    );
+    assert_eq!(lb(&home), LbPolicy::RoundRobin);
+
+    // From `other`: the VirtualService is exported to its own namespace only, and the client's
+    // namespace has its own DestinationRule, which wins.
+    let away = resources_for(tmp.path(), "other", "reviews.default:9080");
+    assert_eq!(
+        route_cluster(&away),
+        "outbound|9080||reviews.default.svc.cluster.local",
+        "exportTo: [.] hides the VirtualService"
+    );
+    assert_eq!(
+        lb(&away),
+        LbPolicy::Random,
+        "the client namespace's DestinationRule comes first"
+    );
+}

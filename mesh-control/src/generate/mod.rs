@@ -238,12 +238,19 @@ impl Policies {
 pub struct Generator<'a> {
     registry: &'a Registry,
     policies: &'a Policies,
+    /// The namespace of the node being served: it decides which policy is visible
+    /// (`exportTo`) and which DestinationRule wins.
+    client_namespace: &'a str,
 }
 
 impl<'a> Generator<'a> {
     /// A generator over a registry and its policies.
-    pub fn new(registry: &'a Registry, policies: &'a Policies) -> Self {
-        Self { registry, policies }
+    pub fn new(registry: &'a Registry, policies: &'a Policies, client_namespace: &'a str) -> Self {
+        Self {
+            registry,
+            policies,
+            client_namespace,
+        }
     }
 
     /// The API listener for target `name` (`reviews:9080`), if such a service port exists.
@@ -576,34 +583,52 @@ impl<'a> Generator<'a> {
         out
     }
 
-    /// The VirtualService for a service, as seen from `namespace`: the first whose hosts name
-    /// it (short names resolve in the VirtualService's own namespace).
+    /// The VirtualService for a service as the client sees it: among those visible to its
+    /// namespace (`exportTo`) and bound to the mesh, one in the client's namespace first, else
+    /// the first in file order. Short hosts resolve in the VirtualService's own namespace.
     fn virtual_service(&self, svc: &Service) -> Option<(&str, &istio::VirtualService)> {
-        self.policies
-            .virtual_services
-            .iter()
-            .find_map(|(ns, name, vs)| {
-                let mesh_bound = vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == "mesh");
-                let names_it = vs.hosts.iter().any(|h| {
+        let candidates = self.policies.virtual_services.iter().filter(|(ns, _, vs)| {
+            let mesh_bound = vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == "mesh");
+            mesh_bound
+                && visible(&vs.export_to, ns, self.client_namespace)
+                && vs.hosts.iter().any(|h| {
                     self.registry
                         .resolve(h, ns)
                         .is_some_and(|s| s.hostname == svc.hostname)
-                });
-                (mesh_bound && names_it).then_some((name.as_str(), vs))
-            })
+                })
+        });
+        let (local, other): (Vec<_>, Vec<_>) =
+            candidates.partition(|(ns, _, _)| ns == self.client_namespace);
+        local
+            .into_iter()
+            .chain(other)
+            .next()
+            .map(|(_, name, vs)| (name.as_str(), vs))
     }
 
-    /// The DestinationRule for a service.
+    /// The DestinationRule for a service, looked up as Istio does: in the client's namespace,
+    /// then the service's, then the root namespace; each only if visible (`exportTo`).
     fn destination_rule(&self, svc: &Service) -> Option<&istio::DestinationRule> {
-        self.policies
-            .destination_rules
-            .iter()
-            .find(|(ns, dr)| {
-                self.registry
-                    .resolve(&dr.host, ns)
-                    .is_some_and(|s| s.hostname == svc.hostname)
-            })
-            .map(|(_, dr)| dr)
+        [
+            self.client_namespace,
+            svc.namespace.as_str(),
+            ROOT_NAMESPACE,
+        ]
+        .into_iter()
+        .find_map(|wanted| {
+            self.policies
+                .destination_rules
+                .iter()
+                .find(|(ns, dr)| {
+                    ns == wanted
+                        && visible(&dr.export_to, ns, self.client_namespace)
+                        && self
+                            .registry
+                            .resolve(&dr.host, ns)
+                            .is_some_and(|s| s.hostname == svc.hostname)
+                })
+                .map(|(_, dr)| dr)
+        })
     }
 
     fn subset(&self, svc: &Service, name: &str) -> Option<&istio::Subset> {
@@ -612,6 +637,15 @@ impl<'a> Generator<'a> {
             .iter()
             .find(|s| s.name == name)
     }
+}
+
+/// Whether a resource in `resource_ns` with this `exportTo` is visible to `client_ns`
+/// (empty: everywhere; `*`: everywhere; `.`: its own namespace; `~`: nowhere).
+fn visible(export_to: &[String], resource_ns: &str, client_ns: &str) -> bool {
+    export_to.is_empty()
+        || export_to
+            .iter()
+            .any(|e| e == "*" || e == client_ns || (e == "." && resource_ns == client_ns))
 }
 
 /// An inbound route configuration: every request on the port takes `action`.
