@@ -27,6 +27,18 @@ pub struct Service {
     pub endpoints: Vec<Endpoint>,
     /// Whether it is outside the mesh (ServiceEntry `MESH_EXTERNAL`): no mTLS to it.
     pub external: bool,
+    /// For ServiceEntry `resolution: DNS` / `DNS_ROUND_ROBIN`: names the client resolves
+    /// itself, instead of `endpoints` served over EDS.
+    pub dns: Option<DnsTargets>,
+}
+
+/// Host names resolved by the client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsTargets {
+    /// `DNS_ROUND_ROBIN`: use one address at a time (Envoy's LOGICAL_DNS).
+    pub logical: bool,
+    /// Host and its port per service port number.
+    pub targets: Vec<(String, BTreeMap<u16, u16>)>,
 }
 
 /// A service port.
@@ -280,6 +292,7 @@ fn kube_service(
         ports,
         endpoints,
         external: false,
+        dns: None,
     })
 }
 
@@ -310,6 +323,15 @@ fn service_entry(
             name,
             target_port,
         });
+    }
+    let resolution = se.resolution.as_deref().unwrap_or("NONE");
+    if matches!(resolution, "DNS" | "DNS_ROUND_ROBIN") {
+        return Ok(dns_service_entry(
+            o,
+            se,
+            ports,
+            resolution == "DNS_ROUND_ROBIN",
+        ));
     }
     let mut endpoints = Vec::new();
     for (i, w) in se.endpoints.iter().enumerate() {
@@ -342,6 +364,54 @@ fn service_entry(
             ports: ports.clone(),
             endpoints: endpoints.clone(),
             external,
+            dns: None,
         })
         .collect())
+}
+
+/// A DNS-resolved ServiceEntry: its endpoints' addresses (names or IPs), or, with no
+/// endpoints, each host resolved on its own (Istio's behaviour).
+fn dns_service_entry(
+    o: &Object,
+    se: &istio::ServiceEntry,
+    ports: Vec<Port>,
+    logical: bool,
+) -> Vec<Service> {
+    let port_map = |w: Option<&istio::WorkloadEntry>| -> BTreeMap<u16, u16> {
+        ports
+            .iter()
+            .map(|p| {
+                (
+                    p.number,
+                    w.and_then(|w| w.ports.get(&p.name))
+                        .and_then(|n| u16::try_from(*n).ok())
+                        .unwrap_or(p.target_port),
+                )
+            })
+            .collect()
+    };
+    let from_endpoints: Vec<(String, BTreeMap<u16, u16>)> = se
+        .endpoints
+        .iter()
+        .map(|w| (w.address.clone(), port_map(Some(w))))
+        .collect();
+    let external = se.location.as_deref() == Some("MESH_EXTERNAL");
+    se.hosts
+        .iter()
+        .map(|h| Service {
+            hostname: h.clone(),
+            namespace: o.metadata.namespace().to_owned(),
+            ports: ports.clone(),
+            endpoints: Vec::new(),
+            external,
+            dns: Some(DnsTargets {
+                logical,
+                targets: if from_endpoints.is_empty() {
+                    vec![(h.clone(), port_map(None))]
+                } else {
+                    from_endpoints.clone()
+                },
+            }),
+        })
+        .collect()
 }

@@ -240,3 +240,69 @@ async fn a_hundred_pushes_under_load_fail_no_request() {
     assert_eq!(f.cp.ads().nack_count(), 0);
     assert_eq!(f.cp.current().version, 101);
 }
+
+#[tokio::test]
+async fn dns_service_entries_are_resolved_by_the_client() {
+    let external = Backend::start("httpbin-external").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("egress.yaml"),
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: httpbin-ext}}\nspec:\n  hosts: [httpbin.mesh.test]\n  location: MESH_EXTERNAL\n  resolution: DNS\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  endpoints: [{{address: localhost, ports: {{http: {}}}}}]\n",
+            external.addr().port()
+        ),
+    )
+    .unwrap();
+    let (cp, xds) = super::serve_control_plane(dir.path()).await;
+
+    // Envoy resolves the name itself (STRICT_DNS) and reaches the external service.
+    let outbound = free_port();
+    let bootstrap = ads_bootstrap(
+        xds,
+        "sidecar~127.0.0.1~egress.default~default.svc.cluster.local",
+        serde_json::json!({"NAMESPACE": "default", "MESH_OUTBOUND_ADDR": outbound.to_string()}),
+    );
+    let envoy = Envoy::start(&bootstrap).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match http::get(outbound, "/get", &[("host", "httpbin.mesh.test")]).await {
+            Ok((200, body)) => {
+                assert_eq!(body, "httpbin-external");
+                break;
+            }
+            other => assert!(
+                tokio::time::Instant::now() < deadline,
+                "{other:?}; Envoy log:\n{}",
+                envoy.log()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(cp.ads().nack_count(), 0);
+
+    // A proxyless client gets the logical form, which our translator reads as a DNS cluster.
+    let node = mesh_control::generate::NodeInfo {
+        id: "p".into(),
+        namespace: "default".into(),
+        ..Default::default()
+    };
+    let resources =
+        mesh_control::dump::resources(&cp.current(), &node, &["httpbin.mesh.test:80".to_owned()]);
+    let cluster = resources
+        .iter()
+        .map(|a| {
+            mesh_core::xds::translate::resource(a)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .2
+        })
+        .find_map(|r| match r {
+            mesh_core::xds::Resource::Cluster(c) => Some(c),
+            _ => None,
+        })
+        .expect("a cluster");
+    let mesh_core::model::Discovery::Dns { hosts, logical } = &cluster.discovery else {
+        panic!("{:?}", cluster.discovery)
+    };
+    assert!(*logical);
+    assert_eq!(&**hosts, &[("localhost".into(), external.addr().port())]);
+}

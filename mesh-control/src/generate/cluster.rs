@@ -66,6 +66,7 @@ fn effective<'a>(g: &'a Generator<'_>, svc: &Service, port: u16, subset: &str) -
 
 pub(super) fn cluster(
     g: &Generator<'_>,
+    node: &super::NodeInfo,
     name: &str,
     svc: &Service,
     port: &Port,
@@ -209,10 +210,67 @@ pub(super) fn cluster(
             pack_any(opts),
         );
     }
+    if let Some(dns) = &svc.dns {
+        dns_discovery(&mut c, dns, port.number, node.kind);
+    }
     if let Some(t) = e.tls {
         c.transport_socket = upstream_tls(t, svc, port.number, name);
     }
     c
+}
+
+/// Turns an EDS cluster into one whose hosts the client resolves: STRICT_DNS for Envoy
+/// (every address), LOGICAL_DNS for `DNS_ROUND_ROBIN` and for proxyless clients (gRPC
+/// supports only the logical form).
+fn dns_discovery(
+    c: &mut cluster::Cluster,
+    dns: &crate::registry::DnsTargets,
+    port: u16,
+    kind: super::NodeKind,
+) {
+    use cluster::cluster::{DiscoveryType, DnsLookupFamily};
+    let logical = dns.logical || kind == super::NodeKind::Proxyless;
+    let ty = if logical {
+        DiscoveryType::LogicalDns
+    } else {
+        DiscoveryType::StrictDns
+    };
+    c.cluster_discovery_type = Some(cluster::cluster::ClusterDiscoveryType::Type(ty as i32));
+    c.eds_cluster_config = None;
+    c.dns_lookup_family = DnsLookupFamily::V4Preferred as i32;
+    let targets: Vec<_> = if logical {
+        dns.targets.iter().take(1).collect()
+    } else {
+        dns.targets.iter().collect()
+    };
+    let lb_endpoints = targets
+        .into_iter()
+        .map(|(host, ports)| endpoint::LbEndpoint {
+            host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(
+                endpoint::Endpoint {
+                    address: Some(core::Address {
+                        address: Some(core::address::Address::SocketAddress(core::SocketAddress {
+                            address: host.clone(),
+                            port_specifier: Some(core::socket_address::PortSpecifier::PortValue(
+                                u32::from(ports.get(&port).copied().unwrap_or(port)),
+                            )),
+                            ..Default::default()
+                        })),
+                    }),
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        })
+        .collect();
+    c.load_assignment = Some(endpoint::ClusterLoadAssignment {
+        cluster_name: c.name.clone(),
+        endpoints: vec![endpoint::LocalityLbEndpoints {
+            lb_endpoints,
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
 }
 
 /// Istio's default balancer. It goes in `load_balancing_policy` (gRFC A52) with round robin

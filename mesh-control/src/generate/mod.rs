@@ -299,13 +299,19 @@ impl<'a> Generator<'a> {
         if !n.subset.is_empty() && self.subset(svc, n.subset).is_none() {
             return None;
         }
-        Some(pack_any(cluster::cluster(self, name, svc, port, n.subset)))
+        Some(pack_any(cluster::cluster(
+            self, node, name, svc, port, n.subset,
+        )))
     }
 
     /// The endpoints of cluster `outbound|port|subset|fqdn`.
     pub fn endpoints(&self, node: &NodeInfo, name: &str) -> Option<Any> {
         let n = OutboundName::parse(name)?;
         let svc = self.registry.resolve(n.host, &node.namespace)?;
+        if svc.dns.is_some() {
+            // DNS clusters carry their hosts inline; there is no EDS resource.
+            return None;
+        }
         let port = svc.ports.iter().find(|p| p.number == n.port)?;
         let labels = if n.subset.is_empty() {
             None
