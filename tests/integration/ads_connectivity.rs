@@ -1,11 +1,10 @@
 //! Reconnect with resubscription after a server restart; fallback to the next server (A71).
 
 use mesh_core::xds::{ResourceStatus, ResourceType};
-use mesh_core::{Bootstrap, Mesh};
 use mesh_test_support::resources::{self as r, urls};
 use mesh_test_support::{AdsServer, assert_eventually};
 
-use super::{fast_config, mesh_for};
+use super::mesh_for;
 
 #[tokio::test]
 async fn server_restart_reconnects_and_resubscribes() {
@@ -64,12 +63,7 @@ async fn falls_back_when_primary_is_unreachable_and_returns_to_it() {
         ],
         "node": {"id": "n"},
     });
-    let mesh = Mesh::builder()
-        .bootstrap(Bootstrap::from_json(&json.to_string()).unwrap())
-        .xds_config(fast_config())
-        .build()
-        .await
-        .unwrap();
+    let mesh = super::mesh_from_json(json).await;
     let mut w = mesh
         .xds_client()
         .unwrap()

@@ -2,20 +2,11 @@
 //! with rcgen certificates).
 
 use mesh_core::xds::ResourceType;
-use mesh_core::{Bootstrap, Mesh};
 use mesh_test_support::resources as r;
 use mesh_test_support::{AdsServer, TempFiles, TestCa};
 
-use super::fast_config;
-
 async fn cluster_arrives(bootstrap: serde_json::Value) -> Result<(), String> {
-    let b = Bootstrap::from_json(&bootstrap.to_string()).map_err(|e| e.to_string())?;
-    let mesh = Mesh::builder()
-        .bootstrap(b)
-        .xds_config(fast_config())
-        .build()
-        .await
-        .map_err(|e| e.to_string())?;
+    let mesh = super::mesh_from_json(bootstrap).await;
     let mut w = mesh
         .xds_client()
         .unwrap()

@@ -190,12 +190,7 @@ async fn serves_over_a_unix_socket() {
         "xds_servers": [{"server_uri": format!("unix://{}", sock.display()), "channel_creds": [{"type": "insecure"}]}],
         "node": {"id": "productpage", "metadata": {"NAMESPACE": "default"}},
     });
-    let mesh = Mesh::builder()
-        .bootstrap(mesh_core::Bootstrap::from_json(&json.to_string()).unwrap())
-        .xds_config(super::fast_config())
-        .build()
-        .await
-        .unwrap();
+    let mesh = super::mesh_from_json(json).await;
     let snap = tokio::time::timeout(Duration::from_secs(5), mesh.target("reviews:9080").ready())
         .await
         .expect("config over a Unix socket");

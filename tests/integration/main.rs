@@ -85,6 +85,18 @@ pub(crate) async fn serve_control_plane(
     (cp, addr)
 }
 
+/// A mesh from bootstrap JSON, with the fast test tunables.
+pub(crate) async fn mesh_from_json(bootstrap: serde_json::Value) -> Mesh {
+    mesh_test_support::trace_init();
+    let bootstrap = Bootstrap::from_json(&bootstrap.to_string()).expect("bootstrap");
+    Mesh::builder()
+        .bootstrap(bootstrap)
+        .xds_config(fast_config())
+        .build()
+        .await
+        .expect("mesh")
+}
+
 /// A mesh whose bootstrap names `xds` and the given node (id, metadata), plus `extra` top-level
 /// bootstrap fields.
 pub(crate) async fn mesh_at(
@@ -99,11 +111,5 @@ pub(crate) async fn mesh_at(
     if let (Some(obj), Some(more)) = (json.as_object_mut(), extra.as_object()) {
         obj.extend(more.clone());
     }
-    let bootstrap = Bootstrap::from_json(&json.to_string()).expect("bootstrap");
-    Mesh::builder()
-        .bootstrap(bootstrap)
-        .xds_config(fast_config())
-        .build()
-        .await
-        .expect("mesh")
+    mesh_from_json(json).await
 }

@@ -59,13 +59,7 @@ fn virtual_host(vh: &pb::VirtualHost) -> Result<VirtualHost, FieldError> {
         name: vh.name.as_str().into(),
         domains,
         routes,
-        retry: vh
-            .retry_policy
-            .as_ref()
-            .map(retry_policy)
-            .transpose()
-            .at("retry_policy")?
-            .map(Arc::new),
+        retry: optional_retry(vh.retry_policy.as_ref())?,
         hedge: vh.hedge_policy.as_ref().map(hedge_policy),
         headers: mutations!(vh)?,
         filter_overrides: filter_overrides(&vh.typed_per_filter_config)
@@ -275,13 +269,7 @@ fn route_action(ra: &pb::RouteAction) -> Result<ForwardAction, FieldError> {
         cluster,
         timeout,
         idle_timeout: opt_duration(ra.idle_timeout.as_ref(), "idle_timeout")?,
-        retry: ra
-            .retry_policy
-            .as_ref()
-            .map(retry_policy)
-            .transpose()
-            .at("retry_policy")?
-            .map(Arc::new),
+        retry: optional_retry(ra.retry_policy.as_ref())?,
         hedge: ra.hedge_policy.as_ref().map(hedge_policy),
         hash_policies: each("hash_policy", &ra.hash_policy, hash_policy)?,
         mirrors: each(
@@ -350,6 +338,14 @@ fn weighted_clusters(w: &pb::WeightedCluster) -> Result<WeightedClusters, FieldE
         clusters,
         total: sum as u32,
     })
+}
+
+/// An optional `retry_policy` field, shared once by every route that uses it.
+fn optional_retry(r: Option<&pb::RetryPolicy>) -> Result<Option<Arc<RetryPolicy>>, FieldError> {
+    Ok(r.map(retry_policy)
+        .transpose()
+        .at("retry_policy")?
+        .map(Arc::new))
 }
 
 pub(crate) fn retry_policy(r: &pb::RetryPolicy) -> Result<RetryPolicy, FieldError> {
