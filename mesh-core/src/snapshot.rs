@@ -54,6 +54,9 @@ pub struct TargetStatus {
     pub generation: u64,
     /// Why the target cannot be served, when it cannot (e.g. its listener does not exist).
     pub error: Option<Arc<str>>,
+    /// The control plane says the target's listener does not exist: the authority is not a
+    /// service of the mesh (Istio's outbound traffic policy then decides what happens).
+    pub unknown: bool,
 }
 
 /// A handle to one target's live configuration. Cheap to clone.
@@ -161,10 +164,11 @@ async fn assemble(
                     status.send_replace(TargetStatus {
                         generation,
                         error: None,
+                        unknown: false,
                     });
                 }
             }
-            Step::Failed(why) => {
+            Step::Failed { why, unknown } => {
                 tracing::warn!(target = %name, %why, "target cannot be served");
                 if let Some(shared) = shared.upgrade() {
                     shared.snapshot.store(None);
@@ -172,6 +176,7 @@ async fn assemble(
                 status.send_replace(TargetStatus {
                     generation,
                     error: Some(why.into()),
+                    unknown,
                 });
             }
             Step::Waiting => {}
@@ -190,7 +195,7 @@ async fn assemble(
 
 enum Step {
     Complete(TargetSnapshot),
-    Failed(String),
+    Failed { why: String, unknown: bool },
     Waiting,
     Stopped,
 }
@@ -224,14 +229,20 @@ async fn evaluate(
     let listener = match l.value {
         Some(Resource::Listener(l)) => l,
         _ if l.does_not_exist() => {
-            return Step::Failed(format!("listener {name:?} does not exist"));
+            return Step::Failed {
+                why: format!("listener {name:?} does not exist"),
+                unknown: true,
+            };
         }
         _ => return Step::Waiting,
     };
     let http = match &listener.kind {
         ListenerKind::Api(h) => h.clone(),
         ListenerKind::Socket(_) => {
-            return Step::Failed(format!("listener {name:?} is not an API listener"));
+            return Step::Failed {
+                why: format!("listener {name:?} is not an API listener"),
+                unknown: false,
+            };
         }
     };
     let routes: Arc<RouteTable> = match &http.routes {
@@ -250,7 +261,10 @@ async fn evaluate(
             match st.value {
                 Some(Resource::RouteConfiguration(t)) => t,
                 _ if st.does_not_exist() => {
-                    return Step::Failed(format!("route configuration {rds:?} does not exist"));
+                    return Step::Failed {
+                        why: format!("route configuration {rds:?} does not exist"),
+                        unknown: false,
+                    };
                 }
                 _ => return Step::Waiting,
             }

@@ -106,11 +106,51 @@ impl Drop for Backend {
     }
 }
 
+/// What the backend saw, echoed in response headers so tests can check what was sent:
+/// `x-path` (path and query), `x-authority` (`:authority` or `Host`), `x-version`
+/// (`HTTP/1.1`, `HTTP/2.0`), `x-body-len`, and every request header `x-…` as `x-echo-…`.
 async fn handle(
     s: Arc<Shared>,
-    _req: Request<hyper::body::Incoming>,
+    req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Full<Bytes>>, std::io::Error> {
+    use http_body_util::BodyExt;
     s.requests.fetch_add(1, Ordering::Relaxed);
+    let mut seen = http::HeaderMap::new();
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    let echo = |v: &str| http::HeaderValue::from_str(v).ok();
+    if let Some(v) = echo(req.uri().path_and_query().map_or("/", |p| p.as_str())) {
+        seen.insert("x-path", v);
+    }
+    if let Some(v) = echo(&authority) {
+        seen.insert("x-authority", v);
+    }
+    if let Some(v) = echo(&format!("{:?}", req.version())) {
+        seen.insert("x-version", v);
+    }
+    for (name, value) in req.headers() {
+        if name.as_str().starts_with("x-")
+            && let Ok(n) = http::HeaderName::from_bytes(format!("x-echo-{name}").as_bytes())
+        {
+            seen.append(n, value.clone());
+        }
+    }
+    let body_len = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes().len())
+        .unwrap_or(0);
+    seen.insert("x-body-len", http::HeaderValue::from(body_len));
     let failing = s
         .fail_next
         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
@@ -126,6 +166,7 @@ async fn handle(
             hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
         rsp.headers_mut()
             .insert("x-backend", s.name.parse().expect("header-safe name"));
+        rsp.headers_mut().extend(seen.clone());
         rsp
     };
     match behavior {

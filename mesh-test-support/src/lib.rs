@@ -13,6 +13,7 @@ pub mod http;
 pub mod pki;
 pub mod python;
 pub mod resources;
+pub mod static_json;
 
 pub use ads::AdsServer;
 pub use backend::{Backend, Behavior};

@@ -13,6 +13,15 @@ mod envoy_control_plane;
 mod envoy_inbound_authz;
 mod grpcio_control_plane;
 mod istio_dumps;
+mod outbound_balancing;
+mod outbound_circuit_breaking;
+mod outbound_faults;
+mod outbound_mirroring;
+mod outbound_outlier;
+mod outbound_retries;
+mod outbound_routing;
+mod outbound_timeouts;
+mod outbound_unknown_hosts;
 mod snapshots;
 mod static_config;
 mod translate_fixtures;
@@ -112,4 +121,84 @@ pub(crate) async fn mesh_at(
         obj.extend(more.clone());
     }
     mesh_from_json(json).await
+}
+
+/// A mesh client over static resources (`static_resources` JSON).
+pub(crate) async fn static_client(doc: serde_json::Value) -> mesh_tower::MeshClient {
+    static_client_with(doc, |b| b).await
+}
+
+/// Like [`static_client`], with builder settings.
+pub(crate) async fn static_client_with(
+    doc: serde_json::Value,
+    f: impl FnOnce(mesh_tower::MeshClientBuilder) -> mesh_tower::MeshClientBuilder,
+) -> mesh_tower::MeshClient {
+    mesh_test_support::trace_init();
+    let resources = mesh_core::StaticResources::from_value(&doc, "test").expect("valid resources");
+    let mesh = Mesh::builder()
+        .static_resources(resources)
+        .build()
+        .await
+        .expect("mesh");
+    f(mesh_tower::MeshClient::builder(&mesh)).build()
+}
+
+/// One answer, read in full.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) body: String,
+    pub(crate) headers: http::HeaderMap,
+    pub(crate) info: mesh_tower::ResponseInfo,
+}
+
+impl Answer {
+    /// The backend that answered (its `x-backend` header), or "" for local replies.
+    pub(crate) fn backend(&self) -> &str {
+        self.headers
+            .get("x-backend")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    /// A header as text ("" when absent).
+    pub(crate) fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+/// Sends `req` through `client` and reads the answer.
+pub(crate) async fn send(
+    client: &mesh_tower::MeshClient,
+    req: http::Request<http_body_util::Full<bytes::Bytes>>,
+) -> Answer {
+    use http_body_util::BodyExt;
+    let rsp = client.send(req).await.expect("routable request");
+    let info = mesh_tower::ResponseInfo::of(&rsp)
+        .cloned()
+        .expect("every response carries its info");
+    let (parts, body) = rsp.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Answer {
+        status: parts.status.as_u16(),
+        body: String::from_utf8_lossy(&body).into_owned(),
+        headers: parts.headers,
+        info,
+    }
+}
+
+/// GET `url` with `headers` through `client`.
+pub(crate) async fn get(
+    client: &mesh_tower::MeshClient,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Answer {
+    let mut req = http::Request::get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    send(client, req.body(Default::default()).expect("request")).await
 }

@@ -1,0 +1,326 @@
+//! The router's inner loop: attempts, each through the circuit breaker, the balancer and a
+//! connection, retried by the route's policy within the retry budget.
+//!
+//! Per attempt, in Envoy's order: circuit breaker (`max_requests`) → pick a host (skipping
+//! ejected and, on retries, previously tried ones) → per-try timeout → connection pool
+//! (`max_connections`, `max_pending_requests`) → send. Every outcome feeds outlier detection.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use http::header::{self, HOST};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use mesh_core::model::RetryPolicy;
+
+use super::balance::PickContext;
+use super::circuit_breaker::{Inflight, RetryBudget};
+use super::cluster::ClusterRuntime;
+use super::host::{Protocol, SendError};
+use super::outlier;
+use super::retry::{self, Outcome};
+use crate::body::{BodySource, ReqBody, RspBody};
+use crate::flags::ResponseFlags;
+use crate::respond::{self, RESET_BEFORE_HEADERS, ResponseInfo};
+
+/// How long a retry waits for the previous attempt to hand the request body back.
+const RECLAIM_WAIT: Duration = Duration::from_secs(1);
+
+/// Everything an attempt needs, owned so that mirrors can run it in a task of their own.
+#[derive(Clone, Debug)]
+pub(crate) struct AttemptCtx {
+    pub(crate) cluster: Arc<ClusterRuntime>,
+    pub(crate) method: Method,
+    pub(crate) pq: PathAndQuery,
+    pub(crate) authority: Authority,
+    /// Rewrite the host to the chosen endpoint's address (`auto_host_rewrite`).
+    pub(crate) auto_host: bool,
+    pub(crate) version: Version,
+    pub(crate) retry: Option<Arc<RetryPolicy>>,
+    pub(crate) hash: Option<u64>,
+    pub(crate) attempt_count_header: bool,
+    pub(crate) grpc: bool,
+    pub(crate) retry_budget: Option<RetryBudget>,
+}
+
+/// Why an attempt got no upstream response.
+#[derive(Debug)]
+enum Failure {
+    Overflow,
+    NoHealthyUpstream,
+    PerTryTimeout,
+    Send(SendError),
+}
+
+struct Attempt {
+    host: Option<(u32, SocketAddr)>,
+    result: Result<(Response<Incoming>, Inflight), Failure>,
+}
+
+impl Attempt {
+    fn retry_outcome(&self) -> Option<Outcome<'_>> {
+        Some(match &self.result {
+            Ok((rsp, _)) => Outcome::Response {
+                status: rsp.status().as_u16(),
+                headers: rsp.headers(),
+            },
+            Err(Failure::PerTryTimeout) => Outcome::PerTryTimeout,
+            Err(Failure::Send(SendError::Connect(_))) => Outcome::ConnectFailure,
+            Err(Failure::Send(SendError::Reset { refused: true, .. })) => Outcome::RefusedStream,
+            Err(Failure::Send(
+                SendError::Reset { .. }
+                | SendError::ConnectionTerminated(_)
+                | SendError::Protocol(_),
+            )) => Outcome::Reset,
+            Err(
+                Failure::Overflow
+                | Failure::NoHealthyUpstream
+                | Failure::Send(SendError::Overflow | SendError::Body(_)),
+            ) => return None,
+        })
+    }
+
+    fn into_response(self, ctx: &AttemptCtx, info: &mut ResponseInfo) -> Response<RspBody> {
+        let (status, flag, why): (StatusCode, ResponseFlags, String) = match self.result {
+            Ok((rsp, inflight)) => {
+                return rsp.map(|b| RspBody::upstream(b, Some(inflight)));
+            }
+            Err(Failure::Overflow | Failure::Send(SendError::Overflow)) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                ResponseFlags::UPSTREAM_OVERFLOW,
+                format!("{RESET_BEFORE_HEADERS}overflow"),
+            ),
+            Err(Failure::NoHealthyUpstream) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                ResponseFlags::NO_HEALTHY_UPSTREAM,
+                "no healthy upstream".into(),
+            ),
+            Err(Failure::PerTryTimeout) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
+                "upstream request timeout".into(),
+            ),
+            Err(Failure::Send(e)) => {
+                let flag = match &e {
+                    SendError::Connect(_) => ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
+                    SendError::ConnectionTerminated(_) => {
+                        ResponseFlags::UPSTREAM_CONNECTION_TERMINATION
+                    }
+                    SendError::Reset { .. } => ResponseFlags::UPSTREAM_REMOTE_RESET,
+                    SendError::Protocol(_) => ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
+                    SendError::Body(_) => ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+                    SendError::Overflow => unreachable!("matched above"),
+                };
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    flag,
+                    format!("{RESET_BEFORE_HEADERS}{e}"),
+                )
+            }
+        };
+        info.flags |= flag;
+        respond::local(status, why, ctx.grpc, info.clone())
+    }
+}
+
+/// Runs the attempts of one request: the first, then retries while the policy, the attempts
+/// left, the body and the budget allow.
+pub(crate) async fn run(
+    ctx: &AttemptCtx,
+    mut headers: HeaderMap,
+    body: &mut BodySource,
+    info: &mut ResponseInfo,
+) -> Response<RspBody> {
+    let max = 1 + ctx.retry.as_ref().map_or(0, |p| p.num_retries);
+    let mut tried: Vec<u32> = Vec::new();
+    let mut retry_reserved = false;
+    let mut n = 0u32;
+    loop {
+        n += 1;
+        let Some(req_body) = body.lend() else {
+            info.flags |= ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR;
+            return respond::local(
+                StatusCode::BAD_REQUEST,
+                "request body could not be read",
+                ctx.grpc,
+                info.clone(),
+            );
+        };
+        let attempt_headers = if n < max {
+            headers.clone()
+        } else {
+            std::mem::take(&mut headers)
+        };
+        let attempt = one(ctx, n, attempt_headers, req_body, &tried, retry_reserved).await;
+        info.attempts = n;
+        if let Some((index, addr)) = attempt.host {
+            info.upstream = Some(addr);
+            tried.push(index);
+        }
+        let Some(policy) = ctx.retry.as_deref() else {
+            return attempt.into_response(ctx, info);
+        };
+        if !attempt
+            .retry_outcome()
+            .is_some_and(|o| retry::retriable(policy, o))
+        {
+            return attempt.into_response(ctx, info);
+        }
+        if n >= max {
+            info.flags |= ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED;
+            return attempt.into_response(ctx, info);
+        }
+        let state = ctx.cluster.state();
+        if !ctx
+            .cluster
+            .counters
+            .try_retry(&state.config.circuit_breakers, ctx.retry_budget.as_ref())
+        {
+            info.flags |= ResponseFlags::UPSTREAM_OVERFLOW;
+            return attempt.into_response(ctx, info);
+        }
+        retry_reserved = true;
+        body.reclaim(RECLAIM_WAIT).await;
+        if !body.replayable() {
+            ctx.cluster
+                .counters
+                .active_retries
+                .fetch_sub(1, Ordering::AcqRel);
+            return attempt.into_response(ctx, info);
+        }
+        drop(attempt);
+        tokio::time::sleep(retry::backoff(policy, n)).await;
+    }
+}
+
+/// One attempt.
+async fn one(
+    ctx: &AttemptCtx,
+    n: u32,
+    headers: HeaderMap,
+    body: ReqBody,
+    tried: &[u32],
+    retry_reserved: bool,
+) -> Attempt {
+    let cluster = &ctx.cluster;
+    let state = cluster.state();
+    let limits = &state.config.circuit_breakers;
+    if !cluster.counters.try_request(limits) {
+        if retry_reserved {
+            cluster
+                .counters
+                .active_retries
+                .fetch_sub(1, Ordering::AcqRel);
+        }
+        return Attempt {
+            host: None,
+            result: Err(Failure::Overflow),
+        };
+    }
+    let mut inflight = Inflight::new(cluster.counters.clone(), retry_reserved);
+    let policy = ctx.retry.as_deref();
+    let pick = PickContext {
+        hash: ctx.hash,
+        avoid: if policy.is_some_and(|p| p.avoid_previous_hosts) {
+            tried
+        } else {
+            &[]
+        },
+        max_attempts: policy.map_or(0, |p| p.host_selection_max_attempts),
+    };
+    let Some(index) = state.lb.pick(&state.entries, &state.config.lb, pick) else {
+        return Attempt {
+            host: None,
+            result: Err(Failure::NoHealthyUpstream),
+        };
+    };
+    let host = state.entries[index as usize].host.clone();
+    inflight.on_host(host.clone());
+    let protocol = state.protocol(ctx.version);
+    let req = build(ctx, n, headers, body, protocol, &host.addr_text);
+    let send = host.send(req, protocol, state.settings, &cluster.counters, limits);
+    let result = match policy.and_then(|p| p.per_try_timeout) {
+        Some(t) => match tokio::time::timeout(t, send).await {
+            Ok(r) => r.map_err(Failure::Send),
+            Err(_) => Err(Failure::PerTryTimeout),
+        },
+        None => send.await.map_err(Failure::Send),
+    };
+    let outcome = match &result {
+        Ok(rsp) => Some(outlier::Outcome::Status(rsp.status().as_u16())),
+        Err(Failure::Send(SendError::Overflow | SendError::Body(_))) => None,
+        Err(_) => Some(outlier::Outcome::LocalFailure),
+    };
+    if let Some(o) = outcome {
+        cluster.report(&state, &host, o);
+    }
+    Attempt {
+        host: Some((index, host.addr)),
+        result: result.map(|rsp| (rsp, inflight)),
+    }
+}
+
+/// Hop-by-hop headers, which never travel upstream (and which HTTP/2 forbids).
+const HOP_BY_HOP: [&str; 5] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// The upstream request of one attempt: origin-form URI and `Host` for HTTP/1.1, absolute
+/// URI (so `:authority` is the service's name, not the endpoint's) for HTTP/2.
+fn build(
+    ctx: &AttemptCtx,
+    n: u32,
+    mut headers: HeaderMap,
+    body: ReqBody,
+    protocol: Protocol,
+    host_addr: &str,
+) -> Request<ReqBody> {
+    let authority = if ctx.auto_host {
+        host_addr.parse().unwrap_or_else(|_| ctx.authority.clone())
+    } else {
+        ctx.authority.clone()
+    };
+    for h in HOP_BY_HOP {
+        headers.remove(h);
+    }
+    if headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes() != b"trailers")
+    {
+        headers.remove(header::TE);
+    }
+    if ctx.attempt_count_header {
+        headers.insert("x-envoy-attempt-count", HeaderValue::from(n));
+    }
+    let (uri, version) = match protocol {
+        Protocol::Http1 => {
+            if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+                headers.insert(HOST, v);
+            }
+            (Uri::from(ctx.pq.clone()), Version::HTTP_11)
+        }
+        Protocol::Http2 => {
+            headers.remove(HOST);
+            let uri = Uri::builder()
+                .scheme(Scheme::HTTP)
+                .authority(authority)
+                .path_and_query(ctx.pq.clone())
+                .build()
+                .expect("scheme, authority and path are valid parts");
+            (uri, Version::HTTP_2)
+        }
+    };
+    let mut req = Request::new(body);
+    *req.method_mut() = ctx.method.clone();
+    *req.uri_mut() = uri;
+    *req.version_mut() = version;
+    *req.headers_mut() = headers;
+    req
+}

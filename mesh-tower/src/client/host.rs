@@ -1,0 +1,321 @@
+//! Upstream hosts and their connection pools.
+//!
+//! A [`Host`] is one endpoint address of one cluster. It outlives snapshots: a new endpoint
+//! list reuses the `Host` of every address it still names, so pools, outstanding-request counts
+//! and outlier state carry over.
+//!
+//! Why our own pool rather than `hyper_util`'s legacy client: that client keys its pool by the
+//! request URI's authority and connects to it, so to pin a request to the endpoint the balancer
+//! chose, the URI would have to carry the endpoint's address, and HTTP/2 would then send that
+//! address as `:authority` instead of the service's name. Envoy sends the service's name; so do
+//! we. The pool is small: HTTP/2 shares one connection per host; HTTP/1 keeps idle connections
+//! in a lock-free queue and opens more up to the cluster's `max_connections`, after which
+//! requests wait as pending (bounded by `max_pending_requests`), like Envoy's.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use crossbeam_queue::ArrayQueue;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_core::model::CircuitBreakers;
+
+use super::circuit_breaker::Counters;
+use super::outlier::HostOutlier;
+use crate::body::ReqBody;
+
+/// Idle HTTP/1 connections kept per host; more are closed when they become idle.
+const MAX_IDLE_PER_HOST: usize = 256;
+
+/// One upstream endpoint.
+#[derive(Debug)]
+pub(crate) struct Host {
+    /// Where to connect.
+    pub(crate) addr: SocketAddr,
+    /// `addr` as text (`10.0.0.1:9080`, `[::1]:80`): the key for hashing and the value of
+    /// `host_rewrite` "auto".
+    pub(crate) addr_text: Box<str>,
+    /// Requests in flight (least-request balancing).
+    pub(crate) active: AtomicU32,
+    /// Passive health.
+    pub(crate) outlier: HostOutlier,
+    pool: Pool,
+}
+
+#[derive(Debug)]
+struct Pool {
+    idle: ArrayQueue<H1Conn>,
+    h2: ArcSwapOption<http2::SendRequest<ReqBody>>,
+}
+
+#[derive(Debug)]
+struct H1Conn {
+    tx: http1::SendRequest<ReqBody>,
+    used: u32,
+}
+
+/// Which HTTP version an attempt speaks upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// How connections to a cluster's hosts are made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ConnectSettings {
+    pub(crate) connect_timeout: Duration,
+    pub(crate) max_requests_per_connection: Option<u32>,
+}
+
+/// Why an attempt got no response.
+#[derive(Debug)]
+pub(crate) enum SendError {
+    /// Connecting failed or timed out.
+    Connect(std::io::Error),
+    /// `max_pending_requests` were already waiting for a connection.
+    Overflow,
+    /// The connection closed before the response.
+    ConnectionTerminated(hyper::Error),
+    /// The upstream reset the stream; `refused` when it refused it before processing
+    /// (HTTP/2 `REFUSED_STREAM`), which is always safe to retry.
+    Reset { refused: bool, error: hyper::Error },
+    /// The upstream's answer was not valid HTTP.
+    Protocol(hyper::Error),
+    /// The request body failed.
+    Body(hyper::Error),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Connect(e) => write!(f, "connection failure: {e}"),
+            Self::Overflow => f.write_str("overflow"),
+            Self::ConnectionTerminated(e) => write!(f, "connection termination: {e}"),
+            Self::Reset { error, .. } => write!(f, "remote reset: {error}"),
+            Self::Protocol(e) => write!(f, "protocol error: {e}"),
+            Self::Body(e) => write!(f, "request body error: {e}"),
+        }
+    }
+}
+
+impl SendError {
+    fn classify(e: hyper::Error) -> Self {
+        if e.is_parse() || e.is_parse_status() {
+            return Self::Protocol(e);
+        }
+        if e.is_body_write_aborted() || e.is_user() {
+            return Self::Body(e);
+        }
+        // hyper does not expose h2's reason codes; its message is stable ("refused stream").
+        let text = format!("{e:?}");
+        if text.contains("REFUSED_STREAM") || text.contains("refused stream") {
+            return Self::Reset {
+                refused: true,
+                error: e,
+            };
+        }
+        if e.is_canceled() || e.is_closed() || e.is_incomplete_message() {
+            return Self::ConnectionTerminated(e);
+        }
+        Self::Reset {
+            refused: false,
+            error: e,
+        }
+    }
+}
+
+impl Host {
+    pub(crate) fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            addr_text: addr.to_string().into(),
+            active: AtomicU32::new(0),
+            outlier: HostOutlier::default(),
+            pool: Pool {
+                idle: ArrayQueue::new(MAX_IDLE_PER_HOST),
+                h2: ArcSwapOption::empty(),
+            },
+        }
+    }
+
+    /// Sends `req` (its URI already in the form `protocol` needs) on a pooled or new connection.
+    pub(crate) async fn send(
+        self: &Arc<Self>,
+        req: Request<ReqBody>,
+        protocol: Protocol,
+        settings: ConnectSettings,
+        counters: &Arc<Counters>,
+        limits: &CircuitBreakers,
+    ) -> Result<Response<Incoming>, SendError> {
+        match protocol {
+            Protocol::Http1 => self.send_h1(req, settings, counters, limits).await,
+            Protocol::Http2 => self.send_h2(req, settings, counters, limits).await,
+        }
+    }
+
+    async fn send_h1(
+        self: &Arc<Self>,
+        req: Request<ReqBody>,
+        settings: ConnectSettings,
+        counters: &Arc<Counters>,
+        limits: &CircuitBreakers,
+    ) -> Result<Response<Incoming>, SendError> {
+        let mut conn = self.checkout_h1(settings, counters, limits).await?;
+        conn.used += 1;
+        let rsp = conn.tx.send_request(req).await;
+        // The connection is free again once the response body has been read; a task waits for
+        // that and puts it back (hyper's own pooled client does the same).
+        let host = self.clone();
+        let counters = counters.clone();
+        let reusable = settings
+            .max_requests_per_connection
+            .is_none_or(|max| conn.used < max);
+        if rsp.is_ok() && reusable {
+            tokio::spawn(async move {
+                if conn.tx.ready().await.is_ok() {
+                    let _ = host.pool.idle.push(conn);
+                    counters.freed.notify_waiters();
+                }
+            });
+        }
+        rsp.map_err(SendError::classify)
+    }
+
+    async fn checkout_h1(
+        &self,
+        settings: ConnectSettings,
+        counters: &Arc<Counters>,
+        limits: &CircuitBreakers,
+    ) -> Result<H1Conn, SendError> {
+        let mut pending = None;
+        loop {
+            // Register for a wake-up before looking, so a connection freed in between is seen.
+            let freed = counters.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            while let Some(c) = self.pool.idle.pop() {
+                if c.tx.is_ready() {
+                    return Ok(c);
+                }
+            }
+            if counters.try_connection(limits) {
+                let io = match connect(self.addr, settings.connect_timeout).await {
+                    Ok(io) => io,
+                    Err(e) => {
+                        counters.connection_closed();
+                        return Err(SendError::Connect(e));
+                    }
+                };
+                let (tx, conn) = http1::handshake(io)
+                    .await
+                    .map_err(|e| SendError::Connect(std::io::Error::other(e)))
+                    .inspect_err(|_| counters.connection_closed())?;
+                let counters = counters.clone();
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                    counters.connection_closed();
+                });
+                return Ok(H1Conn { tx, used: 0 });
+            }
+            if pending.is_none() {
+                pending = Some(counters.try_pending(limits).ok_or(SendError::Overflow)?);
+            }
+            freed.await;
+        }
+    }
+
+    async fn send_h2(
+        &self,
+        req: Request<ReqBody>,
+        settings: ConnectSettings,
+        counters: &Arc<Counters>,
+        limits: &CircuitBreakers,
+    ) -> Result<Response<Incoming>, SendError> {
+        let mut tx = match self.pool.h2.load_full() {
+            Some(tx) if !tx.is_closed() => http2::SendRequest::clone(&tx),
+            _ => self.connect_h2(settings, counters, limits).await?,
+        };
+        // Waits for stream capacity (the server's SETTINGS_MAX_CONCURRENT_STREAMS).
+        tx.ready().await.map_err(SendError::classify)?;
+        tx.send_request(req).await.map_err(SendError::classify)
+    }
+
+    async fn connect_h2(
+        &self,
+        settings: ConnectSettings,
+        counters: &Arc<Counters>,
+        limits: &CircuitBreakers,
+    ) -> Result<http2::SendRequest<ReqBody>, SendError> {
+        loop {
+            let freed = counters.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(tx) = self.pool.h2.load_full().filter(|t| !t.is_closed()) {
+                return Ok(http2::SendRequest::clone(&tx));
+            }
+            if counters.try_connection(limits) {
+                let io = match connect(self.addr, settings.connect_timeout).await {
+                    Ok(io) => io,
+                    Err(e) => {
+                        counters.connection_closed();
+                        return Err(SendError::Connect(e));
+                    }
+                };
+                let (tx, conn) = http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .map_err(|e| SendError::Connect(std::io::Error::other(e)))
+                    .inspect_err(|_| counters.connection_closed())?;
+                let counters = counters.clone();
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                    counters.connection_closed();
+                });
+                // Concurrent first requests may each connect; the last one stored is shared and
+                // the others close when their request ends.
+                self.pool.h2.store(Some(Arc::new(tx.clone())));
+                return Ok(tx);
+            }
+            let _pending = counters.try_pending(limits).ok_or(SendError::Overflow)?;
+            freed.await;
+        }
+    }
+}
+
+/// Opens a TCP connection. The seam for TLS origination: the security layer wraps the stream
+/// here, per cluster, before the HTTP handshake.
+async fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<TokioIo<tokio::net::TcpStream>, std::io::Error> {
+    let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("connect timeout after {timeout:?}"),
+            )
+        })??;
+    let _ = stream.set_nodelay(true);
+    Ok(TokioIo::new(stream))
+}
+
+impl Host {
+    /// Drops pooled connections (used when the cluster's connection settings change).
+    pub(crate) fn clear_pool(&self) {
+        while self.pool.idle.pop().is_some() {}
+        self.pool.h2.store(None);
+    }
+}
+
+/// Counts a host's in-flight requests for tests and dumps.
+impl Host {
+    pub(crate) fn active_requests(&self) -> u32 {
+        self.active.load(Ordering::Acquire)
+    }
+}

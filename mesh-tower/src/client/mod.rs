@@ -1,0 +1,292 @@
+//! The outbound data path: [`MeshClient`].
+
+mod attempt;
+pub(crate) mod balance;
+pub(crate) mod circuit_breaker;
+mod cluster;
+mod fault;
+pub(crate) mod host;
+pub(crate) mod outlier;
+mod passthrough;
+mod retry;
+mod route;
+mod router;
+mod target;
+mod timeout;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::{Request, Response, StatusCode};
+use http_body::Body;
+use mesh_core::Mesh;
+use tokio::sync::watch;
+
+pub use circuit_breaker::RetryBudget;
+
+use crate::body::{BoxError, DEFAULT_REPLAY_CAP, RspBody};
+use crate::error::Error;
+use crate::flags::ResponseFlags;
+use crate::respond::{self, ResponseInfo};
+use cluster::ClusterStore;
+use target::{Plan, TargetRuntime};
+
+/// What happens to requests for hosts the mesh does not know (Istio's
+/// `meshConfig.outboundTrafficPolicy.mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OutboundTrafficPolicy {
+    /// Connect to the host directly, outside the mesh (Istio's default).
+    #[default]
+    AllowAny,
+    /// Refuse: 502 with response flag `NR`.
+    RegistryOnly,
+}
+
+/// The outbound side of the mesh: a [`tower::Service`] that sends each request to the service
+/// named by its authority, as an Envoy sidecar would: routing, traffic splitting, fault
+/// injection, timeouts, retries with a budget, circuit breaking, outlier detection and load
+/// balancing, all configured by the mesh's xDS (or static) resources.
+///
+/// Cheap to clone; clones share connection pools, circuit breakers and host state. Local
+/// failures are answered the way Envoy answers them (503 `no healthy upstream`, 504 `upstream
+/// request timeout`, …) and every response carries a [`ResponseInfo`] with Envoy's response
+/// flags. Only requests that cannot be routed at all (no authority, no configuration in time)
+/// fail with an [`Error`].
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use http_body_util::Empty;
+/// use tower::ServiceExt;
+///
+/// let mesh = mesh_core::Mesh::from_env().await?;
+/// let client = mesh_tower::MeshClient::new(&mesh);
+/// let req = http::Request::get("http://reviews:9080/reviews/0").body(Empty::<bytes::Bytes>::new())?;
+/// let rsp = client.oneshot(req).await?;
+/// let info = mesh_tower::ResponseInfo::of(&rsp).expect("always set");
+/// println!("{} from {:?} in {} attempt(s), flags {}", rsp.status(), info.upstream, info.attempts, info.flags);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct MeshClient {
+    inner: Arc<Outbound>,
+}
+
+/// Builds a [`MeshClient`].
+#[derive(Debug)]
+#[must_use]
+pub struct MeshClientBuilder {
+    mesh: Mesh,
+    config: ClientConfig,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct ClientConfig {
+    pub(crate) outbound_traffic_policy: OutboundTrafficPolicy,
+    pub(crate) ready_timeout: Duration,
+    pub(crate) replay_cap: usize,
+    pub(crate) retry_budget: Option<RetryBudget>,
+    pub(crate) source_ip: Option<IpAddr>,
+}
+
+impl MeshClientBuilder {
+    /// Istio's outbound traffic policy for hosts the mesh does not know. Default: `AllowAny`.
+    pub fn outbound_traffic_policy(mut self, p: OutboundTrafficPolicy) -> Self {
+        self.config.outbound_traffic_policy = p;
+        self
+    }
+
+    /// How long a request waits for its target's first configuration before failing with
+    /// [`Error::NotReady`]. Default: 10 s.
+    pub fn ready_timeout(mut self, d: Duration) -> Self {
+        self.config.ready_timeout = d;
+        self
+    }
+
+    /// How many request body bytes are kept so a request can be retried or mirrored; larger
+    /// bodies are streamed and not retried. Default: 64 KiB.
+    pub fn replay_cap(mut self, bytes: usize) -> Self {
+        self.config.replay_cap = bytes;
+        self
+    }
+
+    /// The client-wide retry budget, or `None` to rely on each cluster's circuit breakers
+    /// alone. Default: [`RetryBudget::default`] (20 %, at least 3).
+    pub fn retry_budget(mut self, b: Option<RetryBudget>) -> Self {
+        self.config.retry_budget = b;
+        self
+    }
+
+    /// The address hashed by `source_ip` hash policies (Envoy uses the downstream peer; an
+    /// in-process client has none, so it is this process's address). Default: none, and such
+    /// policies produce no hash.
+    pub fn source_ip(mut self, ip: IpAddr) -> Self {
+        self.config.source_ip = Some(ip);
+        self
+    }
+
+    /// Builds the client. Must run inside a Tokio runtime.
+    pub fn build(self) -> MeshClient {
+        let (shutdown, _) = watch::channel(());
+        MeshClient {
+            inner: Arc::new(Outbound {
+                mesh: self.mesh,
+                config: self.config,
+                targets: ArcSwap::default(),
+                clusters: ClusterStore::default(),
+                passthrough: passthrough::Passthrough::default(),
+                shutdown,
+            }),
+        }
+    }
+}
+
+/// The shared state behind every clone of a [`MeshClient`].
+#[derive(Debug)]
+pub(crate) struct Outbound {
+    mesh: Mesh,
+    pub(crate) config: ClientConfig,
+    targets: ArcSwap<HashMap<Arc<str>, Arc<TargetRuntime>>>,
+    pub(crate) clusters: ClusterStore,
+    passthrough: passthrough::Passthrough,
+    /// Dropped with the client: the targets' tasks end.
+    shutdown: watch::Sender<()>,
+}
+
+impl MeshClient {
+    /// A client with the default settings.
+    pub fn new(mesh: &Mesh) -> Self {
+        Self::builder(mesh).build()
+    }
+
+    /// A builder.
+    pub fn builder(mesh: &Mesh) -> MeshClientBuilder {
+        MeshClientBuilder {
+            mesh: mesh.clone(),
+            config: ClientConfig {
+                outbound_traffic_policy: OutboundTrafficPolicy::AllowAny,
+                ready_timeout: Duration::from_secs(10),
+                replay_cap: DEFAULT_REPLAY_CAP,
+                retry_budget: Some(RetryBudget::default()),
+                source_ip: None,
+            },
+        }
+    }
+
+    /// Sends one request (the same as `oneshot` on a clone).
+    pub async fn send<B>(&self, req: Request<B>) -> Result<Response<RspBody>, Error>
+    where
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        self.inner.clone().handle(req).await
+    }
+}
+
+impl Outbound {
+    fn target(self: &Arc<Self>, authority: &str) -> Arc<TargetRuntime> {
+        if let Some(t) = self.targets.load().get(authority) {
+            return t.clone();
+        }
+        let mut found = None;
+        // Rare (once per authority); copy-on-write keeps the lookup above lock-free.
+        self.targets.rcu(|map| {
+            if let Some(t) = map.get(authority) {
+                found = Some(t.clone());
+                return Arc::clone(map);
+            }
+            let mut map = HashMap::clone(map);
+            let t = TargetRuntime::spawn(
+                Arc::downgrade(self),
+                self.mesh.target(authority),
+                self.shutdown.subscribe(),
+            );
+            map.insert(Arc::from(authority), t.clone());
+            found = Some(t);
+            Arc::new(map)
+        });
+        found.expect("rcu ran")
+    }
+
+    async fn handle<B>(self: Arc<Self>, req: Request<B>) -> Result<Response<RspBody>, Error>
+    where
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let rt = match route::authority(&req) {
+            Some(authority) => self.target(&authority),
+            None => return Err(Error::NoAuthority),
+        };
+        let plan = match rt.plan() {
+            Some(p) => p,
+            None => rt
+                .wait(self.config.ready_timeout)
+                .await
+                .ok_or_else(|| Error::NotReady {
+                    authority: route::authority(&req).unwrap_or_default().into_owned(),
+                    waited: self.config.ready_timeout,
+                })?,
+        };
+        if let Plan::Routes(p) = &*plan {
+            return Ok(router::forward(&self, &rt, p, req).await);
+        }
+        let authority = route::authority(&req).unwrap_or_default().into_owned();
+        let grpc = respond::is_grpc(req.headers());
+        Ok(match &*plan {
+            Plan::Routes(_) => unreachable!("handled above"),
+            Plan::Unknown(_)
+                if self.config.outbound_traffic_policy == OutboundTrafficPolicy::AllowAny =>
+            {
+                self.passthrough.forward(&authority, req).await
+            }
+            Plan::Unknown(why) => respond::local(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "host {authority} is not in the mesh registry and the outbound traffic policy is REGISTRY_ONLY ({why})"
+                ),
+                grpc,
+                ResponseInfo {
+                    flags: ResponseFlags::NO_ROUTE_FOUND,
+                    ..ResponseInfo::default()
+                },
+            ),
+            Plan::Failed(why) => respond::local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("no configuration for {authority}: {why}"),
+                grpc,
+                ResponseInfo {
+                    flags: ResponseFlags::NO_ROUTE_FOUND,
+                    ..ResponseInfo::default()
+                },
+            ),
+        })
+    }
+}
+
+impl<B> tower::Service<Request<B>> for MeshClient
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<RspBody>;
+    type Error = Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<RspBody>, Error>> + Send>>;
+
+    /// Always ready: like Envoy, the client sheds load per cluster (circuit breakers answer at
+    /// once) rather than applying backpressure to every destination at once.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        Box::pin(self.inner.clone().handle(req))
+    }
+}

@@ -1,0 +1,325 @@
+//! What a matched route does to the request and response: header mutations, path and host
+//! rewrites, redirects. Route *matching* is the model's ([`RouteTable::find`]), a pure function
+//! over the snapshot.
+//!
+//! [`RouteTable::find`]: mesh_core::model::RouteTable::find
+
+use std::borrow::Cow;
+
+use http::header::{HOST, LOCATION};
+use http::uri::{Authority, PathAndQuery};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use mesh_core::model::{
+    AppendAction, HeaderMutations, PathMatch, Redirect, RedirectPath, RegexRewrite,
+};
+
+use crate::body::RspBody;
+
+/// The authority a request is for: the URI's, else the `Host` header's; with the scheme's
+/// default port added when it has none (the client listener for `http://reviews/` is
+/// `reviews:80`).
+pub(crate) fn authority<B>(req: &http::Request<B>) -> Option<Cow<'_, str>> {
+    let a = req
+        .uri()
+        .authority()
+        .map(Authority::as_str)
+        .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()))?;
+    let a = a.rsplit_once('@').map_or(a, |(_, h)| h);
+    if a.is_empty() {
+        return None;
+    }
+    let has_port = match a.rsplit_once(':') {
+        Some((host, port)) => {
+            !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && !host.ends_with(':')
+        }
+        None => false,
+    } && !(a.starts_with('[') && a.ends_with(']'));
+    if has_port {
+        return Some(Cow::Borrowed(a));
+    }
+    let port = if req.uri().scheme_str() == Some("https") {
+        443
+    } else {
+        80
+    };
+    Some(Cow::Owned(format!("{a}:{port}")))
+}
+
+/// The authority as the caller wrote it (URI, else `Host`), without a default port.
+pub(crate) fn authority_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<&'a str> {
+    uri.authority()
+        .map(Authority::as_str)
+        .or_else(|| headers.get(HOST).and_then(|h| h.to_str().ok()))
+}
+
+/// Applies header mutations, most specific level first (Envoy's default order, so a less
+/// specific level's overwrite wins). Removals of a level run before its additions.
+pub(crate) fn mutate_request(headers: &mut HeaderMap, levels: &[&HeaderMutations]) {
+    for m in levels {
+        for name in m.request_remove.iter() {
+            headers.remove(name);
+        }
+        for add in m.request_add.iter() {
+            apply_add(headers, &add.name, &add.value, add.append);
+        }
+    }
+}
+
+/// The response counterpart of [`mutate_request`].
+pub(crate) fn mutate_response(headers: &mut HeaderMap, levels: &[&HeaderMutations]) {
+    for m in levels {
+        for name in m.response_remove.iter() {
+            headers.remove(name);
+        }
+        for add in m.response_add.iter() {
+            apply_add(headers, &add.name, &add.value, add.append);
+        }
+    }
+}
+
+fn apply_add(
+    headers: &mut HeaderMap,
+    name: &http::HeaderName,
+    value: &HeaderValue,
+    how: AppendAction,
+) {
+    match how {
+        AppendAction::AppendIfExistsOrAdd => {
+            headers.append(name.clone(), value.clone());
+        }
+        AppendAction::AddIfAbsent => {
+            if !headers.contains_key(name) {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
+        AppendAction::OverwriteIfExistsOrAdd => {
+            headers.insert(name.clone(), value.clone());
+        }
+        AppendAction::OverwriteIfExists => {
+            if headers.contains_key(name) {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
+    }
+}
+
+/// The rewritten path and query, if the route rewrites the path.
+pub(crate) fn rewrite_path(
+    pq: &PathAndQuery,
+    matcher: &PathMatch,
+    prefix: Option<&str>,
+    regex: Option<&RegexRewrite>,
+) -> Option<PathAndQuery> {
+    let path = pq.path();
+    let new_path: String = if let Some(p) = prefix {
+        let matched = match matcher {
+            PathMatch::Prefix(m) | PathMatch::SeparatedPrefix(m) => m.len(),
+            PathMatch::Exact(_) => path.len(),
+            _ => 0,
+        };
+        let rest = path.get(matched.min(path.len())..).unwrap_or("");
+        let mut s = String::with_capacity(p.len() + rest.len());
+        s.push_str(p);
+        s.push_str(rest);
+        if s.is_empty() || !s.starts_with('/') {
+            s.insert(0, '/');
+        }
+        s
+    } else if let Some(r) = regex {
+        r.pattern.replace_all(path, &*r.substitution).into_owned()
+    } else {
+        return None;
+    };
+    let full = match pq.query() {
+        Some(q) => format!("{new_path}?{q}"),
+        None => new_path,
+    };
+    full.parse().ok()
+}
+
+/// The redirect response for a request.
+pub(crate) fn redirect(
+    r: &Redirect,
+    scheme: &str,
+    authority: &str,
+    pq: &PathAndQuery,
+    matcher: &PathMatch,
+) -> Response<RspBody> {
+    let new_scheme = r.scheme.as_deref().unwrap_or(scheme);
+    let (host, port) = split_port(authority);
+    let host = r.host.as_deref().unwrap_or(host);
+    // A scheme change drops the old port unless a new one is given (Envoy's rule).
+    let port = match r.port {
+        Some(p) => Some(p.to_string()),
+        None if new_scheme != scheme => None,
+        None => port.map(str::to_owned),
+    };
+    let scheme = new_scheme;
+    let default_port = matches!(
+        (scheme, port.as_deref()),
+        ("http", Some("80")) | ("https", Some("443"))
+    );
+    let path: Cow<'_, str> = match &r.path {
+        None => Cow::Borrowed(pq.path()),
+        Some(RedirectPath::Path(p)) => Cow::Borrowed(p),
+        Some(RedirectPath::Prefix(p)) => {
+            let matched = match matcher {
+                PathMatch::Prefix(m) | PathMatch::SeparatedPrefix(m) => m.len(),
+                _ => 0,
+            };
+            Cow::Owned(format!("{p}{}", &pq.path()[matched.min(pq.path().len())..]))
+        }
+        Some(RedirectPath::Regex(re)) => re.pattern.replace_all(pq.path(), &*re.substitution),
+    };
+    let mut location = format!("{scheme}://{host}");
+    if let Some(p) = port.filter(|_| !default_port) {
+        location.push(':');
+        location.push_str(&p);
+    }
+    location.push_str(&path);
+    if !r.strip_query
+        && let Some(q) = pq.query()
+    {
+        location.push('?');
+        location.push_str(q);
+    }
+    let mut rsp = Response::new(RspBody::empty());
+    *rsp.status_mut() = r.status;
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        rsp.headers_mut().insert(LOCATION, v);
+    }
+    rsp
+}
+
+/// A `direct_response`.
+pub(crate) fn direct(status: StatusCode, body: &bytes::Bytes) -> Response<RspBody> {
+    let mut rsp = Response::new(RspBody::full(body.clone()));
+    *rsp.status_mut() = status;
+    if !body.is_empty() {
+        rsp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain"),
+        );
+    }
+    rsp
+}
+
+fn split_port(authority: &str) -> (&str, Option<&str>) {
+    match authority.rsplit_once(':') {
+        Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => (h, Some(p)),
+        _ => (authority, None),
+    }
+}
+
+/// `host-shadow:port` for a mirrored request (Envoy's shadow host suffix).
+pub(crate) fn shadow_authority(authority: &str) -> String {
+    match split_port(authority) {
+        (h, Some(p)) => format!("{h}-shadow:{p}"),
+        (h, None) => format!("{h}-shadow"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_core::model::HeaderAdd;
+
+    #[test]
+    fn authority_gets_the_default_port() {
+        let r = http::Request::get("http://reviews/x").body(()).unwrap();
+        assert_eq!(authority(&r).unwrap(), "reviews:80");
+        let r = http::Request::get("http://reviews:9080/x")
+            .body(())
+            .unwrap();
+        assert_eq!(authority(&r).unwrap(), "reviews:9080");
+        let r = http::Request::get("/x")
+            .header("host", "ratings")
+            .body(())
+            .unwrap();
+        assert_eq!(authority(&r).unwrap(), "ratings:80");
+        let r = http::Request::get("https://[::1]/x").body(()).unwrap();
+        assert_eq!(authority(&r).unwrap(), "[::1]:443");
+        let r = http::Request::get("/x").body(()).unwrap();
+        assert!(authority(&r).is_none());
+    }
+
+    fn add(name: &'static str, value: &'static str, append: AppendAction) -> HeaderAdd {
+        HeaderAdd {
+            name: http::HeaderName::from_static(name),
+            value: HeaderValue::from_static(value),
+            append,
+        }
+    }
+
+    #[test]
+    fn header_mutations_follow_envoy_append_actions() {
+        let mut h = HeaderMap::new();
+        h.insert("a", "1".parse().unwrap());
+        h.insert("gone", "x".parse().unwrap());
+        let m = HeaderMutations {
+            request_add: Box::new([
+                add("a", "2", AppendAction::AppendIfExistsOrAdd),
+                add("b", "1", AppendAction::AddIfAbsent),
+                add("c", "1", AppendAction::OverwriteIfExists),
+                add("d", "1", AppendAction::OverwriteIfExistsOrAdd),
+            ]),
+            request_remove: Box::new([http::HeaderName::from_static("gone")]),
+            ..HeaderMutations::default()
+        };
+        mutate_request(&mut h, &[&m]);
+        assert_eq!(h.get_all("a").iter().count(), 2);
+        assert_eq!(h["b"], "1");
+        assert!(!h.contains_key("c"));
+        assert_eq!(h["d"], "1");
+        assert!(!h.contains_key("gone"));
+    }
+
+    #[test]
+    fn prefix_and_regex_rewrites() {
+        let pq = PathAndQuery::from_static("/v1/items/7?x=1");
+        let m = PathMatch::Prefix("/v1/".into());
+        assert_eq!(
+            rewrite_path(&pq, &m, Some("/api/"), None).unwrap().as_str(),
+            "/api/items/7?x=1"
+        );
+        let re = RegexRewrite {
+            pattern: regex::Regex::new("^/v1/items/([0-9]+)$").unwrap(),
+            substitution: "/items?id=${1}".into(),
+        };
+        let any = PathMatch::Prefix("/".into());
+        assert_eq!(
+            rewrite_path(
+                &PathAndQuery::from_static("/v1/items/7"),
+                &any,
+                None,
+                Some(&re)
+            )
+            .unwrap()
+            .as_str(),
+            "/items?id=7"
+        );
+        assert!(rewrite_path(&pq, &m, None, None).is_none());
+    }
+
+    #[test]
+    fn redirects_build_the_location() {
+        let r = Redirect {
+            scheme: Some("https".into()),
+            host: Some("new.example".into()),
+            port: None,
+            path: Some(RedirectPath::Prefix("/v2/".into())),
+            status: StatusCode::MOVED_PERMANENTLY,
+            strip_query: false,
+        };
+        let rsp = redirect(
+            &r,
+            "http",
+            "old.example:80",
+            &PathAndQuery::from_static("/v1/a?q=1"),
+            &PathMatch::Prefix("/v1/".into()),
+        );
+        assert_eq!(rsp.status(), 301);
+        assert_eq!(rsp.headers()[LOCATION], "https://new.example/v2/a?q=1");
+        assert_eq!(shadow_authority("reviews:9080"), "reviews-shadow:9080");
+    }
+}

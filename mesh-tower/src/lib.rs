@@ -1,0 +1,47 @@
+//! # mesh-tower
+//!
+//! The data path of mesh, an in-process service mesh: what an Envoy sidecar does to a
+//! service's traffic, done by Tower services inside the process.
+//!
+//! [`MeshClient`] is the outbound side: a `tower::Service<http::Request<B>>` that routes each
+//! request by its authority through the mesh's configuration (xDS from istiod or
+//! mesh-control, or static resources).
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use tower::ServiceExt;
+//! let mesh = mesh_core::Mesh::builder().static_file("mesh.yaml")?.build().await?;
+//! let client = mesh_tower::MeshClient::new(&mesh);
+//! let req = http::Request::get("http://reviews:9080/reviews/0")
+//!     .header("end-user", "jason")
+//!     .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+//! let rsp = client.oneshot(req).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! | feature | Envoy / Istio field |
+//! |---|---|
+//! | virtual hosts, route matching, weighted clusters, `cluster_header` | `RouteConfiguration`; VirtualService `http.match`, `route.weight` |
+//! | rewrites, redirects, direct responses, header mutations | `prefix_rewrite`, `regex_rewrite`, `host_rewrite_*`, `redirect`, `direct_response`, `request_headers_to_add` … |
+//! | fault injection (delay, abort, gRPC abort, header-controlled, `max_active_faults`) | `envoy.filters.http.fault`; VirtualService `fault` |
+//! | route timeout, per-try timeout, `grpc-timeout`, `max_stream_duration` | `RouteAction.timeout`, `RetryPolicy.per_try_timeout` |
+//! | retries (`retry_on` incl. gRPC codes, backoff, previous hosts, budget, body replay) | `RetryPolicy`; VirtualService `retries` |
+//! | circuit breakers (connections, pending, requests, retries) | `Cluster.circuit_breakers`; DestinationRule `connectionPool` |
+//! | outlier detection (consecutive 5xx / gateway / local, success rate, failure percentage) | `Cluster.outlier_detection`; DestinationRule `outlierDetection` |
+//! | load balancing (round robin, least request, random, ring hash, Maglev), priorities, localities, panic | `Cluster.lb_policy`, `load_balancing_policy`, `ClusterLoadAssignment` |
+//! | mirroring | `request_mirror_policies`; VirtualService `mirror` |
+//! | HTTP/1.1 and HTTP/2 upstreams, pooled per endpoint | `http2_protocol_options`, `HttpProtocolOptions` |
+//! | unknown hosts | Istio `outboundTrafficPolicy` (`ALLOW_ANY`, `REGISTRY_ONLY`) |
+#![forbid(unsafe_code)]
+
+mod body;
+pub mod client;
+mod error;
+mod flags;
+mod respond;
+
+pub use body::{BoxError, DEFAULT_REPLAY_CAP, ReqBody, RspBody};
+pub use client::{MeshClient, MeshClientBuilder, OutboundTrafficPolicy, RetryBudget};
+pub use error::Error;
+pub use flags::ResponseFlags;
+pub use respond::ResponseInfo;

@@ -1,0 +1,158 @@
+//! The one place failures become responses, the way Envoy words and codes them.
+//!
+//! Every response the mesh makes itself carries a [`ResponseInfo`] with its flags. For gRPC
+//! requests, local replies are trailers-only gRPC responses (HTTP 200 with `grpc-status`), the
+//! status mapped from the HTTP code as Envoy maps it, so gRPC clients see `UNAVAILABLE` rather
+//! than a protocol error.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::body::RspBody;
+use crate::flags::ResponseFlags;
+
+/// What the mesh did with a request, attached to every response's extensions.
+///
+/// ```
+/// # fn f(rsp: http::Response<mesh_tower::RspBody>) {
+/// if let Some(info) = mesh_tower::ResponseInfo::of(&rsp) {
+///     println!("{} via {:?} @ {:?}, {} attempt(s)", info.flags, info.cluster, info.upstream, info.attempts);
+/// }
+/// # }
+/// ```
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct ResponseInfo {
+    /// Envoy response flags.
+    pub flags: ResponseFlags,
+    /// The route's name, when it has one.
+    pub route: Option<Arc<str>>,
+    /// The cluster the request was sent to.
+    pub cluster: Option<Arc<str>>,
+    /// The host that gave the response (of the last attempt).
+    pub upstream: Option<SocketAddr>,
+    /// Upstream attempts made (0 when answered locally before any).
+    pub attempts: u32,
+    /// Injected fault delay, if any.
+    pub fault_delay: Option<Duration>,
+}
+
+impl ResponseInfo {
+    /// The info of a response made by the mesh client.
+    pub fn of<B>(rsp: &Response<B>) -> Option<&ResponseInfo> {
+        rsp.extensions().get::<ResponseInfo>()
+    }
+}
+
+/// Envoy's body for failures before response headers.
+pub(crate) const RESET_BEFORE_HEADERS: &str =
+    "upstream connect error or disconnect/reset before headers. reset reason: ";
+
+/// A local reply.
+pub(crate) fn local(
+    status: StatusCode,
+    body: impl Into<bytes::Bytes>,
+    grpc: bool,
+    info: ResponseInfo,
+) -> Response<RspBody> {
+    let body = body.into();
+    let mut rsp = if grpc {
+        let mut rsp = Response::new(RspBody::empty());
+        let h = rsp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert("grpc-status", HeaderValue::from(grpc_status_for(status)));
+        if let Ok(v) = HeaderValue::from_bytes(&percent_encode(&body)) {
+            h.insert("grpc-message", v);
+        }
+        rsp
+    } else {
+        let mut rsp = Response::new(RspBody::full(body.clone()));
+        *rsp.status_mut() = status;
+        if !body.is_empty() {
+            rsp.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        }
+        rsp.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        rsp
+    };
+    if info.flags.contains(ResponseFlags::UPSTREAM_OVERFLOW) {
+        rsp.headers_mut()
+            .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
+    }
+    rsp.extensions_mut().insert(info);
+    rsp
+}
+
+/// Envoy's HTTP → gRPC status mapping for local replies.
+pub(crate) fn grpc_status_for(status: StatusCode) -> u16 {
+    match status.as_u16() {
+        200 => 0,
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
+    }
+}
+
+/// gRPC's percent-encoding of `grpc-message`.
+fn percent_encode(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    for &b in s {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(b);
+        } else {
+            out.extend_from_slice(format!("%{b:02X}").as_bytes());
+        }
+    }
+    out
+}
+
+/// Whether a request is gRPC (its local replies must be gRPC too).
+pub(crate) fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_local_replies_are_trailers_only() {
+        let info = ResponseInfo {
+            flags: ResponseFlags::NO_HEALTHY_UPSTREAM,
+            ..ResponseInfo::default()
+        };
+        let rsp = local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no healthy upstream",
+            true,
+            info,
+        );
+        assert_eq!(rsp.status(), 200);
+        assert_eq!(rsp.headers()["grpc-status"], "14");
+        assert_eq!(rsp.headers()["grpc-message"], "no healthy upstream");
+        assert_eq!(ResponseInfo::of(&rsp).unwrap().flags.to_string(), "UH");
+    }
+
+    #[test]
+    fn overflow_replies_say_overloaded() {
+        let info = ResponseInfo {
+            flags: ResponseFlags::UPSTREAM_OVERFLOW,
+            ..ResponseInfo::default()
+        };
+        let rsp = local(StatusCode::SERVICE_UNAVAILABLE, "x", false, info);
+        assert_eq!(rsp.headers()["x-envoy-overloaded"], "true");
+        assert_eq!(percent_encode("a%b\n".as_bytes()), b"a%25b%0A");
+    }
+}
