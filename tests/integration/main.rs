@@ -10,6 +10,7 @@ mod control_plane_authz;
 mod control_plane_policy;
 mod control_plane_samples;
 mod envoy_control_plane;
+mod envoy_differential;
 mod envoy_inbound_authz;
 mod grpcio_control_plane;
 mod istio_dumps;

@@ -85,7 +85,7 @@ async fn connect_failures_retry_on_another_host() {
     let a = get(&no_retry, "http://svc/", &[]).await;
     assert_eq!(a.status, 503);
     assert_eq!(a.info.flags.to_string(), "UF");
-    assert!(a.body.starts_with("upstream connect error or disconnect/reset before headers. reset reason: connection failure"), "{}", a.body);
+    assert!(a.body.starts_with("upstream connect error or disconnect/reset before headers. reset reason: remote connection failure"), "{}", a.body);
 }
 
 #[tokio::test]

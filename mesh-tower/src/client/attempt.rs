@@ -249,6 +249,15 @@ async fn one(
         },
         None => send.await.map_err(Failure::Send),
     };
+    if let Err(Failure::Send(e)) = &result {
+        tracing::debug!(
+            cluster = %cluster.name,
+            host = %host.addr,
+            error = %e,
+            cause = ?std::error::Error::source(e),
+            "attempt failed"
+        );
+    }
     let outcome = match &result {
         Ok(rsp) => Some(outlier::Outcome::Status(rsp.status().as_u16())),
         Err(Failure::Send(SendError::Overflow | SendError::Body(_))) => None,

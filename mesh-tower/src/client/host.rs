@@ -91,15 +91,34 @@ pub(crate) enum SendError {
     Body(hyper::Error),
 }
 
+/// Envoy's reset reasons, as its local replies word them.
 impl std::fmt::Display for SendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Connect(e) => write!(f, "connection failure: {e}"),
+            Self::Connect(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                f.write_str("connection timeout")
+            }
+            // Envoy 1.40's wording; the OS error is this error's source (and logged).
+            Self::Connect(_) => f.write_str("remote connection failure"),
             Self::Overflow => f.write_str("overflow"),
-            Self::ConnectionTerminated(e) => write!(f, "connection termination: {e}"),
-            Self::Reset { error, .. } => write!(f, "remote reset: {error}"),
-            Self::Protocol(e) => write!(f, "protocol error: {e}"),
-            Self::Body(e) => write!(f, "request body error: {e}"),
+            Self::ConnectionTerminated(_) => f.write_str("connection termination"),
+            Self::Reset { refused: true, .. } => f.write_str("remote refused stream reset"),
+            Self::Reset { .. } => f.write_str("remote reset"),
+            Self::Protocol(_) => f.write_str("protocol error"),
+            Self::Body(_) => f.write_str("local reset"),
+        }
+    }
+}
+
+impl std::error::Error for SendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Connect(e) => Some(e),
+            Self::Overflow => None,
+            Self::ConnectionTerminated(e)
+            | Self::Reset { error: e, .. }
+            | Self::Protocol(e)
+            | Self::Body(e) => Some(e),
         }
     }
 }
