@@ -9,7 +9,7 @@ use mesh_test_support::envoy::{Envoy, ads_bootstrap};
 use mesh_test_support::{Backend, http};
 
 /// Services `reviews` (v1, v2, v3) and `ratings` (v1) backed by real loopback servers.
-fn registry_yaml(backends: &[(&str, &str, &Backend)]) -> String {
+pub(crate) fn registry_yaml(backends: &[(&str, &str, &Backend)]) -> String {
     let mut out = String::new();
     for app in ["reviews", "ratings"] {
         out.push_str(&format!(
@@ -28,7 +28,7 @@ fn registry_yaml(backends: &[(&str, &str, &Backend)]) -> String {
     out
 }
 
-const POLICY: &str = r#"
+pub(crate) const POLICY: &str = r#"
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: { name: reviews }

@@ -14,6 +14,7 @@ mod envoy_differential;
 mod envoy_inbound_authz;
 mod grpcio_control_plane;
 mod istio_dumps;
+mod mesh_control_outbound;
 mod outbound_balancing;
 mod outbound_circuit_breaking;
 mod outbound_faults;

@@ -45,6 +45,11 @@ struct TypeState {
     version: String,
     /// Nonce of the last response.
     nonce: String,
+    /// Names in the last request sent on this stream.
+    sent_names: Vec<String>,
+    /// Requests that changed the names and have not been answered yet (a SotW server answers
+    /// each such request once).
+    changes_in_flight: u32,
 }
 
 pub(crate) struct Worker {
@@ -159,6 +164,10 @@ impl Worker {
         // A fresh stream starts from nothing: every type is re-requested with the last ACKed
         // version (the server may then skip unchanged resources) and an empty nonce.
         let mut first = true;
+        for t in &mut self.types {
+            t.sent_names.clear();
+            t.changes_in_flight = 0;
+        }
         for ty in ResourceType::ALL {
             if !self.types[ty.index()].subs.is_empty() {
                 let _ = tx.send(self.request(ty, first, None));
@@ -314,14 +323,19 @@ impl Worker {
     }
 
     fn request(
-        &self,
+        &mut self,
         ty: ResourceType,
         with_node: bool,
         error: Option<(String, String)>,
     ) -> DiscoveryRequest {
-        let t = &self.types[ty.index()];
+        let t = &mut self.types[ty.index()];
         let mut names: Vec<String> = t.subs.keys().cloned().collect();
         names.sort();
+        if names != t.sent_names {
+            t.changes_in_flight += 1;
+            t.sent_names.clone_from(&names);
+        }
+        let t = &self.types[ty.index()];
         DiscoveryRequest {
             version_info: t.version.clone(),
             node: with_node.then(|| self.node.clone()),
@@ -394,6 +408,11 @@ impl Worker {
         let mut errors: Vec<String> = Vec::new();
         let mut seen: HashSet<String> = HashSet::new();
         let t = &mut self.types[ty.index()];
+        t.changes_in_flight = t.changes_in_flight.saturating_sub(1);
+        // Whether this response answers our latest subscription. A response to an earlier
+        // request (or a push crossing our request) lacks names we only just asked for, so
+        // their absence proves nothing.
+        let settled = t.changes_in_flight == 0;
         for (i, any) in resp.resources.iter().enumerate() {
             let decoded = match decode(ty, any) {
                 Ok(d) => d,
@@ -456,8 +475,24 @@ impl Worker {
                 if seen.contains(name) {
                     continue;
                 }
+                let (had_value, known_missing) = {
+                    let st = sub.tx.borrow();
+                    (
+                        st.value.is_some(),
+                        st.status == ResourceStatus::DoesNotExist,
+                    )
+                };
+                // A name never received is concluded absent at once only for listeners, and
+                // only from a response to our latest subscription (so an unknown host is
+                // answered quickly); otherwise the does-not-exist timer decides, as in gRPC's
+                // client. Clusters always wait for the timer: routes name new clusters while
+                // pushes are in flight, and a false "does not exist" would fail requests.
+                let conclusive =
+                    had_value || known_missing || (ty == ResourceType::Listener && settled);
+                if !conclusive {
+                    continue;
+                }
                 sub.dne_deadline = None;
-                let had_value = sub.tx.borrow().value.is_some();
                 if had_value && !fail_on_data_errors {
                     // gRFC A88 (default): a deletion is a data error; keep serving the cache.
                     warn!(resource_type = %ty, %name, "server deleted a resource in use; keeping the last good version (gRFC A88)");
