@@ -23,6 +23,8 @@ pub enum Behavior {
     Delay(Duration),
     /// Close the connection without answering.
     Reset,
+    /// Answer 503 to this share of requests (per mille), at random; 200 otherwise.
+    FailPerMille(u32),
 }
 
 #[derive(Debug)]
@@ -171,6 +173,7 @@ async fn handle(
     };
     match behavior {
         Behavior::Ok => Ok(reply(200)),
+        Behavior::FailPerMille(p) => Ok(reply(if fastrand::u32(0..1000) < p { 503 } else { 200 })),
         Behavior::Status(code) => Ok(reply(code)),
         Behavior::Delay(d) => {
             tokio::time::sleep(d).await;

@@ -10,9 +10,11 @@ pub mod ads;
 pub mod backend;
 pub mod envoy;
 pub mod http;
+pub mod load;
 pub mod pki;
 pub mod python;
 pub mod resources;
+pub mod scenarios;
 pub mod static_json;
 
 pub use ads::AdsServer;

@@ -18,6 +18,7 @@ mod mesh_control_outbound;
 mod outbound_balancing;
 mod outbound_circuit_breaking;
 mod outbound_faults;
+mod outbound_faulty;
 mod outbound_mirroring;
 mod outbound_outlier;
 mod outbound_retries;

@@ -7,7 +7,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use http::header::{self, HOST};
@@ -17,7 +16,7 @@ use hyper::body::Incoming;
 use mesh_core::model::RetryPolicy;
 
 use super::balance::PickContext;
-use super::circuit_breaker::{Inflight, RetryBudget};
+use super::circuit_breaker::{Inflight, RetryBudget, RetrySlot};
 use super::cluster::ClusterRuntime;
 use super::host::{Protocol, SendError};
 use super::outlier;
@@ -136,7 +135,7 @@ pub(crate) async fn run(
 ) -> Response<RspBody> {
     let max = 1 + ctx.retry.as_ref().map_or(0, |p| p.num_retries);
     let mut tried: Vec<u32> = Vec::new();
-    let mut retry_reserved = false;
+    let mut slot: Option<RetrySlot> = None;
     let mut n = 0u32;
     loop {
         n += 1;
@@ -154,7 +153,7 @@ pub(crate) async fn run(
         } else {
             std::mem::take(&mut headers)
         };
-        let attempt = one(ctx, n, attempt_headers, req_body, &tried, retry_reserved).await;
+        let attempt = one(ctx, n, attempt_headers, req_body, &tried, slot.take()).await;
         info.attempts = n;
         if let Some((index, addr)) = attempt.host {
             info.upstream = Some(addr);
@@ -173,26 +172,28 @@ pub(crate) async fn run(
             info.flags |= ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED;
             return attempt.into_response(ctx, info);
         }
+        body.reclaim(RECLAIM_WAIT).await;
+        if !body.replayable() {
+            return attempt.into_response(ctx, info);
+        }
+        tokio::time::sleep(retry::backoff(policy, n)).await;
+        // The budget counts retries on the wire: a request sleeping in backoff is no load on
+        // the upstream. (Envoy holds the slot through the backoff too, so at high rates its
+        // default of 3 concurrent retries denies most of them.) If the budget says no, the
+        // caller gets the upstream's last answer.
         let state = ctx.cluster.state();
-        if !ctx
+        match ctx
             .cluster
             .counters
             .try_retry(&state.config.circuit_breakers, ctx.retry_budget.as_ref())
         {
-            info.flags |= ResponseFlags::UPSTREAM_OVERFLOW;
-            return attempt.into_response(ctx, info);
-        }
-        retry_reserved = true;
-        body.reclaim(RECLAIM_WAIT).await;
-        if !body.replayable() {
-            ctx.cluster
-                .counters
-                .active_retries
-                .fetch_sub(1, Ordering::AcqRel);
-            return attempt.into_response(ctx, info);
+            Some(s) => slot = Some(s),
+            None => {
+                info.flags |= ResponseFlags::UPSTREAM_OVERFLOW;
+                return attempt.into_response(ctx, info);
+            }
         }
         drop(attempt);
-        tokio::time::sleep(retry::backoff(policy, n)).await;
     }
 }
 
@@ -203,24 +204,19 @@ async fn one(
     headers: HeaderMap,
     body: ReqBody,
     tried: &[u32],
-    retry_reserved: bool,
+    retry: Option<RetrySlot>,
 ) -> Attempt {
     let cluster = &ctx.cluster;
     let state = cluster.state();
     let limits = &state.config.circuit_breakers;
     if !cluster.counters.try_request(limits) {
-        if retry_reserved {
-            cluster
-                .counters
-                .active_retries
-                .fetch_sub(1, Ordering::AcqRel);
-        }
+        // The retry slot, if any, is released here with `retry`.
         return Attempt {
             host: None,
             result: Err(Failure::Overflow),
         };
     }
-    let mut inflight = Inflight::new(cluster.counters.clone(), retry_reserved);
+    let mut inflight = Inflight::new(cluster.counters.clone(), retry);
     let policy = ctx.retry.as_deref();
     let pick = PickContext {
         hash: ctx.hash,

@@ -64,8 +64,18 @@ impl Counters {
     }
 
     /// Admits one more retry unless the cluster's limit (its retry budget, else
-    /// `max_retries`) or the client's budget is reached.
-    pub(crate) fn try_retry(&self, limits: &CircuitBreakers, client: Option<&RetryBudget>) -> bool {
+    /// `max_retries`) or the client's budget is reached; the slot is held until the returned
+    /// guard (or the [`Inflight`] it moves into) is dropped.
+    pub(crate) fn try_retry(
+        self: &Arc<Self>,
+        limits: &CircuitBreakers,
+        client: Option<&RetryBudget>,
+    ) -> Option<RetrySlot> {
+        self.retry_admitted(limits, client)
+            .then(|| RetrySlot(self.clone()))
+    }
+
+    fn retry_admitted(&self, limits: &CircuitBreakers, client: Option<&RetryBudget>) -> bool {
         let active = self.active_requests.load(Ordering::Acquire);
         let budget_max =
             |percent: f64, min: u32| -> u32 { ((active as f64 * percent / 100.0) as u32).max(min) };
@@ -96,6 +106,16 @@ impl Counters {
     }
 }
 
+/// One admitted retry, counted until dropped.
+#[derive(Debug)]
+pub(crate) struct RetrySlot(Arc<Counters>);
+
+impl Drop for RetrySlot {
+    fn drop(&mut self) {
+        self.0.active_retries.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Counts one pending request until dropped.
 pub(crate) struct PendingGuard<'a>(&'a Counters);
 
@@ -111,17 +131,17 @@ impl Drop for PendingGuard<'_> {
 pub(crate) struct Inflight {
     counters: Arc<Counters>,
     host: Option<Arc<Host>>,
-    retry: bool,
+    _retry: Option<RetrySlot>,
 }
 
 impl Inflight {
-    /// Takes over an admission made with [`Counters::try_request`] (and
-    /// [`Counters::try_retry`] when `retry`).
-    pub(crate) fn new(counters: Arc<Counters>, retry: bool) -> Self {
+    /// Takes over an admission made with [`Counters::try_request`] (and the retry slot of
+    /// a retry).
+    pub(crate) fn new(counters: Arc<Counters>, retry: Option<RetrySlot>) -> Self {
         Self {
             counters,
             host: None,
-            retry,
+            _retry: retry,
         }
     }
 
@@ -137,9 +157,6 @@ impl Inflight {
 impl Drop for Inflight {
     fn drop(&mut self) {
         self.counters.active_requests.fetch_sub(1, Ordering::AcqRel);
-        if self.retry {
-            self.counters.active_retries.fetch_sub(1, Ordering::AcqRel);
-        }
         if let Some(h) = &self.host {
             h.active.fetch_sub(1, Ordering::AcqRel);
         }
@@ -164,9 +181,9 @@ mod tests {
         let c = Arc::new(Counters::default());
         let l = limits(2, 3);
         assert!(c.try_request(&l));
-        let a = Inflight::new(c.clone(), false);
+        let a = Inflight::new(c.clone(), None);
         assert!(c.try_request(&l));
-        let _b = Inflight::new(c.clone(), false);
+        let _b = Inflight::new(c.clone(), None);
         assert!(!c.try_request(&l), "third request overflows");
         drop(a);
         assert!(c.try_request(&l), "a slot frees when a request ends");
@@ -174,24 +191,33 @@ mod tests {
 
     #[test]
     fn retries_obey_the_tighter_of_cluster_and_client_budgets() {
-        let c = Counters::default();
+        let c = Arc::new(Counters::default());
         c.active_requests.store(100, Ordering::Relaxed);
+        let mut held = Vec::new();
         let client = RetryBudget::default();
         // Cluster allows 3 concurrent retries (Envoy's default), the client 20 % of 100.
         for _ in 0..3 {
-            assert!(c.try_retry(&limits(1024, 3), Some(&client)));
+            held.push(
+                c.try_retry(&limits(1024, 3), Some(&client))
+                    .expect("admitted"),
+            );
         }
-        assert!(!c.try_retry(&limits(1024, 3), Some(&client)));
-        c.active_retries.store(0, Ordering::Relaxed);
+        assert!(c.try_retry(&limits(1024, 3), Some(&client)).is_none());
+        held.clear();
+        assert_eq!(
+            c.active_retries.load(Ordering::Relaxed),
+            0,
+            "slots free on drop"
+        );
         let unlimited = limits(1024, u32::MAX);
         for _ in 0..20 {
-            assert!(c.try_retry(&unlimited, Some(&client)));
+            held.push(c.try_retry(&unlimited, Some(&client)).expect("admitted"));
         }
         assert!(
-            !c.try_retry(&unlimited, Some(&client)),
+            c.try_retry(&unlimited, Some(&client)).is_none(),
             "20 % of 100 active"
         );
-        c.active_retries.store(0, Ordering::Relaxed);
+        held.clear();
         let budget = CircuitBreakers {
             retry_budget: Some(ClusterBudget {
                 budget_per_mille: 100,
@@ -200,9 +226,12 @@ mod tests {
             ..limits(1024, 3)
         };
         for _ in 0..10 {
-            assert!(c.try_retry(&budget, None));
+            held.push(c.try_retry(&budget, None).expect("admitted"));
         }
-        assert!(!c.try_retry(&budget, None), "the cluster's 10 % budget");
+        assert!(
+            c.try_retry(&budget, None).is_none(),
+            "the cluster's 10 % budget"
+        );
     }
 
     #[test]
