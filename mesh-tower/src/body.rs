@@ -279,6 +279,18 @@ impl BodySource {
         }
     }
 
+    /// The whole body, when it is known in full (for concurrent hedged attempts).
+    pub(crate) fn complete(&self) -> Option<CompleteBody> {
+        match self {
+            Self::Empty => Some(CompleteBody::default()),
+            Self::Held { state, .. } if state.complete() => Some(CompleteBody {
+                chunks: state.recorded.clone(),
+                trailers: state.trailers.clone(),
+            }),
+            _ => None,
+        }
+    }
+
     /// The body for the next attempt, or `None` when it cannot be sent again.
     pub(crate) fn lend(&mut self) -> Option<ReqBody> {
         match std::mem::replace(self, Self::Gone) {
@@ -324,6 +336,38 @@ impl BodySource {
             Self::Empty | Self::Lent { .. } => true,
             Self::Held { state, .. } => !state.overflowed && !state.failed,
             Self::Gone => false,
+        }
+    }
+}
+
+/// A request body known in full; each attempt gets its own copy.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct CompleteBody {
+    chunks: Vec<Bytes>,
+    trailers: Option<HeaderMap>,
+}
+
+impl CompleteBody {
+    /// A body for one attempt.
+    pub(crate) fn to_body(&self) -> ReqBody {
+        if self.chunks.is_empty() && self.trailers.is_none() {
+            return ReqBody::empty();
+        }
+        ReqBody {
+            kind: ReqKind::Replay(Replay {
+                state: Some(ReplayState {
+                    recorded_len: self.chunks.iter().map(Bytes::len).sum(),
+                    recorded: self.chunks.clone(),
+                    trailers: self.trailers.clone(),
+                    rest: None,
+                    overflowed: false,
+                    failed: false,
+                }),
+                pos: 0,
+                trailers_sent: false,
+                cap: 0,
+                back: None,
+            }),
         }
     }
 }

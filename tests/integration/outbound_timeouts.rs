@@ -92,3 +92,25 @@ async fn grpc_timeout_is_honoured_when_enabled() {
     assert_eq!(a.header("grpc-status"), "14");
     assert_eq!(a.info.flags.to_string(), "UT");
 }
+
+#[tokio::test]
+async fn hedging_keeps_the_first_attempt_in_flight() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    for x in [&a, &b] {
+        x.set(Behavior::Delay(Duration::from_millis(300)));
+    }
+    let route = |hedge: bool| {
+        json!({"cluster": "c", "timeout": "3s",
+               "retry_policy": {"retry_on": "5xx", "num_retries": 1, "per_try_timeout": "0.1s"},
+               "hedge_policy": {"hedge_on_per_try_timeout": hedge}})
+    };
+    // Without hedging, each attempt is cut at 100 ms: the request fails.
+    let plain = client_for(route(false), &[&a, &b]).await;
+    let r = get(&plain, "http://svc/", &[]).await;
+    assert_eq!((r.status, r.info.attempts), (504, 2), "{:?}", r.info);
+    // With hedging, the first attempt keeps going and answers at 300 ms.
+    let hedged = client_for(route(true), &[&a, &b]).await;
+    let r = get(&hedged, "http://svc/", &[]).await;
+    assert_eq!((r.status, r.info.attempts), (200, 2), "{:?}", r.info);
+}

@@ -39,6 +39,8 @@ pub(crate) struct AttemptCtx {
     pub(crate) auto_host: bool,
     pub(crate) version: Version,
     pub(crate) retry: Option<Arc<RetryPolicy>>,
+    /// Send another attempt when the per-try timeout fires, keeping the first in flight.
+    pub(crate) hedge_on_per_try_timeout: bool,
     pub(crate) hash: Option<u64>,
     pub(crate) attempt_count_header: bool,
     pub(crate) grpc: bool,
@@ -47,20 +49,20 @@ pub(crate) struct AttemptCtx {
 
 /// Why an attempt got no upstream response.
 #[derive(Debug)]
-enum Failure {
+pub(super) enum Failure {
     Overflow,
     NoHealthyUpstream,
     PerTryTimeout,
     Send(SendError),
 }
 
-struct Attempt {
-    host: Option<(u32, SocketAddr)>,
-    result: Result<(Response<Incoming>, Inflight), Failure>,
+pub(super) struct Attempt {
+    pub(super) host: Option<(u32, SocketAddr)>,
+    pub(super) result: Result<(Response<Incoming>, Inflight), Failure>,
 }
 
 impl Attempt {
-    fn retry_outcome(&self) -> Option<Outcome<'_>> {
+    pub(super) fn retry_outcome(&self) -> Option<Outcome<'_>> {
         Some(match &self.result {
             Ok((rsp, _)) => Outcome::Response {
                 status: rsp.status().as_u16(),
@@ -82,7 +84,11 @@ impl Attempt {
         })
     }
 
-    fn into_response(self, ctx: &AttemptCtx, info: &mut ResponseInfo) -> Response<RspBody> {
+    pub(super) fn into_response(
+        self,
+        ctx: &AttemptCtx,
+        info: &mut ResponseInfo,
+    ) -> Response<RspBody> {
         let (status, flag, why): (StatusCode, ResponseFlags, String) = match self.result {
             Ok((rsp, inflight)) => {
                 return rsp.map(|b| RspBody::upstream(b, Some(inflight)));
@@ -134,6 +140,16 @@ pub(crate) async fn run(
     info: &mut ResponseInfo,
 ) -> Response<RspBody> {
     let max = 1 + ctx.retry.as_ref().map_or(0, |p| p.num_retries);
+    if ctx.hedge_on_per_try_timeout
+        && max > 1
+        && ctx
+            .retry
+            .as_ref()
+            .is_some_and(|p| p.per_try_timeout.is_some())
+        && let Some(copies) = super::hedge::Copies::new(body)
+    {
+        return super::hedge::run(ctx, headers, copies, info).await;
+    }
     let mut tried: Vec<u32> = Vec::new();
     let mut slot: Option<RetrySlot> = None;
     let mut n = 0u32;
@@ -153,7 +169,7 @@ pub(crate) async fn run(
         } else {
             std::mem::take(&mut headers)
         };
-        let attempt = one(ctx, n, attempt_headers, req_body, &tried, slot.take()).await;
+        let attempt = one(ctx, n, attempt_headers, req_body, &tried, slot.take(), true).await;
         info.attempts = n;
         if let Some((index, addr)) = attempt.host {
             info.upstream = Some(addr);
@@ -197,14 +213,16 @@ pub(crate) async fn run(
     }
 }
 
-/// One attempt.
-async fn one(
+/// One attempt; `per_try` applies the policy's per-try timeout (hedging times attempts
+/// itself).
+pub(super) async fn one(
     ctx: &AttemptCtx,
     n: u32,
     headers: HeaderMap,
     body: ReqBody,
     tried: &[u32],
     retry: Option<RetrySlot>,
+    per_try: bool,
 ) -> Attempt {
     let cluster = &ctx.cluster;
     let state = cluster.state();
@@ -238,7 +256,7 @@ async fn one(
     let protocol = state.protocol(ctx.version);
     let req = build(ctx, n, headers, body, protocol, &host.addr_text);
     let send = host.send(req, protocol, state.settings, &cluster.counters, limits);
-    let result = match policy.and_then(|p| p.per_try_timeout) {
+    let result = match policy.and_then(|p| p.per_try_timeout).filter(|_| per_try) {
         Some(t) => match tokio::time::timeout(t, send).await {
             Ok(r) => r.map_err(Failure::Send),
             Err(_) => Err(Failure::PerTryTimeout),

@@ -5,6 +5,7 @@ pub(crate) mod balance;
 pub(crate) mod circuit_breaker;
 mod cluster;
 mod fault;
+mod hedge;
 pub(crate) mod host;
 pub(crate) mod outlier;
 mod passthrough;

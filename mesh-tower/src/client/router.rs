@@ -230,6 +230,7 @@ where
         authority,
         auto_host,
         version: parts.version,
+        hedge_on_per_try_timeout: fwd.hedge.or(vh.hedge).is_some_and(|h| h.on_per_try_timeout),
         retry,
         hash: hasher.hash(),
         attempt_count_header: vh.include_attempt_count,
