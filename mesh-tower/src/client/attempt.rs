@@ -173,7 +173,10 @@ pub(crate) async fn run(
         info.attempts = n;
         if let Some((index, addr)) = attempt.host {
             info.upstream = Some(addr);
-            tried.push(index);
+            // Only a later attempt reads it; the common single attempt allocates nothing.
+            if n < max {
+                tried.push(index);
+            }
         }
         let Some(policy) = ctx.retry.as_deref() else {
             return attempt.into_response(ctx, info);

@@ -166,7 +166,11 @@ where
         Some(HostRewrite::Auto) => (None, true),
         None => (None, false),
     };
-    let authority = match authority.or_else(|| raw_authority.parse().ok()) {
+    // The URI's own authority is reused as is (a reference count, no copy).
+    let authority = match authority
+        .or_else(|| req.uri().authority().cloned())
+        .or_else(|| raw_authority.parse().ok())
+    {
         Some(a) => a,
         None => {
             info.flags |= ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR;
