@@ -2,7 +2,7 @@
 //! Errors make `validate` fail and `serve` keep the last good configuration; warnings are
 //! reported and served around.
 
-use crate::config::istio::{HttpRoute, StringMatch};
+use crate::config::istio::{AuthorizationPolicy, HttpRoute, StringMatch};
 use crate::config::{Config, Diagnostic, Object, Severity, Spec};
 use crate::registry::Registry;
 
@@ -17,16 +17,88 @@ pub fn analyze(config: &Config, registry: &Registry) -> Vec<Diagnostic> {
                     http_route(o, i, r, registry, ns, config, &mut out);
                 }
             }
-            Spec::AuthorizationPolicy(p) if p.action.as_deref() == Some("CUSTOM") => out.push(diag(
-                o,
-                "spec.action",
-                "CUSTOM (external authorization) is not served by mesh-control yet; the policy has no effect".into(),
-                Severity::Warning,
-            )),
+            Spec::AuthorizationPolicy(p) => authorization(o, p, registry, ns, config, &mut out),
             _ => {}
         }
     }
     out
+}
+
+/// CUSTOM policies need a provider the mesh config defines, reaching a known service; a
+/// policy that lacks them still loads (as in istiod) and fails closed.
+fn authorization(
+    o: &Object,
+    p: &AuthorizationPolicy,
+    registry: &Registry,
+    ns: &str,
+    config: &Config,
+    out: &mut Vec<Diagnostic>,
+) {
+    let custom = p.action.as_deref() == Some("CUSTOM");
+    match (&p.provider, custom) {
+        (None, true) => out.push(diag(
+            o,
+            "spec.provider",
+            "CUSTOM needs a provider (an extension provider of the mesh config)".into(),
+            Severity::Error,
+        )),
+        (Some(_), false) => out.push(diag(
+            o,
+            "spec.provider",
+            "a provider is only used with action CUSTOM".into(),
+            Severity::Error,
+        )),
+        (Some(provider), true) => {
+            let defined = config.objects.iter().find_map(|x| match &x.spec {
+                Spec::MeshConfig(m) => m
+                    .extension_providers
+                    .iter()
+                    .find(|e| e.name == provider.name),
+                _ => None,
+            });
+            let fail_closed = "requests the policy selects are denied";
+            match defined {
+                None => out.push(diag(
+                    o,
+                    "spec.provider.name",
+                    format!(
+                        "provider {:?} is not among the mesh config's extensionProviders (the istio ConfigMap); {fail_closed}",
+                        provider.name
+                    ),
+                    Severity::Warning,
+                )),
+                Some(e) => {
+                    let service = match (&e.envoy_ext_authz_http, &e.envoy_ext_authz_grpc) {
+                        (Some(h), _) => Some(&h.service),
+                        (_, Some(g)) => Some(&g.service),
+                        _ => None,
+                    };
+                    match service {
+                        None => out.push(diag(
+                            o,
+                            "spec.provider.name",
+                            format!(
+                                "provider {:?} has no envoyExtAuthzHttp or envoyExtAuthzGrpc settings; {fail_closed}",
+                                provider.name
+                            ),
+                            Severity::Warning,
+                        )),
+                        Some(s) if registry.resolve(s, ns).is_none() => out.push(diag(
+                            o,
+                            "spec.provider.name",
+                            format!(
+                                "provider {:?} names service {s:?}, which is not in the registry; {fail_closed}",
+                                provider.name
+                            ),
+                            Severity::Warning,
+                        )),
+                        Some(_) => {}
+                    }
+                }
+            }
+        }
+        (None, false) => {}
+    }
 }
 
 fn diag(o: &Object, field: &str, message: String, severity: Severity) -> Diagnostic {

@@ -261,3 +261,62 @@ fn semantic_errors_and_warnings() {
     );
     assert!(d.iter().any(|x| x.contains("error: spec.http[0].fault.abort: VirtualService reviews: httpStatus or grpcStatus is required")), "{d:#?}");
 }
+
+#[test]
+fn mesh_config_errors_point_into_the_configmap() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("mesh.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\ndata:\n  mesh: |-\n    extensionProviders:\n    - name: authz\n      envoyExtAuthzHttp:\n        service: authz\n        port: eighty\n",
+    )
+    .unwrap();
+    let errors = mesh_control::control::load(dir.path(), 1).expect_err("bad port");
+    let text = errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        text.contains("mesh.yaml:10:")
+            && text.contains("data.mesh.extensionProviders[0].envoyExtAuthzHttp.port"),
+        "{text}"
+    );
+}
+
+#[test]
+fn custom_policies_need_a_known_provider() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("authz.yaml"),
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-provider, namespace: default}\nspec: {action: CUSTOM, rules: [{}]}\n",
+    )
+    .unwrap();
+    let errors = mesh_control::control::load(dir.path(), 1).expect_err("no provider");
+    let text = errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        text.contains("spec.provider") && text.contains("CUSTOM needs a provider"),
+        "{text}"
+    );
+
+    std::fs::write(
+        dir.path().join("authz.yaml"),
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: unknown, namespace: default}\nspec: {action: CUSTOM, provider: {name: nope}, rules: [{}]}\n",
+    )
+    .unwrap();
+    mesh_control::control::load(dir.path(), 1).expect("warnings do not block serving");
+    let config = mesh_control::config::load_dir(dir.path()).unwrap();
+    let registry = mesh_control::registry::Registry::build(&config).unwrap();
+    let warnings = mesh_control::analyze::analyze(&config, &registry)
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        warnings.contains("\"nope\"") && warnings.contains("denied"),
+        "{warnings}"
+    );
+}

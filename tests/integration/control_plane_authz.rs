@@ -271,3 +271,41 @@ spec:
     assert!(matches!(&reqs[0], JwtRequirement::Provider(n) if &**n == "origins-0"));
     assert!(matches!(reqs[1], JwtRequirement::AllowMissing));
 }
+
+#[tokio::test]
+async fn custom_policies_become_marking_rbac_then_ext_authz() {
+    let l = inbound(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\ndata:\n  mesh: |-\n    extensionProviders:\n    - name: authz-grpc\n      envoyExtAuthzGrpc: {service: details, port: 9080, timeout: 0.5s, failOpen: true}\n---\n\
+         apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: ext, namespace: default}\nspec:\n  action: CUSTOM\n  provider: {name: authz-grpc}\n  rules: [{to: [{operation: {paths: [\"/admin\"]}}]}]\n",
+    )
+    .await;
+    let h = http(&socket(&l).filter_chains[0]);
+    let kinds: Vec<&str> = h.http_filters.iter().map(|f| f.config.kind()).collect();
+    assert_eq!(
+        kinds,
+        ["rbac", "ext_authz", "rbac", "rbac", "router"],
+        "CUSTOM first, then DENY, then ALLOW"
+    );
+    let FilterConfig::Rbac(mark) = &h.http_filters[0].config else {
+        panic!()
+    };
+    assert!(mark.rules.is_none(), "marks only");
+    assert_eq!(&*mark.shadow_stat_prefix, "istio_ext_authz_");
+    assert_eq!(
+        &*mark.shadow_rules.as_ref().unwrap().policies[0].0,
+        "istio-ext-authz-ns[default]-policy[ext]-rule[0]"
+    );
+    let FilterConfig::ExtAuthz(e) = &h.http_filters[1].config else {
+        panic!()
+    };
+    assert!(matches!(&e.service, ExtAuthzService::Grpc { cluster, .. }
+        if &**cluster == "outbound|9080||details.default.svc.cluster.local"));
+    assert_eq!(e.timeout, Duration::from_millis(500));
+    assert!(e.failure_mode_allow);
+    let m = e
+        .enabled_metadata
+        .as_ref()
+        .expect("enabled by the marking rules");
+    assert_eq!(&*m.filter, "envoy.filters.http.rbac");
+    assert_eq!(&*m.path[0], "istio_ext_authz_shadow_effective_policy_id");
+}

@@ -102,3 +102,136 @@ async fn envoy_enforces_generated_authorization_policies() {
         envoy.log()
     );
 }
+
+/// A sample external authorizer, like Istio's `ext-authz` sample: allows requests carrying
+/// `x-ext-authz: allow`, denies others with 403 and `x-ext-authz-check-result: denied`.
+async fn ext_authz_server() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicU32>,
+) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let checks = std::sync::Arc::new(AtomicU32::new(0));
+    let counted = checks.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        counted.fetch_add(1, Ordering::Relaxed);
+                        let allow = req
+                            .headers()
+                            .get("x-ext-authz")
+                            .is_some_and(|v| v == "allow");
+                        async move {
+                            let mut rsp = hyper::Response::new(http_body_util::Full::new(
+                                bytes::Bytes::from(if allow { "" } else { "denied by ext_authz" }),
+                            ));
+                            if !allow {
+                                *rsp.status_mut() = hyper::StatusCode::FORBIDDEN;
+                                rsp.headers_mut()
+                                    .insert("x-ext-authz-check-result", "denied".parse().unwrap());
+                            }
+                            Ok::<_, std::convert::Infallible>(rsp)
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, checks)
+}
+
+#[tokio::test]
+async fn envoy_enforces_custom_policies_through_the_mesh_configs_ext_authz_provider() {
+    use std::sync::atomic::Ordering;
+    let app = Backend::start("details-v1").await;
+    let (authz, checks) = ext_authz_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("service.yaml"), SERVICE).unwrap();
+    std::fs::write(
+        dir.path().join("ext-authz.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: ext-authz}}\nspec:\n  ports: [{{port: 8000, name: http}}]\n  selector: {{app: ext-authz}}\n---\n\
+             apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: ext-authz}}\nspec: {{address: 127.0.0.1, ports: {{http: {}}}, labels: {{app: ext-authz}}}}\n---\n\
+             apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: istio, namespace: istio-system}}\ndata:\n  mesh: |-\n    extensionProviders:\n    - name: sample-ext-authz-http\n      envoyExtAuthzHttp:\n        service: ext-authz.default.svc.cluster.local\n        port: 8000\n        includeRequestHeadersInCheck: [x-ext-authz]\n        headersToDownstreamOnDeny: [x-ext-authz-check-result]\n---\n\
+             apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: ext-authz, namespace: default}}\nspec:\n  selector: {{matchLabels: {{app: details}}}}\n  action: CUSTOM\n  provider: {{name: sample-ext-authz-http}}\n  rules: [{{to: [{{operation: {{paths: [\"/headers\"]}}}}]}}]\n",
+            authz.port()
+        ),
+    )
+    .unwrap();
+    let (cp, xds) = super::serve_control_plane(dir.path()).await;
+    let inbound = free_port();
+    let bootstrap = ads_bootstrap(
+        xds,
+        "sidecar~127.0.0.1~details-v1.default~default.svc.cluster.local",
+        serde_json::json!({"NAMESPACE": "default", "LABELS": {"app": "details", "version": "v1"},
+                           "MESH_INBOUND_ADDR": inbound.to_string(), "MESH_APP_ADDR": app.addr().to_string()}),
+    );
+    let envoy = Envoy::start(&bootstrap).await;
+
+    // Selected by the CUSTOM policy, no allow header: the authorizer's 403 reaches the client.
+    assert_eq!(
+        expect(inbound, "GET", "/headers", 403, &envoy).await,
+        "denied by ext_authz"
+    );
+    let got = http::request(
+        inbound,
+        "GET",
+        "/headers",
+        &[("host", "details:9080"), ("x-ext-authz", "allow")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        got,
+        (200, "details-v1".to_owned()),
+        "allowed by the authorizer"
+    );
+    // Not selected: never checked.
+    let before = checks.load(Ordering::Relaxed);
+    assert_eq!(
+        expect(inbound, "GET", "/details/0", 200, &envoy).await,
+        "details-v1"
+    );
+    assert_eq!(
+        checks.load(Ordering::Relaxed),
+        before,
+        "only selected requests are checked"
+    );
+    assert_eq!(
+        cp.ads().nack_count(),
+        0,
+        "Envoy NACKed; log:\n{}",
+        envoy.log()
+    );
+}
+
+#[tokio::test]
+async fn custom_policies_with_a_missing_provider_fail_closed() {
+    let app = Backend::start("details-v1").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("service.yaml"), SERVICE).unwrap();
+    std::fs::write(
+        dir.path().join("policy.yaml"),
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: ext-authz, namespace: default}\nspec:\n  action: CUSTOM\n  provider: {name: nowhere}\n  rules: [{to: [{operation: {paths: [\"/headers\"]}}]}]\n",
+    )
+    .unwrap();
+    let (cp, xds) = super::serve_control_plane(dir.path()).await;
+    let inbound = free_port();
+    let bootstrap = ads_bootstrap(
+        xds,
+        "sidecar~127.0.0.1~details-v1.default~default.svc.cluster.local",
+        serde_json::json!({"NAMESPACE": "default", "LABELS": {"app": "details"},
+                           "MESH_INBOUND_ADDR": inbound.to_string(), "MESH_APP_ADDR": app.addr().to_string()}),
+    );
+    let envoy = Envoy::start(&bootstrap).await;
+    expect(inbound, "GET", "/headers", 403, &envoy).await;
+    expect(inbound, "GET", "/details/0", 200, &envoy).await;
+    assert_eq!(cp.ads().nack_count(), 0);
+}

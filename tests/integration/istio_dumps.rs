@@ -103,8 +103,6 @@ fn istiod_config_dumps_translate() {
 /// Required (non-optional) HTTP filters in those dumps that the model does not implement. A
 /// listener carrying one is NACKed, as gRFC A39 asks.
 const EXPECTED_UNSUPPORTED: &[&str] = &[
-    // AuthorizationPolicy CUSTOM: external authorization arrives with the security issue.
-    "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
     // Envoy's own gRPC statistics; our telemetry layer reports Istio's metrics itself.
     "type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig",
     // Istio's legacy Wasm stats plugin.

@@ -874,3 +874,97 @@ pub struct Gateway {
     #[serde(default)]
     pub servers: Vec<serde_json::Value>,
 }
+
+/// Istio's `MeshConfig`, as found in the `mesh` key of the `istio` ConfigMap. Only what
+/// mesh-control serves is read; other fields are accepted and ignored.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshConfig {
+    /// Providers referenced by CUSTOM AuthorizationPolicies (and telemetry).
+    #[serde(default)]
+    pub extension_providers: Vec<MeshExtensionProvider>,
+}
+
+/// `MeshConfig.ExtensionProvider`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshExtensionProvider {
+    /// The name policies use.
+    pub name: String,
+    /// External authorization over HTTP.
+    pub envoy_ext_authz_http: Option<ExtAuthzHttpProvider>,
+    /// External authorization over gRPC.
+    pub envoy_ext_authz_grpc: Option<ExtAuthzGrpcProvider>,
+}
+
+/// `EnvoyExternalAuthorizationHttpProvider`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExtAuthzHttpProvider {
+    /// Service host (`ext-authz.foo.svc.cluster.local`, or a short name).
+    pub service: String,
+    /// Service port.
+    pub port: u32,
+    /// Check timeout (default 600 s, as istiod sets).
+    pub timeout: Option<IstioDuration>,
+    /// Prefix for the check request's path.
+    pub path_prefix: Option<String>,
+    /// Allow requests when the service cannot be reached.
+    #[serde(default)]
+    pub fail_open: bool,
+    /// Status when the check fails (default 403).
+    pub status_on_error: Option<String>,
+    /// Request headers sent in the check.
+    #[serde(default)]
+    pub include_request_headers_in_check: Vec<String>,
+    /// Deprecated name of the above.
+    #[serde(default)]
+    pub include_headers_in_check: Vec<String>,
+    /// Extra headers added to the check request.
+    #[serde(default)]
+    pub include_additional_headers_in_check: BTreeMap<String, String>,
+    /// Send the body.
+    pub include_request_body_in_check: Option<RequestBodyInCheck>,
+    /// Check-response headers copied upstream on allow.
+    #[serde(default)]
+    pub headers_to_upstream_on_allow: Vec<String>,
+    /// Check-response headers copied to the client on allow.
+    #[serde(default)]
+    pub headers_to_downstream_on_allow: Vec<String>,
+    /// Check-response headers copied to the client on deny.
+    #[serde(default)]
+    pub headers_to_downstream_on_deny: Vec<String>,
+}
+
+/// `EnvoyExternalAuthorizationGrpcProvider`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExtAuthzGrpcProvider {
+    /// Service host.
+    pub service: String,
+    /// Service port.
+    pub port: u32,
+    /// Check timeout (default 600 s).
+    pub timeout: Option<IstioDuration>,
+    /// Allow requests when the service cannot be reached.
+    #[serde(default)]
+    pub fail_open: bool,
+    /// Status when the check fails (default 403).
+    pub status_on_error: Option<String>,
+    /// Send the body.
+    pub include_request_body_in_check: Option<RequestBodyInCheck>,
+}
+
+/// `EnvoyExternalAuthorizationRequestBody`.
+#[derive(Clone, Copy, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequestBodyInCheck {
+    /// Most bytes sent.
+    pub max_request_bytes: Option<u32>,
+    /// Send a partial body rather than 413.
+    #[serde(default)]
+    pub allow_partial_message: bool,
+    /// Send the body as bytes.
+    #[serde(default)]
+    pub pack_as_bytes: bool,
+}

@@ -63,6 +63,8 @@ pub enum Spec {
     Service(Box<kube::Service>),
     Deployment(Box<kube::Deployment>),
     ServiceAccount,
+    /// The `mesh` key of the `istio` ConfigMap.
+    MeshConfig(Box<istio::MeshConfig>),
 }
 
 impl Spec {
@@ -80,6 +82,7 @@ impl Spec {
             Spec::Service(_) => "Service",
             Spec::Deployment(_) => "Deployment",
             Spec::ServiceAccount => "ServiceAccount",
+            Spec::MeshConfig(_) => "ConfigMap",
         }
     }
 }
@@ -314,6 +317,9 @@ fn parse_into(text: &str, file: &Path, config: &mut Config, errors: &mut Vec<Dia
             ("v1", "Service") => typed(doc).map(|x| Spec::Service(Box::new(x))),
             ("apps", "Deployment") => typed(doc).map(|x| Spec::Deployment(Box::new(x))),
             ("v1", "ServiceAccount") => Ok(Spec::ServiceAccount),
+            ("v1", "ConfigMap") if env.metadata.name == "istio" => {
+                mesh_config(doc).map(|x| Spec::MeshConfig(Box::new(x)))
+            }
             _ => {
                 config.warnings.push(Diagnostic {
                     origin,
@@ -354,6 +360,38 @@ fn parse_into(text: &str, file: &Path, config: &mut Config, errors: &mut Vec<Dia
 }
 
 type TypedError = (String, String, (usize, usize));
+
+/// Istio's mesh config: the YAML text in `data.mesh` of the `istio` ConfigMap. Errors point
+/// into that text (line numbers counted from the document).
+fn mesh_config(doc: &str) -> Result<istio::MeshConfig, TypedError> {
+    #[derive(Deserialize)]
+    struct ConfigMap {
+        #[serde(default)]
+        data: BTreeMap<String, String>,
+    }
+    let cm: ConfigMap = serde_norway::from_str(doc)
+        .map_err(|e| ("data".to_owned(), strip_location(&e.to_string()), (1, 1)))?;
+    let Some(text) = cm.data.get("mesh") else {
+        return Ok(istio::MeshConfig::default());
+    };
+    // Where the block starts: the line after `mesh: |`.
+    let start = doc
+        .lines()
+        .position(|l| l.trim_start().starts_with("mesh:"))
+        .map_or(0, |i| i + 1);
+    let de = serde_norway::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let (line, column) = e
+            .inner()
+            .location()
+            .map_or((1, 1), |l| (l.line() + start, l.column()));
+        (
+            format!("data.mesh.{}", e.path()),
+            strip_location(&e.inner().to_string()),
+            (line, column),
+        )
+    })
+}
 
 /// Deserializes a document's spec, keeping the YAML position and path of errors.
 fn typed<T: serde::de::DeserializeOwned + Default>(doc: &str) -> Result<T, TypedError> {

@@ -2,6 +2,13 @@
 //! policies placed before one for ALLOW policies (and AUDIT as a LOG filter); policy names
 //! `ns[NS]-policy[NAME]-rule[I]`; a rule is `from` (any source) AND `to` (any operation) AND
 //! every `when` condition.
+//!
+//! CUSTOM policies come first (Istio evaluates CUSTOM, then DENY, then ALLOW), as istiod
+//! builds them: an RBAC filter whose *shadow* rules (`istio-ext-authz-…` policies, stat prefix
+//! `istio_ext_authz_`) mark the requests the policies select, then an ext_authz filter enabled
+//! only for requests so marked, calling the mesh config's extension provider. A policy whose
+//! provider is missing, or a workload selected by policies of several providers, fails closed:
+//! the CUSTOM rules become an enforced DENY.
 
 // istiod still emits the `metadata` principal for request principals and JWT claims (Envoy
 // deprecated it for `sourced_metadata`); we emit what clients and istiod agree on.
@@ -14,15 +21,223 @@ use envoy_types::pb::envoy::config::rbac::v3 as rbac;
 use envoy_types::pb::envoy::config::route::v3::{
     HeaderMatcher, header_matcher::HeaderMatchSpecifier,
 };
+use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3 as ext_authz_pb;
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3 as rbac_filter;
 use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
+use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::protobuf::UInt32Value;
+use envoy_types::util::pack_any;
 
-use crate::config::istio::{AuthorizationPolicy, AuthzRule, Condition, Operation, Source};
+use crate::config::istio::{
+    AuthorizationPolicy, AuthzRule, Condition, MeshExtensionProvider, Operation, Source,
+};
 use crate::registry::TRUST_DOMAIN;
 
-/// The RBAC filters for the policies that apply to a workload, in evaluation order.
-pub(crate) fn filters(
+/// The authorization filters (typed configs) for the policies that apply to a workload, in
+/// evaluation order. `provider` finds an extension provider and the cluster of its service.
+pub(crate) fn filters<'a>(
+    policies: &[(&str, &str, &AuthorizationPolicy)],
+    provider: impl Fn(&str) -> Option<(&'a MeshExtensionProvider, String)>,
+) -> Vec<(String, Any)> {
+    let mut out = custom_filters(policies, provider);
+    out.extend(
+        rbac_filters(policies)
+            .into_iter()
+            .map(|(name, config)| (name, pack_any(config))),
+    );
+    out
+}
+
+/// Prefix of CUSTOM policy names, matched by the ext_authz filter's metadata check.
+const EXT_AUTHZ_POLICY_PREFIX: &str = "istio-ext-authz";
+/// Shadow stat prefix of the CUSTOM RBAC filter; it also prefixes the metadata key.
+const EXT_AUTHZ_STAT_PREFIX: &str = "istio_ext_authz_";
+
+fn custom_filters<'a>(
+    policies: &[(&str, &str, &AuthorizationPolicy)],
+    provider: impl Fn(&str) -> Option<(&'a MeshExtensionProvider, String)>,
+) -> Vec<(String, Any)> {
+    let custom: Vec<_> = policies
+        .iter()
+        .filter(|(_, _, p)| p.action.as_deref() == Some("CUSTOM"))
+        .collect();
+    if custom.is_empty() {
+        return Vec::new();
+    }
+    let mut rules = BTreeMap::new();
+    for (ns, name, p) in &custom {
+        for (i, rule) in p.rules.iter().enumerate() {
+            rules.insert(
+                format!("{EXT_AUTHZ_POLICY_PREFIX}-ns[{ns}]-policy[{name}]-rule[{i}]"),
+                policy(rule),
+            );
+        }
+    }
+    let mut names: Vec<&str> = custom
+        .iter()
+        .map(|(_, _, p)| p.provider.as_ref().map_or("", |x| x.name.as_str()))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    let resolved = match names.as_slice() {
+        [one] => provider(one).and_then(|(p, cluster)| ext_authz(p, cluster)),
+        _ => None,
+    };
+    let Some(ext_authz) = resolved else {
+        // Fail closed: what the CUSTOM policies select is denied.
+        let deny = rbac_filter::Rbac {
+            rules: Some(rbac::Rbac {
+                action: rbac::rbac::Action::Deny as i32,
+                policies: rules.into_iter().collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        return vec![("envoy.filters.http.rbac.custom".to_owned(), pack_any(deny))];
+    };
+    let mark = rbac_filter::Rbac {
+        shadow_rules: Some(rbac::Rbac {
+            action: rbac::rbac::Action::Deny as i32,
+            policies: rules.into_iter().collect(),
+            ..Default::default()
+        }),
+        shadow_rules_stat_prefix: EXT_AUTHZ_STAT_PREFIX.into(),
+        ..Default::default()
+    };
+    vec![
+        ("envoy.filters.http.rbac.custom".to_owned(), pack_any(mark)),
+        (
+            "envoy.filters.http.ext_authz".to_owned(),
+            pack_any(ext_authz),
+        ),
+    ]
+}
+
+/// The ext_authz filter for a provider, or `None` when it has no ext_authz settings.
+fn ext_authz(p: &MeshExtensionProvider, cluster: String) -> Option<ext_authz_pb::ExtAuthz> {
+    use envoy_types::pb::envoy::config::core::v3::{
+        self as core, GrpcService, HeaderValue, HttpUri, grpc_service, http_uri,
+    };
+    use envoy_types::pb::envoy::r#type::v3::HttpStatus;
+    use ext_authz_pb::ext_authz::Services;
+    // istiod's default check timeout.
+    const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+    let names = |list: &[String]| -> Option<matcher::ListStringMatcher> {
+        (!list.is_empty()).then(|| matcher::ListStringMatcher {
+            patterns: list.iter().map(|h| header_name_matcher(h)).collect(),
+        })
+    };
+    let body = |b: &Option<crate::config::istio::RequestBodyInCheck>| {
+        b.map(|b| ext_authz_pb::BufferSettings {
+            max_request_bytes: b.max_request_bytes.unwrap_or(8192),
+            allow_partial_message: b.allow_partial_message,
+            pack_as_bytes: b.pack_as_bytes,
+        })
+    };
+    let status = |s: &Option<String>| {
+        s.as_deref()
+            .and_then(|s| s.parse::<i32>().ok())
+            .map(|code| HttpStatus { code })
+    };
+    let enabled = matcher::MetadataMatcher {
+        filter: "envoy.filters.http.rbac".into(),
+        path: vec![matcher::metadata_matcher::PathSegment {
+            segment: Some(matcher::metadata_matcher::path_segment::Segment::Key(
+                format!("{EXT_AUTHZ_STAT_PREFIX}shadow_effective_policy_id"),
+            )),
+        }],
+        value: Some(matcher::ValueMatcher {
+            match_pattern: Some(matcher::value_matcher::MatchPattern::StringMatch(
+                matcher::StringMatcher {
+                    match_pattern: Some(matcher::string_matcher::MatchPattern::Prefix(
+                        EXT_AUTHZ_POLICY_PREFIX.into(),
+                    )),
+                    ..Default::default()
+                },
+            )),
+        }),
+        ..Default::default()
+    };
+    let mut out = ext_authz_pb::ExtAuthz {
+        transport_api_version: core::ApiVersion::V3 as i32,
+        filter_enabled_metadata: Some(enabled),
+        ..Default::default()
+    };
+    if let Some(h) = &p.envoy_ext_authz_http {
+        let timeout = h.timeout.map_or(DEFAULT_TIMEOUT, |d| d.0);
+        let mut request_headers = h.include_request_headers_in_check.clone();
+        request_headers.extend(h.include_headers_in_check.iter().cloned());
+        out.services = Some(Services::HttpService(ext_authz_pb::HttpService {
+            server_uri: Some(HttpUri {
+                uri: format!("http://{}:{}", h.service, h.port),
+                timeout: Some(super::pb_duration(timeout)),
+                http_upstream_type: Some(http_uri::HttpUpstreamType::Cluster(cluster)),
+            }),
+            path_prefix: h.path_prefix.clone().unwrap_or_default(),
+            authorization_request: Some(ext_authz_pb::AuthorizationRequest {
+                headers_to_add: h
+                    .include_additional_headers_in_check
+                    .iter()
+                    .map(|(k, v)| HeaderValue {
+                        key: k.clone(),
+                        value: v.clone(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }),
+            authorization_response: Some(ext_authz_pb::AuthorizationResponse {
+                allowed_upstream_headers: names(&h.headers_to_upstream_on_allow),
+                allowed_client_headers: names(&h.headers_to_downstream_on_deny),
+                allowed_client_headers_on_success: names(&h.headers_to_downstream_on_allow),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }));
+        out.allowed_headers = names(&request_headers);
+        out.failure_mode_allow = h.fail_open;
+        out.status_on_error = status(&h.status_on_error);
+        out.with_request_body = body(&h.include_request_body_in_check);
+    } else if let Some(g) = &p.envoy_ext_authz_grpc {
+        let timeout = g.timeout.map_or(DEFAULT_TIMEOUT, |d| d.0);
+        out.services = Some(Services::GrpcService(GrpcService {
+            timeout: Some(super::pb_duration(timeout)),
+            target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(
+                grpc_service::EnvoyGrpc {
+                    cluster_name: cluster,
+                    authority: g.service.clone(),
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        }));
+        out.failure_mode_allow = g.fail_open;
+        out.status_on_error = status(&g.status_on_error);
+        out.with_request_body = body(&g.include_request_body_in_check);
+    } else {
+        return None;
+    }
+    Some(out)
+}
+
+/// A header name in a provider list: exact, or `prefix*` / `*suffix`, case-insensitive.
+fn header_name_matcher(h: &str) -> matcher::StringMatcher {
+    use matcher::string_matcher::MatchPattern as P;
+    let pattern = if let Some(p) = h.strip_suffix('*') {
+        P::Prefix(p.into())
+    } else if let Some(s) = h.strip_prefix('*') {
+        P::Suffix(s.into())
+    } else {
+        P::Exact(h.into())
+    };
+    matcher::StringMatcher {
+        match_pattern: Some(pattern),
+        ignore_case: true,
+    }
+}
+
+/// The RBAC filters of DENY, ALLOW and AUDIT policies, in evaluation order.
+fn rbac_filters(
     policies: &[(&str, &str, &AuthorizationPolicy)],
 ) -> Vec<(String, rbac_filter::Rbac)> {
     let mut by_action: BTreeMap<u8, (rbac::rbac::Action, BTreeMap<String, rbac::Policy>)> =
@@ -32,7 +247,7 @@ pub(crate) fn filters(
             "DENY" => (0, rbac::rbac::Action::Deny),
             "ALLOW" => (1, rbac::rbac::Action::Allow),
             "AUDIT" => (2, rbac::rbac::Action::Log),
-            // CUSTOM (external authorization) is generated with the security layer.
+            // CUSTOM is built by `custom_filters`.
             _ => continue,
         };
         let entry = by_action

@@ -123,6 +123,7 @@ pub struct Policies {
     peer_authentications: Vec<(String, String, istio::PeerAuthentication)>,
     authorization_policies: Vec<(String, String, istio::AuthorizationPolicy)>,
     request_authentications: Vec<(String, istio::RequestAuthentication)>,
+    extension_providers: Vec<istio::MeshExtensionProvider>,
 }
 
 /// Inbound mTLS mode.
@@ -216,6 +217,9 @@ impl Policies {
                         .push((ns, o.metadata.name.clone(), (**vs).clone()))
                 }
                 Spec::DestinationRule(dr) => p.destination_rules.push((ns, (**dr).clone())),
+                Spec::MeshConfig(m) => p
+                    .extension_providers
+                    .extend(m.extension_providers.iter().cloned()),
                 Spec::PeerAuthentication(pa) => {
                     p.peer_authentications
                         .push((ns, o.metadata.name.clone(), (**pa).clone()))
@@ -410,10 +414,24 @@ impl<'a> Generator<'a> {
                 .map(|j| http_filter("envoy.filters.http.jwt_authn", pack_any(j)))
                 .into_iter()
                 .collect();
+        let provider = |name: &str| {
+            let p = self
+                .policies
+                .extension_providers
+                .iter()
+                .find(|p| p.name == name)?;
+            let (service, port) = match (&p.envoy_ext_authz_http, &p.envoy_ext_authz_grpc) {
+                (Some(h), _) => (&h.service, h.port),
+                (_, Some(g)) => (&g.service, g.port),
+                _ => return None,
+            };
+            let svc = self.registry.resolve(service, &node.namespace)?;
+            Some((p, names::outbound(port as u16, "", &svc.hostname)))
+        };
         filters.extend(
-            authz::filters(&self.policies.authorization_for(node))
+            authz::filters(&self.policies.authorization_for(node), provider)
                 .into_iter()
-                .map(|(n, config)| http_filter(&n, pack_any(config))),
+                .map(|(n, config)| http_filter(&n, config)),
         );
         filters.push(http_filter(
             "envoy.filters.http.router",

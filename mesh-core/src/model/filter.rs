@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::authz::RbacFilter;
-use super::matcher::{Fraction, HeaderMatcher, RouteMatcher};
+use super::authz::{MetadataMatcher, RbacFilter};
+use super::matcher::{Fraction, HeaderMatcher, RouteMatcher, StringMatcher};
 
 /// Well-known filter type URLs, as Envoy and istiod send them.
 pub mod type_urls {
@@ -23,6 +23,9 @@ pub mod type_urls {
     /// JWT per route.
     pub const JWT_PER_ROUTE: &str =
         "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig";
+    /// External authorization.
+    pub const EXT_AUTHZ: &str =
+        "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz";
     /// Local rate limit.
     pub const LOCAL_RATE_LIMIT: &str =
         "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit";
@@ -60,6 +63,8 @@ pub enum FilterConfig {
     JwtPerRoute(Arc<JwtPerRoute>),
     /// Local token-bucket rate limit.
     LocalRateLimit(Arc<LocalRateLimit>),
+    /// External authorization (Istio's AuthorizationPolicy CUSTOM).
+    ExtAuthz(Arc<ExtAuthz>),
     /// An optional filter (or override) this library does not implement; ignored on the data
     /// path, kept so `/config_dump` can say what was skipped.
     Unsupported {
@@ -78,6 +83,7 @@ impl FilterConfig {
             Self::Jwt(_) => "jwt_authn",
             Self::JwtPerRoute(_) => "jwt_authn.per_route",
             Self::LocalRateLimit(_) => "local_ratelimit",
+            Self::ExtAuthz(_) => "ext_authz",
             Self::Unsupported { type_url } => type_url,
         }
     }
@@ -159,6 +165,67 @@ pub enum AbortKind {
     Grpc(u32),
     /// From the `x-envoy-fault-abort-request` / `-grpc-request` headers.
     Header,
+}
+
+/// `ExtAuthz`: ask an authorization service about each request.
+#[derive(Clone, Debug)]
+pub struct ExtAuthz {
+    /// The service and how to call it.
+    pub service: ExtAuthzService,
+    /// Per-check timeout (Envoy's default: 200 ms).
+    pub timeout: Duration,
+    /// Let requests through when the service cannot be reached (Istio's `failOpen`).
+    pub failure_mode_allow: bool,
+    /// Status for requests denied because the check failed (403 by default).
+    pub status_on_error: http::StatusCode,
+    /// Request headers sent in the check (empty: Envoy's defaults).
+    pub allowed_headers: Box<[StringMatcher]>,
+    /// Headers added to the check request.
+    pub headers_to_add: Box<[(http::HeaderName, http::HeaderValue)]>,
+    /// Headers of an OK answer copied to the upstream request.
+    pub allowed_upstream_headers: Box<[StringMatcher]>,
+    /// Headers of a denial copied to the client's response.
+    pub allowed_client_headers: Box<[StringMatcher]>,
+    /// Headers of an OK answer copied to the client's response.
+    pub allowed_client_headers_on_success: Box<[StringMatcher]>,
+    /// Send the request body too, buffered up to this many bytes.
+    pub with_request_body: Option<BodyBuffering>,
+    /// Check only requests whose dynamic metadata matches (Istio: the shadow RBAC rules of
+    /// CUSTOM policies mark the requests to check).
+    pub enabled_metadata: Option<MetadataMatcher>,
+    /// Check only this share of requests.
+    pub filter_enabled: Option<Fraction>,
+}
+
+/// Where the authorization service is.
+#[derive(Clone, Debug)]
+pub enum ExtAuthzService {
+    /// Plain HTTP: the original request's method and headers go to `uri` + path prefix;
+    /// a 200 answer allows it.
+    Http {
+        /// Cluster that reaches the service.
+        cluster: Arc<str>,
+        /// The service's URI (host and port; its path is not used).
+        uri: Box<str>,
+        /// Prepended to the request path.
+        path_prefix: Box<str>,
+    },
+    /// Envoy's `envoy.service.auth.v3.Authorization/Check` over gRPC.
+    Grpc {
+        /// Cluster that reaches the service.
+        cluster: Arc<str>,
+        /// `:authority` for the calls.
+        authority: Option<Box<str>>,
+    },
+}
+
+/// `BufferSettings` of the ext_authz filter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BodyBuffering {
+    /// Most bytes buffered.
+    pub max_bytes: u32,
+    /// Send what fits instead of answering 413.
+    pub allow_partial: bool,
 }
 
 /// `LocalRateLimit`.

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::config::rbac::v3 as rbac;
 use envoy_types::pb::envoy::extensions::filters::http::{
-    fault::v3 as fault, jwt_authn::v3 as jwt, local_ratelimit::v3 as rl, rbac::v3 as rbac_filter,
+    ext_authz::v3 as ext_authz, fault::v3 as fault, jwt_authn::v3 as jwt,
+    local_ratelimit::v3 as rl, rbac::v3 as rbac_filter,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3 as pbm;
 use envoy_types::pb::google::protobuf::Any;
@@ -96,6 +97,9 @@ fn filter_config(any: &Any, per_route: bool) -> Result<FilterConfig, FieldError>
         }
         _ if url == rl::LocalRateLimit::type_url() => {
             FilterConfig::LocalRateLimit(Arc::new(local_rate_limit(&unpack(any)?)?))
+        }
+        _ if url == ext_authz::ExtAuthz::type_url() => {
+            FilterConfig::ExtAuthz(Arc::new(ext_authz_config(&unpack(any)?)?))
         }
         _ => {
             return Err(FieldError::new(format!(
@@ -359,6 +363,152 @@ fn principal(p: &rbac::Principal) -> Result<Principal, FieldError> {
             }
         },
     )
+}
+
+/// Envoy's default ext_authz check timeout.
+const EXT_AUTHZ_TIMEOUT: Duration = Duration::from_millis(200);
+
+fn ext_authz_config(e: &ext_authz::ExtAuthz) -> Result<ExtAuthz, FieldError> {
+    use envoy_types::pb::envoy::config::core::v3::{grpc_service, http_uri};
+    use ext_authz::ext_authz::Services;
+    let list = |l: Option<&pbm::ListStringMatcher>,
+                path: &str|
+     -> Result<Box<[StringMatcher]>, FieldError> {
+        match l {
+            Some(l) => each(&format!("{path}.patterns"), &l.patterns, string_matcher),
+            None => Ok(Box::new([])),
+        }
+    };
+    let (service, timeout, mut allowed_headers, headers_to_add, upstream, client, client_ok) =
+        match &e.services {
+            Some(Services::HttpService(h)) => {
+                let uri = h
+                    .server_uri
+                    .as_ref()
+                    .ok_or_else(|| FieldError::new("is required").at("http_service.server_uri"))?;
+                let cluster = match &uri.http_upstream_type {
+                    Some(http_uri::HttpUpstreamType::Cluster(c)) if !c.is_empty() => c.as_str(),
+                    _ => {
+                        return Err(FieldError::new("cluster is required")
+                            .at("http_service.server_uri.cluster"));
+                    }
+                };
+                let timeout =
+                    super::opt_duration(uri.timeout.as_ref(), "http_service.server_uri.timeout")?
+                        .unwrap_or(EXT_AUTHZ_TIMEOUT);
+                let req = h.authorization_request.as_ref();
+                let rsp = h.authorization_response.as_ref();
+                let headers_to_add = match req {
+                    Some(r) => each(
+                        "http_service.authorization_request.headers_to_add",
+                        &r.headers_to_add,
+                        |hv| {
+                            Ok((
+                                header_name(&hv.key).at("key")?,
+                                http::HeaderValue::from_str(&hv.value)
+                                    .map_err(|e| FieldError::new(e.to_string()).at("value"))?,
+                            ))
+                        },
+                    )?,
+                    None => Box::new([]),
+                };
+                (
+                    ExtAuthzService::Http {
+                        cluster: cluster.into(),
+                        uri: uri.uri.as_str().into(),
+                        path_prefix: h.path_prefix.as_str().into(),
+                    },
+                    timeout,
+                    list(
+                        req.and_then(|r| r.allowed_headers.as_ref()),
+                        "http_service.authorization_request.allowed_headers",
+                    )?,
+                    headers_to_add,
+                    list(
+                        rsp.and_then(|r| r.allowed_upstream_headers.as_ref()),
+                        "http_service.authorization_response.allowed_upstream_headers",
+                    )?,
+                    list(
+                        rsp.and_then(|r| r.allowed_client_headers.as_ref()),
+                        "http_service.authorization_response.allowed_client_headers",
+                    )?,
+                    list(
+                        rsp.and_then(|r| r.allowed_client_headers_on_success.as_ref()),
+                        "http_service.authorization_response.allowed_client_headers_on_success",
+                    )?,
+                )
+            }
+            Some(Services::GrpcService(g)) => {
+                let timeout = super::opt_duration(g.timeout.as_ref(), "grpc_service.timeout")?
+                    .unwrap_or(EXT_AUTHZ_TIMEOUT);
+                let service = match &g.target_specifier {
+                    Some(grpc_service::TargetSpecifier::EnvoyGrpc(eg))
+                        if !eg.cluster_name.is_empty() =>
+                    {
+                        ExtAuthzService::Grpc {
+                            cluster: eg.cluster_name.as_str().into(),
+                            authority: (!eg.authority.is_empty())
+                                .then(|| eg.authority.as_str().into()),
+                        }
+                    }
+                    _ => {
+                        return Err(
+                            FieldError::new("envoy_grpc with a cluster_name is required")
+                                .at("grpc_service"),
+                        );
+                    }
+                };
+                (
+                    service,
+                    timeout,
+                    Box::new([]) as Box<[StringMatcher]>,
+                    Box::new([]) as Box<[_]>,
+                    Box::new([]) as Box<[_]>,
+                    Box::new([]) as Box<[_]>,
+                    Box::new([]) as Box<[_]>,
+                )
+            }
+            None => return Err(FieldError::new("http_service or grpc_service is required")),
+        };
+    // The filter-level list replaces the deprecated one in the HTTP service.
+    if let Some(l) = &e.allowed_headers {
+        allowed_headers = each("allowed_headers.patterns", &l.patterns, string_matcher)?;
+    }
+    let status_on_error = match &e.status_on_error {
+        Some(s) if s.code != 0 => http::StatusCode::from_u16(s.code as u16).map_err(|_| {
+            FieldError::new(format!("invalid status {}", s.code)).at("status_on_error.code")
+        })?,
+        _ => http::StatusCode::FORBIDDEN,
+    };
+    Ok(ExtAuthz {
+        service,
+        timeout,
+        failure_mode_allow: e.failure_mode_allow,
+        status_on_error,
+        allowed_headers,
+        headers_to_add,
+        allowed_upstream_headers: upstream,
+        allowed_client_headers: client,
+        allowed_client_headers_on_success: client_ok,
+        with_request_body: e.with_request_body.as_ref().map(|b| BodyBuffering {
+            max_bytes: b.max_request_bytes,
+            allow_partial: b.allow_partial_message,
+        }),
+        enabled_metadata: e
+            .filter_enabled_metadata
+            .as_ref()
+            .map(|m| metadata_matcher(m).at("filter_enabled_metadata"))
+            .transpose()?,
+        filter_enabled: match &e.filter_enabled {
+            Some(f) => Some(
+                fraction(f.default_value.as_ref().ok_or_else(|| {
+                    FieldError::new("is required").at("filter_enabled.default_value")
+                })?)
+                .at("filter_enabled.default_value")?,
+            ),
+            None => None,
+        },
+    })
 }
 
 fn metadata_matcher(m: &pbm::MetadataMatcher) -> Result<MetadataMatcher, FieldError> {
