@@ -62,6 +62,29 @@ impl TestCa {
         self.issue(params)
     }
 
+    /// A workload certificate as Istio issues them: the SPIFFE ID as URI SAN, usable for
+    /// both ends of mTLS.
+    pub fn workload(&self, spiffe_id: &str) -> CertifiedKey {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params
+            .subject_alt_names
+            .push(SanType::URI(spiffe_id.try_into().expect("URI SAN")));
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        self.issue(params)
+    }
+
+    /// Writes `key`'s certificate, its private key and this CA's root into `dir` under
+    /// istio-agent's file names (`cert-chain.pem`, `key.pem`, `root-cert.pem`).
+    pub fn write_istio_files(&self, key: &CertifiedKey, dir: &std::path::Path) {
+        std::fs::create_dir_all(dir).expect("cert dir");
+        std::fs::write(dir.join("cert-chain.pem"), &key.cert_pem).expect("cert");
+        std::fs::write(dir.join("key.pem"), &key.key_pem).expect("key");
+        std::fs::write(dir.join("root-cert.pem"), &self.root_pem).expect("root");
+    }
+
     fn issue(&self, params: CertificateParams) -> CertifiedKey {
         let key = KeyPair::generate().expect("key");
         let cert = params.signed_by(&key, &self.issuer).expect("signed leaf");

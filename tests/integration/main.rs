@@ -12,6 +12,7 @@ mod control_plane_samples;
 mod envoy_control_plane;
 mod envoy_differential;
 mod envoy_inbound_authz;
+mod envoy_mtls;
 mod grpcio_control_plane;
 mod istio_dumps;
 mod mesh_control_outbound;

@@ -214,7 +214,7 @@ pub(super) fn cluster(
         dns_discovery(&mut c, dns, port.number, node.kind);
     }
     if let Some(t) = e.tls {
-        c.transport_socket = upstream_tls(t, svc, port.number, name);
+        c.transport_socket = upstream_tls(t, svc, port.number, name, node);
     }
     c
 }
@@ -304,11 +304,8 @@ fn upstream_tls(
     svc: &Service,
     port: u16,
     cluster_name: &str,
+    node: &super::NodeInfo,
 ) -> Option<core::TransportSocket> {
-    let provider = |cert: &str| tls::CertificateProviderPluginInstance {
-        instance_name: "default".into(),
-        certificate_name: cert.into(),
-    };
     let file = |f: &str| core::DataSource {
         specifier: Some(core::data_source::Specifier::Filename(f.into())),
         ..Default::default()
@@ -326,20 +323,11 @@ fn upstream_tls(
     let mut sni = t.sni.clone().unwrap_or_default();
     match t.mode.as_deref().unwrap_or("DISABLE") {
         "ISTIO_MUTUAL" => {
-            common.tls_certificate_provider_instance = Some(provider("default"));
             let mut sans: Vec<String> =
                 svc.endpoints.iter().filter_map(|e| e.spiffe_id()).collect();
             sans.sort();
             sans.dedup();
-            common.validation_context_type = Some(
-                tls::common_tls_context::ValidationContextType::ValidationContext(
-                    tls::CertificateValidationContext {
-                        ca_certificate_provider_instance: Some(provider("ROOTCA")),
-                        match_typed_subject_alt_names: sans.into_iter().map(san).collect(),
-                        ..Default::default()
-                    },
-                ),
-            );
+            common = super::identity::CertSource::for_node(node).common_context(sans);
             common.alpn_protocols = vec!["istio-peer-exchange".into(), "istio".into()];
             if sni.is_empty() {
                 // istiod's SNI for a cluster: outbound_.PORT_.SUBSET_.HOST

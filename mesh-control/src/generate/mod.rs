@@ -9,6 +9,7 @@
 mod authn;
 mod authz;
 mod cluster;
+mod identity;
 pub mod names;
 mod route;
 
@@ -43,6 +44,9 @@ pub struct NodeInfo {
     pub inbound_addr: Option<std::net::SocketAddr>,
     /// ... in front of the local workload at this address (metadata `MESH_APP_ADDR`).
     pub app_addr: Option<std::net::SocketAddr>,
+    /// For Envoy: a directory with `cert-chain.pem`, `key.pem` and `root-cert.pem` for mTLS
+    /// (metadata `MESH_CERT_DIR`); without it, Envoy is sent SDS references.
+    pub cert_dir: Option<std::path::PathBuf>,
 }
 
 /// Proxyless library or Envoy.
@@ -105,6 +109,7 @@ impl NodeInfo {
             outbound_addr: string("MESH_OUTBOUND_ADDR").and_then(|a| a.parse().ok()),
             inbound_addr: string("MESH_INBOUND_ADDR").and_then(|a| a.parse().ok()),
             app_addr: string("MESH_APP_ADDR").and_then(|a| a.parse().ok()),
+            cert_dir: string("MESH_CERT_DIR").map(std::path::PathBuf::from),
         }
     }
 }
@@ -329,7 +334,6 @@ impl<'a> Generator<'a> {
     /// chains by the PeerAuthentication mode, and RBAC filters from AuthorizationPolicy.
     pub fn inbound_listener(&self, node: &NodeInfo, name: &str) -> Option<Any> {
         use envoy_types::pb::envoy::config::route::v3 as route_pb;
-        use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
         let addr: std::net::SocketAddr = name.strip_prefix(INBOUND_PREFIX)?.parse().ok()?;
         let filters = self.inbound_http_filters(node);
         // Proxyless servers match the route, then hand the request to the application.
@@ -345,33 +349,8 @@ impl<'a> Generator<'a> {
             http_filters: filters,
             ..Default::default()
         };
-        let provider = |cert: &str| tls::CertificateProviderPluginInstance {
-            instance_name: "default".into(),
-            certificate_name: cert.into(),
-        };
-        let mtls = || core::TransportSocket {
-            name: "envoy.transport_sockets.tls".into(),
-            config_type: Some(core::transport_socket::ConfigType::TypedConfig(pack_any(
-                tls::DownstreamTlsContext {
-                    common_tls_context: Some(tls::CommonTlsContext {
-                        tls_certificate_provider_instance: Some(provider("default")),
-                        validation_context_type: Some(
-                            tls::common_tls_context::ValidationContextType::ValidationContext(
-                                tls::CertificateValidationContext {
-                                    ca_certificate_provider_instance: Some(provider("ROOTCA")),
-                                    ..Default::default()
-                                },
-                            ),
-                        ),
-                        ..Default::default()
-                    }),
-                    require_client_certificate: Some(
-                        envoy_types::pb::google::protobuf::BoolValue { value: true },
-                    ),
-                    ..Default::default()
-                },
-            ))),
-        };
+        let identity = identity::CertSource::for_node(node);
+        let mtls = || identity.inbound_mtls();
         let chain = |name: &str, transport: Option<&str>, socket: Option<core::TransportSocket>| {
             listener::FilterChain {
                 name: name.into(),
@@ -440,8 +419,8 @@ impl<'a> Generator<'a> {
         filters
     }
 
-    /// An Envoy node's inbound listener, in front of its workload (plaintext: Envoy-side mTLS
-    /// needs SDS, which arrives with the security work).
+    /// An Envoy node's inbound listener, in front of its workload: filter chains by the
+    /// PeerAuthentication mode of the workload's port, as for proxyless servers.
     fn envoy_inbound_listener(&self, node: &NodeInfo) -> Option<Any> {
         use envoy_types::pb::envoy::config::route::v3 as route_pb;
         let (addr, app) = (node.inbound_addr?, node.app_addr?);
@@ -464,13 +443,49 @@ impl<'a> Generator<'a> {
             http_filters: self.inbound_http_filters(node),
             ..Default::default()
         };
+        let identity = identity::CertSource::for_node(node);
+        let chain = |name: &str, transport: Option<&str>, tls: bool| listener::FilterChain {
+            name: name.into(),
+            filter_chain_match: transport.map(|t| listener::FilterChainMatch {
+                transport_protocol: t.into(),
+                ..Default::default()
+            }),
+            transport_socket: tls.then(|| identity.inbound_mtls()),
+            filters: vec![hcm_filter(manager.clone())],
+            ..Default::default()
+        };
+        let mut mode = self.policies.mtls_mode(node, app.port());
+        if mode == MtlsMode::Permissive && matches!(identity, identity::CertSource::Sds) {
+            // Without certificate files, the mTLS half of PERMISSIVE would wait for secrets
+            // mesh-control does not issue and hold the whole listener back; plaintext, which
+            // PERMISSIVE accepts anyway, keeps serving.
+            mode = MtlsMode::Disable;
+        }
+        let filter_chains = match mode {
+            MtlsMode::Strict => vec![chain("mtls", None, true)],
+            MtlsMode::Permissive => vec![
+                chain("mtls", Some("tls"), true),
+                chain("plaintext", Some("raw_buffer"), false),
+            ],
+            MtlsMode::Disable => vec![chain("plaintext", None, false)],
+        };
+        // Telling TLS from plaintext on one port needs the TLS inspector.
+        let listener_filters = if mode == MtlsMode::Permissive {
+            vec![listener::ListenerFilter {
+                name: "envoy.filters.listener.tls_inspector".into(),
+                config_type: Some(listener::listener_filter::ConfigType::TypedConfig(pack_any(
+                    envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector::default(),
+                ))),
+                ..Default::default()
+            }]
+        } else {
+            Vec::new()
+        };
         Some(pack_any(listener::Listener {
             name: "mesh_inbound_http".into(),
             address: Some(socket_address(addr)),
-            filter_chains: vec![listener::FilterChain {
-                filters: vec![hcm_filter(manager)],
-                ..Default::default()
-            }],
+            filter_chains,
+            listener_filters,
             ..Default::default()
         }))
     }
