@@ -27,6 +27,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bootstrap;
+pub mod identity;
 mod mesh;
 pub mod model;
 pub mod snapshot;

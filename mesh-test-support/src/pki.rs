@@ -76,6 +76,18 @@ impl TestCa {
         self.issue(params)
     }
 
+    /// A workload certificate that expired yesterday.
+    pub fn expired_workload(&self, spiffe_id: &str) -> CertifiedKey {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params
+            .subject_alt_names
+            .push(SanType::URI(spiffe_id.try_into().expect("URI SAN")));
+        let now = std::time::SystemTime::now();
+        params.not_before = (now - std::time::Duration::from_secs(2 * 86_400)).into();
+        params.not_after = (now - std::time::Duration::from_secs(86_400)).into();
+        self.issue(params)
+    }
+
     /// Writes `key`'s certificate, its private key and this CA's root into `dir` under
     /// istio-agent's file names (`cert-chain.pem`, `key.pem`, `root-cert.pem`).
     pub fn write_istio_files(&self, key: &CertifiedKey, dir: &std::path::Path) {

@@ -1,0 +1,290 @@
+//! rustls configurations over a [`CertificateProvider`]: the certificate presented and the
+//! roots trusted are read from the provider at each handshake, so a rotation takes effect on
+//! the next connection without rebuilding anything.
+//!
+//! Peers are verified the way Istio verifies them: the chain must lead to the mesh's roots,
+//! and a server must carry a SAN matching one of the cluster's matchers (for Istio, the
+//! SPIFFE IDs of the service's accounts). DNS names are not checked against the address
+//! dialled: mesh peers are named by SPIFFE ID, not by host name. webpki cannot match URI SANs
+//! (rustls#1194), so the chain check is rustls's and the SAN check is ours.
+
+use std::sync::{Arc, OnceLock};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, Error, SignatureScheme};
+
+use super::CertificateProvider;
+use crate::model::{SanKind, SanMatcher};
+
+/// The crypto provider every configuration uses (aws-lc-rs, like tonic's and ztunnel's).
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .clone()
+}
+
+/// A client configuration presenting the provider's certificate (when it has one) and
+/// accepting servers whose chain leads to its roots and whose SANs match `sans` (any SAN
+/// when empty).
+pub fn client_config(
+    provider: &CertificateProvider,
+    sans: Arc<[SanMatcher]>,
+    alpn: Vec<Vec<u8>>,
+) -> rustls::ClientConfig {
+    let crypto = crypto_provider();
+    let mut config = rustls::ClientConfig::builder_with_provider(crypto.clone())
+        .with_safe_default_protocol_versions()
+        .expect("aws-lc-rs supports the default versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(MeshServerVerifier {
+            provider: provider.clone(),
+            sans,
+            crypto,
+        }))
+        .with_client_cert_resolver(Arc::new(Resolver(provider.clone())));
+    config.alpn_protocols = alpn;
+    config
+}
+
+/// How a server treats client certificates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// A certificate chaining to the roots is required (Istio STRICT).
+    Required,
+    /// A certificate is verified when presented (PERMISSIVE's TLS half).
+    Optional,
+}
+
+/// A server configuration presenting the provider's certificate and verifying clients against
+/// its roots.
+pub fn server_config(
+    provider: &CertificateProvider,
+    client_auth: ClientAuth,
+    alpn: Vec<Vec<u8>>,
+) -> rustls::ServerConfig {
+    let crypto = crypto_provider();
+    let mut config = rustls::ServerConfig::builder_with_provider(crypto.clone())
+        .with_safe_default_protocol_versions()
+        .expect("aws-lc-rs supports the default versions")
+        .with_client_cert_verifier(Arc::new(MeshClientVerifier {
+            provider: provider.clone(),
+            mandatory: client_auth == ClientAuth::Required,
+            crypto,
+        }))
+        .with_cert_resolver(Arc::new(Resolver(provider.clone())));
+    config.alpn_protocols = alpn;
+    config
+}
+
+/// Presents the provider's current certificate.
+#[derive(Debug)]
+struct Resolver(CertificateProvider);
+
+impl rustls::client::ResolvesClientCert for Resolver {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.0.current().certified_key()
+    }
+
+    fn has_certs(&self) -> bool {
+        self.0.current().has_certificate()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for Resolver {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.0.current().certified_key()
+    }
+}
+
+#[derive(Debug)]
+struct MeshServerVerifier {
+    provider: CertificateProvider,
+    sans: Arc<[SanMatcher]>,
+    crypto: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for MeshServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        let identity = self.provider.current();
+        let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            identity.roots(),
+            intermediates,
+            now,
+            self.crypto.signature_verification_algorithms.all,
+        )?;
+        if !self.sans.is_empty() && !san_matches(end_entity, &self.sans) {
+            return Err(Error::General(format!(
+                "peer certificate SANs {:?} match none of {:?}",
+                super::certificate_uri_sans(end_entity),
+                self.sans.iter().map(|m| &m.matcher).collect::<Vec<_>>()
+            )));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.crypto.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.crypto.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.crypto
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Whether a SAN of the certificate matches one of `matchers`.
+fn san_matches(der: &CertificateDer<'_>, matchers: &[SanMatcher]) -> bool {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return false;
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return false;
+    };
+    san.value.general_names.iter().any(|name| {
+        let (kind, value): (SanKind, String) = match name {
+            GeneralName::URI(u) => (SanKind::Uri, (*u).to_owned()),
+            GeneralName::DNSName(d) => (SanKind::Dns, (*d).to_owned()),
+            GeneralName::RFC822Name(e) => (SanKind::Email, (*e).to_owned()),
+            GeneralName::IPAddress(ip) => match ip.len() {
+                4 => (
+                    SanKind::Ip,
+                    std::net::Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3]).to_string(),
+                ),
+                16 => {
+                    let mut b = [0u8; 16];
+                    b.copy_from_slice(ip);
+                    (SanKind::Ip, std::net::Ipv6Addr::from(b).to_string())
+                }
+                _ => return false,
+            },
+            _ => return false,
+        };
+        matchers
+            .iter()
+            .any(|m| (m.kind == SanKind::Any || m.kind == kind) && m.matcher.matches(&value))
+    })
+}
+
+#[derive(Debug)]
+struct MeshClientVerifier {
+    provider: CertificateProvider,
+    mandatory: bool,
+    crypto: Arc<CryptoProvider>,
+}
+
+impl ClientCertVerifier for MeshClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, Error> {
+        // webpki's client verifier checks the chain and the clientAuth usage; it is cheap to
+        // build, and building it per handshake follows root rotation with no cache to expire.
+        let roots = self.provider.current().roots().clone();
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots, self.crypto.clone())
+                .build()
+                .map_err(|e| Error::General(format!("no usable trust roots: {e}")))?;
+        verifier.verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.crypto.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.crypto.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.crypto
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The verified SPIFFE ID of a peer's certificate chain (its leaf's URI SAN).
+pub fn peer_spiffe_id(chain: &[CertificateDer<'_>]) -> Option<super::SpiffeId> {
+    super::certificate_uri_sans(chain.first()?)
+        .into_iter()
+        .find_map(|u| u.parse().ok())
+}
