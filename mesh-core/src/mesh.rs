@@ -7,7 +7,8 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
-use crate::bootstrap::{Bootstrap, BootstrapError};
+use crate::bootstrap::{Bootstrap, BootstrapError, CertificateProviderConfig};
+use crate::identity::CertificateProvider;
 use crate::snapshot::Target;
 use crate::static_config::{StaticConfigError, StaticResources};
 use crate::xds::{
@@ -27,6 +28,14 @@ pub enum Error {
     /// Neither a bootstrap with `xds_servers` nor static resources were given.
     #[error("no configuration source: give a bootstrap with xds_servers, or static resources")]
     NoSource,
+    /// A certificate provider of the bootstrap could not load its certificates.
+    #[error("certificate provider {name:?}: {source}")]
+    Certificates {
+        /// The provider instance.
+        name: String,
+        /// Why.
+        source: crate::identity::IdentityError,
+    },
 }
 
 /// Where resources come from.
@@ -75,6 +84,7 @@ struct Inner {
     bootstrap: Arc<Bootstrap>,
     source: Source,
     targets: ArcSwap<HashMap<Arc<str>, Target>>,
+    certificates: HashMap<String, CertificateProvider>,
 }
 
 impl Mesh {
@@ -124,6 +134,12 @@ impl Mesh {
         result.expect("rcu ran at least once")
     }
 
+    /// A certificate provider instance by its bootstrap name (gRFC A29; istio-agent's is
+    /// `default`), or one given to [`MeshBuilder::certificate_provider`].
+    pub fn certificate_provider(&self, instance: &str) -> Option<&CertificateProvider> {
+        self.inner.certificates.get(instance)
+    }
+
     /// Every subscribed resource and its state (empty in static mode).
     pub async fn dump(&self) -> Result<Vec<ResourceDump>, ClientStopped> {
         match &self.inner.source {
@@ -141,6 +157,7 @@ pub struct MeshBuilder {
     bootstrap: Option<Bootstrap>,
     static_resources: Option<StaticResources>,
     xds: XdsClientConfig,
+    certificates: HashMap<String, CertificateProvider>,
 }
 
 impl MeshBuilder {
@@ -171,18 +188,53 @@ impl MeshBuilder {
         Ok(self.static_resources(StaticResources::from_file(path)?))
     }
 
+    /// Uses `provider` for certificate provider instance `name`, in place of (or besides) the
+    /// bootstrap's: an in-memory identity for tests or for processes that manage their own.
+    pub fn certificate_provider(mut self, name: &str, provider: CertificateProvider) -> Self {
+        self.certificates.insert(name.to_owned(), provider);
+        self
+    }
+
     /// xDS client tunables.
     pub fn xds_config(mut self, c: XdsClientConfig) -> Self {
         self.xds = c;
         self
     }
 
-    /// Starts the mesh on the current Tokio runtime.
-    pub async fn build(self) -> Result<Mesh, Error> {
+    /// Starts the mesh on the current Tokio runtime. The bootstrap's `file_watcher`
+    /// certificate providers read their files here: unusable certificates fail the build.
+    pub async fn build(mut self) -> Result<Mesh, Error> {
         let bootstrap = Arc::new(match self.bootstrap {
             Some(b) => b,
             None => Bootstrap::from_json("{}")?,
         });
+        for (name, config) in &bootstrap.certificate_providers {
+            if self.certificates.contains_key(name) {
+                continue;
+            }
+            if let CertificateProviderConfig::FileWatcher {
+                certificate_file,
+                private_key_file,
+                ca_certificate_file,
+                refresh_interval,
+                ..
+            } = config
+            {
+                let provider = CertificateProvider::file_watcher(
+                    name,
+                    certificate_file.as_deref(),
+                    private_key_file.as_deref(),
+                    ca_certificate_file.as_deref(),
+                    *refresh_interval,
+                )
+                .await
+                .map_err(|source| Error::Certificates {
+                    name: name.clone(),
+                    source,
+                })?;
+                self.certificates.insert(name.clone(), provider);
+            }
+        }
         let source = match self.static_resources {
             Some(r) => Source::Static(Arc::new(r)),
             None if !bootstrap.xds_servers.is_empty() => {
@@ -195,6 +247,7 @@ impl MeshBuilder {
                 bootstrap,
                 source,
                 targets: ArcSwap::default(),
+                certificates: self.certificates,
             }),
         })
     }

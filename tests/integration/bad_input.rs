@@ -142,3 +142,41 @@ resources:
         "{e}"
     );
 }
+
+#[tokio::test]
+async fn unusable_certificates_fail_the_mesh_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = mesh_test_support::TestCa::new("root");
+    let expired = ca.expired_workload("spiffe://cluster.local/ns/default/sa/x");
+    std::fs::write(dir.path().join("cert-chain.pem"), &expired.cert_pem).unwrap();
+    std::fs::write(dir.path().join("key.pem"), &expired.key_pem).unwrap();
+    let file = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
+    let bootstrap = |cert: String| {
+        mesh_core::Bootstrap::from_json(
+            &serde_json::json!({
+                "xds_servers": [{"server_uri": "127.0.0.1:1", "channel_creds": [{"type": "insecure"}]}],
+                "node": {"id": "n"},
+                "certificate_providers": {"default": {"plugin_name": "file_watcher", "config": {
+                    "certificate_file": cert, "private_key_file": file("key.pem")}}}
+            })
+            .to_string(),
+        )
+        .unwrap()
+    };
+    let err = mesh_core::Mesh::builder()
+        .bootstrap(bootstrap(file("cert-chain.pem")))
+        .build()
+        .await
+        .expect_err("expired certificate");
+    let text = err.to_string();
+    assert!(
+        text.contains("\"default\"") && text.contains("not valid now"),
+        "{text}"
+    );
+    let err = mesh_core::Mesh::builder()
+        .bootstrap(bootstrap(file("missing.pem")))
+        .build()
+        .await
+        .expect_err("missing file");
+    assert!(err.to_string().contains("missing.pem"), "{err}");
+}

@@ -258,7 +258,7 @@ pub(super) async fn one(
     inflight.on_host(host.clone());
     let protocol = state.protocol(ctx.version);
     let req = build(ctx, n, headers, body, protocol, &host.addr_text);
-    let send = host.send(req, protocol, state.settings, &cluster.counters, limits);
+    let send = host.send(req, protocol, &state.settings, &cluster.counters, limits);
     let result = match policy.and_then(|p| p.per_try_timeout).filter(|_| per_try) {
         Some(t) => match tokio::time::timeout(t, send).await {
             Ok(r) => r.map_err(Failure::Send),

@@ -18,8 +18,9 @@ use mesh_core::snapshot::ClusterEntry;
 
 use super::balance::{HostEntry, LbTable, TableConfig};
 use super::circuit_breaker::Counters;
-use super::host::{ConnectSettings, Host, Protocol};
+use super::host::{ConnectSettings, Host, Protocol, Transport};
 use super::outlier::{self, Outcome};
+use super::tls::Origination;
 
 /// Envoy's default overprovisioning factor, for clusters without endpoints data.
 const DEFAULT_OVERPROVISIONING: u32 = 140;
@@ -42,6 +43,8 @@ pub(crate) struct ClusterState {
     pub(crate) entries: Box<[HostEntry]>,
     pub(crate) lb: LbTable,
     pub(crate) settings: ConnectSettings,
+    /// Set by the first update (the initial state is a placeholder).
+    built: bool,
 }
 
 impl ClusterState {
@@ -76,10 +79,16 @@ impl ClusterRuntime {
             name: config.name.clone(),
             state: ArcSwap::from_pointee(ClusterState {
                 lb: LbTable::default(),
-                settings: settings(&config),
+                // Replaced by the first update, which resolves TLS settings.
+                settings: ConnectSettings {
+                    connect_timeout: config.connect_timeout,
+                    max_requests_per_connection: None,
+                    transport: Transport::Plain,
+                },
                 entries: Box::new([]),
                 endpoints: None,
                 config,
+                built: false,
             }),
             counters: Arc::default(),
             clock: tokio::time::Instant::now(),
@@ -94,7 +103,7 @@ impl ClusterRuntime {
 
     /// Applies a snapshot's view of the cluster, reusing the hosts of addresses it still
     /// names. Resolves DNS clusters' names.
-    pub(crate) async fn update(self: &Arc<Self>, entry: &ClusterEntry) {
+    pub(crate) async fn update(self: &Arc<Self>, mesh: &mesh_core::Mesh, entry: &ClusterEntry) {
         let current = self.state.load_full();
         let same_endpoints = match (&current.endpoints, &entry.endpoints) {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b),
@@ -103,12 +112,18 @@ impl ClusterRuntime {
         };
         if Arc::ptr_eq(&current.config, &entry.cluster)
             && same_endpoints
+            && current.built
             && !current.entries.is_empty()
         {
             return;
         }
         let config = entry.cluster.clone();
-        let settings = settings(&config);
+        // TLS settings are resolved once per cluster version (they may read files).
+        let settings = if Arc::ptr_eq(&current.config, &config) && current.built {
+            current.settings.clone()
+        } else {
+            settings(mesh, &config).await
+        };
         let existing: HashMap<SocketAddr, &Arc<Host>> = current
             .entries
             .iter()
@@ -162,6 +177,7 @@ impl ClusterRuntime {
             entries: entries.into(),
             lb,
             settings,
+            built: true,
         }));
         self.ensure_outlier_task();
     }
@@ -196,7 +212,8 @@ impl ClusterRuntime {
             endpoints: s.endpoints.clone(),
             entries: s.entries.clone(),
             lb: ClusterState::table(&s.config, s.endpoints.as_deref(), &s.entries),
-            settings: s.settings,
+            settings: s.settings.clone(),
+            built: s.built,
         });
         drop(new);
         log_panic(&self.name, &self.state.load().lb);
@@ -249,10 +266,21 @@ fn log_panic(cluster: &str, lb: &LbTable) {
     }
 }
 
-fn settings(c: &Cluster) -> ConnectSettings {
+async fn settings(mesh: &mesh_core::Mesh, c: &Cluster) -> ConnectSettings {
+    let transport = match &c.tls {
+        None => Transport::Plain,
+        Some(t) => match Origination::new(mesh, t, &c.name).await {
+            Ok(o) => Transport::Tls(Arc::new(o)),
+            Err(why) => {
+                tracing::error!(cluster = %c.name, %why, "TLS settings cannot be honoured; the cluster fails closed");
+                Transport::Broken(why.into())
+            }
+        },
+    };
     ConnectSettings {
         connect_timeout: c.connect_timeout,
         max_requests_per_connection: c.max_requests_per_connection,
+        transport,
     }
 }
 

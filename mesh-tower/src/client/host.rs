@@ -27,6 +27,7 @@ use mesh_core::model::CircuitBreakers;
 
 use super::circuit_breaker::Counters;
 use super::outlier::HostOutlier;
+use super::tls::{Io, Origination};
 use crate::body::ReqBody;
 
 /// Idle HTTP/1 connections kept per host; more are closed when they become idle.
@@ -67,10 +68,32 @@ pub(crate) enum Protocol {
 }
 
 /// How connections to a cluster's hosts are made.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub(crate) struct ConnectSettings {
     pub(crate) connect_timeout: Duration,
     pub(crate) max_requests_per_connection: Option<u32>,
+    pub(crate) transport: Transport,
+}
+
+/// Plaintext, TLS, or TLS settings that cannot be honoured (every connect fails with why).
+#[derive(Clone, Debug)]
+pub(crate) enum Transport {
+    Plain,
+    Tls(Arc<Origination>),
+    Broken(Arc<str>),
+}
+
+impl PartialEq for ConnectSettings {
+    fn eq(&self, other: &Self) -> bool {
+        self.connect_timeout == other.connect_timeout
+            && self.max_requests_per_connection == other.max_requests_per_connection
+            && match (&self.transport, &other.transport) {
+                (Transport::Plain, Transport::Plain) => true,
+                (Transport::Tls(a), Transport::Tls(b)) => Arc::ptr_eq(a, b),
+                (Transport::Broken(a), Transport::Broken(b)) => a == b,
+                _ => false,
+            }
+    }
 }
 
 /// Why an attempt got no response.
@@ -168,7 +191,7 @@ impl Host {
         self: &Arc<Self>,
         req: Request<ReqBody>,
         protocol: Protocol,
-        settings: ConnectSettings,
+        settings: &ConnectSettings,
         counters: &Arc<Counters>,
         limits: &CircuitBreakers,
     ) -> Result<Response<Incoming>, SendError> {
@@ -181,7 +204,7 @@ impl Host {
     async fn send_h1(
         self: &Arc<Self>,
         req: Request<ReqBody>,
-        settings: ConnectSettings,
+        settings: &ConnectSettings,
         counters: &Arc<Counters>,
         limits: &CircuitBreakers,
     ) -> Result<Response<Incoming>, SendError> {
@@ -208,7 +231,7 @@ impl Host {
 
     async fn checkout_h1(
         &self,
-        settings: ConnectSettings,
+        settings: &ConnectSettings,
         counters: &Arc<Counters>,
         limits: &CircuitBreakers,
     ) -> Result<H1Conn, SendError> {
@@ -224,7 +247,7 @@ impl Host {
                 }
             }
             if counters.try_connection(limits) {
-                let io = match connect(self.addr, settings.connect_timeout).await {
+                let io = match connect(self.addr, settings).await {
                     Ok(io) => io,
                     Err(e) => {
                         counters.connection_closed();
@@ -252,7 +275,7 @@ impl Host {
     async fn send_h2(
         &self,
         req: Request<ReqBody>,
-        settings: ConnectSettings,
+        settings: &ConnectSettings,
         counters: &Arc<Counters>,
         limits: &CircuitBreakers,
     ) -> Result<Response<Incoming>, SendError> {
@@ -267,7 +290,7 @@ impl Host {
 
     async fn connect_h2(
         &self,
-        settings: ConnectSettings,
+        settings: &ConnectSettings,
         counters: &Arc<Counters>,
         limits: &CircuitBreakers,
     ) -> Result<http2::SendRequest<ReqBody>, SendError> {
@@ -279,7 +302,7 @@ impl Host {
                 return Ok(http2::SendRequest::clone(&tx));
             }
             if counters.try_connection(limits) {
-                let io = match connect(self.addr, settings.connect_timeout).await {
+                let io = match connect(self.addr, settings).await {
                     Ok(io) => io,
                     Err(e) => {
                         counters.connection_closed();
@@ -306,22 +329,29 @@ impl Host {
     }
 }
 
-/// Opens a TCP connection. The seam for TLS origination: the security layer wraps the stream
-/// here, per cluster, before the HTTP handshake.
+/// Opens a connection: TCP, then TLS when the cluster originates it, both within the
+/// cluster's connect timeout.
 async fn connect(
     addr: SocketAddr,
-    timeout: Duration,
-) -> Result<TokioIo<tokio::net::TcpStream>, std::io::Error> {
-    let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
-        .await
-        .map_err(|_| {
-            std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("connect timeout after {timeout:?}"),
-            )
-        })??;
-    let _ = stream.set_nodelay(true);
-    Ok(TokioIo::new(stream))
+    settings: &ConnectSettings,
+) -> Result<TokioIo<Io>, std::io::Error> {
+    let timeout = settings.connect_timeout;
+    let open = async {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let _ = tcp.set_nodelay(true);
+        match &settings.transport {
+            Transport::Plain => Ok(Io::Plain(tcp)),
+            Transport::Tls(tls) => tls.connect(tcp).await,
+            Transport::Broken(why) => Err(std::io::Error::other(format!("TLS settings: {why}"))),
+        }
+    };
+    let io = tokio::time::timeout(timeout, open).await.map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("connect timeout after {timeout:?}"),
+        )
+    })??;
+    Ok(TokioIo::new(io))
 }
 
 impl Host {

@@ -14,6 +14,7 @@ mod route;
 mod router;
 mod target;
 mod timeout;
+mod tls;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -150,7 +151,7 @@ impl MeshClientBuilder {
 /// The shared state behind every clone of a [`MeshClient`].
 #[derive(Debug)]
 pub(crate) struct Outbound {
-    mesh: Mesh,
+    pub(crate) mesh: Mesh,
     pub(crate) config: ClientConfig,
     targets: ArcSwap<HashMap<Arc<str>, Arc<TargetRuntime>>>,
     pub(crate) clusters: ClusterStore,

@@ -11,7 +11,7 @@ use http_body::Body;
 use mesh_core::model::CircuitBreakers;
 
 use super::circuit_breaker::{Counters, Inflight};
-use super::host::{ConnectSettings, Host, Protocol};
+use super::host::{ConnectSettings, Host, Protocol, Transport};
 use super::route;
 use crate::body::{BodySource, BoxError, RspBody};
 use crate::flags::ResponseFlags;
@@ -116,9 +116,10 @@ impl Passthrough {
         let settings = ConnectSettings {
             connect_timeout: CONNECT_TIMEOUT,
             max_requests_per_connection: None,
+            transport: Transport::Plain,
         };
         match host
-            .send(req, protocol, settings, &self.counters, &limits)
+            .send(req, protocol, &settings, &self.counters, &limits)
             .await
         {
             Ok(rsp) => {

@@ -120,7 +120,7 @@ async fn build(ob: &Outbound, snapshot: Arc<TargetSnapshot>) -> RoutePlan {
     let mut clusters = HashMap::with_capacity(snapshot.clusters.len());
     for (name, entry) in &snapshot.clusters {
         let runtime = ob.clusters.get_or_create(entry);
-        runtime.update(entry).await;
+        runtime.update(&ob.mesh, entry).await;
         clusters.insert(name.clone(), runtime);
     }
     let faults = snapshot
