@@ -140,6 +140,13 @@ impl Mesh {
         self.inner.certificates.get(instance)
     }
 
+    /// Watches one listener resource by name, such as a server's inbound listener
+    /// (`xds.istio.io/grpc/lds/inbound/0.0.0.0:9080`, from the bootstrap's
+    /// `server_listener_resource_name_template`).
+    pub async fn watch_listener(&self, name: &str) -> Result<ResourceWatch, ClientStopped> {
+        self.inner.source.watch(ResourceType::Listener, name).await
+    }
+
     /// Every subscribed resource and its state (empty in static mode).
     pub async fn dump(&self) -> Result<Vec<ResourceDump>, ClientStopped> {
         match &self.inner.source {

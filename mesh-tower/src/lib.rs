@@ -39,9 +39,11 @@ pub mod client;
 mod error;
 mod flags;
 mod respond;
+pub mod server;
 
 pub use body::{BoxError, DEFAULT_REPLAY_CAP, ReqBody, RspBody};
 pub use client::{MeshClient, MeshClientBuilder, OutboundTrafficPolicy, RetryBudget};
 pub use error::Error;
 pub use flags::ResponseFlags;
 pub use respond::ResponseInfo;
+pub use server::serve;

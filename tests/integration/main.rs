@@ -14,6 +14,7 @@ mod envoy_differential;
 mod envoy_inbound_authz;
 mod envoy_mtls;
 mod grpcio_control_plane;
+mod inbound_server;
 mod istio_dumps;
 mod mesh_control_outbound;
 mod outbound_balancing;

@@ -1,0 +1,248 @@
+//! Envoy's RBAC engine over the model: a policy matches when any of its permissions and any of
+//! its principals match; an ALLOW filter allows only what a policy matches, a DENY filter denies
+//! what one matches, a LOG filter (Istio's AUDIT) allows everything. Istio emits the DENY filter
+//! before the ALLOW filter, so "DENY first, then ALLOW" is the filter order.
+//!
+//! Evaluated per request with no allocation: matchers borrow the request view.
+
+use std::net::SocketAddr;
+
+use mesh_core::identity::SpiffeId;
+use mesh_core::model::{Permission, Principal, RbacAction, RbacFilter, RbacPolicies, RequestView};
+
+/// What RBAC sees of a request besides its headers.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Connection<'a> {
+    pub(crate) peer: SocketAddr,
+    pub(crate) local: SocketAddr,
+    pub(crate) spiffe_id: Option<&'a SpiffeId>,
+    pub(crate) sni: Option<&'a str>,
+}
+
+/// A filter's verdict.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Verdict<'a> {
+    Allow,
+    /// Denied; the policy that decided, for logs (none for "no ALLOW policy matched").
+    Deny(Option<&'a str>),
+}
+
+/// Evaluates one RBAC filter. Shadow rules are evaluated by the caller only when it reports
+/// them; they never change the verdict.
+pub(crate) fn evaluate<'a>(
+    filter: &'a RbacFilter,
+    req: &RequestView<'_>,
+    conn: &Connection<'_>,
+) -> Verdict<'a> {
+    let Some(rules) = &filter.rules else {
+        return Verdict::Allow;
+    };
+    let matched = first_match(rules, req, conn);
+    match (rules.action, matched) {
+        (RbacAction::Allow, Some(_)) | (RbacAction::Deny, None) | (RbacAction::Log, _) => {
+            if let (RbacAction::Log, Some(p)) = (rules.action, matched) {
+                tracing::info!(policy = p, peer = %conn.peer, path = req.path, "RBAC audit");
+            }
+            Verdict::Allow
+        }
+        (RbacAction::Allow, None) => Verdict::Deny(None),
+        (RbacAction::Deny, Some(p)) => Verdict::Deny(Some(p)),
+    }
+}
+
+/// The name of the first policy of `rules` that matches (shadow-rule evaluation uses it too).
+pub(crate) fn first_match<'a>(
+    rules: &'a RbacPolicies,
+    req: &RequestView<'_>,
+    conn: &Connection<'_>,
+) -> Option<&'a str> {
+    rules
+        .policies
+        .iter()
+        .find(|(_, p)| {
+            p.permissions.iter().any(|x| permission(x, req, conn))
+                && p.principals.iter().any(|x| principal(x, req, conn))
+        })
+        .map(|(name, _)| &**name)
+}
+
+fn permission(p: &Permission, req: &RequestView<'_>, conn: &Connection<'_>) -> bool {
+    match p {
+        Permission::And(all) => all.iter().all(|x| permission(x, req, conn)),
+        Permission::Or(any) => any.iter().any(|x| permission(x, req, conn)),
+        Permission::Any => true,
+        Permission::Header(h) => h.matches(req),
+        Permission::UrlPath(m) => m.matches(req.path),
+        Permission::DestinationIp(c) => c.contains(conn.local.ip()),
+        Permission::DestinationPort(port) => conn.local.port() == *port,
+        Permission::DestinationPortRange(start, end) => (*start..*end).contains(&conn.local.port()),
+        // Dynamic metadata comes from the JWT filter; without it, nothing is there to match.
+        Permission::Metadata(m) => m.invert,
+        Permission::Not(inner) => !permission(inner, req, conn),
+        Permission::RequestedServerName(m) => conn.sni.is_some_and(|s| m.matches(s)),
+    }
+}
+
+fn principal(p: &Principal, req: &RequestView<'_>, conn: &Connection<'_>) -> bool {
+    match p {
+        Principal::And(all) => all.iter().all(|x| principal(x, req, conn)),
+        Principal::Or(any) => any.iter().any(|x| principal(x, req, conn)),
+        Principal::Any => true,
+        Principal::Authenticated(m) => match (conn.spiffe_id, m) {
+            (Some(_), None) => true,
+            (Some(id), Some(m)) => m.matches(&id.to_string()),
+            (None, _) => false,
+        },
+        Principal::SourceIp(c) | Principal::DirectRemoteIp(c) | Principal::RemoteIp(c) => {
+            c.contains(conn.peer.ip())
+        }
+        Principal::Header(h) => h.matches(req),
+        Principal::UrlPath(m) => m.matches(req.path),
+        Principal::Metadata(m) => m.invert,
+        Principal::FilterState { key, value } => {
+            &**key == "io.istio.peer_principal"
+                && conn
+                    .spiffe_id
+                    .is_some_and(|id| value.matches(&id.to_string()))
+        }
+        Principal::Not(inner) => !principal(inner, req, conn),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use mesh_core::model::{HeaderMatch, HeaderMatcher, RbacPolicy, StringMatch, StringMatcher};
+
+    use super::*;
+
+    fn filter(action: RbacAction, policies: Vec<(&str, RbacPolicy)>) -> RbacFilter {
+        RbacFilter {
+            rules: Some(RbacPolicies {
+                action,
+                policies: policies
+                    .into_iter()
+                    .map(|(n, p)| (Arc::from(n), p))
+                    .collect(),
+            }),
+            shadow_rules: None,
+            stat_prefix: "".into(),
+            shadow_stat_prefix: "".into(),
+        }
+    }
+
+    fn method(m: &str) -> Permission {
+        Permission::Header(HeaderMatcher {
+            name: ":method".into(),
+            kind: HeaderMatch::String(StringMatcher::exact(m)),
+            invert: false,
+            treat_missing_as_empty: false,
+        })
+    }
+
+    fn principal_is(id: &str) -> Principal {
+        Principal::Authenticated(Some(StringMatcher::exact(id)))
+    }
+
+    const PRODUCTPAGE: &str = "spiffe://cluster.local/ns/default/sa/bookinfo-productpage";
+
+    fn check(f: &RbacFilter, m: &str, path: &str, who: Option<&str>) -> bool {
+        let req = http::Request::builder()
+            .method(m)
+            .uri(format!("http://details{path}"))
+            .body(())
+            .unwrap();
+        let id = who.map(|w| w.parse::<SpiffeId>().unwrap());
+        let conn = Connection {
+            peer: "10.0.0.1:5000".parse().unwrap(),
+            local: "10.0.0.2:9080".parse().unwrap(),
+            spiffe_id: id.as_ref(),
+            sni: None,
+        };
+        evaluate(f, &RequestView::from_request(&req), &conn) == Verdict::Allow
+    }
+
+    #[test]
+    fn an_empty_allow_denies_everything() {
+        let f = filter(RbacAction::Allow, vec![]);
+        assert!(!check(&f, "GET", "/", Some(PRODUCTPAGE)));
+    }
+
+    #[test]
+    fn allow_needs_a_matching_principal_and_permission() {
+        let f = filter(
+            RbacAction::Allow,
+            vec![(
+                "viewer",
+                RbacPolicy {
+                    permissions: Box::new([method("GET")]),
+                    principals: Box::new([principal_is(PRODUCTPAGE)]),
+                },
+            )],
+        );
+        assert!(check(&f, "GET", "/details/0", Some(PRODUCTPAGE)));
+        assert!(!check(&f, "POST", "/details/0", Some(PRODUCTPAGE)));
+        assert!(!check(
+            &f,
+            "GET",
+            "/details/0",
+            Some("spiffe://cluster.local/ns/default/sa/reviews")
+        ));
+        assert!(
+            !check(&f, "GET", "/details/0", None),
+            "plaintext peers have no principal"
+        );
+    }
+
+    #[test]
+    fn deny_blocks_only_what_matches_and_log_never_blocks() {
+        let admin = Permission::UrlPath(StringMatcher {
+            kind: StringMatch::Prefix("/admin".into()),
+            ignore_case: false,
+        });
+        let deny = filter(
+            RbacAction::Deny,
+            vec![(
+                "no-admin",
+                RbacPolicy {
+                    permissions: Box::new([admin.clone()]),
+                    principals: Box::new([Principal::Any]),
+                },
+            )],
+        );
+        assert!(!check(&deny, "GET", "/admin/x", None));
+        assert!(check(&deny, "GET", "/details/0", None));
+        let audit = filter(
+            RbacAction::Log,
+            vec![(
+                "audit",
+                RbacPolicy {
+                    permissions: Box::new([admin]),
+                    principals: Box::new([Principal::Any]),
+                },
+            )],
+        );
+        assert!(check(&audit, "GET", "/admin/x", None));
+    }
+
+    #[test]
+    fn not_and_source_ip_rules() {
+        let f = filter(
+            RbacAction::Allow,
+            vec![(
+                "not-from-10-0-0-1",
+                RbacPolicy {
+                    permissions: Box::new([Permission::Any]),
+                    principals: Box::new([Principal::Not(Box::new(Principal::SourceIp(
+                        mesh_core::model::Cidr {
+                            addr: "10.0.0.1".parse().unwrap(),
+                            prefix_len: 32,
+                        },
+                    )))]),
+                },
+            )],
+        );
+        assert!(!check(&f, "GET", "/", None), "the peer is 10.0.0.1");
+    }
+}
