@@ -75,8 +75,32 @@ struct Fixture {
     dir: tempfile::TempDir,
     _certs: tempfile::TempDir,
     addr: std::net::SocketAddr,
+    ca: std::sync::Arc<TestCa>,
+    productpage_mesh: mesh_core::Mesh,
     productpage: mesh_tower::MeshClient,
     reviews: mesh_tower::MeshClient,
+}
+
+impl Fixture {
+    /// The leaf certificate the server presents to a new connection (DER).
+    async fn presented_leaf(&self) -> Vec<u8> {
+        let provider = self
+            .productpage_mesh
+            .certificate_provider("default")
+            .expect("productpage identity")
+            .clone();
+        let config =
+            mesh_core::identity::tls::client_config(&provider, std::sync::Arc::new([]), vec![]);
+        let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(
+                rustls::pki_types::ServerName::try_from("details").unwrap(),
+                tcp,
+            )
+            .await
+            .expect("handshake");
+        tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+    }
 }
 
 async fn fixture(policy: &str) -> Fixture {
@@ -92,14 +116,16 @@ async fn fixture(policy: &str) -> Fixture {
             .await
             .expect("serving")
     });
-    let productpage =
-        mesh_tower::MeshClient::new(&mesh(xds, "productpage", &ca, certs.path()).await);
+    let productpage_mesh = mesh(xds, "productpage", &ca, certs.path()).await;
+    let productpage = mesh_tower::MeshClient::new(&productpage_mesh);
     let reviews = mesh_tower::MeshClient::new(&mesh(xds, "reviews", &ca, certs.path()).await);
     Fixture {
         cp,
         dir,
         _certs: certs,
         addr,
+        ca: std::sync::Arc::new(ca),
+        productpage_mesh,
         productpage,
         reviews,
     }
@@ -197,4 +223,124 @@ async fn authorization_policies_allow_and_deny_by_identity_and_operation() {
         assert!(tokio::time::Instant::now() < deadline, "{a:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test]
+async fn an_envoy_sidecar_calls_a_meshed_server_over_istio_mtls() {
+    let ca = TestCa::new("mesh root");
+    let certs = tempfile::tempdir().unwrap();
+    let addr = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mesh.yaml"), config(addr, STRICT)).unwrap();
+    let (cp, xds) = super::serve_control_plane(dir.path()).await;
+    let details = mesh(xds, "details", &ca, certs.path()).await;
+    tokio::spawn(async move {
+        mesh_tower::serve(&details, addr, tower::service_fn(whoami))
+            .await
+            .expect("serving")
+    });
+    let envoy_certs = certs.path().join("envoy-productpage");
+    ca.write_istio_files(
+        &ca.workload("spiffe://cluster.local/ns/default/sa/bookinfo-productpage"),
+        &envoy_certs,
+    );
+    let outbound = free_port();
+    let envoy = mesh_test_support::Envoy::start(&mesh_test_support::envoy::ads_bootstrap(
+        xds,
+        "sidecar~127.0.0.1~productpage-v1.default~default.svc.cluster.local",
+        serde_json::json!({"NAMESPACE": "default", "LABELS": {"app": "productpage"},
+            "MESH_OUTBOUND_ADDR": outbound.to_string(),
+            "MESH_CERT_DIR": envoy_certs.to_string_lossy()}),
+    ))
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match plain::get(outbound, "/details/0", &[("host", "details:9080")]).await {
+            Ok((200, who)) => {
+                assert_eq!(
+                    who,
+                    "spiffe://cluster.local/ns/default/sa/bookinfo-productpage"
+                );
+                break;
+            }
+            other => assert!(
+                tokio::time::Instant::now() < deadline,
+                "{other:?}\n{}",
+                envoy.log()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(cp.ads().nack_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotate_under_load_without_failures() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let f = fixture(STRICT).await;
+    assert_eq!(call(&f.productpage, "GET").await.status, 200);
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let load = {
+        let (stop, mesh) = (stop.clone(), f.productpage_mesh.clone());
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            let mut client = mesh_tower::MeshClient::new(&mesh);
+            while !stop.load(Ordering::Relaxed) {
+                // A fresh client (and so fresh connections and handshakes) every 5 requests.
+                if ok % 5 == 0 {
+                    client = mesh_tower::MeshClient::new(&mesh);
+                }
+                let req = ::http::Request::get("http://details:9080/details/0")
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                let a = crate::send(&client, req).await;
+                if a.status == 200 {
+                    ok += 1;
+                } else {
+                    failed.push(format!("{} {}", a.status, a.info.flags));
+                }
+            }
+            (ok, failed)
+        })
+    };
+    // The server's files (as istio-agent rewrites them), 20 times.
+    let server_dir = f._certs.path().join("details");
+    let ca_root = std::fs::read_to_string(server_dir.join("root-cert.pem")).unwrap();
+    let ca = f.ca.clone();
+    let mut last_leaf = String::new();
+    for _ in 0..20 {
+        let key = ca.workload("spiffe://cluster.local/ns/default/sa/bookinfo-details");
+        // Write to temporary names, then rename: what istio-agent does.
+        for (name, body) in [("key.pem", &key.key_pem), ("cert-chain.pem", &key.cert_pem)] {
+            let tmp = server_dir.join(format!("{name}.tmp"));
+            std::fs::write(&tmp, body).unwrap();
+            std::fs::rename(&tmp, server_dir.join(name)).unwrap();
+        }
+        assert_eq!(
+            std::fs::read_to_string(server_dir.join("root-cert.pem")).unwrap(),
+            ca_root
+        );
+        last_leaf = key.cert_pem;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = load.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} failed of {}: {:?}",
+        failed.len(),
+        ok as usize + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 20, "{ok} requests");
+    // A new connection presents the newest certificate.
+    let presented = f.presented_leaf().await;
+    let newest = rustls::pki_types::pem::PemObject::from_pem_slice(last_leaf.as_bytes())
+        .map(|c: rustls::pki_types::CertificateDer<'static>| c.to_vec())
+        .unwrap();
+    assert_eq!(
+        presented, newest,
+        "new handshakes use the rotated certificate"
+    );
 }
