@@ -344,3 +344,54 @@ async fn certificates_rotate_under_load_without_failures() {
         "new handshakes use the rotated certificate"
     );
 }
+
+#[tokio::test]
+async fn local_rate_limits_answer_429_past_the_bucket() {
+    mesh_test_support::trace_init();
+    let addr = free_port();
+    let name = format!("inbound|{addr}");
+    let doc = serde_json::json!({"static_resources": {"listeners": [{
+        "name": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": addr.port()}},
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": "inbound",
+                "route_config": {"name": "inbound", "virtual_hosts": [{"name": "all", "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "non_forwarding_action": {}}]}]},
+                "http_filters": [
+                    {"name": "envoy.filters.http.local_ratelimit", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+                        "stat_prefix": "rl",
+                        "token_bucket": {"max_tokens": 3, "tokens_per_fill": 1, "fill_interval": "60s"},
+                        "filter_enabled": {"default_value": {"numerator": 100}, "runtime_key": "e"},
+                        "filter_enforced": {"default_value": {"numerator": 100}, "runtime_key": "f"},
+                        "response_headers_to_add": [{"header": {"key": "x-local-rate-limit", "value": "true"}}]}},
+                    {"name": "envoy.filters.http.router", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+                ]}}]}]
+    }]}});
+    let bootstrap = mesh_core::Bootstrap::from_json(
+        &serde_json::json!({"server_listener_resource_name_template": "inbound|%s"}).to_string(),
+    )
+    .unwrap();
+    let mesh = mesh_core::Mesh::builder()
+        .bootstrap(bootstrap)
+        .static_resources(mesh_core::StaticResources::from_value(&doc, "test").unwrap())
+        .build()
+        .await
+        .unwrap();
+    tokio::spawn(async move { mesh_tower::serve(&mesh, addr, tower::service_fn(whoami)).await });
+    let mut answers = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while answers.len() < 5 {
+        match plain::get(addr, "/", &[("host", "svc")]).await {
+            Ok(a) => answers.push(a),
+            Err(e) => assert!(tokio::time::Instant::now() < deadline, "{e}"),
+        }
+    }
+    let statuses: Vec<u16> = answers.iter().map(|a| a.0).collect();
+    assert_eq!(statuses, [200, 200, 200, 429, 429], "a bucket of 3");
+    assert_eq!(answers[3].1, "local_rate_limited");
+}

@@ -30,7 +30,8 @@ use mesh_core::Mesh;
 use mesh_core::identity::SpiffeId;
 use mesh_core::identity::tls::{ClientAuth, server_config};
 use mesh_core::model::{
-    CertSource, FilterChain, FilterConfig, HttpFilter, ListenerKind, NetworkFilter, RequestView,
+    CertSource, FilterChain, FilterConfig, HttpFilter, ListenerKind, LocalRateLimit, NetworkFilter,
+    RequestView,
 };
 use mesh_core::xds::Resource;
 use tokio::net::TcpStream;
@@ -83,7 +84,56 @@ struct Chain {
     tls: Option<Arc<rustls::ServerConfig>>,
     /// Why TLS cannot be offered (a missing certificate provider): such chains refuse.
     broken: Option<String>,
-    filters: Arc<[HttpFilter]>,
+    filters: Arc<[Compiled]>,
+}
+
+/// An HTTP filter, ready for requests.
+enum Compiled {
+    Rbac(Arc<mesh_core::model::RbacFilter>),
+    RateLimit {
+        config: Arc<LocalRateLimit>,
+        limiter: governor::DefaultDirectRateLimiter,
+    },
+    /// A security filter this server does not enforce yet: requests are denied.
+    FailClosed {
+        name: Arc<str>,
+        kind: &'static str,
+    },
+}
+
+/// Prepares a chain's HTTP filters (rate-limit buckets start full on each configuration).
+fn compile(filters: &[HttpFilter]) -> Arc<[Compiled]> {
+    filters
+        .iter()
+        .filter(|f| !f.disabled)
+        .filter_map(|f| match &f.config {
+            FilterConfig::Rbac(r) => Some(Compiled::Rbac(r.clone())),
+            FilterConfig::LocalRateLimit(rl) => {
+                let bucket = rl.bucket?;
+                Some(Compiled::RateLimit {
+                    limiter: governor::RateLimiter::direct(quota(&bucket)?),
+                    config: rl.clone(),
+                })
+            }
+            FilterConfig::Jwt(_) => Some(Compiled::FailClosed {
+                name: f.name.clone(),
+                kind: "jwt_authn",
+            }),
+            FilterConfig::ExtAuthz(_) => Some(Compiled::FailClosed {
+                name: f.name.clone(),
+                kind: "ext_authz",
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Envoy's token bucket as a GCRA quota: the same burst (`max_tokens`) and the same average
+/// rate (`tokens_per_fill` per `fill_interval`), refilled smoothly rather than in steps.
+fn quota(b: &mesh_core::model::TokenBucket) -> Option<governor::Quota> {
+    let per_token = b.fill_interval.checked_div(b.tokens_per_fill.max(1))?;
+    let burst = std::num::NonZeroU32::new(b.max_tokens.max(1))?;
+    Some(governor::Quota::with_period(per_token)?.allow_burst(burst))
 }
 
 /// The inbound listener, ready to serve.
@@ -204,8 +254,8 @@ fn build(mesh: &Mesh, l: &mesh_core::model::Listener) -> Inbound {
         };
     };
     let chain = |fc: &FilterChain| {
-        let filters: Arc<[HttpFilter]> = match &fc.filter {
-            NetworkFilter::Http(h) => h.http_filters.clone().into(),
+        let filters = match &fc.filter {
+            NetworkFilter::Http(h) => compile(&h.http_filters),
             _ => Arc::new([]),
         };
         let (tls, broken) = match &fc.tls {
@@ -402,11 +452,11 @@ struct LiveFilters {
     live: Arc<ArcSwapOption<Inbound>>,
     chain: Arc<str>,
     /// Used if the chain has since disappeared from the listener.
-    at_accept: Arc<[HttpFilter]>,
+    at_accept: Arc<[Compiled]>,
 }
 
 impl LiveFilters {
-    fn current(&self) -> Arc<[HttpFilter]> {
+    fn current(&self) -> Arc<[Compiled]> {
         let Some(inbound) = self.live.load_full() else {
             return self.at_accept.clone();
         };
@@ -435,9 +485,9 @@ fn local_reply(status: StatusCode, body: &'static str) -> Response<ReplyBody> {
     rsp
 }
 
-/// Runs the listener's authorization filters in order; the answer when one denies.
+/// Runs the listener's filters in order; the answer when one refuses the request.
 fn authorize(
-    filters: &[HttpFilter],
+    filters: &[Compiled],
     req: &Request<Incoming>,
     identity: &PeerIdentity,
     local: SocketAddr,
@@ -453,24 +503,36 @@ fn authorize(
         spiffe_id: identity.spiffe_id.as_ref(),
         sni,
     };
-    for f in filters.iter().filter(|f| !f.disabled) {
-        match &f.config {
-            FilterConfig::Rbac(r) => {
+    for f in filters.iter() {
+        match f {
+            Compiled::Rbac(r) => {
                 if let rbac::Verdict::Deny(policy) = rbac::evaluate(r, &view, &conn) {
-                    tracing::debug!(filter = %f.name, ?policy, peer = ?identity.spiffe_id, path = view.path, "RBAC denied");
+                    tracing::debug!(?policy, peer = ?identity.spiffe_id, path = view.path, "RBAC denied");
                     return Some(local_reply(StatusCode::FORBIDDEN, "RBAC: access denied"));
+                }
+            }
+            Compiled::RateLimit { config, limiter } => {
+                let sample = || fastrand::u32(0..1_000_000);
+                if config.enabled.hit(sample())
+                    && limiter.check().is_err()
+                    && config.enforced.hit(sample())
+                {
+                    let mut rsp = local_reply(config.status, "local_rate_limited");
+                    for (k, v) in config.response_headers.iter() {
+                        rsp.headers_mut().append(k.clone(), v.clone());
+                    }
+                    return Some(rsp);
                 }
             }
             // Security filters this server does not enforce yet fail closed rather than let
             // unauthenticated requests through.
-            FilterConfig::Jwt(_) | FilterConfig::ExtAuthz(_) => {
-                tracing::error!(filter = %f.name, kind = f.config.kind(), "filter not enforced by this server yet; denying");
+            Compiled::FailClosed { name, kind } => {
+                tracing::error!(filter = %name, kind, "filter not enforced by this server yet; denying");
                 return Some(local_reply(
                     StatusCode::FORBIDDEN,
                     "RBAC: access denied (authentication filter not supported)",
                 ));
             }
-            _ => {}
         }
     }
     None
