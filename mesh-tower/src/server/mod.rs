@@ -14,7 +14,7 @@
 //! not serving. Without a template (static mode, or no control plane), the application is
 //! served in plaintext with no policy.
 
-mod rbac;
+pub mod rbac;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -12,16 +12,21 @@ use mesh_core::model::{Permission, Principal, RbacAction, RbacFilter, RbacPolici
 
 /// What RBAC sees of a request besides its headers.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Connection<'a> {
-    pub(crate) peer: SocketAddr,
-    pub(crate) local: SocketAddr,
-    pub(crate) spiffe_id: Option<&'a SpiffeId>,
-    pub(crate) sni: Option<&'a str>,
+pub struct Connection<'a> {
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// The local (destination) address.
+    pub local: SocketAddr,
+    /// The peer's verified SPIFFE ID.
+    pub spiffe_id: Option<&'a SpiffeId>,
+    /// The TLS server name the peer asked for.
+    pub sni: Option<&'a str>,
 }
 
 /// A filter's verdict.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Verdict<'a> {
+pub enum Verdict<'a> {
+    /// Let through.
     Allow,
     /// Denied; the policy that decided, for logs (none for "no ALLOW policy matched").
     Deny(Option<&'a str>),
@@ -29,7 +34,7 @@ pub(crate) enum Verdict<'a> {
 
 /// Evaluates one RBAC filter. Shadow rules are evaluated by the caller only when it reports
 /// them; they never change the verdict.
-pub(crate) fn evaluate<'a>(
+pub fn evaluate<'a>(
     filter: &'a RbacFilter,
     req: &RequestView<'_>,
     conn: &Connection<'_>,
@@ -51,7 +56,7 @@ pub(crate) fn evaluate<'a>(
 }
 
 /// The name of the first policy of `rules` that matches (shadow-rule evaluation uses it too).
-pub(crate) fn first_match<'a>(
+pub fn first_match<'a>(
     rules: &'a RbacPolicies,
     req: &RequestView<'_>,
     conn: &Connection<'_>,

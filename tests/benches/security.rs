@@ -1,0 +1,194 @@
+//! Security costs, one JSON line each (BENCHMARKS.md format):
+//! - `mtls-handshake`: a full TLS 1.3 handshake with client certificates and the SPIFFE SAN
+//!   check, client and server in this process over loopback TCP (both sides' CPU).
+//! - `tls-handshake`: the same without a client certificate, for comparison.
+//! - `rbac-check`: evaluating Istio-shaped DENY and ALLOW filters for one request.
+//!
+//! `cargo bench -p mesh-tests --bench security [-- --quick]`
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mesh_core::identity::tls::{ClientAuth, client_config, server_config};
+use mesh_core::identity::{CertificateProvider, Identity, SpiffeId};
+use mesh_core::model::*;
+use mesh_test_support::TestCa;
+use mesh_tower::server::rbac;
+
+const SERVER: &str = "spiffe://cluster.local/ns/default/sa/details";
+const CLIENT: &str = "spiffe://cluster.local/ns/default/sa/productpage";
+
+fn provider(ca: &TestCa, id: Option<&str>) -> CertificateProvider {
+    let key = id.map(|id| ca.workload(id));
+    CertificateProvider::from_identity(
+        "bench",
+        Identity::from_pem(
+            key.as_ref().map(|k| k.cert_pem.as_bytes()),
+            key.as_ref().map(|k| k.key_pem.as_bytes()),
+            Some(ca.root_pem.as_bytes()),
+            "bench",
+        )
+        .expect("identity"),
+    )
+}
+
+async fn handshakes(n: usize, mutual: bool) -> Duration {
+    let ca = TestCa::new("bench root");
+    let auth = if mutual {
+        ClientAuth::Required
+    } else {
+        ClientAuth::Optional
+    };
+    let server = Arc::new(server_config(&provider(&ca, Some(SERVER)), auth, vec![]));
+    let client_id = if mutual { Some(CLIENT) } else { None };
+    let sans: Arc<[SanMatcher]> = Arc::new([SanMatcher {
+        kind: SanKind::Uri,
+        matcher: StringMatcher::exact(SERVER),
+    }]);
+    let client = Arc::new(client_config(&provider(&ca, client_id), sans, vec![]));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(server);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let _ = acceptor.accept(tcp).await;
+            });
+        }
+    });
+    let connector = tokio_rustls::TlsConnector::from(client);
+    let name = rustls::pki_types::ServerName::try_from("details").unwrap();
+    let started = Instant::now();
+    for _ in 0..n {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        connector
+            .connect(name.clone(), tcp)
+            .await
+            .expect("handshake");
+    }
+    started.elapsed() / n as u32
+}
+
+fn rbac_filters() -> [RbacFilter; 2] {
+    let exact = |s: &str| StringMatcher::exact(s);
+    let header = |name: &str, value: &str| HeaderMatcher {
+        name: name.into(),
+        kind: HeaderMatch::String(exact(value)),
+        invert: false,
+        treat_missing_as_empty: false,
+    };
+    let filter =
+        |action, name: &str, permissions: Vec<Permission>, principals: Vec<Principal>| RbacFilter {
+            rules: Some(RbacPolicies {
+                action,
+                policies: Box::new([(
+                    Arc::from(name),
+                    RbacPolicy {
+                        permissions: Box::new([Permission::And(permissions.into())]),
+                        principals: Box::new([Principal::And(principals.into())]),
+                    },
+                )]),
+            }),
+            shadow_rules: None,
+            stat_prefix: "".into(),
+            shadow_stat_prefix: "".into(),
+        };
+    [
+        filter(
+            RbacAction::Deny,
+            "ns[default]-policy[no-admin]-rule[0]",
+            vec![Permission::UrlPath(StringMatcher {
+                kind: StringMatch::Prefix("/admin".into()),
+                ignore_case: false,
+            })],
+            vec![Principal::Any],
+        ),
+        filter(
+            RbacAction::Allow,
+            "ns[default]-policy[details-viewer]-rule[0]",
+            vec![Permission::Or(Box::new([
+                Permission::Header(header(":method", "GET")),
+                Permission::Header(header(":method", "HEAD")),
+            ]))],
+            vec![Principal::Or(Box::new([
+                Principal::Authenticated(Some(exact(CLIENT))),
+                Principal::Authenticated(Some(exact(
+                    "spiffe://cluster.local/ns/default/sa/reviews",
+                ))),
+            ]))],
+        ),
+    ]
+}
+
+fn rbac_check(n: usize) -> Duration {
+    let filters = rbac_filters();
+    let req = http::Request::get("http://details:9080/details/0")
+        .header("user-agent", "bench")
+        .body(())
+        .unwrap();
+    let id: SpiffeId = CLIENT.parse().unwrap();
+    let conn = rbac::Connection {
+        peer: "10.0.0.1:40000".parse().unwrap(),
+        local: "10.0.0.2:9080".parse().unwrap(),
+        spiffe_id: Some(&id),
+        sni: None,
+    };
+    let view = RequestView::from_request(&req);
+    let started = Instant::now();
+    let mut allowed = 0usize;
+    for _ in 0..n {
+        let ok = filters
+            .iter()
+            .all(|f| rbac::evaluate(std::hint::black_box(f), &view, &conn) == rbac::Verdict::Allow);
+        allowed += ok as usize;
+    }
+    assert_eq!(allowed, n, "the request is allowed");
+    started.elapsed() / n as u32
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (hs, checks) = if quick {
+        (50, 100_000)
+    } else {
+        (1000, 5_000_000)
+    };
+    println!(
+        "ENV {{\"nproc\":{},\"mesh\":{:?}}}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        env!("CARGO_PKG_VERSION")
+    );
+    handshakes(20, true).await; // warm up
+    let mtls = handshakes(hs, true).await;
+    let tls = handshakes(hs, false).await;
+    let check = rbac_check(checks);
+    println!(
+        "BENCH {{\"scenario\":\"mtls-handshake\",\"n\":{hs},\"us_per_op\":{:.1}}}",
+        mtls.as_secs_f64() * 1e6
+    );
+    println!(
+        "BENCH {{\"scenario\":\"tls-handshake\",\"n\":{hs},\"us_per_op\":{:.1}}}",
+        tls.as_secs_f64() * 1e6
+    );
+    println!(
+        "BENCH {{\"scenario\":\"rbac-check\",\"n\":{checks},\"ns_per_op\":{:.1}}}",
+        check.as_secs_f64() * 1e9
+    );
+    println!();
+    println!("| what | cost |");
+    println!("|---|---|");
+    println!(
+        "| mTLS handshake (both sides, SPIFFE check) | {:.1} µs |",
+        mtls.as_secs_f64() * 1e6
+    );
+    println!(
+        "| TLS handshake, no client certificate | {:.1} µs |",
+        tls.as_secs_f64() * 1e6
+    );
+    println!(
+        "| RBAC DENY + ALLOW check per request | {:.0} ns |",
+        check.as_secs_f64() * 1e9
+    );
+}
