@@ -26,6 +26,7 @@
 //! | `load_balancing_policy` lists | gRFC A52 |
 #![forbid(unsafe_code)]
 
+pub mod authz_service;
 pub mod bootstrap;
 pub mod identity;
 mod mesh;

@@ -10,6 +10,7 @@ pub mod ads;
 pub mod backend;
 pub mod envoy;
 pub mod http;
+pub mod jwt;
 pub mod load;
 pub mod pki;
 pub mod python;

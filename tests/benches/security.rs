@@ -133,6 +133,7 @@ fn rbac_check(n: usize) -> Duration {
         local: "10.0.0.2:9080".parse().unwrap(),
         spiffe_id: Some(&id),
         sni: None,
+        metadata: &mesh_tower::server::Metadata::default(),
     };
     let view = RequestView::from_request(&req);
     let started = Instant::now();

@@ -34,19 +34,29 @@ pub use provider::CertificateProvider;
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SpiffeId {
-    trust_domain: Box<str>,
-    path: Box<str>,
+    /// The whole ID, kept so authorization can match it per request without formatting it.
+    uri: Box<str>,
+    /// Where the path starts in `uri`.
+    path_at: usize,
 }
+
+/// `spiffe://`.
+const SCHEME_LEN: usize = "spiffe://".len();
 
 impl SpiffeId {
     /// The trust domain.
     pub fn trust_domain(&self) -> &str {
-        &self.trust_domain
+        &self.uri[SCHEME_LEN..self.path_at]
     }
 
     /// The path, starting with `/` (may be empty).
     pub fn path(&self) -> &str {
-        &self.path
+        &self.uri[self.path_at..]
+    }
+
+    /// The whole ID, `spiffe://trust-domain/path`.
+    pub fn as_str(&self) -> &str {
+        &self.uri
     }
 
     /// The Kubernetes namespace of an Istio-style ID (`/ns/<ns>/sa/<sa>`).
@@ -60,7 +70,7 @@ impl SpiffeId {
     }
 
     fn istio_parts(&self) -> Option<(&str, &str)> {
-        let mut it = self.path.strip_prefix('/')?.split('/');
+        let mut it = self.path().strip_prefix('/')?.split('/');
         match (it.next(), it.next(), it.next(), it.next(), it.next()) {
             (Some("ns"), Some(ns), Some("sa"), Some(sa), None) => Some((ns, sa)),
             _ => None,
@@ -94,15 +104,15 @@ impl FromStr for SpiffeId {
             return Err(bad("invalid path"));
         }
         Ok(Self {
-            trust_domain: td.into(),
-            path: path.into(),
+            uri: s.into(),
+            path_at: SCHEME_LEN + td.len(),
         })
     }
 }
 
 impl fmt::Display for SpiffeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "spiffe://{}{}", self.trust_domain, self.path)
+        f.write_str(&self.uri)
     }
 }
 

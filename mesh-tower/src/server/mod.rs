@@ -3,18 +3,37 @@
 //! ```text
 //! TCP accept → filter chain (PeerAuthentication: STRICT needs mTLS; PERMISSIVE peeks for a TLS
 //!  ClientHello; DISABLE is plaintext) → rustls with the workload certificate → peer identity
-//!  → hyper (HTTP/1.1 and HTTP/2) → RBAC (DENY, then ALLOW) → the application
+//!  → hyper (HTTP/1.1 and HTTP/2) → route (per-route filter settings) → JWT → RBAC (CUSTOM's
+//!  marks, DENY, ALLOW, AUDIT) → ext_authz → local rate limit → the application
 //! ```
 //!
 //! The inbound listener comes from the control plane under the bootstrap's
 //! `server_listener_resource_name_template` (istiod and mesh-control:
 //! `xds.istio.io/grpc/lds/inbound/IP:PORT`); it is watched, and a change applies to new
-//! connections and, for RBAC, to the next request. As gRFC A36 asks of xDS servers, nothing is
-//! served until the listener has arrived, and a listener the control plane does not have means
-//! not serving. Without a template (static mode, or no control plane), the application is
-//! served in plaintext with no policy.
+//! connections and, for the HTTP filters, to the next request. As gRFC A36 asks of xDS
+//! servers, nothing is served until the listener has arrived, and a listener the control
+//! plane does not have means not serving. Without a template (static mode, or no control
+//! plane), the application is served in plaintext with no policy.
+//!
+//! | feature | Envoy / Istio |
+//! |---|---|
+//! | STRICT / PERMISSIVE / DISABLE mTLS, SPIFFE peer identity | `DownstreamTlsContext`, TLS inspector; PeerAuthentication |
+//! | authorization: DENY then ALLOW, AUDIT, shadow rules | `envoy.filters.http.rbac`; AuthorizationPolicy |
+//! | request authentication, JWKS inline or fetched | `envoy.filters.http.jwt_authn`; RequestAuthentication |
+//! | external authorization over HTTP and gRPC | `envoy.filters.http.ext_authz`; AuthorizationPolicy CUSTOM |
+//! | local rate limits, per listener or route | `envoy.filters.http.local_ratelimit` |
 
+mod ext_authz;
+mod filters;
+mod jwks;
+mod jwt;
+mod listener;
+mod metadata;
+mod rate_limit;
 pub mod rbac;
+
+pub use jwt::VerifiedJwt;
+pub use metadata::Metadata;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -22,21 +41,20 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_core::Mesh;
 use mesh_core::identity::SpiffeId;
-use mesh_core::identity::tls::{ClientAuth, server_config};
-use mesh_core::model::{
-    CertSource, FilterChain, FilterConfig, HttpFilter, ListenerKind, LocalRateLimit, NetworkFilter,
-    RequestView,
-};
 use mesh_core::xds::Resource;
 use tokio::net::TcpStream;
 
-use crate::body::BoxError;
+use crate::body::{BoxError, RspBody};
+use crate::flags::ResponseFlags;
+use crate::respond::{self, ResponseInfo};
+use filters::{HttpFilters, Verdict};
+use listener::{Inbound, ServerShared};
 
 /// Who called, as the inbound side verified it. Inserted into every request's extensions.
 ///
@@ -78,69 +96,42 @@ pub enum ServeError {
     Stopped,
 }
 
-/// One filter chain, ready to serve connections.
-struct Chain {
-    config: FilterChain,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    /// Why TLS cannot be offered (a missing certificate provider): such chains refuse.
-    broken: Option<String>,
-    filters: Arc<[Compiled]>,
+/// What the filters know of the connection a request came on.
+pub(crate) struct Caller<'a> {
+    pub(crate) peer: &'a PeerIdentity,
+    pub(crate) local: SocketAddr,
+    pub(crate) sni: Option<&'a str>,
 }
 
-/// An HTTP filter, ready for requests.
-enum Compiled {
-    Rbac(Arc<mesh_core::model::RbacFilter>),
-    RateLimit {
-        config: Arc<LocalRateLimit>,
-        limiter: governor::DefaultDirectRateLimiter,
-    },
-    /// A security filter this server does not enforce yet: requests are denied.
-    FailClosed {
-        name: Arc<str>,
-        kind: &'static str,
-    },
-}
+/// A local answer from a filter (a denial, a rate limit): gRPC callers get it as a gRPC
+/// status, as Envoy's local replies do.
+pub(crate) struct Reply(Response<RspBody>);
 
-/// Prepares a chain's HTTP filters (rate-limit buckets start full on each configuration).
-fn compile(filters: &[HttpFilter]) -> Arc<[Compiled]> {
-    filters
-        .iter()
-        .filter(|f| !f.disabled)
-        .filter_map(|f| match &f.config {
-            FilterConfig::Rbac(r) => Some(Compiled::Rbac(r.clone())),
-            FilterConfig::LocalRateLimit(rl) => {
-                let bucket = rl.bucket?;
-                Some(Compiled::RateLimit {
-                    limiter: governor::RateLimiter::direct(quota(&bucket)?),
-                    config: rl.clone(),
-                })
-            }
-            FilterConfig::Jwt(_) => Some(Compiled::FailClosed {
-                name: f.name.clone(),
-                kind: "jwt_authn",
-            }),
-            FilterConfig::ExtAuthz(_) => Some(Compiled::FailClosed {
-                name: f.name.clone(),
-                kind: "ext_authz",
-            }),
-            _ => None,
-        })
-        .collect()
-}
+impl Reply {
+    pub(crate) fn new(
+        status: StatusCode,
+        body: impl Into<Bytes>,
+        grpc: bool,
+        flags: ResponseFlags,
+    ) -> Self {
+        Self(respond::local(
+            status,
+            body,
+            grpc,
+            ResponseInfo {
+                flags,
+                ..ResponseInfo::default()
+            },
+        ))
+    }
 
-/// Envoy's token bucket as a GCRA quota: the same burst (`max_tokens`) and the same average
-/// rate (`tokens_per_fill` per `fill_interval`), refilled smoothly rather than in steps.
-fn quota(b: &mesh_core::model::TokenBucket) -> Option<governor::Quota> {
-    let per_token = b.fill_interval.checked_div(b.tokens_per_fill.max(1))?;
-    let burst = std::num::NonZeroU32::new(b.max_tokens.max(1))?;
-    Some(governor::Quota::with_period(per_token)?.allow_burst(burst))
-}
-
-/// The inbound listener, ready to serve.
-struct Inbound {
-    chains: Vec<Chain>,
-    default: Option<Chain>,
-    sniff: bool,
+    pub(crate) fn header(&mut self, name: HeaderName, value: HeaderValue, append: bool) {
+        if append {
+            self.0.headers_mut().append(name, value);
+        } else {
+            self.0.headers_mut().insert(name, value);
+        }
+    }
 }
 
 /// Serves `app` on `addr` behind the mesh's inbound policy. Runs until an error; connections
@@ -164,16 +155,7 @@ where
         Some(name) => follow(mesh, name, config.clone()).await?,
         None => {
             tracing::info!(%local, "no server listener template in the bootstrap: serving plaintext without policy");
-            config.store(Some(Arc::new(Inbound {
-                chains: Vec::new(),
-                default: Some(Chain {
-                    config: plain_chain(),
-                    tls: None,
-                    broken: None,
-                    filters: Arc::new([]),
-                }),
-                sniff: false,
-            })));
+            config.store(Some(Arc::new(Inbound::plaintext())));
         }
     }
     loop {
@@ -200,6 +182,7 @@ async fn follow(
     name: String,
     config: Arc<ArcSwapOption<Inbound>>,
 ) -> Result<(), ServeError> {
+    let shared = Arc::new(ServerShared::new(mesh));
     let mut watch = mesh
         .watch_listener(&name)
         .await
@@ -207,7 +190,7 @@ async fn follow(
     loop {
         let st = watch.current();
         if let Some(Resource::Listener(l)) = &st.value {
-            config.store(Some(Arc::new(build(mesh, l))));
+            config.store(Some(Arc::new(shared.build(l))));
             break;
         }
         if st.does_not_exist() {
@@ -215,14 +198,13 @@ async fn follow(
         }
         watch.changed().await;
     }
-    let mesh = mesh.clone();
     tokio::spawn(async move {
         loop {
             watch.changed().await;
             match watch.current().value {
                 Some(Resource::Listener(l)) => {
                     tracing::info!(listener = %name, "inbound configuration updated");
-                    config.store(Some(Arc::new(build(&mesh, &l))));
+                    config.store(Some(Arc::new(shared.build(&l))));
                 }
                 _ => {
                     // A deleted listener (kept by default, gRFC A88) leaves the last one serving.
@@ -231,112 +213,6 @@ async fn follow(
         }
     });
     Ok(())
-}
-
-fn plain_chain() -> FilterChain {
-    FilterChain {
-        name: "plaintext".into(),
-        matcher: Default::default(),
-        tls: None,
-        filter: NetworkFilter::Unsupported {
-            name: "passthrough".into(),
-        },
-    }
-}
-
-fn build(mesh: &Mesh, l: &mesh_core::model::Listener) -> Inbound {
-    let ListenerKind::Socket(s) = &l.kind else {
-        tracing::error!(listener = %l.name, "an API listener cannot serve inbound traffic");
-        return Inbound {
-            chains: Vec::new(),
-            default: None,
-            sniff: false,
-        };
-    };
-    let chain = |fc: &FilterChain| {
-        let filters = match &fc.filter {
-            NetworkFilter::Http(h) => compile(&h.http_filters),
-            _ => Arc::new([]),
-        };
-        let (tls, broken) = match &fc.tls {
-            None => (None, None),
-            Some(t) => match &t.identity {
-                CertSource::Provider { instance, .. } => {
-                    match mesh.certificate_provider(instance) {
-                        Some(p) => {
-                            let auth = if t.require_client_certificate {
-                                ClientAuth::Required
-                            } else {
-                                ClientAuth::Optional
-                            };
-                            // HTTP's, plus what Istio clients offer (Envoy and our ISTIO_MUTUAL
-                            // clusters send `istio-peer-exchange` and `istio`): rustls refuses a
-                            // handshake with no protocol in common. hyper tells h1 from h2 itself.
-                            let mut alpn: Vec<Vec<u8>> =
-                                t.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-                            for p in ["h2", "http/1.1", "istio-peer-exchange", "istio"] {
-                                if !alpn.iter().any(|x| x == p.as_bytes()) {
-                                    alpn.push(p.as_bytes().to_vec());
-                                }
-                            }
-                            (Some(Arc::new(server_config(p, auth, alpn))), None)
-                        }
-                        None => (
-                            None,
-                            Some(format!(
-                                "certificate provider {instance:?} is not in the bootstrap"
-                            )),
-                        ),
-                    }
-                }
-                other => (
-                    None,
-                    Some(format!("certificate source {other:?} is not supported")),
-                ),
-            },
-        };
-        if let Some(why) = &broken {
-            tracing::error!(chain = %fc.name, %why, "TLS chain cannot serve; its connections are refused");
-        }
-        Chain {
-            config: fc.clone(),
-            tls,
-            broken,
-            filters,
-        }
-    };
-    let chains: Vec<Chain> = s.filter_chains.iter().map(chain).collect();
-    let sniff = chains
-        .iter()
-        .any(|c| c.config.matcher.transport_protocol.is_some());
-    Inbound {
-        default: s.default_filter_chain.as_ref().map(chain),
-        chains,
-        sniff,
-    }
-}
-
-/// Envoy's filter-chain selection, for the fields inbound listeners use: destination port and
-/// IP, source IP and port, and transport protocol (`tls` when the first byte starts a TLS
-/// handshake record).
-fn select(inbound: &Inbound, peer: SocketAddr, local: SocketAddr, tls: bool) -> Option<&Chain> {
-    let transport = if tls { "tls" } else { "raw_buffer" };
-    inbound
-        .chains
-        .iter()
-        .find(|c| {
-            let m = &c.config.matcher;
-            m.destination_port.is_none_or(|p| p == local.port())
-                && (m.prefix_ranges.is_empty()
-                    || m.prefix_ranges.iter().any(|r| r.contains(local.ip())))
-                && (m.source_prefix_ranges.is_empty()
-                    || m.source_prefix_ranges.iter().any(|r| r.contains(peer.ip())))
-                && (m.source_ports.is_empty() || m.source_ports.contains(&peer.port()))
-                && m.transport_protocol
-                    .as_deref()
-                    .is_none_or(|t| t == transport)
-        })
-        .or(inbound.default.as_ref())
 }
 
 async fn connection<S, B>(
@@ -361,7 +237,7 @@ where
     } else {
         false
     };
-    let Some(chain) = select(&inbound, peer, local, looks_tls) else {
+    let Some(chain) = inbound.select(peer, local, looks_tls) else {
         return Err("no filter chain matches the connection".into());
     };
     if let Some(why) = &chain.broken {
@@ -399,6 +275,8 @@ where
     }
 }
 
+type ServerBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
 async fn serve_http<I, S, B>(
     io: I,
     identity: PeerIdentity,
@@ -424,22 +302,49 @@ where
         let (identity, sni) = (identity.clone(), sni.clone());
         let mut app = app.clone();
         async move {
-            if let Some(denied) = authorize(&current, &req, &identity, local, sni.as_deref()) {
-                return Ok::<_, Infallible>(denied);
+            let mut extra = Vec::new();
+            if !current.is_empty() {
+                let caller = Caller {
+                    peer: &identity,
+                    local,
+                    sni: sni.as_deref(),
+                };
+                match current.run(&mut req, &caller).await {
+                    Verdict::Reply(reply) => {
+                        return Ok::<_, Infallible>(
+                            reply.0.map(|b| b.map_err(Into::into).boxed_unsync()),
+                        );
+                    }
+                    Verdict::Continue(headers) => extra = headers,
+                }
             }
             req.extensions_mut().insert(PeerIdentity::clone(&identity));
             let rsp = match tower::ServiceExt::ready(&mut app).await {
                 Ok(app) => app.call(req).await,
                 Err(e) => Err(e),
             };
-            Ok(match rsp {
+            let mut rsp: Response<ServerBody> = match rsp {
                 Ok(rsp) => rsp.map(|b| b.map_err(Into::into).boxed_unsync()),
                 Err(e) => {
                     let e: BoxError = e.into();
                     tracing::warn!(error = %e, "application error");
-                    local_reply(StatusCode::INTERNAL_SERVER_ERROR, "application error")
+                    let reply = Reply::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "application error",
+                        false,
+                        ResponseFlags::NONE,
+                    );
+                    reply.0.map(|b| b.map_err(Into::into).boxed_unsync())
                 }
-            })
+            };
+            for (name, value, append) in extra {
+                if append {
+                    rsp.headers_mut().append(name, value);
+                } else {
+                    rsp.headers_mut().insert(name, value);
+                }
+            }
+            Ok(rsp)
         }
     });
     hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -452,88 +357,15 @@ struct LiveFilters {
     live: Arc<ArcSwapOption<Inbound>>,
     chain: Arc<str>,
     /// Used if the chain has since disappeared from the listener.
-    at_accept: Arc<[Compiled]>,
+    at_accept: Arc<HttpFilters>,
 }
 
 impl LiveFilters {
-    fn current(&self) -> Arc<[Compiled]> {
-        let Some(inbound) = self.live.load_full() else {
-            return self.at_accept.clone();
-        };
-        inbound
-            .chains
-            .iter()
-            .chain(inbound.default.iter())
-            .find(|c| c.config.name == self.chain)
-            .map_or_else(|| self.at_accept.clone(), |c| c.filters.clone())
+    fn current(&self) -> Arc<HttpFilters> {
+        self.live
+            .load()
+            .as_ref()
+            .and_then(|inbound| inbound.filters_of(&self.chain))
+            .unwrap_or_else(|| self.at_accept.clone())
     }
-}
-
-type ReplyBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
-
-fn local_reply(status: StatusCode, body: &'static str) -> Response<ReplyBody> {
-    let mut rsp = Response::new(
-        Full::new(Bytes::from_static(body.as_bytes()))
-            .map_err(|never| match never {})
-            .boxed_unsync(),
-    );
-    *rsp.status_mut() = status;
-    rsp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain"),
-    );
-    rsp
-}
-
-/// Runs the listener's filters in order; the answer when one refuses the request.
-fn authorize(
-    filters: &[Compiled],
-    req: &Request<Incoming>,
-    identity: &PeerIdentity,
-    local: SocketAddr,
-    sni: Option<&str>,
-) -> Option<Response<ReplyBody>> {
-    if filters.is_empty() {
-        return None;
-    }
-    let view = RequestView::from_request(req);
-    let conn = rbac::Connection {
-        peer: identity.addr,
-        local,
-        spiffe_id: identity.spiffe_id.as_ref(),
-        sni,
-    };
-    for f in filters.iter() {
-        match f {
-            Compiled::Rbac(r) => {
-                if let rbac::Verdict::Deny(policy) = rbac::evaluate(r, &view, &conn) {
-                    tracing::debug!(?policy, peer = ?identity.spiffe_id, path = view.path, "RBAC denied");
-                    return Some(local_reply(StatusCode::FORBIDDEN, "RBAC: access denied"));
-                }
-            }
-            Compiled::RateLimit { config, limiter } => {
-                let sample = || fastrand::u32(0..1_000_000);
-                if config.enabled.hit(sample())
-                    && limiter.check().is_err()
-                    && config.enforced.hit(sample())
-                {
-                    let mut rsp = local_reply(config.status, "local_rate_limited");
-                    for (k, v) in config.response_headers.iter() {
-                        rsp.headers_mut().append(k.clone(), v.clone());
-                    }
-                    return Some(rsp);
-                }
-            }
-            // Security filters this server does not enforce yet fail closed rather than let
-            // unauthenticated requests through.
-            Compiled::FailClosed { name, kind } => {
-                tracing::error!(filter = %name, kind, "filter not enforced by this server yet; denying");
-                return Some(local_reply(
-                    StatusCode::FORBIDDEN,
-                    "RBAC: access denied (authentication filter not supported)",
-                ));
-            }
-        }
-    }
-    None
 }

@@ -8,6 +8,8 @@
 use std::net::SocketAddr;
 
 use mesh_core::identity::SpiffeId;
+
+use super::Metadata;
 use mesh_core::model::{Permission, Principal, RbacAction, RbacFilter, RbacPolicies, RequestView};
 
 /// What RBAC sees of a request besides its headers.
@@ -21,6 +23,8 @@ pub struct Connection<'a> {
     pub spiffe_id: Option<&'a SpiffeId>,
     /// The TLS server name the peer asked for.
     pub sni: Option<&'a str>,
+    /// What earlier filters learnt (the JWT filter's principal and claims).
+    pub metadata: &'a Metadata,
 }
 
 /// A filter's verdict.
@@ -81,8 +85,7 @@ fn permission(p: &Permission, req: &RequestView<'_>, conn: &Connection<'_>) -> b
         Permission::DestinationIp(c) => c.contains(conn.local.ip()),
         Permission::DestinationPort(port) => conn.local.port() == *port,
         Permission::DestinationPortRange(start, end) => (*start..*end).contains(&conn.local.port()),
-        // Dynamic metadata comes from the JWT filter; without it, nothing is there to match.
-        Permission::Metadata(m) => m.invert,
+        Permission::Metadata(m) => conn.metadata.matches(m),
         Permission::Not(inner) => !permission(inner, req, conn),
         Permission::RequestedServerName(m) => conn.sni.is_some_and(|s| m.matches(s)),
     }
@@ -95,7 +98,7 @@ fn principal(p: &Principal, req: &RequestView<'_>, conn: &Connection<'_>) -> boo
         Principal::Any => true,
         Principal::Authenticated(m) => match (conn.spiffe_id, m) {
             (Some(_), None) => true,
-            (Some(id), Some(m)) => m.matches(&id.to_string()),
+            (Some(id), Some(m)) => m.matches(id.as_str()),
             (None, _) => false,
         },
         Principal::SourceIp(c) | Principal::DirectRemoteIp(c) | Principal::RemoteIp(c) => {
@@ -103,12 +106,10 @@ fn principal(p: &Principal, req: &RequestView<'_>, conn: &Connection<'_>) -> boo
         }
         Principal::Header(h) => h.matches(req),
         Principal::UrlPath(m) => m.matches(req.path),
-        Principal::Metadata(m) => m.invert,
+        Principal::Metadata(m) => conn.metadata.matches(m),
         Principal::FilterState { key, value } => {
             &**key == "io.istio.peer_principal"
-                && conn
-                    .spiffe_id
-                    .is_some_and(|id| value.matches(&id.to_string()))
+                && conn.spiffe_id.is_some_and(|id| value.matches(id.as_str()))
         }
         Principal::Not(inner) => !principal(inner, req, conn),
     }
@@ -164,6 +165,7 @@ mod tests {
             local: "10.0.0.2:9080".parse().unwrap(),
             spiffe_id: id.as_ref(),
             sni: None,
+            metadata: &Metadata::default(),
         };
         evaluate(f, &RequestView::from_request(&req), &conn) == Verdict::Allow
     }

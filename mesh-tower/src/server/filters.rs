@@ -1,0 +1,330 @@
+//! The inbound HTTP filters of a filter chain, in the listener's order: what istiod and
+//! mesh-control send is JWT authentication, then RBAC (CUSTOM's marking rules, DENY, ALLOW,
+//! AUDIT), then ext_authz, with local rate limits wherever a listener puts them.
+//!
+//! A route of the chain's (inline) route table may disable a filter or replace its config
+//! (`typed_per_filter_config`); a request no route matches gets Envoy's 404.
+//!
+//! Requests pass through without allocation when the filters do not need to write anything:
+//! RBAC matching borrows the request, and dynamic metadata stays empty until a filter sets it.
+
+use std::sync::Arc;
+
+use http::{HeaderName, HeaderValue, Request, StatusCode};
+use mesh_core::model::{
+    FilterConfig, FilterOverride, HttpFilter, JwtPerRoute, RbacAction, RbacFilter, RequestView,
+    Route, RouteSource, RouteTable,
+};
+
+use super::ext_authz::{Decision, ExtAuthzFilter};
+use super::jwt::{JwtFilter, RemoteKeys};
+use super::metadata::{Metadata, RBAC_NAMESPACE};
+use super::rate_limit::RateLimiter;
+use super::{Caller, Reply, rbac};
+use crate::MeshClient;
+use crate::flags::ResponseFlags;
+
+/// A chain's filters, ready for requests.
+pub(crate) struct HttpFilters {
+    filters: Box<[Filter]>,
+    routes: Option<Arc<RouteTable>>,
+    /// Rate limits that routes configure for themselves, by route.
+    route_limits: Box<[RouteLimit]>,
+}
+
+struct Filter {
+    name: Arc<str>,
+    /// Off unless a route turns it on (with a config of its own).
+    disabled: bool,
+    kind: Kind,
+}
+
+enum Kind {
+    Rbac(Arc<RbacFilter>),
+    RateLimit(RateLimiter),
+    Jwt(JwtFilter),
+    ExtAuthz(ExtAuthzFilter),
+    /// A filter that cannot work as configured (e.g. no authorization service): fail closed.
+    Broken {
+        why: String,
+    },
+    /// An optional filter this server does not implement.
+    Skip,
+}
+
+struct RouteLimit {
+    /// The route's address: routes live in `HttpFilters::routes`, which this owns, so the
+    /// address names one route for as long as this exists. It is only compared.
+    route: usize,
+    filter: Arc<str>,
+    limiter: RateLimiter,
+}
+
+fn address(r: &Route) -> usize {
+    r as *const Route as usize
+}
+
+/// What the server needs to build filters.
+pub(crate) struct FilterContext<'a> {
+    pub(crate) client: &'a dyn Fn() -> MeshClient,
+    pub(crate) remote_keys: &'a dyn RemoteKeys,
+}
+
+/// The outcome of running the filters.
+pub(crate) enum Verdict {
+    /// Hand the request to the application, adding these headers to its response.
+    Continue(Vec<(HeaderName, HeaderValue, bool)>),
+    /// Answer with this.
+    Reply(Reply),
+}
+
+impl HttpFilters {
+    /// No filters and no routes: every request goes straight to the application.
+    pub(crate) fn none() -> Self {
+        Self {
+            filters: Box::new([]),
+            routes: None,
+            route_limits: Box::new([]),
+        }
+    }
+
+    /// Prepares a chain's filters (rate-limit buckets start full on each configuration).
+    pub(crate) fn new(
+        filters: &[HttpFilter],
+        routes: &RouteSource,
+        cx: &FilterContext<'_>,
+    ) -> Self {
+        let filters: Box<[Filter]> = filters
+            .iter()
+            .map(|f| Filter {
+                name: f.name.clone(),
+                disabled: f.disabled,
+                kind: kind(&f.config, cx),
+            })
+            .collect();
+        let routes = match routes {
+            RouteSource::Inline(t) => Some(t.clone()),
+            RouteSource::Rds(name) => {
+                tracing::warn!(route_config = %name, "inbound routes over RDS are not followed; per-route filter settings do not apply");
+                None
+            }
+        };
+        let mut route_limits = Vec::new();
+        for vh in routes.iter().flat_map(|t| t.virtual_hosts.iter()) {
+            for route in vh.routes.iter() {
+                for (name, o) in route.filter_overrides.0.iter() {
+                    if let FilterOverride::Config(FilterConfig::LocalRateLimit(rl)) = o {
+                        route_limits.push(RouteLimit {
+                            route: address(route),
+                            filter: name.clone(),
+                            limiter: RateLimiter::new(rl.clone()),
+                        });
+                    }
+                }
+            }
+        }
+        Self {
+            filters,
+            routes,
+            route_limits: route_limits.into(),
+        }
+    }
+
+    /// Whether requests skip the filters entirely.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.filters.is_empty() && self.routes.is_none()
+    }
+
+    /// Runs the filters over a request.
+    pub(crate) async fn run<B>(&self, req: &mut Request<B>, caller: &Caller<'_>) -> Verdict {
+        let grpc = crate::respond::is_grpc(req.headers());
+        let route = match &self.routes {
+            None => None,
+            Some(table) => {
+                let view = RequestView::from_request(req);
+                match table.find(&view, fastrand::u32(0..1_000_000)) {
+                    Some(found) => Some(found),
+                    None => {
+                        return Verdict::Reply(Reply::new(
+                            StatusCode::NOT_FOUND,
+                            "",
+                            grpc,
+                            ResponseFlags::NO_ROUTE_FOUND,
+                        ));
+                    }
+                }
+            }
+        };
+        let override_of = |name: &str| {
+            route.and_then(|(vh, r)| {
+                r.filter_overrides
+                    .get(name)
+                    .or_else(|| vh.filter_overrides.get(name))
+            })
+        };
+        let mut metadata = Metadata::default();
+        let mut response_headers = Vec::new();
+        for f in self.filters.iter() {
+            let o = override_of(&f.name);
+            let replaced = match o {
+                Some(FilterOverride::Disabled) => continue,
+                Some(FilterOverride::Config(c)) => Some(c),
+                None if f.disabled => continue,
+                None => None,
+            };
+            match &f.kind {
+                Kind::Rbac(listener_level) => {
+                    let config = match replaced {
+                        Some(FilterConfig::Rbac(r)) => r,
+                        _ => listener_level,
+                    };
+                    if let Some(reply) = enforce_rbac(config, req, caller, &mut metadata, grpc) {
+                        return Verdict::Reply(reply);
+                    }
+                }
+                Kind::RateLimit(listener_level) => {
+                    let limiter = match (replaced, route) {
+                        (Some(FilterConfig::LocalRateLimit(_)), Some((_, r))) => self
+                            .route_limits
+                            .iter()
+                            .find(|l| l.route == address(r) && l.filter == f.name)
+                            .map_or(listener_level, |l| &l.limiter),
+                        _ => listener_level,
+                    };
+                    if let Some(reply) = limiter.check(grpc) {
+                        return Verdict::Reply(reply);
+                    }
+                }
+                Kind::Jwt(jwt) => {
+                    let per_route = match replaced {
+                        Some(FilterConfig::JwtPerRoute(p)) => Some(&**p),
+                        _ => None::<&JwtPerRoute>,
+                    };
+                    if let Err(e) = jwt.authenticate(req, per_route, &mut metadata).await {
+                        tracing::debug!(
+                            reason = e.message(),
+                            path = req.uri().path(),
+                            "JWT refused"
+                        );
+                        let mut reply =
+                            Reply::new(e.status(), e.message(), grpc, ResponseFlags::NONE);
+                        let realm = format!(
+                            "http://{}{}",
+                            RequestView::from_request(req).authority,
+                            req.uri().path()
+                        );
+                        if let Some(v) = e.challenge(&realm) {
+                            reply.header(http::header::WWW_AUTHENTICATE, v, false);
+                        }
+                        return Verdict::Reply(reply);
+                    }
+                }
+                Kind::ExtAuthz(authz) => match authz.check(req, caller, &metadata, grpc).await {
+                    Decision::Deny(reply) => return Verdict::Reply(reply),
+                    Decision::Continue(changes) => {
+                        for name in changes.remove {
+                            req.headers_mut().remove(name);
+                        }
+                        for (name, value, append) in changes.upstream {
+                            if append {
+                                req.headers_mut().append(name, value);
+                            } else {
+                                req.headers_mut().insert(name, value);
+                            }
+                        }
+                        response_headers.extend(changes.downstream);
+                    }
+                },
+                Kind::Broken { why } => {
+                    tracing::error!(filter = %f.name, %why, "filter cannot work; denying");
+                    return Verdict::Reply(Reply::new(
+                        StatusCode::FORBIDDEN,
+                        "RBAC: access denied",
+                        grpc,
+                        ResponseFlags::NONE,
+                    ));
+                }
+                Kind::Skip => {}
+            }
+        }
+        Verdict::Continue(response_headers)
+    }
+}
+
+fn kind(config: &FilterConfig, cx: &FilterContext<'_>) -> Kind {
+    match config {
+        FilterConfig::Rbac(r) => Kind::Rbac(r.clone()),
+        FilterConfig::LocalRateLimit(rl) => Kind::RateLimit(RateLimiter::new(rl.clone())),
+        FilterConfig::Jwt(j) => Kind::Jwt(JwtFilter::new(j.clone(), cx.remote_keys)),
+        FilterConfig::ExtAuthz(e) => match ExtAuthzFilter::new(e.clone(), (cx.client)()) {
+            Ok(f) => Kind::ExtAuthz(f),
+            Err(why) => {
+                tracing::error!(%why, "ext_authz filter unusable; the requests it checks are denied");
+                Kind::Broken { why }
+            }
+        },
+        // The router ends the chain; faults and per-route-only configs do nothing here.
+        FilterConfig::Router
+        | FilterConfig::Fault(_)
+        | FilterConfig::JwtPerRoute(_)
+        | FilterConfig::Unsupported { .. } => Kind::Skip,
+    }
+}
+
+/// Evaluates one RBAC filter: the verdict of its rules, and what its shadow rules would
+/// have done, published (as Envoy does) under `envoy.filters.http.rbac` as
+/// `<shadow_stat_prefix>shadow_effective_policy_id` and `…shadow_engine_result`.
+fn enforce_rbac<B>(
+    filter: &RbacFilter,
+    req: &Request<B>,
+    caller: &Caller<'_>,
+    metadata: &mut Metadata,
+    grpc: bool,
+) -> Option<Reply> {
+    let view = RequestView::from_request(req);
+    let conn = rbac::Connection {
+        peer: caller.peer.addr,
+        local: caller.local,
+        spiffe_id: caller.peer.spiffe_id.as_ref(),
+        sni: caller.sni,
+        metadata: &*metadata,
+    };
+    let verdict = rbac::evaluate(filter, &view, &conn);
+    let shadow = filter.shadow_rules.as_ref().map(|rules| {
+        let matched = rbac::first_match(rules, &view, &conn).map(str::to_owned);
+        let allowed = match rules.action {
+            RbacAction::Allow => matched.is_some(),
+            RbacAction::Deny => matched.is_none(),
+            RbacAction::Log => true,
+        };
+        (matched, allowed)
+    });
+    if let Some((matched, allowed)) = shadow {
+        let prefix = &filter.shadow_stat_prefix;
+        tracing::debug!(shadow = %prefix, policy = ?matched, allowed, path = view.path, "RBAC shadow rules");
+        if let Some(policy) = matched {
+            metadata.set(
+                RBAC_NAMESPACE,
+                format!("{prefix}shadow_effective_policy_id"),
+                policy.into(),
+            );
+        }
+        metadata.set(
+            RBAC_NAMESPACE,
+            format!("{prefix}shadow_engine_result"),
+            if allowed { "allowed" } else { "denied" }.into(),
+        );
+    }
+    match verdict {
+        rbac::Verdict::Allow => None,
+        rbac::Verdict::Deny(policy) => {
+            tracing::debug!(?policy, peer = ?caller.peer.spiffe_id, path = req.uri().path(), "RBAC denied");
+            Some(Reply::new(
+                StatusCode::FORBIDDEN,
+                "RBAC: access denied",
+                grpc,
+                ResponseFlags::NONE,
+            ))
+        }
+    }
+}

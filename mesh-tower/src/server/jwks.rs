@@ -1,0 +1,261 @@
+//! JSON Web Key Sets: inline ones parsed once per configuration, remote ones fetched through
+//! the mesh and cached (Envoy's `local_jwks` and `remote_jwks`).
+//!
+//! A remote set is fetched when a request first needs it and kept for `cache_duration`; once
+//! stale, requests go on with the stale keys while one background fetch replaces them, so a
+//! JWKS server's hiccup never stalls authentication of tokens it already vouched for. A failed
+//! fetch is retried by the next request that needs the keys, at most once a second.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::MeshClient;
+
+/// Keys ready to verify signatures.
+pub(crate) struct KeySet {
+    keys: Box<[Key]>,
+}
+
+struct Key {
+    kid: Option<String>,
+    /// The algorithm the key is for, when the JWK says.
+    alg: Option<Algorithm>,
+    family: AlgorithmFamily,
+    key: DecodingKey,
+}
+
+impl std::fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.keys.iter().map(|k| (&k.kid, k.alg)))
+            .finish()
+    }
+}
+
+impl KeySet {
+    /// Parses a JWKS document. Keys of a kind this library cannot use are skipped; a document
+    /// with no usable key is an error.
+    pub(crate) fn parse(json: &str) -> Result<Self, String> {
+        let set: JwkSet = serde_json::from_str(json).map_err(|e| format!("invalid JWKS: {e}"))?;
+        let keys: Box<[Key]> = set.keys.iter().filter_map(key).collect();
+        if keys.is_empty() {
+            return Err(format!(
+                "the JWKS has no usable key ({} given)",
+                set.keys.len()
+            ));
+        }
+        Ok(Self { keys })
+    }
+
+    /// The keys that may have signed a token with this header: the one with its `kid`, or
+    /// every key of the algorithm's family when the token names none.
+    pub(crate) fn candidates<'a>(
+        &'a self,
+        kid: Option<&'a str>,
+        alg: Algorithm,
+    ) -> impl Iterator<Item = &'a DecodingKey> + 'a {
+        let family = alg.family();
+        self.keys
+            .iter()
+            .filter(move |k| {
+                k.family == family
+                    && k.alg.is_none_or(|a| a == alg)
+                    && kid.is_none_or(|kid| k.kid.as_deref() == Some(kid))
+            })
+            .map(|k| &k.key)
+    }
+}
+
+fn key(jwk: &Jwk) -> Option<Key> {
+    let key = DecodingKey::from_jwk(jwk).ok()?;
+    let alg = jwk
+        .common
+        .key_algorithm
+        .and_then(|a| Algorithm::try_from(a).ok());
+    Some(Key {
+        kid: jwk.common.key_id.clone(),
+        alg,
+        family: key.family(),
+        key,
+    })
+}
+
+/// A key set fetched over HTTP, shared by every configuration that names the same URI.
+pub(crate) struct RemoteJwks {
+    uri: http::Uri,
+    timeout: Duration,
+    cache_duration: Duration,
+    client: MeshClient,
+    state: watch::Sender<Option<Fetched>>,
+    fetching: AtomicBool,
+}
+
+#[derive(Clone)]
+struct Fetched {
+    keys: Result<Arc<KeySet>, String>,
+    at: Instant,
+}
+
+/// How soon a failed fetch may be tried again.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+
+impl RemoteJwks {
+    /// A remote set at `uri`, fetched through `client` (the URI's authority is routed like any
+    /// outbound request: a mesh service, or a direct connection for hosts outside the mesh).
+    pub(crate) fn new(
+        uri: &str,
+        timeout: Duration,
+        cache_duration: Duration,
+        client: MeshClient,
+    ) -> Result<Arc<Self>, String> {
+        let uri: http::Uri = uri
+            .parse()
+            .map_err(|e| format!("invalid JWKS URI {uri:?}: {e}"))?;
+        if uri.authority().is_none() {
+            return Err(format!("JWKS URI {uri} has no host"));
+        }
+        Ok(Arc::new(Self {
+            uri,
+            timeout,
+            cache_duration,
+            client,
+            state: watch::channel(None).0,
+            fetching: AtomicBool::new(false),
+        }))
+    }
+
+    /// The current keys, fetching them first if there are none yet.
+    pub(crate) async fn keys(self: &Arc<Self>) -> Result<Arc<KeySet>, String> {
+        let current = self.state.borrow().clone();
+        match current {
+            Some(f) if f.keys.is_ok() => {
+                if f.at.elapsed() >= self.cache_duration {
+                    self.refresh();
+                }
+                f.keys
+            }
+            Some(f) if f.at.elapsed() < RETRY_AFTER_FAILURE => f.keys,
+            _ => {
+                let mut rx = self.state.subscribe();
+                rx.borrow_and_update();
+                self.refresh();
+                // The fetch runs in its own task, so a caller that goes away does not cancel
+                // it; this only bounds how long this request waits.
+                let wait = async {
+                    loop {
+                        if rx.changed().await.is_err() {
+                            return Err("JWKS fetcher stopped".to_owned());
+                        }
+                        if let Some(f) = rx.borrow_and_update().clone() {
+                            return f.keys;
+                        }
+                    }
+                };
+                tokio::time::timeout(self.timeout + Duration::from_millis(100), wait)
+                    .await
+                    .unwrap_or_else(|_| Err(format!("fetching {} timed out", self.uri)))
+            }
+        }
+    }
+
+    /// Starts one background fetch unless one is running.
+    fn refresh(self: &Arc<Self>) {
+        if self.fetching.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let keys = match tokio::time::timeout(this.timeout, this.fetch()).await {
+                Ok(r) => r,
+                Err(_) => Err(format!(
+                    "fetching {} timed out after {:?}",
+                    this.uri, this.timeout
+                )),
+            };
+            match &keys {
+                Ok(k) => tracing::debug!(uri = %this.uri, keys = ?k, "JWKS fetched"),
+                Err(e) => tracing::warn!(uri = %this.uri, error = %e, "JWKS fetch failed"),
+            }
+            // A failure keeps the last good keys serving.
+            let keep = this
+                .state
+                .borrow()
+                .as_ref()
+                .and_then(|f| f.keys.as_ref().ok().cloned());
+            let keys = match (keys, keep) {
+                (Err(_), Some(good)) => Ok(good),
+                (k, _) => k,
+            };
+            this.state.send_replace(Some(Fetched {
+                keys,
+                at: Instant::now(),
+            }));
+            this.fetching.store(false, Ordering::Release);
+        });
+    }
+
+    async fn fetch(&self) -> Result<Arc<KeySet>, String> {
+        let req = http::Request::get(self.uri.clone())
+            .header(http::header::ACCEPT, "application/json")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let rsp = self
+            .client
+            .send(req)
+            .await
+            .map_err(|e| format!("fetching {}: {e}", self.uri))?;
+        if rsp.status() != http::StatusCode::OK {
+            return Err(format!("fetching {}: status {}", self.uri, rsp.status()));
+        }
+        let body = rsp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("fetching {}: {e}", self.uri))?
+            .to_bytes();
+        let text = std::str::from_utf8(&body).map_err(|_| "JWKS is not UTF-8".to_owned())?;
+        KeySet::parse(text).map(Arc::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unusable_documents_are_refused_with_the_reason() {
+        assert!(
+            KeySet::parse("not json")
+                .unwrap_err()
+                .contains("invalid JWKS")
+        );
+        assert!(
+            KeySet::parse(r#"{"keys":[]}"#)
+                .unwrap_err()
+                .contains("no usable key")
+        );
+    }
+
+    #[test]
+    fn keys_are_picked_by_kid_and_family() {
+        // Istio's sample key (security/tools/jwt/samples/jwks.json), RSA.
+        let jwks = r#"{"keys":[{"e":"AQAB","kid":"DHFbpoIUqrY8t2zpA2qXfCmr5VO5ZEr4RzHU_-envvQ","kty":"RSA","n":"xAE7eB6qugXyCAG3yhh7pkDkT65pHymX-P7KfIupjf59vsdo91bSP9C8H07pSAGQO1MV_xFj9VswgsCg4R6otmg5PV2He95lZdHtOcU5DXIg_pbhLdKXbi66GlVeK6ABZOUW3WYtnNHD-91gVuoeJT_DwtGGcp4ignkgXfkiEm4sw-4sfb4qdt5oLbyVpmW6x9cfa7vs2WTfURiCrBoUqgBo_-4WTiULmmHSGZHOjzwa8WtrtOQGsAFjIbno85jp6MnGGGZPYZbDAa_b3y5u-YpW7ypZrvD8BgtKVjgtQgZhLAGezMt0ua3DRrWnKqTZ0BJ_EyxOGuHJrLsn00fnMQ"}]}"#;
+        let set = KeySet::parse(jwks).unwrap();
+        let kid = "DHFbpoIUqrY8t2zpA2qXfCmr5VO5ZEr4RzHU_-envvQ";
+        assert_eq!(set.candidates(Some(kid), Algorithm::RS256).count(), 1);
+        assert_eq!(set.candidates(None, Algorithm::RS256).count(), 1);
+        assert_eq!(set.candidates(Some("other"), Algorithm::RS256).count(), 0);
+        assert_eq!(
+            set.candidates(None, Algorithm::ES256).count(),
+            0,
+            "an RSA key never verifies an EC signature"
+        );
+    }
+}
