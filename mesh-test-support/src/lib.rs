@@ -7,6 +7,7 @@
 #![allow(clippy::disallowed_types)]
 
 pub mod ads;
+pub mod authz;
 pub mod backend;
 pub mod envoy;
 pub mod http;

@@ -103,55 +103,10 @@ async fn envoy_enforces_generated_authorization_policies() {
     );
 }
 
-/// A sample external authorizer, like Istio's `ext-authz` sample: allows requests carrying
-/// `x-ext-authz: allow`, denies others with 403 and `x-ext-authz-check-result: denied`.
-async fn ext_authz_server() -> (
-    std::net::SocketAddr,
-    std::sync::Arc<std::sync::atomic::AtomicU32>,
-) {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let checks = std::sync::Arc::new(AtomicU32::new(0));
-    let counted = checks.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let counted = counted.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| {
-                        counted.fetch_add(1, Ordering::Relaxed);
-                        let allow = req
-                            .headers()
-                            .get("x-ext-authz")
-                            .is_some_and(|v| v == "allow");
-                        async move {
-                            let mut rsp = hyper::Response::new(http_body_util::Full::new(
-                                bytes::Bytes::from(if allow { "" } else { "denied by ext_authz" }),
-                            ));
-                            if !allow {
-                                *rsp.status_mut() = hyper::StatusCode::FORBIDDEN;
-                                rsp.headers_mut()
-                                    .insert("x-ext-authz-check-result", "denied".parse().unwrap());
-                            }
-                            Ok::<_, std::convert::Infallible>(rsp)
-                        }
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    (addr, checks)
-}
-
 #[tokio::test]
 async fn envoy_enforces_custom_policies_through_the_mesh_configs_ext_authz_provider() {
-    use std::sync::atomic::Ordering;
     let app = Backend::start("details-v1").await;
-    let (authz, checks) = ext_authz_server().await;
+    let authz = mesh_test_support::authz::Authorizer::http().await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("service.yaml"), SERVICE).unwrap();
     std::fs::write(
@@ -161,7 +116,7 @@ async fn envoy_enforces_custom_policies_through_the_mesh_configs_ext_authz_provi
              apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: ext-authz}}\nspec: {{address: 127.0.0.1, ports: {{http: {}}}, labels: {{app: ext-authz}}}}\n---\n\
              apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: istio, namespace: istio-system}}\ndata:\n  mesh: |-\n    extensionProviders:\n    - name: sample-ext-authz-http\n      envoyExtAuthzHttp:\n        service: ext-authz.default.svc.cluster.local\n        port: 8000\n        includeRequestHeadersInCheck: [x-ext-authz]\n        headersToDownstreamOnDeny: [x-ext-authz-check-result]\n---\n\
              apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: ext-authz, namespace: default}}\nspec:\n  selector: {{matchLabels: {{app: details}}}}\n  action: CUSTOM\n  provider: {{name: sample-ext-authz-http}}\n  rules: [{{to: [{{operation: {{paths: [\"/headers\"]}}}}]}}]\n",
-            authz.port()
+            authz.addr.port()
         ),
     )
     .unwrap();
@@ -194,16 +149,12 @@ async fn envoy_enforces_custom_policies_through_the_mesh_configs_ext_authz_provi
         "allowed by the authorizer"
     );
     // Not selected: never checked.
-    let before = checks.load(Ordering::Relaxed);
+    let before = authz.checks();
     assert_eq!(
         expect(inbound, "GET", "/details/0", 200, &envoy).await,
         "details-v1"
     );
-    assert_eq!(
-        checks.load(Ordering::Relaxed),
-        before,
-        "only selected requests are checked"
-    );
+    assert_eq!(authz.checks(), before, "only selected requests are checked");
     assert_eq!(
         cp.ads().nack_count(),
         0,

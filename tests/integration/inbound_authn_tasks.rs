@@ -1,0 +1,217 @@
+//! Istio's "JWT authentication" and "require JWT" tasks (rows J1-J3 of
+//! bookinfo-scenarios.md): a meshed httpbin in namespace foo with RequestAuthentication and
+//! AuthorizationPolicy from mesh-control, called by a meshed sleep with and without tokens.
+//!
+//! Runs with tokens from a test issuer, and again with Istio's own sample JWKS and tokens
+//! (`demo.jwt`, `groups-scope.jwt`) when ../shared/istio-samples is there.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use mesh_test_support::jwt::Issuer;
+use mesh_tower::MeshClient;
+use mesh_tower::server::VerifiedJwt;
+
+use super::meshed::{TestMesh, Workload, eventually, free_port, service};
+
+const HTTPBIN: Workload<'static> = Workload {
+    app: "httpbin",
+    namespace: "foo",
+    service_account: "httpbin",
+};
+const SLEEP: Workload<'static> = Workload {
+    app: "sleep",
+    namespace: "foo",
+    service_account: "sleep",
+};
+const ISSUER: &str = "testing@secure.istio.io";
+
+/// httpbin's `/headers`, reduced: who the token said the caller is, and whether the token
+/// still reached the application.
+async fn httpbin(
+    req: http::Request<hyper::body::Incoming>,
+) -> Result<http::Response<Full<Bytes>>, Infallible> {
+    let sub = req
+        .extensions()
+        .get::<VerifiedJwt>()
+        .and_then(|j| j.claims["sub"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "-".into());
+    let auth = req.headers().contains_key("authorization");
+    Ok(http::Response::new(Full::new(Bytes::from(format!(
+        "sub={sub} authorization={auth}"
+    )))))
+}
+
+struct Tokens {
+    jwks: String,
+    demo: String,
+    groups: String,
+}
+
+/// Sleep → httpbin through the mesh, with this bearer token (if any).
+async fn curl(sleep: &MeshClient, token: Option<&str>) -> (u16, String) {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = bearer
+        .iter()
+        .map(|b| ("authorization", b.as_str()))
+        .collect();
+    let a = super::get(sleep, "http://httpbin.foo:8000/headers", &headers).await;
+    (a.status, a.body)
+}
+
+fn request_authentication(rule: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt-example, namespace: foo}}\n\
+         spec:\n  selector: {{matchLabels: {{app: httpbin}}}}\n  jwtRules:\n  - issuer: \"{ISSUER}\"\n    {rule}\n"
+    )
+}
+
+const REQUIRE_JWT: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: require-jwt, namespace: foo}\n\
+     spec:\n  selector: {matchLabels: {app: httpbin}}\n  action: ALLOW\n  rules:\n  - from: [{source: {requestPrincipals: [\"testing@secure.istio.io/testing@secure.istio.io\"]}}]\n";
+
+async fn jwt_tasks(tokens: Tokens) {
+    let addr = free_port();
+    let mesh = TestMesh::start(&service(HTTPBIN, 8000, addr)).await;
+    mesh.serve(HTTPBIN, addr, tower::service_fn(httpbin)).await;
+    let sleep = MeshClient::new(&mesh.mesh(SLEEP).await);
+    eventually("httpbin up", || curl(&sleep, None), |(s, _)| *s == 200).await;
+
+    // J1: an invalid token is refused, no token passes, a valid one is verified and, by
+    // default, not forwarded.
+    mesh.apply(
+        "authn.yaml",
+        &request_authentication(&format!("jwks: '{}'", tokens.jwks)),
+    );
+    let (_, body) = eventually(
+        "J1 401",
+        || curl(&sleep, Some("invalidToken")),
+        |(s, _)| *s == 401,
+    )
+    .await;
+    assert_eq!(body, "Jwt is not in the form of Header.Payload.Signature");
+    assert_eq!(
+        curl(&sleep, None).await,
+        (200, "sub=- authorization=false".into())
+    );
+    assert_eq!(
+        curl(&sleep, Some(&tokens.demo)).await,
+        (200, format!("sub={ISSUER} authorization=false"))
+    );
+
+    // J2: a request principal is required.
+    mesh.apply("require.yaml", REQUIRE_JWT);
+    let (_, body) = eventually("J2 403", || curl(&sleep, None), |(s, _)| *s == 403).await;
+    assert_eq!(body, "RBAC: access denied");
+    assert_eq!(curl(&sleep, Some(&tokens.demo)).await.0, 200);
+    assert_eq!(curl(&sleep, Some("invalidToken")).await.0, 401);
+
+    // J3: and a group claim.
+    mesh.apply(
+        "require.yaml",
+        &format!(
+            "{REQUIRE_JWT}    when: [{{key: \"request.auth.claims[groups]\", values: [group1]}}]\n"
+        ),
+    );
+    eventually(
+        "J3 403 for demo.jwt",
+        || curl(&sleep, Some(&tokens.demo)),
+        |(s, _)| *s == 403,
+    )
+    .await;
+    assert_eq!(curl(&sleep, Some(&tokens.groups)).await.0, 200);
+    assert_eq!(mesh.cp.ads().nack_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jwt_tasks_j1_to_j3_with_a_test_issuer() {
+    let issuer = Issuer::new(ISSUER);
+    jwt_tasks(Tokens {
+        jwks: issuer.jwks(),
+        demo: issuer.token(ISSUER, serde_json::json!({"foo": "bar"})),
+        groups: issuer.token(
+            ISSUER,
+            serde_json::json!({"groups": ["group1", "group2"], "scope": ["scope1", "scope2"]}),
+        ),
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jwt_tasks_j1_to_j3_with_istios_sample_tokens() {
+    // Istio's own files, unchanged (the test issuer's run covers J1-J3 without them).
+    let Some(dir) = mesh_test_support::shared_dir("istio-samples/jwt") else {
+        return;
+    };
+    let read = |f: &str| {
+        std::fs::read_to_string(dir.join(f))
+            .unwrap_or_else(|e| panic!("{f}: {e}"))
+            .trim()
+            .to_owned()
+    };
+    jwt_tasks(Tokens {
+        jwks: read("jwks.json").replace('\n', ""),
+        demo: read("demo.jwt"),
+        groups: read("groups-scope.jwt"),
+    })
+    .await;
+}
+
+/// Serves a JWKS document, counting fetches.
+async fn jwks_server(doc: String) -> (std::net::SocketAddr, Arc<AtomicU32>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let fetches = Arc::new(AtomicU32::new(0));
+    let counted = fetches.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (doc, counted) = (doc.clone(), counted.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| {
+                    counted.fetch_add(1, Ordering::Relaxed);
+                    let doc = doc.clone();
+                    async move { Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(doc)))) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, fetches)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_jwks_are_fetched_once_and_cached() {
+    let issuer = Issuer::new(ISSUER);
+    let (jwks, fetches) = jwks_server(issuer.jwks()).await;
+    let addr = free_port();
+    let mesh = TestMesh::start(&format!(
+        "{}{}",
+        service(HTTPBIN, 8000, addr),
+        request_authentication(&format!(
+            "jwksUri: \"http://127.0.0.1:{}/jwks.json\"",
+            jwks.port()
+        ))
+    ))
+    .await;
+    mesh.serve(HTTPBIN, addr, tower::service_fn(httpbin)).await;
+    let sleep = MeshClient::new(&mesh.mesh(SLEEP).await);
+    let token = issuer.token(ISSUER, serde_json::json!({}));
+    eventually(
+        "verified with fetched keys",
+        || curl(&sleep, Some(&token)),
+        |(s, _)| *s == 200,
+    )
+    .await;
+    for _ in 0..10 {
+        assert_eq!(curl(&sleep, Some(&token)).await.0, 200);
+    }
+    assert_eq!(curl(&sleep, Some("invalidToken")).await.0, 401);
+    assert_eq!(fetches.load(Ordering::Relaxed), 1, "the key set is cached");
+    // A token signed by another key is refused by the same cached set.
+    let other = Issuer::new(ISSUER).token(ISSUER, serde_json::json!({}));
+    assert_eq!(curl(&sleep, Some(&other)).await.0, 401);
+}

@@ -1,0 +1,142 @@
+//! A small mesh on loopback for tests: mesh-control serving a directory of Istio YAML, a test
+//! CA, and workloads (each with its own SPIFFE identity) that serve with `mesh_tower::serve`
+//! and call each other with `MeshClient`. Not tests itself.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_test_support::TestCa;
+
+/// The inbound listener names mesh-control (and istiod) serve proxyless servers.
+pub(crate) const SERVER_TEMPLATE: &str = "xds.istio.io/grpc/lds/inbound/%s";
+
+/// A control plane, a CA and the configuration directory.
+pub(crate) struct TestMesh {
+    pub(crate) cp: Arc<mesh_control::control::ControlPlane>,
+    pub(crate) xds: SocketAddr,
+    pub(crate) ca: TestCa,
+    dir: tempfile::TempDir,
+    certs: tempfile::TempDir,
+}
+
+/// A workload: its name, namespace and service account.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Workload<'a> {
+    pub(crate) app: &'a str,
+    pub(crate) namespace: &'a str,
+    pub(crate) service_account: &'a str,
+}
+
+impl TestMesh {
+    /// mesh-control serving `yaml` (one file, `mesh.yaml`).
+    pub(crate) async fn start(yaml: &str) -> Self {
+        let dir = tempfile::tempdir().expect("config dir");
+        std::fs::write(dir.path().join("mesh.yaml"), yaml).expect("write config");
+        let (cp, xds) = super::serve_control_plane(dir.path()).await;
+        Self {
+            cp,
+            xds,
+            ca: TestCa::new("mesh root"),
+            dir,
+            certs: tempfile::tempdir().expect("cert dir"),
+        }
+    }
+
+    /// Writes (or, with `""`, empties) `file` in the configuration directory and reloads.
+    pub(crate) fn apply(&self, file: &str, yaml: &str) {
+        std::fs::write(self.dir.path().join(file), yaml).expect("write config");
+        self.cp.reload().unwrap_or_else(|e| panic!("{e:?}"));
+    }
+
+    /// A mesh for `w`, with its certificate (from the test CA) in istio-agent's files.
+    pub(crate) async fn mesh(&self, w: Workload<'_>) -> mesh_core::Mesh {
+        let id = format!(
+            "spiffe://cluster.local/ns/{}/sa/{}",
+            w.namespace, w.service_account
+        );
+        let dir = self.certs.path().join(format!("{}.{}", w.app, w.namespace));
+        self.ca.write_istio_files(&self.ca.workload(&id), &dir);
+        let file = |n: &str| dir.join(n).to_string_lossy().into_owned();
+        super::mesh_at(
+            self.xds,
+            serde_json::json!({
+                "id": format!("sidecar~127.0.0.1~{}-v1.{ns}~{ns}.svc.cluster.local", w.app, ns = w.namespace),
+                "metadata": {"NAMESPACE": w.namespace, "LABELS": {"app": w.app}}}),
+            serde_json::json!({
+                "server_listener_resource_name_template": SERVER_TEMPLATE,
+                "certificate_providers": {"default": {"plugin_name": "file_watcher", "config": {
+                    "certificate_file": file("cert-chain.pem"), "private_key_file": file("key.pem"),
+                    "ca_certificate_file": file("root-cert.pem"), "refresh_interval": "600s"}}}}),
+        )
+        .await
+    }
+
+    /// Serves `app` as workload `w` on `addr`, in the background.
+    pub(crate) async fn serve<S, B>(
+        &self,
+        w: Workload<'_>,
+        addr: SocketAddr,
+        app: S,
+    ) -> mesh_core::Mesh
+    where
+        S: tower::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<mesh_tower::BoxError> + Send,
+        B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<mesh_tower::BoxError>,
+    {
+        let mesh = self.mesh(w).await;
+        let serving = mesh.clone();
+        tokio::spawn(async move {
+            mesh_tower::serve(&serving, addr, app)
+                .await
+                .expect("serving")
+        });
+        mesh
+    }
+}
+
+/// A loopback address nobody listens on yet.
+pub(crate) fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+}
+
+/// A Kubernetes Service and the WorkloadEntry behind it (port name `http`).
+pub(crate) fn service(w: Workload<'_>, port: u16, addr: SocketAddr) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {app}, namespace: {ns}}}\nspec:\n  ports: [{{port: {port}, name: http}}]\n  selector: {{app: {app}}}\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {app}, namespace: {ns}}}\n\
+         spec: {{address: 127.0.0.1, ports: {{http: {}}}, labels: {{app: {app}}}, serviceAccount: {sa}}}\n---\n",
+        addr.port(),
+        app = w.app,
+        ns = w.namespace,
+        sa = w.service_account,
+    )
+}
+
+/// Polls `f` until `ok` holds for its answer, failing after 15 s with the last answer.
+pub(crate) async fn eventually<T: std::fmt::Debug, F: std::future::Future<Output = T>>(
+    what: &str,
+    mut f: impl FnMut() -> F,
+    ok: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let got = f().await;
+        if ok(&got) {
+            return got;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: still {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
