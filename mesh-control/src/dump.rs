@@ -9,7 +9,6 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
-use prost_reflect::{DynamicMessage, SerializeOptions};
 
 use crate::generate::NodeInfo;
 use crate::server::{Snapshot, urls};
@@ -65,23 +64,9 @@ pub fn resources(snap: &Snapshot, node: &NodeInfo, targets: &[String]) -> Vec<An
 
 /// Renders resources as `{"resources": [...]}` in proto3 JSON with `@type`s.
 pub fn to_json(resources: &[Any]) -> Result<serde_json::Value, String> {
-    let pool = mesh_core::static_config::descriptor_pool();
-    let options = SerializeOptions::new().skip_default_fields(true);
-    let mut out = Vec::with_capacity(resources.len());
-    for a in resources {
-        let name = a.type_url.trim_start_matches("type.googleapis.com/");
-        let desc = pool
-            .get_message_by_name(name)
-            .ok_or_else(|| format!("no descriptor for {name}"))?;
-        let msg =
-            DynamicMessage::decode(desc, a.value.as_slice()).map_err(|e| format!("{name}: {e}"))?;
-        let mut v = msg
-            .serialize_with_options(serde_json::value::Serializer, &options)
-            .map_err(|e| format!("{name}: {e}"))?;
-        if let Some(obj) = v.as_object_mut() {
-            obj.insert("@type".into(), a.type_url.clone().into());
-        }
-        out.push(v);
-    }
+    let out = resources
+        .iter()
+        .map(|a| mesh_core::status::resource_json(&a.type_url, &a.value))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(serde_json::json!({ "resources": out }))
 }

@@ -33,6 +33,7 @@ mod mesh;
 pub mod model;
 pub mod snapshot;
 pub mod static_config;
+pub mod status;
 pub mod xds;
 
 pub use bootstrap::Bootstrap;

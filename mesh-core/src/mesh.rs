@@ -1,5 +1,6 @@
 //! [`Mesh`]: one per process; the handle everything else is built from.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -85,6 +86,7 @@ struct Inner {
     source: Source,
     targets: ArcSwap<HashMap<Arc<str>, Target>>,
     certificates: HashMap<String, CertificateProvider>,
+    extensions: ArcSwap<Vec<Arc<dyn Any + Send + Sync>>>,
 }
 
 impl Mesh {
@@ -145,6 +147,38 @@ impl Mesh {
     /// `server_listener_resource_name_template`).
     pub async fn watch_listener(&self, name: &str) -> Result<ResourceWatch, ClientStopped> {
         self.inner.source.watch(ResourceType::Listener, name).await
+    }
+
+    /// State that another crate keeps with this mesh, one value per type (mesh-tower keeps its
+    /// telemetry here, so every client and server of the mesh reports to the same place).
+    /// The first call for a type stores what `init` makes; later calls return that value.
+    ///
+    /// ```
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let mesh = mesh_core::Mesh::builder().static_resources(mesh_core::StaticResources::default()).build().await?;
+    /// struct Counter(std::sync::atomic::AtomicU32);
+    /// let a = mesh.extension(|| Counter(0.into()));
+    /// let b = mesh.extension(|| Counter(7.into()));
+    /// assert!(std::sync::Arc::ptr_eq(&a, &b));
+    /// # Ok(()) }
+    /// ```
+    pub fn extension<T: Any + Send + Sync>(&self, init: impl FnOnce() -> T) -> Arc<T> {
+        let find = |list: &Vec<Arc<dyn Any + Send + Sync>>| {
+            list.iter().find_map(|e| e.clone().downcast::<T>().ok())
+        };
+        if let Some(found) = find(&self.inner.extensions.load()) {
+            return found;
+        }
+        let made: Arc<dyn Any + Send + Sync> = Arc::new(init());
+        // Rare (once per type): copy-on-write keeps the lookup above lock-free.
+        self.inner.extensions.rcu(|list| {
+            let mut list = Vec::clone(list);
+            if find(&list).is_none() {
+                list.push(made.clone());
+            }
+            list
+        });
+        find(&self.inner.extensions.load()).expect("stored above")
     }
 
     /// Every subscribed resource and its state (empty in static mode).
@@ -255,6 +289,7 @@ impl MeshBuilder {
                 source,
                 targets: ArcSwap::default(),
                 certificates: self.certificates,
+                extensions: ArcSwap::default(),
             }),
         })
     }

@@ -14,6 +14,7 @@ pub mod http;
 pub mod jwt;
 pub mod load;
 pub mod pki;
+pub mod prometheus;
 pub mod python;
 pub mod resources;
 pub mod scenarios;

@@ -376,6 +376,8 @@ impl CompleteBody {
 #[derive(Debug)]
 pub struct RspBody {
     kind: RspKind,
+    /// Telemetry for the request, recorded when this body ends or is dropped.
+    exchange: Option<crate::telemetry::Exchange>,
 }
 
 #[derive(Debug)]
@@ -395,6 +397,7 @@ impl RspBody {
         let b = b.into();
         Self {
             kind: RspKind::Full((!b.is_empty()).then_some(b)),
+            exchange: None,
         }
     }
 
@@ -402,6 +405,7 @@ impl RspBody {
     pub fn empty() -> Self {
         Self {
             kind: RspKind::Full(None),
+            exchange: None,
         }
     }
 
@@ -411,6 +415,17 @@ impl RspBody {
                 body,
                 _inflight: inflight,
             },
+            exchange: None,
+        }
+    }
+
+    /// Has telemetry observe this body: the request is recorded when it ends.
+    pub(crate) fn observe(&mut self, x: crate::telemetry::Exchange) {
+        if self.is_end_stream() {
+            // Nothing to read (a local reply with no body): record now.
+            drop(x);
+        } else {
+            self.exchange = Some(x);
         }
     }
 }
@@ -429,12 +444,17 @@ impl Body for RspBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match &mut self.get_mut().kind {
+        let this = self.get_mut();
+        let polled = match &mut this.kind {
             RspKind::Upstream { body, .. } => Pin::new(body)
                 .poll_frame(cx)
                 .map(|o| o.map(|r| r.map_err(Into::into))),
             RspKind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+        };
+        if this.exchange.is_some() {
+            crate::telemetry::exchange::observe_frame(&mut this.exchange, &polled);
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -34,12 +34,14 @@
 //! | unknown hosts | Istio `outboundTrafficPolicy` (`ALLOW_ANY`, `REGISTRY_ONLY`) |
 #![forbid(unsafe_code)]
 
+pub mod admin;
 mod body;
 pub mod client;
 mod error;
 mod flags;
 mod respond;
 pub mod server;
+pub mod telemetry;
 
 pub use body::{BoxError, DEFAULT_REPLAY_CAP, ReqBody, RspBody};
 pub use client::{MeshClient, MeshClientBuilder, OutboundTrafficPolicy, RetryBudget};

@@ -33,6 +33,8 @@ mod outbound_timeouts;
 mod outbound_unknown_hosts;
 mod snapshots;
 mod static_config;
+mod telemetry_config_dump;
+mod telemetry_prometheus;
 mod translate_fixtures;
 
 use std::time::Duration;

@@ -344,3 +344,43 @@ impl ClusterStore {
         created.expect("rcu ran")
     }
 }
+
+impl ClusterStore {
+    /// Every live cluster with its hosts, for the admin endpoint's `/clusters`.
+    pub(crate) fn dump(&self) -> Vec<serde_json::Value> {
+        let mut out: Vec<serde_json::Value> = self
+            .map
+            .load()
+            .values()
+            .filter_map(Weak::upgrade)
+            .map(|rt| {
+                let st = rt.state();
+                let c = &rt.counters;
+                let hosts: Vec<serde_json::Value> = st
+                    .entries
+                    .iter()
+                    .map(|e| {
+                        serde_json::json!({
+                            "address": &*e.host.addr_text,
+                            "weight": e.weight,
+                            "priority": e.priority,
+                            "health": format!("{:?}", e.health).to_uppercase(),
+                            "ejected": e.host.outlier.is_ejected(),
+                            "active_requests": e.host.active.load(Ordering::Relaxed),
+                        })
+                    })
+                    .collect();
+                serde_json::json!({
+                    "name": &*rt.name,
+                    "active_requests": c.active_requests.load(Ordering::Relaxed),
+                    "active_retries": c.active_retries.load(Ordering::Relaxed),
+                    "pending_requests": c.pending.load(Ordering::Relaxed),
+                    "connections": c.connections.load(Ordering::Relaxed),
+                    "hosts": hosts,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+        out
+    }
+}

@@ -36,6 +36,8 @@ use crate::body::{BoxError, DEFAULT_REPLAY_CAP, RspBody};
 use crate::error::Error;
 use crate::flags::ResponseFlags;
 use crate::respond::{self, ResponseInfo};
+use crate::telemetry::metrics::{Labels, Security};
+use crate::telemetry::{Exchange, Telemetry};
 use cluster::ClusterStore;
 use target::{Plan, TargetRuntime};
 
@@ -135,16 +137,48 @@ impl MeshClientBuilder {
     /// Builds the client. Must run inside a Tokio runtime.
     pub fn build(self) -> MeshClient {
         let (shutdown, _) = watch::channel(());
-        MeshClient {
-            inner: Arc::new(Outbound {
-                mesh: self.mesh,
-                config: self.config,
-                targets: ArcSwap::default(),
-                clusters: ClusterStore::default(),
-                passthrough: passthrough::Passthrough::default(),
-                shutdown,
-            }),
+        let telemetry = Telemetry::of(&self.mesh);
+        let inner = Arc::new(Outbound {
+            mesh: self.mesh,
+            config: self.config,
+            targets: ArcSwap::default(),
+            clusters: ClusterStore::default(),
+            passthrough: passthrough::Passthrough::default(),
+            telemetry: telemetry.clone(),
+            labels: ArcSwap::default(),
+            shutdown,
+        });
+        telemetry.register(&inner);
+        MeshClient { inner }
+    }
+}
+
+/// What telemetry keeps of a request once it is sent: cheap copies (the authority's bytes
+/// are shared, not copied).
+struct Seen {
+    authority: Option<http::uri::Authority>,
+    host: Option<http::HeaderValue>,
+    grpc: bool,
+    request_bytes: u64,
+}
+
+impl Seen {
+    fn of<B: Body>(req: &Request<B>) -> Self {
+        let size = req.body().size_hint();
+        Self {
+            authority: req.uri().authority().cloned(),
+            host: req.headers().get(http::header::HOST).cloned(),
+            grpc: respond::is_grpc(req.headers()),
+            request_bytes: size.exact().unwrap_or(size.lower()),
         }
+    }
+
+    fn authority(&self) -> &str {
+        self.authority
+            .as_ref()
+            .map(|a| a.as_str())
+            .or_else(|| self.host.as_ref().and_then(|h| h.to_str().ok()))
+            .unwrap_or("")
     }
 }
 
@@ -156,6 +190,9 @@ pub(crate) struct Outbound {
     targets: ArcSwap<HashMap<Arc<str>, Arc<TargetRuntime>>>,
     pub(crate) clusters: ClusterStore,
     passthrough: passthrough::Passthrough,
+    telemetry: Arc<Telemetry>,
+    /// Metric label sets by cluster (or, for requests no cluster took, by authority).
+    labels: ArcSwap<HashMap<Box<str>, Arc<Labels>>>,
     /// Dropped with the client: the targets' tasks end.
     shutdown: watch::Sender<()>,
 }
@@ -217,6 +254,18 @@ impl Outbound {
     }
 
     async fn handle<B>(self: Arc<Self>, req: Request<B>) -> Result<Response<RspBody>, Error>
+    where
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let start = std::time::Instant::now();
+        let seen = Seen::of(&req);
+        let rsp = self.clone().dispatch(req).await?;
+        Ok(self.observe(seen, start, rsp))
+    }
+
+    async fn dispatch<B>(self: Arc<Self>, req: Request<B>) -> Result<Response<RspBody>, Error>
     where
         B: Body + Send + 'static,
         B::Data: Send,
@@ -290,5 +339,49 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         Box::pin(self.inner.clone().handle(req))
+    }
+}
+
+impl Outbound {
+    /// The metric labels of requests that went to `cluster` (or reached `authority`).
+    fn labels(&self, cluster: Option<&str>, authority: &str) -> Arc<Labels> {
+        let key = cluster.unwrap_or(authority);
+        if let Some(l) = self.labels.load().get(key) {
+            return l.clone();
+        }
+        let made = self.telemetry.outbound_labels(cluster, authority);
+        // Rare (once per cluster): copy-on-write keeps the lookup above lock-free.
+        self.labels.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            map.insert(key.into(), made.clone());
+            map
+        });
+        made
+    }
+
+    /// Has telemetry observe a response until its body ends.
+    fn observe(
+        &self,
+        seen: Seen,
+        start: std::time::Instant,
+        mut rsp: Response<RspBody>,
+    ) -> Response<RspBody> {
+        let (flags, cluster) = ResponseInfo::of(&rsp).map_or((ResponseFlags::NONE, None), |i| {
+            (i.flags, i.cluster.clone())
+        });
+        let labels = self.labels(cluster.as_deref(), seen.authority());
+        let exchange = Exchange::new(
+            self.telemetry.clone(),
+            labels,
+            start,
+            rsp.status(),
+            rsp.headers(),
+            seen.grpc,
+            flags,
+            Security::Unknown,
+            seen.request_bytes,
+        );
+        rsp.body_mut().observe(exchange);
+        rsp
     }
 }

@@ -74,8 +74,12 @@ pub(crate) struct FilterContext<'a> {
 pub(crate) enum Verdict {
     /// Hand the request to the application, adding these headers to its response.
     Continue(Vec<(HeaderName, HeaderValue, bool)>),
-    /// Answer with this.
-    Reply(Reply),
+    /// Answer with this (boxed: a response is large, and answering here is the rare case).
+    Reply(Box<Reply>),
+}
+
+fn answer(r: Reply) -> Verdict {
+    Verdict::Reply(Box::new(r))
 }
 
 impl HttpFilters {
@@ -145,7 +149,7 @@ impl HttpFilters {
                 match table.find(&view, fastrand::u32(0..1_000_000)) {
                     Some(found) => Some(found),
                     None => {
-                        return Verdict::Reply(Reply::new(
+                        return answer(Reply::new(
                             StatusCode::NOT_FOUND,
                             "",
                             grpc,
@@ -179,7 +183,7 @@ impl HttpFilters {
                         _ => listener_level,
                     };
                     if let Some(reply) = enforce_rbac(config, req, caller, &mut metadata, grpc) {
-                        return Verdict::Reply(reply);
+                        return answer(reply);
                     }
                 }
                 Kind::RateLimit(listener_level) => {
@@ -192,7 +196,7 @@ impl HttpFilters {
                         _ => listener_level,
                     };
                     if let Some(reply) = limiter.check(grpc) {
-                        return Verdict::Reply(reply);
+                        return answer(reply);
                     }
                 }
                 Kind::Jwt(jwt) => {
@@ -216,11 +220,11 @@ impl HttpFilters {
                         if let Some(v) = e.challenge(&realm) {
                             reply.header(http::header::WWW_AUTHENTICATE, v, false);
                         }
-                        return Verdict::Reply(reply);
+                        return answer(reply);
                     }
                 }
                 Kind::ExtAuthz(authz) => match authz.check(req, caller, &metadata, grpc).await {
-                    Decision::Deny(reply) => return Verdict::Reply(reply),
+                    Decision::Deny(reply) => return answer(reply),
                     Decision::Continue(changes) => {
                         for name in changes.remove {
                             req.headers_mut().remove(name);
@@ -237,7 +241,7 @@ impl HttpFilters {
                 },
                 Kind::Broken { why } => {
                     tracing::error!(filter = %f.name, %why, "filter cannot work; denying");
-                    return Verdict::Reply(Reply::new(
+                    return answer(Reply::new(
                         StatusCode::FORBIDDEN,
                         "RBAC: access denied",
                         grpc,

@@ -53,8 +53,14 @@ use tokio::net::TcpStream;
 use crate::body::{BoxError, RspBody};
 use crate::flags::ResponseFlags;
 use crate::respond::{self, ResponseInfo};
+use crate::telemetry::Telemetry;
+use crate::telemetry::exchange::{Exchange, Observed};
+use crate::telemetry::metrics::{Labels, Security};
+use crate::telemetry::workload::Peer;
 use filters::{HttpFilters, Verdict};
 use listener::{Inbound, ServerShared};
+use mesh_core::model::RequestView;
+use std::time::Instant;
 
 /// Who called, as the inbound side verified it. Inserted into every request's extensions.
 ///
@@ -151,6 +157,7 @@ where
         .local_addr()
         .map_err(|source| ServeError::Bind { addr, source })?;
     let config: Arc<ArcSwapOption<Inbound>> = Arc::default();
+    let telemetry = Telemetry::of(mesh);
     match mesh.bootstrap().server_listener_name(local) {
         Some(name) => follow(mesh, name, config.clone()).await?,
         None => {
@@ -168,8 +175,9 @@ where
         };
         let app = app.clone();
         let live = config.clone();
+        let telemetry = telemetry.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection(inbound, live, tcp, peer, local, app).await {
+            if let Err(e) = connection(inbound, live, telemetry, tcp, peer, local, app).await {
                 tracing::debug!(%peer, error = %e, "inbound connection ended");
             }
         });
@@ -218,6 +226,7 @@ async fn follow(
 async fn connection<S, B>(
     inbound: Arc<Inbound>,
     live: Arc<ArcSwapOption<Inbound>>,
+    telemetry: Arc<Telemetry>,
     tcp: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
@@ -248,6 +257,12 @@ where
         chain: chain.config.name.clone(),
         at_accept: chain.filters.clone(),
     };
+    let conn = Connection {
+        local,
+        filters,
+        telemetry,
+        labels: ArcSwapOption::empty(),
+    };
     match &chain.tls {
         None => {
             let identity = PeerIdentity {
@@ -255,7 +270,7 @@ where
                 spiffe_id: None,
                 tls: false,
             };
-            serve_http(TokioIo::new(tcp), identity, local, None, filters, app).await
+            serve_http(TokioIo::new(tcp), identity, None, conn, app).await
         }
         Some(config) => {
             let tls = tokio_rustls::TlsAcceptor::from(config.clone())
@@ -270,19 +285,46 @@ where
                 tls: true,
             };
             let sni: Option<Arc<str>> = session.server_name().map(Arc::from);
-            serve_http(TokioIo::new(tls), identity, local, sni, filters, app).await
+            serve_http(TokioIo::new(tls), identity, sni, conn, app).await
         }
     }
 }
 
 type ServerBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
+/// What a connection's requests share.
+struct Connection {
+    local: SocketAddr,
+    filters: LiveFilters,
+    telemetry: Arc<Telemetry>,
+    /// The metric labels of the authority this connection's requests used last (a
+    /// connection almost always serves one).
+    labels: ArcSwapOption<(Box<str>, Arc<Labels>)>,
+}
+
+impl Connection {
+    fn labels(&self, identity: &PeerIdentity, authority: &str) -> Arc<Labels> {
+        if let Some(cached) = &*self.labels.load()
+            && &*cached.0 == authority
+        {
+            return cached.1.clone();
+        }
+        let caller = identity
+            .spiffe_id
+            .as_ref()
+            .map_or_else(Peer::unknown, Peer::from_principal);
+        let labels = self.telemetry.inbound_labels(caller, authority);
+        self.labels
+            .store(Some(Arc::new((authority.into(), labels.clone()))));
+        labels
+    }
+}
+
 async fn serve_http<I, S, B>(
     io: I,
     identity: PeerIdentity,
-    local: SocketAddr,
     sni: Option<Arc<str>>,
-    filters: LiveFilters,
+    conn: Connection,
     app: S,
 ) -> Result<(), BoxError>
 where
@@ -293,26 +335,52 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    let security = if identity.spiffe_id.is_some() {
+        Security::MutualTls
+    } else {
+        Security::None
+    };
     let identity = Arc::new(identity);
-    let filters = Arc::new(filters);
+    let conn = Arc::new(conn);
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        let start = Instant::now();
         // Policy is read per request: an AuthorizationPolicy change applies to open
         // connections too.
-        let current = filters.current();
-        let (identity, sni) = (identity.clone(), sni.clone());
+        let current = conn.filters.current();
+        let (identity, sni, conn) = (identity.clone(), sni.clone(), conn.clone());
         let mut app = app.clone();
         async move {
+            let labels = conn.labels(&identity, RequestView::from_request(&req).authority);
+            let grpc = respond::is_grpc(req.headers());
+            let size = http_body::Body::size_hint(req.body());
+            let observe = |status, headers: &http::HeaderMap, flags| {
+                Exchange::new(
+                    conn.telemetry.clone(),
+                    labels.clone(),
+                    start,
+                    status,
+                    headers,
+                    grpc,
+                    flags,
+                    security,
+                    size.exact().unwrap_or(size.lower()),
+                )
+            };
             let mut extra = Vec::new();
             if !current.is_empty() {
                 let caller = Caller {
                     peer: &identity,
-                    local,
+                    local: conn.local,
                     sni: sni.as_deref(),
                 };
                 match current.run(&mut req, &caller).await {
                     Verdict::Reply(reply) => {
+                        let mut rsp = reply.0;
+                        let flags = ResponseInfo::of(&rsp).map_or(ResponseFlags::NONE, |i| i.flags);
+                        let x = observe(rsp.status(), rsp.headers(), flags);
+                        rsp.body_mut().observe(x);
                         return Ok::<_, Infallible>(
-                            reply.0.map(|b| b.map_err(Into::into).boxed_unsync()),
+                            rsp.map(|b| b.map_err(Into::into).boxed_unsync()),
                         );
                     }
                     Verdict::Continue(headers) => extra = headers,
@@ -324,17 +392,23 @@ where
                 Err(e) => Err(e),
             };
             let mut rsp: Response<ServerBody> = match rsp {
-                Ok(rsp) => rsp.map(|b| b.map_err(Into::into).boxed_unsync()),
+                Ok(rsp) => {
+                    let x = observe(rsp.status(), rsp.headers(), ResponseFlags::NONE);
+                    rsp.map(|b| Observed::new(b.map_err(Into::into), Some(x)).boxed_unsync())
+                }
                 Err(e) => {
                     let e: BoxError = e.into();
                     tracing::warn!(error = %e, "application error");
-                    let reply = Reply::new(
+                    let mut rsp = Reply::new(
                         StatusCode::INTERNAL_SERVER_ERROR,
                         "application error",
                         false,
                         ResponseFlags::NONE,
-                    );
-                    reply.0.map(|b| b.map_err(Into::into).boxed_unsync())
+                    )
+                    .0;
+                    let x = observe(rsp.status(), rsp.headers(), ResponseFlags::NONE);
+                    rsp.body_mut().observe(x);
+                    rsp.map(|b| b.map_err(Into::into).boxed_unsync())
                 }
             };
             for (name, value, append) in extra {

@@ -1,0 +1,149 @@
+//! One request observed from its start to the end of its response body.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+
+use super::Telemetry;
+use super::metrics::{Labels, Observation, Outcome, Security};
+use crate::flags::ResponseFlags;
+
+/// A request in flight; recorded when the response body ends or is dropped.
+pub(crate) struct Exchange {
+    telemetry: Arc<Telemetry>,
+    labels: Arc<Labels>,
+    start: Instant,
+    outcome: Outcome,
+    request_bytes: u64,
+    response_bytes: u64,
+}
+
+impl std::fmt::Debug for Exchange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exchange")
+            .field("outcome", &self.outcome)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The `grpc-status` of a header block, if it has one.
+pub(crate) fn grpc_status(h: &HeaderMap) -> Option<u16> {
+    h.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+impl Exchange {
+    /// Starts observing a response (`headers` may already carry a trailers-only gRPC status).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        telemetry: Arc<Telemetry>,
+        labels: Arc<Labels>,
+        start: Instant,
+        status: http::StatusCode,
+        headers: &HeaderMap,
+        grpc: bool,
+        flags: ResponseFlags,
+        security: Security,
+        request_bytes: u64,
+    ) -> Self {
+        Self {
+            telemetry,
+            labels,
+            start,
+            outcome: Outcome {
+                code: status.as_u16(),
+                grpc_status: if grpc { grpc_status(headers) } else { None },
+                grpc,
+                flags,
+                security,
+            },
+            request_bytes,
+            response_bytes: 0,
+        }
+    }
+
+    fn frame(&mut self, f: &Frame<Bytes>) {
+        if let Some(data) = f.data_ref() {
+            self.response_bytes += data.len() as u64;
+        } else if let Some(trailers) = f.trailers_ref()
+            && self.outcome.grpc
+            && let Some(s) = grpc_status(trailers)
+        {
+            self.outcome.grpc_status = Some(s);
+        }
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        self.telemetry.metrics.record(
+            &self.labels,
+            &Observation {
+                outcome: self.outcome,
+                duration: self.start.elapsed(),
+                request_bytes: self.request_bytes,
+                response_bytes: self.response_bytes,
+            },
+        );
+    }
+}
+
+/// Counts a response body's frames for an [`Exchange`], which records when the body ends
+/// or is dropped.
+pub(crate) fn observe_frame<E>(
+    exchange: &mut Option<Exchange>,
+    polled: &Poll<Option<Result<Frame<Bytes>, E>>>,
+) {
+    match polled {
+        Poll::Ready(Some(Ok(f))) => {
+            if let Some(x) = exchange {
+                x.frame(f);
+            }
+        }
+        // The end, or an error: record now rather than when the body is dropped.
+        Poll::Ready(_) => drop(exchange.take()),
+        Poll::Pending => {}
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body observed by an [`Exchange`].
+    pub(crate) struct Observed<B> {
+        #[pin]
+        inner: B,
+        exchange: Option<Exchange>,
+    }
+}
+
+impl<B> Observed<B> {
+    pub(crate) fn new(inner: B, exchange: Option<Exchange>) -> Self {
+        Self { inner, exchange }
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for Observed<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        observe_frame(this.exchange, &polled);
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

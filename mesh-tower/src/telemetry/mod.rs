@@ -1,0 +1,176 @@
+//! Telemetry: what every request through the mesh reports, on both sides.
+//!
+//! One [`Telemetry`] per mesh (kept with the [`Mesh`], so every `MeshClient` and every
+//! `serve` of a mesh report to the same place). A request is observed from its start to
+//! the end of its response body (or until the body is dropped): its status, gRPC status,
+//! response flags and body sizes become Istio's standard metrics.
+//!
+//! ```no_run
+//! # async fn run(mesh: mesh_core::Mesh) {
+//! let text = mesh_tower::telemetry::Telemetry::of(&mesh).prometheus();
+//! assert!(text.contains("# TYPE istio_requests_total counter"));
+//! # }
+//! ```
+
+pub(crate) mod exchange;
+pub(crate) mod metrics;
+pub(crate) mod workload;
+
+use std::sync::{Arc, Weak};
+
+use arc_swap::ArcSwap;
+use mesh_core::Mesh;
+
+pub(crate) use exchange::Exchange;
+use metrics::{Labels, Metrics, Reporter};
+use workload::{Peer, UNKNOWN};
+
+/// A mesh's telemetry: the metrics registry and what it knows about this workload.
+pub struct Telemetry {
+    pub(crate) metrics: Metrics,
+    pub(crate) local: Peer,
+    /// The mesh's clients, for `/clusters`.
+    clients: ArcSwap<Vec<Weak<crate::client::Outbound>>>,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry")
+            .field("workload", &self.local.workload)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Telemetry {
+    /// The mesh's telemetry (made on first use, from the bootstrap's node metadata).
+    pub fn of(mesh: &Mesh) -> Arc<Self> {
+        mesh.extension(|| Self {
+            metrics: Metrics::new(metrics::DEFAULT_MAX_SERIES),
+            local: Peer::local(mesh),
+            clients: ArcSwap::default(),
+        })
+    }
+
+    /// Lists a client's clusters in `/clusters` for as long as it lives.
+    pub(crate) fn register(&self, client: &Arc<crate::client::Outbound>) {
+        let weak = Arc::downgrade(client);
+        self.clients.rcu(|list| {
+            let mut list: Vec<_> = list
+                .iter()
+                .filter(|w| w.strong_count() > 0)
+                .cloned()
+                .collect();
+            list.push(weak.clone());
+            list
+        });
+    }
+
+    /// Every live cluster of the mesh's clients, with its hosts.
+    pub fn clusters(&self) -> serde_json::Value {
+        let clusters: Vec<serde_json::Value> = self
+            .clients
+            .load()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .flat_map(|c| c.clusters.dump())
+            .collect();
+        serde_json::json!({ "clusters": clusters })
+    }
+
+    /// Every metric in the Prometheus text format.
+    pub fn prometheus(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        self.metrics.encode(&mut out);
+        out
+    }
+
+    /// The label set of requests this process sends to `cluster` (istiod's
+    /// `outbound|PORT|SUBSET|HOST`, or another name), reaching `authority`.
+    pub(crate) fn outbound_labels(&self, cluster: Option<&str>, authority: &str) -> Arc<Labels> {
+        let host = cluster
+            .and_then(|c| {
+                let mut parts = c.split('|');
+                match (parts.next(), parts.next(), parts.next(), parts.next()) {
+                    (Some("outbound"), Some(_), Some(_), Some(host)) if !host.is_empty() => {
+                        Some(host)
+                    }
+                    _ => None,
+                }
+            })
+            .unwrap_or_else(|| host_of(authority));
+        let (name, namespace) = service_parts(host, None);
+        self.metrics.intern(Labels {
+            reporter: Reporter::Source,
+            source: self.local.clone(),
+            destination: Peer::unknown(),
+            destination_service: host.into(),
+            destination_service_name: match cluster {
+                Some(c @ ("PassthroughCluster" | "BlackHoleCluster")) => c.into(),
+                _ => name.into(),
+            },
+            destination_service_namespace: namespace.into(),
+        })
+    }
+
+    /// The label set of requests this process serves, from `caller`, for `authority`.
+    pub(crate) fn inbound_labels(&self, caller: Peer, authority: &str) -> Arc<Labels> {
+        let host = host_of(authority);
+        let (name, namespace) = service_parts(host, Some(&self.local.namespace));
+        let fqdn: Arc<str> = if host.contains('.') || host == UNKNOWN {
+            host.into()
+        } else {
+            format!("{host}.{namespace}.svc.cluster.local").into()
+        };
+        self.metrics.intern(Labels {
+            reporter: Reporter::Destination,
+            source: caller,
+            destination: self.local.clone(),
+            destination_service: fqdn,
+            destination_service_name: name.into(),
+            destination_service_namespace: namespace.into(),
+        })
+    }
+}
+
+/// The host of an authority (no port, no brackets), or `unknown`.
+fn host_of(authority: &str) -> &str {
+    let a = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match a.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':') => h,
+        _ => a,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() { UNKNOWN } else { host }
+}
+
+/// `name.namespace.svc…` → (name, namespace); a short name is in `local_ns`.
+fn service_parts<'a>(host: &'a str, local_ns: Option<&'a str>) -> (&'a str, &'a str) {
+    let mut labels = host.split('.');
+    let name = labels.next().unwrap_or(host);
+    let ns = match (labels.next(), labels.next()) {
+        (Some(ns), Some("svc")) | (Some(ns), None) => ns,
+        _ => local_ns.unwrap_or(UNKNOWN),
+    };
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return (host, local_ns.unwrap_or(UNKNOWN));
+    }
+    (name, ns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn services_are_named_as_istio_names_them() {
+        assert_eq!(
+            service_parts("reviews.default.svc.cluster.local", None),
+            ("reviews", "default")
+        );
+        assert_eq!(service_parts("reviews", Some("foo")), ("reviews", "foo"));
+        assert_eq!(service_parts("httpbin.foo", None), ("httpbin", "foo"));
+        assert_eq!(host_of("details:9080"), "details");
+        assert_eq!(host_of("[::1]:80"), "::1");
+        assert_eq!(host_of(""), "unknown");
+    }
+}
