@@ -46,6 +46,20 @@ pub fn resource_json(type_url: &str, bytes: &[u8]) -> Result<serde_json::Value, 
     Ok(v)
 }
 
+/// RFC 3339 (UTC, milliseconds), as Envoy's access logs print `START_TIME`.
+///
+/// ```
+/// let t = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_500);
+/// assert_eq!(mesh_core::status::rfc3339_millis(t), "1970-01-01T00:00:01.500Z");
+/// ```
+pub fn rfc3339_millis(t: SystemTime) -> String {
+    let ms = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_millis());
+    let s = rfc3339(t);
+    format!("{}.{ms:03}Z", s.trim_end_matches('Z'))
+}
+
 /// RFC 3339 (UTC, seconds) for a time, as config dumps show times.
 fn rfc3339(t: SystemTime) -> String {
     let secs = t

@@ -87,3 +87,52 @@ pub async fn grpc_client(
         )
     })
 }
+
+/// A running OTLP trace receiver (`otlp_receiver.py`, on grpcio and `opentelemetry-proto`)
+/// and the spans it has received, as JSON.
+pub struct OtlpReceiver {
+    _peer: Peer,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    spans: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl OtlpReceiver {
+    /// Starts the receiver.
+    pub fn start() -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new(python())
+            .arg(script("otlp_receiver.py"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the OTLP receiver");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let first = lines.next().and_then(Result::ok).unwrap_or_default();
+        let port = first
+            .trim()
+            .strip_prefix("PORT ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("the OTLP receiver said {first:?} (is opentelemetry-proto installed? run ./scripts/test)"));
+        let spans = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = spans.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str(&line) {
+                    sink.lock().expect("lock").push(v);
+                }
+            }
+        });
+        Self {
+            _peer: Peer(child),
+            port,
+            spans,
+        }
+    }
+
+    /// Every span received so far.
+    pub fn spans(&self) -> Vec<serde_json::Value> {
+        self.spans.lock().expect("lock").clone()
+    }
+}

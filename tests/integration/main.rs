@@ -33,8 +33,10 @@ mod outbound_timeouts;
 mod outbound_unknown_hosts;
 mod snapshots;
 mod static_config;
+mod telemetry_access_log;
 mod telemetry_config_dump;
 mod telemetry_prometheus;
+mod telemetry_tracing;
 mod translate_fixtures;
 
 use std::time::Duration;

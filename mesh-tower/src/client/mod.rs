@@ -37,8 +37,11 @@ use crate::error::Error;
 use crate::flags::ResponseFlags;
 use crate::respond::{self, ResponseInfo};
 use crate::telemetry::metrics::{Labels, Security};
-use crate::telemetry::{Exchange, Telemetry};
+use crate::telemetry::{
+    AccessLogger, Exchange, LogEntry, RequestSpan, Side, Telemetry, propagation, span_attributes,
+};
 use cluster::ClusterStore;
+use opentelemetry::KeyValue;
 use target::{Plan, TargetRuntime};
 
 /// What happens to requests for hosts the mesh does not know (Istio's
@@ -253,16 +256,26 @@ impl Outbound {
         found.expect("rcu ran")
     }
 
-    async fn handle<B>(self: Arc<Self>, req: Request<B>) -> Result<Response<RspBody>, Error>
+    async fn handle<B>(self: Arc<Self>, mut req: Request<B>) -> Result<Response<RspBody>, Error>
     where
         B: Body + Send + 'static,
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
         let start = std::time::Instant::now();
+        let span = self.telemetry.tracer.load().as_ref().map(|t| {
+            propagation::ensure_request_id(req.headers_mut());
+            let attributes = span_attributes(&req, &self.telemetry);
+            let name = format!(
+                "{}/*",
+                route::authority_host(req.uri(), req.headers()).unwrap_or("")
+            );
+            t.start(Side::Client, name, req.headers_mut(), attributes)
+        });
         let seen = Seen::of(&req);
+        let log = self.telemetry.log_entry(&req, true, None);
         let rsp = self.clone().dispatch(req).await?;
-        Ok(self.observe(seen, start, rsp))
+        Ok(self.observe(seen, start, rsp, span, log))
     }
 
     async fn dispatch<B>(self: Arc<Self>, req: Request<B>) -> Result<Response<RspBody>, Error>
@@ -365,11 +378,31 @@ impl Outbound {
         seen: Seen,
         start: std::time::Instant,
         mut rsp: Response<RspBody>,
+        span: Option<RequestSpan>,
+        mut log: Option<(Arc<AccessLogger>, Box<LogEntry>)>,
     ) -> Response<RspBody> {
-        let (flags, cluster) = ResponseInfo::of(&rsp).map_or((ResponseFlags::NONE, None), |i| {
-            (i.flags, i.cluster.clone())
-        });
+        let (flags, cluster, upstream) = ResponseInfo::of(&rsp)
+            .map_or((ResponseFlags::NONE, None, None), |i| {
+                (i.flags, i.cluster.clone(), i.upstream)
+            });
         let labels = self.labels(cluster.as_deref(), seen.authority());
+        if let Some((_, entry)) = &mut log {
+            entry.upstream_cluster = cluster.clone();
+            entry.upstream_host = upstream;
+        }
+        let end_attributes = match &span {
+            None => Vec::new(),
+            Some(_) => {
+                let mut a = vec![KeyValue::new(
+                    "upstream_cluster",
+                    cluster.as_deref().unwrap_or("-").to_owned(),
+                )];
+                if let Some(u) = upstream {
+                    a.push(KeyValue::new("upstream_address", u.to_string()));
+                }
+                a
+            }
+        };
         let exchange = Exchange::new(
             self.telemetry.clone(),
             labels,
@@ -380,7 +413,9 @@ impl Outbound {
             flags,
             Security::Unknown,
             seen.request_bytes,
-        );
+        )
+        .with_span(span, end_attributes)
+        .with_log(log);
         rsp.body_mut().observe(exchange);
         rsp
     }

@@ -53,13 +53,14 @@ use tokio::net::TcpStream;
 use crate::body::{BoxError, RspBody};
 use crate::flags::ResponseFlags;
 use crate::respond::{self, ResponseInfo};
-use crate::telemetry::Telemetry;
 use crate::telemetry::exchange::{Exchange, Observed};
 use crate::telemetry::metrics::{Labels, Security};
 use crate::telemetry::workload::Peer;
+use crate::telemetry::{Side, Telemetry, propagation, span_attributes};
 use filters::{HttpFilters, Verdict};
 use listener::{Inbound, ServerShared};
 use mesh_core::model::RequestView;
+use opentelemetry::KeyValue;
 use std::time::Instant;
 
 /// Who called, as the inbound side verified it. Inserted into every request's extensions.
@@ -353,7 +354,27 @@ where
             let labels = conn.labels(&identity, RequestView::from_request(&req).authority);
             let grpc = respond::is_grpc(req.headers());
             let size = http_body::Body::size_hint(req.body());
-            let observe = |status, headers: &http::HeaderMap, flags| {
+            let mut span = conn.telemetry.tracer.load().as_ref().map(|t| {
+                propagation::ensure_request_id(req.headers_mut());
+                let mut attributes = span_attributes(&req, &conn.telemetry);
+                attributes.push(KeyValue::new("peer.address", identity.addr.to_string()));
+                if let Some(id) = &identity.spiffe_id {
+                    attributes.push(KeyValue::new("downstream_principal", id.to_string()));
+                }
+                let name = format!("{}/*", RequestView::from_request(&req).authority);
+                t.start(Side::Server, name, req.headers_mut(), attributes)
+            });
+            let mut log = conn.telemetry.log_entry(
+                &req,
+                false,
+                Some(
+                    identity
+                        .spiffe_id
+                        .as_ref()
+                        .map_or_else(|| identity.addr.to_string(), |id| id.to_string()),
+                ),
+            );
+            let mut observe = |status, headers: &http::HeaderMap, flags| {
                 Exchange::new(
                     conn.telemetry.clone(),
                     labels.clone(),
@@ -365,6 +386,8 @@ where
                     security,
                     size.exact().unwrap_or(size.lower()),
                 )
+                .with_span(span.take(), Vec::new())
+                .with_log(log.take())
             };
             let mut extra = Vec::new();
             if !current.is_empty() {

@@ -9,8 +9,11 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 
-use super::Telemetry;
+use opentelemetry::KeyValue;
+
+use super::access_log::{Ending, Entry, Logger};
 use super::metrics::{Labels, Observation, Outcome, Security};
+use super::{RequestSpan, Telemetry};
 use crate::flags::ResponseFlags;
 
 /// A request in flight; recorded when the response body ends or is dropped.
@@ -21,6 +24,9 @@ pub(crate) struct Exchange {
     outcome: Outcome,
     request_bytes: u64,
     response_bytes: u64,
+    /// Boxed, so an exchange stays small when tracing is off (it travels in every response).
+    span: Option<Box<(RequestSpan, Vec<KeyValue>)>>,
+    log: Option<(Arc<Logger>, Box<Entry>)>,
 }
 
 impl std::fmt::Debug for Exchange {
@@ -63,7 +69,25 @@ impl Exchange {
             },
             request_bytes,
             response_bytes: 0,
+            span: None,
+            log: None,
         }
+    }
+
+    /// Writes an access log line for the request when it ends.
+    pub(crate) fn with_log(mut self, log: Option<(Arc<Logger>, Box<Entry>)>) -> Self {
+        self.log = log;
+        self
+    }
+
+    /// Ends `span` with the response, adding `attributes` to it.
+    pub(crate) fn with_span(
+        mut self,
+        span: Option<RequestSpan>,
+        attributes: Vec<KeyValue>,
+    ) -> Self {
+        self.span = span.map(|s| Box::new((s, attributes)));
+        self
     }
 
     fn frame(&mut self, f: &Frame<Bytes>) {
@@ -80,6 +104,29 @@ impl Exchange {
 
 impl Drop for Exchange {
     fn drop(&mut self) {
+        if let Some((logger, entry)) = self.log.take() {
+            logger.write(
+                &entry,
+                &Ending {
+                    code: self.outcome.code,
+                    grpc_status: self.outcome.grpc_status,
+                    flags: self.outcome.flags,
+                    bytes_received: self.request_bytes,
+                    bytes_sent: self.response_bytes,
+                    duration: self.start.elapsed(),
+                },
+            );
+        }
+        if let Some(boxed) = self.span.take() {
+            let (span, mut attributes) = *boxed;
+            attributes.push(KeyValue::new(
+                "response_flags",
+                self.outcome.flags.to_string(),
+            ));
+            attributes.push(KeyValue::new("response_size", self.response_bytes as i64));
+            attributes.push(KeyValue::new("request_size", self.request_bytes as i64));
+            span.end(self.outcome.code, self.outcome.grpc_status, attributes);
+        }
         self.telemetry.metrics.record(
             &self.labels,
             &Observation {
@@ -145,5 +192,14 @@ impl<B: Body<Data = Bytes>> Body for Observed<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_exchange_is_small_enough_to_travel_in_every_response() {
+        let size = std::mem::size_of::<super::Exchange>();
+        assert!(size <= 128, "Exchange is {size} bytes");
     }
 }

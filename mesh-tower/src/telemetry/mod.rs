@@ -12,17 +12,26 @@
 //! # }
 //! ```
 
+mod access_log;
 pub(crate) mod exchange;
 pub(crate) mod metrics;
+pub(crate) mod propagation;
+mod tracing;
 pub(crate) mod workload;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use mesh_core::Mesh;
 
+pub use access_log::AccessLog;
+pub(crate) use access_log::{Entry as LogEntry, Logger as AccessLogger};
 pub(crate) use exchange::Exchange;
 use metrics::{Labels, Metrics, Reporter};
+use tracing::Tracer;
+pub(crate) use tracing::{RequestSpan, Side};
+pub use tracing::{Tracing, TracingError};
 use workload::{Peer, UNKNOWN};
 
 /// A mesh's telemetry: the metrics registry and what it knows about this workload.
@@ -31,6 +40,11 @@ pub struct Telemetry {
     pub(crate) local: Peer,
     /// The mesh's clients, for `/clusters`.
     clients: ArcSwap<Vec<Weak<crate::client::Outbound>>>,
+    /// Set by [`Tracing::install`].
+    pub(crate) tracer: ArcSwapOption<Tracer>,
+    pub(crate) dropped_spans: Arc<AtomicU64>,
+    /// Set by [`AccessLog::install`].
+    pub(crate) access_log: ArcSwapOption<access_log::Logger>,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -48,7 +62,34 @@ impl Telemetry {
             metrics: Metrics::new(metrics::DEFAULT_MAX_SERIES),
             local: Peer::local(mesh),
             clients: ArcSwap::default(),
+            tracer: ArcSwapOption::empty(),
+            dropped_spans: Arc::default(),
+            access_log: ArcSwapOption::empty(),
         })
+    }
+
+    /// Access log lines dropped because the writer fell behind.
+    pub fn dropped_log_lines(&self) -> u64 {
+        self.access_log
+            .load()
+            .as_ref()
+            .map_or(0, |l| l.dropped.load(Ordering::Relaxed))
+    }
+
+    /// The access log's capture of a request starting now, when the log is on.
+    pub(crate) fn log_entry<B>(
+        &self,
+        req: &http::Request<B>,
+        outbound: bool,
+        downstream: Option<String>,
+    ) -> Option<(Arc<access_log::Logger>, Box<LogEntry>)> {
+        let logger = self.access_log.load_full()?;
+        Some((logger, Box::new(LogEntry::of(req, outbound, downstream))))
+    }
+
+    /// Spans dropped because the OTLP receiver did not take them.
+    pub fn dropped_spans(&self) -> u64 {
+        self.dropped_spans.load(Ordering::Relaxed)
     }
 
     /// Lists a client's clusters in `/clusters` for as long as it lives.
@@ -130,6 +171,45 @@ impl Telemetry {
             destination_service_namespace: namespace.into(),
         })
     }
+}
+
+/// A span's opening attributes, as Envoy's tracer sets them.
+pub(crate) fn span_attributes<B>(
+    req: &http::Request<B>,
+    t: &Telemetry,
+) -> Vec<opentelemetry::KeyValue> {
+    use opentelemetry::KeyValue;
+    let header = |k: &str| {
+        req.headers()
+            .get(k)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_owned()
+    };
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|v| v.to_str().ok())
+        })
+        .unwrap_or("");
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    vec![
+        KeyValue::new("http.method", req.method().to_string()),
+        KeyValue::new("http.url", format!("http://{authority}{path}")),
+        KeyValue::new("http.protocol", format!("{:?}", req.version())),
+        KeyValue::new("user_agent", header("user-agent")),
+        KeyValue::new("guid:x-request-id", header("x-request-id")),
+        KeyValue::new("component", "proxy"),
+        KeyValue::new(
+            "istio.canonical_service",
+            t.local.canonical_service.to_string(),
+        ),
+        KeyValue::new("istio.namespace", t.local.namespace.to_string()),
+    ]
 }
 
 /// The host of an authority (no port, no brackets), or `unknown`.
