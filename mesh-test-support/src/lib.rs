@@ -13,6 +13,7 @@ pub mod envoy;
 pub mod http;
 pub mod jwt;
 pub mod load;
+pub mod otlp;
 pub mod pki;
 pub mod prometheus;
 pub mod python;

@@ -33,3 +33,18 @@ pub fn faulty(backends: &[SocketAddr]) -> Value {
         )],
     )
 }
+
+/// The `mesh-min` shape (BENCHMARKS.md): `authority` routes to one cluster over `backends`,
+/// round robin, no policies.
+pub fn single_route(authority: &str, backends: &[SocketAddr]) -> Value {
+    let host = if authority.contains(':') {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    };
+    let routes = json!([{"match": {"prefix": "/"}, "route": {"cluster": "svc"}}]);
+    resources(
+        &[listener(&host, routes, json!([]))],
+        &[cluster("svc", backends, json!({}))],
+    )
+}

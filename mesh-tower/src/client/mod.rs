@@ -38,10 +38,10 @@ use crate::flags::ResponseFlags;
 use crate::respond::{self, ResponseInfo};
 use crate::telemetry::metrics::{Labels, Security};
 use crate::telemetry::{
-    AccessLogger, Exchange, LogEntry, RequestSpan, Side, Telemetry, propagation, span_attributes,
+    AccessLogger, Exchange, LogEntry, RequestSpan, Side, SpanEnd, Telemetry, propagation,
+    span_attributes, span_name,
 };
 use cluster::ClusterStore;
-use opentelemetry::KeyValue;
 use target::{Plan, TargetRuntime};
 
 /// What happens to requests for hosts the mesh does not know (Istio's
@@ -263,14 +263,11 @@ impl Outbound {
         B::Error: Into<BoxError>,
     {
         let start = std::time::Instant::now();
-        let span = self.telemetry.tracer.load().as_ref().map(|t| {
+        let span = self.telemetry.tracer.load().as_ref().and_then(|t| {
             propagation::ensure_request_id(req.headers_mut());
-            let attributes = span_attributes(&req, &self.telemetry);
-            let name = format!(
-                "{}/*",
-                route::authority_host(req.uri(), req.headers()).unwrap_or("")
-            );
-            t.start(Side::Client, name, req.headers_mut(), attributes)
+            t.start(Side::Client, &mut req, |req| {
+                (span_name(req), span_attributes(req, &self.telemetry))
+            })
         });
         let seen = Seen::of(&req);
         let log = self.telemetry.log_entry(&req, true, None);
@@ -390,18 +387,12 @@ impl Outbound {
             entry.upstream_cluster = cluster.clone();
             entry.upstream_host = upstream;
         }
-        let end_attributes = match &span {
-            None => Vec::new(),
-            Some(_) => {
-                let mut a = vec![KeyValue::new(
-                    "upstream_cluster",
-                    cluster.as_deref().unwrap_or("-").to_owned(),
-                )];
-                if let Some(u) = upstream {
-                    a.push(KeyValue::new("upstream_address", u.to_string()));
-                }
-                a
-            }
+        let end = match &span {
+            None => SpanEnd::default(),
+            Some(_) => SpanEnd {
+                cluster: cluster.clone(),
+                upstream,
+            },
         };
         let exchange = Exchange::new(
             self.telemetry.clone(),
@@ -414,7 +405,7 @@ impl Outbound {
             Security::Unknown,
             seen.request_bytes,
         )
-        .with_span(span, end_attributes)
+        .with_span(span, end)
         .with_log(log);
         rsp.body_mut().observe(exchange);
         rsp

@@ -56,7 +56,7 @@ use crate::respond::{self, ResponseInfo};
 use crate::telemetry::exchange::{Exchange, Observed};
 use crate::telemetry::metrics::{Labels, Security};
 use crate::telemetry::workload::Peer;
-use crate::telemetry::{Side, Telemetry, propagation, span_attributes};
+use crate::telemetry::{Side, SpanEnd, Telemetry, propagation, span_attributes, span_name};
 use filters::{HttpFilters, Verdict};
 use listener::{Inbound, ServerShared};
 use mesh_core::model::RequestView;
@@ -354,15 +354,16 @@ where
             let labels = conn.labels(&identity, RequestView::from_request(&req).authority);
             let grpc = respond::is_grpc(req.headers());
             let size = http_body::Body::size_hint(req.body());
-            let mut span = conn.telemetry.tracer.load().as_ref().map(|t| {
+            let mut span = conn.telemetry.tracer.load().as_ref().and_then(|t| {
                 propagation::ensure_request_id(req.headers_mut());
-                let mut attributes = span_attributes(&req, &conn.telemetry);
-                attributes.push(KeyValue::new("peer.address", identity.addr.to_string()));
-                if let Some(id) = &identity.spiffe_id {
-                    attributes.push(KeyValue::new("downstream_principal", id.to_string()));
-                }
-                let name = format!("{}/*", RequestView::from_request(&req).authority);
-                t.start(Side::Server, name, req.headers_mut(), attributes)
+                t.start(Side::Server, &mut req, |req| {
+                    let mut attributes = span_attributes(req, &conn.telemetry);
+                    attributes.push(KeyValue::new("peer.address", identity.addr.to_string()));
+                    if let Some(id) = &identity.spiffe_id {
+                        attributes.push(KeyValue::new("downstream_principal", id.to_string()));
+                    }
+                    (span_name(req), attributes)
+                })
             });
             let mut log = conn.telemetry.log_entry(
                 &req,
@@ -386,7 +387,7 @@ where
                     security,
                     size.exact().unwrap_or(size.lower()),
                 )
-                .with_span(span.take(), Vec::new())
+                .with_span(span.take(), SpanEnd::default())
                 .with_log(log.take())
             };
             let mut extra = Vec::new();

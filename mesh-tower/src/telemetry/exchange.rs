@@ -13,7 +13,7 @@ use opentelemetry::KeyValue;
 
 use super::access_log::{Ending, Entry, Logger};
 use super::metrics::{Labels, Observation, Outcome, Security};
-use super::{RequestSpan, Telemetry};
+use super::{RequestSpan, SpanEnd, Telemetry};
 use crate::flags::ResponseFlags;
 
 /// A request in flight; recorded when the response body ends or is dropped.
@@ -25,7 +25,7 @@ pub(crate) struct Exchange {
     request_bytes: u64,
     response_bytes: u64,
     /// Boxed, so an exchange stays small when tracing is off (it travels in every response).
-    span: Option<Box<(RequestSpan, Vec<KeyValue>)>>,
+    span: Option<Box<(RequestSpan, SpanEnd)>>,
     log: Option<(Arc<Logger>, Box<Entry>)>,
 }
 
@@ -80,13 +80,9 @@ impl Exchange {
         self
     }
 
-    /// Ends `span` with the response, adding `attributes` to it.
-    pub(crate) fn with_span(
-        mut self,
-        span: Option<RequestSpan>,
-        attributes: Vec<KeyValue>,
-    ) -> Self {
-        self.span = span.map(|s| Box::new((s, attributes)));
+    /// Ends `span` with the response and what `end` says of it.
+    pub(crate) fn with_span(mut self, span: Option<RequestSpan>, end: SpanEnd) -> Self {
+        self.span = span.map(|s| Box::new((s, end)));
         self
     }
 
@@ -118,14 +114,17 @@ impl Drop for Exchange {
             );
         }
         if let Some(boxed) = self.span.take() {
-            let (span, mut attributes) = *boxed;
-            attributes.push(KeyValue::new(
-                "response_flags",
-                self.outcome.flags.to_string(),
-            ));
-            attributes.push(KeyValue::new("response_size", self.response_bytes as i64));
-            attributes.push(KeyValue::new("request_size", self.request_bytes as i64));
-            span.end(self.outcome.code, self.outcome.grpc_status, attributes);
+            let (span, end) = *boxed;
+            span.end(
+                self.outcome.code,
+                self.outcome.grpc_status,
+                &end,
+                [
+                    KeyValue::new("response_flags", self.outcome.flags.to_string()),
+                    KeyValue::new("response_size", self.response_bytes as i64),
+                    KeyValue::new("request_size", self.request_bytes as i64),
+                ],
+            );
         }
         self.telemetry.metrics.record(
             &self.labels,

@@ -30,7 +30,7 @@ pub(crate) use access_log::{Entry as LogEntry, Logger as AccessLogger};
 pub(crate) use exchange::Exchange;
 use metrics::{Labels, Metrics, Reporter};
 use tracing::Tracer;
-pub(crate) use tracing::{RequestSpan, Side};
+pub(crate) use tracing::{RequestSpan, Side, SpanEnd};
 pub use tracing::{Tracing, TracingError};
 use workload::{Peer, UNKNOWN};
 
@@ -171,6 +171,21 @@ impl Telemetry {
             destination_service_namespace: namespace.into(),
         })
     }
+}
+
+/// A span's name, as Istio's default decorator names it: `<authority>/*`.
+pub(crate) fn span_name<B>(req: &http::Request<B>) -> String {
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|v| v.to_str().ok())
+        })
+        .unwrap_or("");
+    format!("{authority}/*")
 }
 
 /// A span's opening attributes, as Envoy's tracer sets them.

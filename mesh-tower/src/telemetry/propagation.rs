@@ -5,7 +5,7 @@
 //! Written here rather than taken from `opentelemetry-zipkin` (the B3 propagator's home, which
 //! brings an HTTP client along): both formats are a few fixed-width hex fields.
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
 
 /// Which header formats a request carried.
@@ -102,6 +102,29 @@ fn b3_multi(h: &HeaderMap) -> Option<SpanContext> {
     context(&trace, span, sampled, TraceState::default())
 }
 
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+const B3_TRACE_ID: HeaderName = HeaderName::from_static("x-b3-traceid");
+const B3_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-spanid");
+const B3_PARENT_ID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
+const B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
+const B3: HeaderName = HeaderName::from_static("b3");
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Lower-case hex of `bytes` into `out` (twice as long). Hand-rolled: this runs for every
+/// traced request, and `fmt` machinery costs several times more.
+fn hex(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in bytes.iter().enumerate() {
+        out[2 * i] = DIGITS[usize::from(b >> 4)];
+        out[2 * i + 1] = DIGITS[usize::from(b & 0xf)];
+    }
+}
+
+fn value(bytes: &[u8]) -> Option<HeaderValue> {
+    HeaderValue::from_bytes(bytes).ok()
+}
+
 /// Writes `span` (with `parent` for B3's parent id) in the given formats, replacing what the
 /// request carried.
 pub(crate) fn inject(
@@ -110,73 +133,81 @@ pub(crate) fn inject(
     parent: Option<SpanId>,
     formats: Formats,
 ) {
+    let mut trace = [0u8; 32];
+    hex(&span.trace_id().to_bytes(), &mut trace);
+    let mut id = [0u8; 16];
+    hex(&span.span_id().to_bytes(), &mut id);
     let sampled = span.is_sampled();
-    let set = |h: &mut HeaderMap, k: &'static str, v: String| {
-        if let Ok(v) = HeaderValue::from_str(&v) {
-            h.insert(k, v);
-        }
-    };
     if formats.w3c {
-        set(
-            h,
-            "traceparent",
-            format!(
-                "00-{}-{}-{:02x}",
-                span.trace_id(),
-                span.span_id(),
-                span.trace_flags().to_u8()
-            ),
-        );
+        // 00-<32>-<16>-<2>
+        let mut tp = [0u8; 55];
+        tp[..3].copy_from_slice(b"00-");
+        tp[3..35].copy_from_slice(&trace);
+        tp[35] = b'-';
+        tp[36..52].copy_from_slice(&id);
+        tp[52] = b'-';
+        hex(&[span.trace_flags().to_u8()], &mut tp[53..55]);
+        if let Some(v) = value(&tp) {
+            h.insert(TRACEPARENT, v);
+        }
         let state = span.trace_state().header();
-        if !state.is_empty() {
-            set(h, "tracestate", state);
+        if !state.is_empty()
+            && let Ok(v) = HeaderValue::from_str(&state)
+        {
+            h.insert(TRACESTATE, v);
         }
     }
+    let flag = HeaderValue::from_static(if sampled { "1" } else { "0" });
     if formats.b3_multi {
-        set(h, "x-b3-traceid", span.trace_id().to_string());
-        set(h, "x-b3-spanid", span.span_id().to_string());
-        set(
-            h,
-            "x-b3-sampled",
-            if sampled { "1" } else { "0" }.to_owned(),
-        );
+        if let (Some(t), Some(s)) = (value(&trace), value(&id)) {
+            h.insert(B3_TRACE_ID, t);
+            h.insert(B3_SPAN_ID, s);
+        }
+        h.insert(B3_SAMPLED, flag.clone());
         match parent {
-            Some(p) => set(h, "x-b3-parentspanid", p.to_string()),
+            Some(p) => {
+                let mut pid = [0u8; 16];
+                hex(&p.to_bytes(), &mut pid);
+                if let Some(v) = value(&pid) {
+                    h.insert(B3_PARENT_ID, v);
+                }
+            }
             None => {
-                h.remove("x-b3-parentspanid");
+                h.remove(B3_PARENT_ID);
             }
         }
     }
     if formats.b3_single {
-        set(
-            h,
-            "b3",
-            format!(
-                "{}-{}-{}",
-                span.trace_id(),
-                span.span_id(),
-                if sampled { "1" } else { "0" }
-            ),
-        );
+        let mut b3 = [0u8; 51];
+        b3[..32].copy_from_slice(&trace);
+        b3[32] = b'-';
+        b3[33..49].copy_from_slice(&id);
+        b3[49] = b'-';
+        b3[50] = if sampled { b'1' } else { b'0' };
+        if let Some(v) = value(&b3) {
+            h.insert(B3, v);
+        }
     }
 }
 
 /// Sets `x-request-id` when the request has none (a random version 4 UUID, as Envoy makes).
 pub(crate) fn ensure_request_id(h: &mut HeaderMap) {
-    if h.contains_key("x-request-id") {
+    if h.contains_key(REQUEST_ID) {
         return;
     }
-    let (a, b) = (fastrand::u64(..), fastrand::u64(..));
-    let id = format!(
-        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-        a >> 32,
-        (a >> 16) & 0xffff,
-        a & 0x0fff,
-        (b >> 48) & 0x3fff | 0x8000,
-        b & 0xffff_ffff_ffff
-    );
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        h.insert("x-request-id", v);
+    let mut raw = fastrand::u128(..).to_be_bytes();
+    raw[6] = (raw[6] & 0x0f) | 0x40; // version 4
+    raw[8] = (raw[8] & 0x3f) | 0x80; // RFC 4122 variant
+    let mut text = [0u8; 32];
+    hex(&raw, &mut text);
+    let mut id = [b'-'; 36];
+    id[..8].copy_from_slice(&text[..8]);
+    id[9..13].copy_from_slice(&text[8..12]);
+    id[14..18].copy_from_slice(&text[12..16]);
+    id[19..23].copy_from_slice(&text[16..20]);
+    id[24..].copy_from_slice(&text[20..]);
+    if let Some(v) = value(&id) {
+        h.insert(REQUEST_ID, v);
     }
 }
 
@@ -253,6 +284,8 @@ mod tests {
         let id = h["x-request-id"].to_str().unwrap().to_owned();
         assert_eq!(id.len(), 36);
         assert_eq!(&id[14..15], "4");
+        assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "{id}");
+        assert_eq!(id.matches('-').count(), 4);
         ensure_request_id(&mut h);
         assert_eq!(h["x-request-id"], id.as_str());
     }

@@ -4,7 +4,8 @@
 //! The server side continues the caller's trace (W3C or B3 headers), makes a `SERVER` span
 //! and rewrites the request's trace headers to it, so an application that copies them onto
 //! its outbound calls (as Bookinfo's services do) parents the client side's `CLIENT` span
-//! on it; that span is written into the outgoing request in both W3C and B3 form. Spans end
+//! on it; that span is written into the outgoing request the same way (W3C always, B3 when
+//! the request carried B3). Spans end
 //! when their response ends, with Envoy's attributes (`upstream_cluster`, `http.status_code`,
 //! `response_flags`, the peer's identity…). Sampling is the caller's decision when there is
 //! one, else a ratio of new traces (Istio's default: 1 %).
@@ -18,7 +19,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use http::HeaderMap;
 use opentelemetry::trace::{
     Span as _, SpanBuilder, SpanKind, Status, TraceContextExt, Tracer as _,
 };
@@ -214,65 +214,85 @@ impl std::fmt::Debug for RequestSpan {
     }
 }
 
-/// Which side a span is for.
+/// Which side a span is for. Either way the span continues the request's context and is
+/// written back into it in W3C form and in the B3 forms the request carried.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Side {
-    /// `MeshClient`: a `CLIENT` span, written into the request in W3C and B3 form.
+    /// `MeshClient`: a `CLIENT` span.
     Client,
-    /// `serve`: a `SERVER` span continuing the caller's, written back in the formats the
-    /// caller used (and W3C).
+    /// `serve`: a `SERVER` span.
     Server,
 }
 
 impl Tracer {
-    /// Starts a request's span from (and into) its headers.
-    pub(crate) fn start(
+    /// Starts a request's span from (and into) its headers. `None` when the trace is not
+    /// sampled: the headers still carry the context (and the decision) on, but nothing else
+    /// is built, so unsampled requests cost little more than the header rewrite.
+    pub(crate) fn start<B>(
         &self,
         side: Side,
-        name: String,
-        headers: &mut HeaderMap,
-        attributes: Vec<KeyValue>,
-    ) -> RequestSpan {
-        let (parent, seen) = propagation::extract(headers);
-        let cx = parent
-            .clone()
-            .map_or_else(Context::new, |p| Context::new().with_remote_span_context(p));
+        req: &mut http::Request<B>,
+        describe: impl FnOnce(&http::Request<B>) -> (String, Vec<KeyValue>),
+    ) -> Option<RequestSpan> {
+        let (parent, seen) = propagation::extract(req.headers());
+        let cx = match &parent {
+            Some(p) => Context::new().with_remote_span_context(p.clone()),
+            None => Context::new(),
+        };
         let kind = match side {
             Side::Client => SpanKind::Client,
             Side::Server => SpanKind::Server,
         };
-        let span = self.tracer.build_with_context(
-            SpanBuilder::from_name(name)
-                .with_kind(kind)
-                .with_attributes(attributes),
-            &cx,
-        );
-        let formats = match side {
-            Side::Client => Formats {
-                w3c: true,
-                b3_multi: true,
-                b3_single: seen.b3_single,
-            },
-            Side::Server => Formats { w3c: true, ..seen },
-        };
+        let mut span = self
+            .tracer
+            .build_with_context(SpanBuilder::from_name("").with_kind(kind), &cx);
+        // The formats the caller used, and W3C always.
+        let formats = Formats { w3c: true, ..seen };
         propagation::inject(
-            headers,
+            req.headers_mut(),
             span.span_context(),
             parent.map(|p| p.span_id()),
             formats,
         );
-        RequestSpan { span }
+        if !span.is_recording() {
+            return None;
+        }
+        let (name, attributes) = describe(req);
+        span.update_name(name);
+        span.set_attributes(attributes);
+        Some(RequestSpan { span })
     }
+}
+
+/// What a span learns when its response ends.
+#[derive(Debug, Default)]
+pub(crate) struct SpanEnd {
+    pub(crate) cluster: Option<Arc<str>>,
+    pub(crate) upstream: Option<std::net::SocketAddr>,
 }
 
 impl RequestSpan {
     /// Ends the span with the response's facts.
-    pub(crate) fn end(mut self, status: u16, grpc_status: Option<u16>, attributes: Vec<KeyValue>) {
+    pub(crate) fn end(
+        mut self,
+        status: u16,
+        grpc_status: Option<u16>,
+        end: &SpanEnd,
+        attributes: impl IntoIterator<Item = KeyValue>,
+    ) {
         self.span
             .set_attribute(KeyValue::new("http.status_code", i64::from(status)));
         if let Some(g) = grpc_status {
             self.span
                 .set_attribute(KeyValue::new("grpc.status_code", i64::from(g)));
+        }
+        if let Some(c) = &end.cluster {
+            self.span
+                .set_attribute(KeyValue::new("upstream_cluster", c.to_string()));
+        }
+        if let Some(u) = end.upstream {
+            self.span
+                .set_attribute(KeyValue::new("upstream_address", u.to_string()));
         }
         self.span.set_attributes(attributes);
         if status >= 500 || grpc_status.is_some_and(|g| g != 0) {
