@@ -88,8 +88,8 @@ pub async fn grpc_client(
     })
 }
 
-/// A running OTLP trace receiver (`otlp_receiver.py`, on grpcio and `opentelemetry-proto`)
-/// and the spans it has received, as JSON.
+/// A running OTLP receiver (`otlp_receiver.py`, on grpcio and `opentelemetry-proto`) and
+/// the spans and metric data points it has received, as JSON.
 pub struct OtlpReceiver {
     _peer: Peer,
     /// Its port on 127.0.0.1.
@@ -133,6 +133,21 @@ impl OtlpReceiver {
 
     /// Every span received so far.
     pub fn spans(&self) -> Vec<serde_json::Value> {
-        self.spans.lock().expect("lock").clone()
+        self.signal("span")
+    }
+
+    /// Every metric data point received so far (the latest push last).
+    pub fn metrics(&self) -> Vec<serde_json::Value> {
+        self.signal("metric")
+    }
+
+    fn signal(&self, kind: &str) -> Vec<serde_json::Value> {
+        self.spans
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|v| v["signal"] == kind)
+            .cloned()
+            .collect()
     }
 }

@@ -35,6 +35,7 @@ mod snapshots;
 mod static_config;
 mod telemetry_access_log;
 mod telemetry_config_dump;
+mod telemetry_otlp_metrics;
 mod telemetry_prometheus;
 mod telemetry_tracing;
 mod translate_fixtures;

@@ -253,49 +253,53 @@ impl Metrics {
         self.overflowed.load(Ordering::Relaxed)
     }
 
+    /// Every series as it stands now, sorted by labels.
+    pub(crate) fn snapshot(&self) -> Vec<SeriesView> {
+        let map = self.series.load();
+        let mut out: Vec<SeriesView> = map
+            .values()
+            .map(|s| SeriesView {
+                labels: label_pairs(s),
+                requests: s.requests.load(Ordering::Relaxed),
+                histograms: [
+                    s.duration.view(),
+                    s.request_bytes.view(),
+                    s.response_bytes.view(),
+                ],
+            })
+            .collect();
+        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        out
+    }
+
     /// Prometheus text exposition (format 0.0.4).
     pub(crate) fn encode(&self, out: &mut String) {
-        let map = self.series.load();
-        let mut series: Vec<(String, &Series)> =
-            map.values().map(|s| (label_text(s), &**s)).collect();
-        series.sort_by(|a, b| a.0.cmp(&b.0));
-        out.push_str("# HELP istio_requests_total Requests, counted when their response ends.\n# TYPE istio_requests_total counter\n");
+        let series: Vec<(String, SeriesView)> = self
+            .snapshot()
+            .into_iter()
+            .map(|v| (label_text(&v.labels), v))
+            .collect();
+        let _ = writeln!(
+            out,
+            "# HELP {REQUESTS} {REQUESTS_HELP}\n# TYPE {REQUESTS} counter"
+        );
         for (l, s) in &series {
-            let _ = writeln!(
-                out,
-                "istio_requests_total{{{l}}} {}",
-                s.requests.load(Ordering::Relaxed)
-            );
+            let _ = writeln!(out, "{REQUESTS}{{{l}}} {}", s.requests);
         }
-        type Pick = fn(&Series) -> &Histogram;
-        let histograms: [(&str, &str, Pick); 3] = [
-            (
-                "istio_request_duration_milliseconds",
-                "Request duration, from the request's start to its response's end.",
-                |s| &s.duration,
-            ),
-            ("istio_request_bytes", "Request body sizes.", |s| {
-                &s.request_bytes
-            }),
-            ("istio_response_bytes", "Response body sizes.", |s| {
-                &s.response_bytes
-            }),
-        ];
-        for (name, help, pick) in histograms {
+        for (i, (name, help)) in HISTOGRAMS.iter().enumerate() {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
             for (l, s) in &series {
-                let h = pick(s);
+                let h = &s.histograms[i];
                 let mut cumulative = 0;
-                for (i, c) in h.counts.iter().enumerate() {
-                    cumulative += c.load(Ordering::Relaxed);
+                for (j, c) in h.counts.iter().enumerate() {
+                    cumulative += c;
                     let le = h
                         .bounds
-                        .get(i)
+                        .get(j)
                         .map_or("+Inf".to_owned(), |b| format_bound(*b));
                     let _ = writeln!(out, "{name}_bucket{{{l},le=\"{le}\"}} {cumulative}");
                 }
-                let sum = h.sum.load(Ordering::Relaxed) as f64 / h.units_per_value;
-                let _ = writeln!(out, "{name}_sum{{{l}}} {sum}");
+                let _ = writeln!(out, "{name}_sum{{{l}}} {}", h.sum);
                 let _ = writeln!(out, "{name}_count{{{l}}} {cumulative}");
             }
         }
@@ -304,6 +308,50 @@ impl Metrics {
             "# HELP mesh_metrics_overflow_total Requests counted in the overflow series (too many label sets).\n# TYPE mesh_metrics_overflow_total counter\nmesh_metrics_overflow_total {}",
             self.overflowed()
         );
+    }
+}
+
+/// The request counter's name.
+pub(crate) const REQUESTS: &str = "istio_requests_total";
+/// Its description.
+pub(crate) const REQUESTS_HELP: &str = "Requests, counted when their response ends.";
+/// The histograms, by name and description, in [`SeriesView::histograms`] order.
+pub(crate) const HISTOGRAMS: [(&str, &str); 3] = [
+    (
+        "istio_request_duration_milliseconds",
+        "Request duration, from the request's start to its response's end.",
+    ),
+    ("istio_request_bytes", "Request body sizes."),
+    ("istio_response_bytes", "Response body sizes."),
+];
+
+/// One series, read.
+pub(crate) struct SeriesView {
+    /// Label names and values, in Istio's order.
+    pub(crate) labels: Vec<(String, String)>,
+    pub(crate) requests: u64,
+    pub(crate) histograms: [HistogramView; 3],
+}
+
+/// One histogram, read.
+pub(crate) struct HistogramView {
+    pub(crate) bounds: &'static [f64],
+    /// Per bucket (not cumulative), the last one above every bound.
+    pub(crate) counts: Vec<u64>,
+    pub(crate) sum: f64,
+}
+
+impl Histogram {
+    fn view(&self) -> HistogramView {
+        HistogramView {
+            bounds: self.bounds,
+            counts: self
+                .counts
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .collect(),
+            sum: self.sum.load(Ordering::Relaxed) as f64 / self.units_per_value,
+        }
     }
 }
 
@@ -337,26 +385,11 @@ fn overflow_labels(reporter: Reporter) -> Labels {
     }
 }
 
-/// A series' labels in Istio's order, escaped for the text format.
-fn label_text(s: &Series) -> String {
+/// A series' labels in Istio's order.
+fn label_pairs(s: &Series) -> Vec<(String, String)> {
     let l = &s.labels;
-    let mut out = String::with_capacity(512);
-    let mut put = |k: &str, v: &str| {
-        if !out.is_empty() {
-            out.push(',');
-        }
-        out.push_str(k);
-        out.push_str("=\"");
-        for c in v.chars() {
-            match c {
-                '\\' => out.push_str("\\\\"),
-                '"' => out.push_str("\\\""),
-                '\n' => out.push_str("\\n"),
-                c => out.push(c),
-            }
-        }
-        out.push('"');
-    };
+    let mut out: Vec<(String, String)> = Vec::with_capacity(28);
+    let mut put = |k: &str, v: &str| out.push((k.to_owned(), v.to_owned()));
     put("reporter", l.reporter.as_str());
     for (side, p) in [("source", &l.source), ("destination", &l.destination)] {
         put(&format!("{side}_workload"), &p.workload);
@@ -396,6 +429,28 @@ fn label_text(s: &Series) -> String {
                 put(k, "overflow");
             }
         }
+    }
+    out
+}
+
+/// Labels escaped for the text format.
+fn label_text(pairs: &[(String, String)]) -> String {
+    let mut out = String::with_capacity(512);
+    for (k, v) in pairs {
+        if !out.is_empty() {
+            out.push(',');
+        }
+        out.push_str(k);
+        out.push_str("=\"");
+        for c in v.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '"' => out.push_str("\\\""),
+                '\n' => out.push_str("\\n"),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
     }
     out
 }

@@ -15,6 +15,7 @@
 mod access_log;
 pub(crate) mod exchange;
 pub(crate) mod metrics;
+mod metrics_export;
 pub(crate) mod propagation;
 mod tracing;
 pub(crate) mod workload;
@@ -29,6 +30,7 @@ pub use access_log::AccessLog;
 pub(crate) use access_log::{Entry as LogEntry, Logger as AccessLogger};
 pub(crate) use exchange::Exchange;
 use metrics::{Labels, Metrics, Reporter};
+pub use metrics_export::{MetricsExport, MetricsExportError};
 use tracing::Tracer;
 pub(crate) use tracing::{RequestSpan, Side, SpanEnd};
 pub use tracing::{Tracing, TracingError};
@@ -43,6 +45,7 @@ pub struct Telemetry {
     /// Set by [`Tracing::install`].
     pub(crate) tracer: ArcSwapOption<Tracer>,
     pub(crate) dropped_spans: Arc<AtomicU64>,
+    pub(crate) failed_metric_pushes: AtomicU64,
     /// Set by [`AccessLog::install`].
     pub(crate) access_log: ArcSwapOption<access_log::Logger>,
 }
@@ -65,7 +68,13 @@ impl Telemetry {
             tracer: ArcSwapOption::empty(),
             dropped_spans: Arc::default(),
             access_log: ArcSwapOption::empty(),
+            failed_metric_pushes: AtomicU64::new(0),
         })
+    }
+
+    /// Metric pushes ([`MetricsExport`]) the receiver did not take.
+    pub fn failed_metric_pushes(&self) -> u64 {
+        self.failed_metric_pushes.load(Ordering::Relaxed)
     }
 
     /// Access log lines dropped because the writer fell behind.
