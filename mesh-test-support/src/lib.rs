@@ -9,6 +9,7 @@
 pub mod ads;
 pub mod authz;
 pub mod backend;
+pub mod bench;
 pub mod envoy;
 pub mod http;
 pub mod jwt;

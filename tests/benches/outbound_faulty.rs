@@ -29,25 +29,9 @@ const CONCURRENCY: usize = 32;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let quick = args.iter().any(|a| a == "--quick");
-    let arg = |name: &str, default: u64| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    let reps = if quick { 1 } else { arg("--reps", 5) } as usize;
-    let secs = if quick { 2 } else { arg("--secs", 10) };
-    println!(
-        "ENV {{\"nproc\":{},\"kernel\":{:?},\"mesh\":{:?},\"reps\":{reps},\"secs\":{secs}}}",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim(),
-        env!("CARGO_PKG_VERSION"),
-    );
+    let args = mesh_test_support::bench::Args::parse(5, 10);
+    args.print_env();
+    let (reps, secs) = (args.reps, if args.quick { 2 } else { args.secs });
 
     let mut faulty = Vec::new();
     for i in 0..4 {
@@ -99,9 +83,7 @@ async fn main() {
     println!("|---|---|---|---|---|");
     for (name, reports) in &results {
         let median = |f: &dyn Fn(&LoadReport) -> f64| {
-            let mut v: Vec<f64> = reports.iter().map(f).collect();
-            v.sort_by(|a, b| a.total_cmp(b));
-            v[v.len() / 2]
+            mesh_test_support::bench::median(&reports.iter().map(f).collect::<Vec<_>>())
         };
         let requests: usize = reports.iter().map(|r| r.requests).sum();
         let worst = reports

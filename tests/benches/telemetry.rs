@@ -112,25 +112,9 @@ async fn run_bare(addr: std::net::SocketAddr, d: Duration) -> LoadReport {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let quick = args.iter().any(|a| a == "--quick");
-    let arg = |name: &str, default: u64| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    let reps = if quick { 1 } else { arg("--reps", 5) } as usize;
-    let secs = if quick { 1 } else { arg("--secs", 5) };
-    println!(
-        "ENV {{\"nproc\":{},\"kernel\":{:?},\"mesh\":{:?},\"reps\":{reps},\"secs\":{secs}}}",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim(),
-        env!("CARGO_PKG_VERSION"),
-    );
+    let args = mesh_test_support::bench::Args::parse(5, 5);
+    args.print_env();
+    let (reps, secs) = (args.reps, args.secs);
     let backend = backend().await;
     let sink = mesh_test_support::otlp::Sink::start().await;
     let tracing = |ratio: f64| {
@@ -157,15 +141,9 @@ async fn main() {
     let mut cpu_per_req: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     let mut p50: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     let duration = Duration::from_secs(secs);
-    // `--only NAME` runs one scenario (for profiling it).
-    let only = args
-        .iter()
-        .position(|a| a == "--only")
-        .and_then(|i| args.get(i + 1))
-        .cloned();
     for rep in 0..=reps {
         for (i, name) in names.iter().enumerate() {
-            if only.as_deref().is_some_and(|o| o != *name) {
+            if !args.runs(name) {
                 continue;
             }
             let before = cpu();
@@ -197,14 +175,10 @@ async fn main() {
             p50[i].push(r.quantile(0.5).as_micros() as f64);
         }
     }
-    if only.is_some() {
+    if args.only.is_some() {
         return;
     }
-    let median = |v: &[f64]| {
-        let mut v = v.to_vec();
-        v.sort_by(|a, b| a.total_cmp(b));
-        v[v.len() / 2]
-    };
+    let median = mesh_test_support::bench::median;
     println!();
     println!("| scenario | CPU µs/request | added over mesh-metrics | added over bare | p50 µs |");
     println!("|---|---|---|---|---|");

@@ -9,21 +9,11 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use mesh_tower::MeshClient;
 
-use super::meshed::{TestMesh, Workload, eventually, free_port, service};
+use super::meshed::{
+    DETAILS, PRODUCTPAGE, RATINGS, REVIEWS, TestMesh, Workload, eventually, free_port, service,
+};
 
-const fn bookinfo(app: &'static str, sa: &'static str) -> Workload<'static> {
-    Workload {
-        app,
-        namespace: "default",
-        service_account: sa,
-    }
-}
-
-const PRODUCTPAGE: Workload<'static> = bookinfo("productpage", "bookinfo-productpage");
-const DETAILS: Workload<'static> = bookinfo("details", "bookinfo-details");
-const REVIEWS: Workload<'static> = bookinfo("reviews", "bookinfo-reviews");
-const RATINGS: Workload<'static> = bookinfo("ratings", "bookinfo-ratings");
-const INGRESS: Workload<'static> = bookinfo("ingress", "istio-ingressgateway");
+const INGRESS: Workload<'static> = Workload::new("ingress", "default", "istio-ingressgateway");
 
 type Rsp = http::Response<Full<Bytes>>;
 

@@ -11,13 +11,8 @@ use http_body_util::Full;
 use mesh_test_support::authz::Authorizer;
 use mesh_tower::MeshClient;
 
-use super::meshed::{TestMesh, Workload, eventually, free_port, service};
+use super::meshed::{DETAILS, TestMesh, Workload, eventually, free_port, service};
 
-const DETAILS: Workload<'static> = Workload {
-    app: "details",
-    namespace: "default",
-    service_account: "bookinfo-details",
-};
 const SLEEP: Workload<'static> = Workload {
     app: "sleep",
     namespace: "default",

@@ -28,6 +28,30 @@ pub(crate) struct Workload<'a> {
     pub(crate) service_account: &'a str,
 }
 
+impl<'a> Workload<'a> {
+    /// A workload.
+    pub(crate) const fn new(app: &'a str, namespace: &'a str, service_account: &'a str) -> Self {
+        Self {
+            app,
+            namespace,
+            service_account,
+        }
+    }
+}
+
+/// Bookinfo's workloads in `default`, with bookinfo.yaml's service accounts.
+pub(crate) const PRODUCTPAGE: Workload<'static> =
+    Workload::new("productpage", "default", "bookinfo-productpage");
+/// Bookinfo's details.
+pub(crate) const DETAILS: Workload<'static> =
+    Workload::new("details", "default", "bookinfo-details");
+/// Bookinfo's reviews.
+pub(crate) const REVIEWS: Workload<'static> =
+    Workload::new("reviews", "default", "bookinfo-reviews");
+/// Bookinfo's ratings.
+pub(crate) const RATINGS: Workload<'static> =
+    Workload::new("ratings", "default", "bookinfo-ratings");
+
 impl TestMesh {
     /// mesh-control serving `yaml` (one file, `mesh.yaml`).
     pub(crate) async fn start(yaml: &str) -> Self {

@@ -9,16 +9,8 @@ use mesh_tower::telemetry::AccessLog;
 
 use super::meshed::{TestMesh, Workload, eventually, free_port, service};
 
-const CLIENT: Workload<'static> = Workload {
-    app: "sleep",
-    namespace: "default",
-    service_account: "sleep",
-};
-const SERVER: Workload<'static> = Workload {
-    app: "details",
-    namespace: "default",
-    service_account: "bookinfo-details",
-};
+const CLIENT: Workload<'static> = Workload::new("sleep", "default", "sleep");
+const SERVER: Workload<'static> = Workload::new("details", "default", "bookinfo-details");
 
 async fn app(
     _: http::Request<hyper::body::Incoming>,

@@ -12,16 +12,8 @@ use mesh_tower::telemetry::{MetricsExport, Telemetry};
 
 use super::meshed::{TestMesh, Workload, eventually, free_port, service};
 
-const CLIENT: Workload<'static> = Workload {
-    app: "productpage",
-    namespace: "default",
-    service_account: "bookinfo-productpage",
-};
-const SERVER: Workload<'static> = Workload {
-    app: "ratings",
-    namespace: "default",
-    service_account: "bookinfo-ratings",
-};
+const CLIENT: Workload<'static> = Workload::new("productpage", "default", "bookinfo-productpage");
+const SERVER: Workload<'static> = Workload::new("ratings", "default", "bookinfo-ratings");
 
 async fn app(
     _: http::Request<hyper::body::Incoming>,

@@ -12,18 +12,7 @@ use mesh_test_support::prometheus::Prometheus;
 use mesh_tower::MeshClient;
 use mesh_tower::admin::Admin;
 
-use super::meshed::{TestMesh, Workload, eventually, free_port, service};
-
-const PRODUCTPAGE: Workload<'static> = Workload {
-    app: "productpage",
-    namespace: "default",
-    service_account: "bookinfo-productpage",
-};
-const DETAILS: Workload<'static> = Workload {
-    app: "details",
-    namespace: "default",
-    service_account: "bookinfo-details",
-};
+use super::meshed::{DETAILS, PRODUCTPAGE, TestMesh, eventually, free_port, service};
 
 /// `/fail` answers 500; everything else 200 with a 12-byte body.
 async fn details(

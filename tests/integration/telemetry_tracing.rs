@@ -13,22 +13,12 @@ use mesh_test_support::python::OtlpReceiver;
 use mesh_tower::MeshClient;
 use mesh_tower::telemetry::{Telemetry, Tracing};
 
-use super::meshed::{TestMesh, Workload, eventually, free_port, service};
+use super::meshed::{DETAILS, PRODUCTPAGE, TestMesh, Workload, eventually, free_port, service};
 
 const INGRESS: Workload<'static> = Workload {
     app: "ingress",
     namespace: "default",
     service_account: "ingress",
-};
-const PRODUCTPAGE: Workload<'static> = Workload {
-    app: "productpage",
-    namespace: "default",
-    service_account: "bookinfo-productpage",
-};
-const DETAILS: Workload<'static> = Workload {
-    app: "details",
-    namespace: "default",
-    service_account: "bookinfo-details",
 };
 
 /// The headers Bookinfo's services copy from their request onto their own calls.

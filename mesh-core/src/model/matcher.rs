@@ -147,6 +147,25 @@ pub struct HeaderMatcher {
     pub treat_missing_as_empty: bool,
 }
 
+/// A request's authority: the URI's (HTTP/2, absolute-form HTTP/1), else its `Host` header,
+/// else empty.
+///
+/// ```
+/// let req = http::Request::get("/p").header("host", "reviews:9080").body(()).unwrap();
+/// assert_eq!(mesh_core::model::authority_of(&req), "reviews:9080");
+/// ```
+pub fn authority_of<B>(req: &http::Request<B>) -> &str {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+        .unwrap_or("")
+}
+
 /// The parts of a request the matchers look at, borrowed so that matching allocates nothing.
 #[derive(Clone, Copy, Debug)]
 pub struct RequestView<'a> {
@@ -168,17 +187,8 @@ impl<'a> RequestView<'a> {
     /// Borrows the view from an `http::Request`.
     pub fn from_request<B>(req: &'a http::Request<B>) -> Self {
         let uri = req.uri();
-        let authority = uri
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| {
-                req.headers()
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-            })
-            .unwrap_or("");
         Self {
-            authority,
+            authority: authority_of(req),
             path: uri.path(),
             query: uri.query(),
             method: req.method(),

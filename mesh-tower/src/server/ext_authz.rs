@@ -157,12 +157,8 @@ impl ExtAuthzFilter {
         let mut check = Request::builder()
             .method(req.method().clone())
             .uri(format!("{base}{path_prefix}{path}"));
-        let host = req.uri().authority().map(|a| a.as_str()).or_else(|| {
-            req.headers()
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-        });
-        if let Some(host) = host {
+        let host = mesh_core::model::authority_of(req);
+        if !host.is_empty() {
             check = check.header(http::header::HOST, host);
         }
         for (name, value) in req.headers() {
@@ -241,16 +237,7 @@ impl ExtAuthzFilter {
     ) -> Result<Answer, String> {
         let c = &self.config;
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        let host = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| {
-                req.headers()
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-            })
-            .unwrap_or("");
+        let host = mesh_core::model::authority_of(req);
         let mut headers: Vec<(&str, String)> = Vec::new();
         for name in req.headers().keys() {
             if c.allowed_headers.is_empty() || any_matches(&c.allowed_headers, name.as_str()) {

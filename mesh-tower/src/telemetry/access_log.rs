@@ -115,18 +115,8 @@ impl Entry {
         outbound: bool,
         downstream: Option<String>,
     ) -> Self {
-        let header = |k: &str| {
-            req.headers()
-                .get(k)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned()
-        };
-        let authority = req
-            .uri()
-            .authority()
-            .map(|a| a.to_string())
-            .unwrap_or_else(|| header("host"));
+        let header = |k: &str| super::header_text(req, k, "");
+        let authority = mesh_core::model::authority_of(req).to_owned();
         Self {
             start: SystemTime::now(),
             direction: if outbound { "outbound" } else { "inbound" },

@@ -25,6 +25,7 @@ use std::sync::{Arc, Weak};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use mesh_core::Mesh;
+use mesh_core::model::authority_of;
 
 pub use access_log::AccessLog;
 pub(crate) use access_log::{Entry as LogEntry, Logger as AccessLogger};
@@ -184,17 +185,16 @@ impl Telemetry {
 
 /// A span's name, as Istio's default decorator names it: `<authority>/*`.
 pub(crate) fn span_name<B>(req: &http::Request<B>) -> String {
-    let authority = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| {
-            req.headers()
-                .get(http::header::HOST)
-                .and_then(|v| v.to_str().ok())
-        })
-        .unwrap_or("");
-    format!("{authority}/*")
+    format!("{}/*", authority_of(req))
+}
+
+/// A header as text, or `default`.
+pub(crate) fn header_text<B>(req: &http::Request<B>, name: &str, default: &str) -> String {
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or(default)
+        .to_owned()
 }
 
 /// A span's opening attributes, as Envoy's tracer sets them.
@@ -203,23 +203,8 @@ pub(crate) fn span_attributes<B>(
     t: &Telemetry,
 ) -> Vec<opentelemetry::KeyValue> {
     use opentelemetry::KeyValue;
-    let header = |k: &str| {
-        req.headers()
-            .get(k)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-")
-            .to_owned()
-    };
-    let authority = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| {
-            req.headers()
-                .get(http::header::HOST)
-                .and_then(|v| v.to_str().ok())
-        })
-        .unwrap_or("");
+    let header = |k: &str| header_text(req, k, "-");
+    let authority = authority_of(req);
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
     vec![
         KeyValue::new("http.method", req.method().to_string()),
