@@ -194,22 +194,65 @@ fn the_cli_exits_non_zero_and_prints_locations() {
 }
 
 #[test]
-fn duplicate_objects_name_both_places() {
+fn an_object_twice_in_one_file_names_both_places() {
     let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews}\nspec: {host: reviews}\n";
-    let dir = std::env::temp_dir().join(format!("mesh-control-dup-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("a.yaml"), dr).unwrap();
-    std::fs::write(dir.join("b.yaml"), dr).unwrap();
+    let dir = tempfile_dir("dup-one-file");
+    std::fs::write(dir.join("a.yaml"), format!("{dr}---\n{dr}")).unwrap();
     let e = config::load_dir(&dir).unwrap_err();
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(e.len(), 1);
     let msg = e[0].to_string();
     assert!(
-        msg.contains("b.yaml:1:1")
+        msg.contains("a.yaml:6:1")
             && msg.contains("DestinationRule default/reviews is already defined at")
             && msg.contains("a.yaml:1:1"),
         "{msg}"
     );
+}
+
+#[test]
+fn the_most_recently_written_file_wins_like_kubectl_apply() {
+    let vs = |subset: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews}}\nspec:\n  hosts: [reviews]\n  http: [{{route: [{{destination: {{host: reviews, subset: {subset}}}}}]}}]\n"
+        )
+    };
+    let dir = tempfile_dir("dup-files");
+    // b.yaml first, then a.yaml: the later write wins although it sorts first.
+    std::fs::write(dir.join("b.yaml"), vs("v1")).unwrap();
+    let earlier = std::time::SystemTime::now() - std::time::Duration::from_secs(10);
+    std::fs::File::options()
+        .write(true)
+        .open(dir.join("b.yaml"))
+        .unwrap()
+        .set_modified(earlier)
+        .unwrap();
+    std::fs::write(dir.join("a.yaml"), vs("v2")).unwrap();
+    let c = config::load_dir(&dir).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(c.objects.len(), 1);
+    assert!(c.objects[0].origin.file.ends_with("a.yaml"));
+    let w = c
+        .warnings
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        w.contains("b.yaml:1:1")
+            && w.contains(
+                "VirtualService default/reviews is replaced by the more recently written"
+            )
+            && w.contains("a.yaml:1:1"),
+        "{w}"
+    );
+}
+
+fn tempfile_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("mesh-control-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 fn analyzed(yaml: &str) -> Vec<String> {

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 
 /// GET `path` from `addr` with extra headers (`host` may be among them); returns status and body.
@@ -23,6 +23,19 @@ pub async fn request(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<(u16, String), String> {
+    exchange(addr, method, path, headers, Bytes::new())
+        .await
+        .map(|(status, _, body)| (status, body))
+}
+
+/// Sends a request with a body; returns status, response headers and body.
+pub async fn exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Result<(u16, http::HeaderMap, String), String> {
     let stream = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect {addr}: {e}"))?;
@@ -37,14 +50,17 @@ pub async fn request(
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let req = req.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
+    let req = req
+        .body(http_body_util::Full::new(body))
+        .map_err(|e| e.to_string())?;
     let rsp = sender.send_request(req).await.map_err(|e| e.to_string())?;
     let status = rsp.status().as_u16();
+    let headers = rsp.headers().clone();
     let body = rsp
         .into_body()
         .collect()
         .await
         .map_err(|e| e.to_string())?
         .to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    Ok((status, headers, String::from_utf8_lossy(&body).into_owned()))
 }

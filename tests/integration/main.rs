@@ -5,6 +5,7 @@ mod ads_connectivity;
 mod ads_resource_lifecycle;
 mod ads_transports;
 mod bad_input;
+mod bookinfo;
 mod control_plane;
 mod control_plane_authz;
 mod control_plane_policy;

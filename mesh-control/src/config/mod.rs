@@ -185,16 +185,29 @@ fn io_diagnostic(path: &Path, e: std::io::Error) -> Diagnostic {
 }
 
 /// Reads the given files; all errors are collected, not just the first.
+///
+/// An object defined again in another file replaces the earlier definition when its file
+/// was written more recently (the same name order breaks a tie), with a warning: dropping an
+/// Istio task's file into the directory applies it over what is there, as `kubectl apply`
+/// would. Twice in one file is an error.
 pub fn load_files(files: &[PathBuf]) -> Result<Config, Vec<Diagnostic>> {
     let mut config = Config::default();
     let mut errors = Vec::new();
+    let mut written = Vec::new();
     for file in files {
         match std::fs::read_to_string(file) {
-            Ok(text) => parse_into(&text, file, &mut config, &mut errors),
+            Ok(text) => {
+                let before = config.objects.len();
+                parse_into(&text, file, &mut config, &mut errors);
+                let mtime = std::fs::metadata(file)
+                    .and_then(|m| m.modified())
+                    .unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+                written.extend(std::iter::repeat_n(mtime, config.objects.len() - before));
+            }
             Err(e) => errors.push(io_diagnostic(file, e)),
         }
     }
-    errors.extend(duplicates(&config));
+    errors.extend(resolve_duplicates(&mut config, &written));
     if errors.is_empty() {
         Ok(config)
     } else {
@@ -202,29 +215,59 @@ pub fn load_files(files: &[PathBuf]) -> Result<Config, Vec<Diagnostic>> {
     }
 }
 
-/// The same kind, namespace and name twice: one would silently replace the other.
-fn duplicates(config: &Config) -> Vec<Diagnostic> {
-    let mut seen: BTreeMap<(&str, &str, &str), &Origin> = BTreeMap::new();
-    let mut out = Vec::new();
-    for o in &config.objects {
+/// The same kind, namespace and name twice: in one file an error; across files the most
+/// recently written definition stays, with a warning naming the one it replaces.
+fn resolve_duplicates(config: &mut Config, written: &[std::time::SystemTime]) -> Vec<Diagnostic> {
+    let mut winner: BTreeMap<(String, String, String), usize> = BTreeMap::new();
+    let mut errors = Vec::new();
+    let mut dropped = vec![false; config.objects.len()];
+    for (i, o) in config.objects.iter().enumerate() {
         let key = (
-            o.spec.kind(),
-            o.metadata.namespace(),
-            o.metadata.name.as_str(),
+            o.spec.kind().to_owned(),
+            o.metadata.namespace().to_owned(),
+            o.metadata.name.clone(),
         );
-        if let Some(first) = seen.insert(key, &o.origin) {
-            out.push(Diagnostic {
+        let Some(&j) = winner.get(&key) else {
+            winner.insert(key, i);
+            continue;
+        };
+        let first = &config.objects[j];
+        if first.origin.file == o.origin.file {
+            errors.push(Diagnostic {
                 origin: o.origin.clone(),
                 field: Some("metadata.name".into()),
                 message: format!(
-                    "{} {}/{} is already defined at {first}",
-                    key.0, key.1, key.2
+                    "{} {}/{} is already defined at {}",
+                    key.0, key.1, key.2, first.origin
                 ),
                 severity: Severity::Error,
             });
+            continue;
         }
+        // Files come in name order, so a tie goes to the later one.
+        let (keep, lose) = if written[i] >= written[j] {
+            (i, j)
+        } else {
+            (j, i)
+        };
+        dropped[lose] = true;
+        winner.insert(key.clone(), keep);
+        config.warnings.push(Diagnostic {
+            origin: config.objects[lose].origin.clone(),
+            field: Some("metadata.name".into()),
+            message: format!(
+                "{} {}/{} is replaced by the more recently written {}",
+                key.0, key.1, key.2, config.objects[keep].origin
+            ),
+            severity: Severity::Warning,
+        });
     }
-    out
+    let mut i = 0;
+    config.objects.retain(|_| {
+        i += 1;
+        !dropped[i - 1]
+    });
+    errors
 }
 
 /// Parses YAML text (several documents allowed) named `file` in diagnostics.
