@@ -22,6 +22,8 @@
 
 mod ca;
 pub mod details;
+pub mod fortio;
+pub mod httpbin;
 pub mod networking;
 pub mod productpage;
 pub mod ratings;

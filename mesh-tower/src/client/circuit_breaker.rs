@@ -6,7 +6,7 @@
 //! the span for which Envoy counts a request active.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use mesh_core::model::CircuitBreakers;
 use tokio::sync::Notify;
@@ -46,6 +46,12 @@ pub(crate) struct Counters {
     pub(crate) connections: AtomicU32,
     /// Signalled when an HTTP/1 connection becomes idle or closes, for pending requests.
     pub(crate) freed: Notify,
+    /// Envoy's overflow counters: requests refused by `max_requests`
+    /// (`upstream_rq_pending_overflow` counts both, as Envoy's does for HTTP/1), by
+    /// `max_pending_requests`, and retries refused.
+    pub(crate) rq_overflow: AtomicU64,
+    pub(crate) pending_overflow: AtomicU64,
+    pub(crate) retry_overflow: AtomicU64,
 }
 
 /// Increments `counter` unless it is already at `max`.
@@ -60,7 +66,11 @@ fn try_acquire(counter: &AtomicU32, max: u32) -> bool {
 impl Counters {
     /// Admits one more request unless `max_requests` are active.
     pub(crate) fn try_request(&self, limits: &CircuitBreakers) -> bool {
-        try_acquire(&self.active_requests, limits.max_requests)
+        let ok = try_acquire(&self.active_requests, limits.max_requests);
+        if !ok {
+            self.rq_overflow.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
     }
 
     /// Admits one more retry unless the cluster's limit (its retry budget, else
@@ -71,8 +81,11 @@ impl Counters {
         limits: &CircuitBreakers,
         client: Option<&RetryBudget>,
     ) -> Option<RetrySlot> {
-        self.retry_admitted(limits, client)
-            .then(|| RetrySlot(self.clone()))
+        let admitted = self.retry_admitted(limits, client);
+        if !admitted {
+            self.retry_overflow.fetch_add(1, Ordering::Relaxed);
+        }
+        admitted.then(|| RetrySlot(self.clone()))
     }
 
     fn retry_admitted(&self, limits: &CircuitBreakers, client: Option<&RetryBudget>) -> bool {
@@ -102,7 +115,11 @@ impl Counters {
 
     /// Counts a request waiting for a connection unless `max_pending_requests` wait already.
     pub(crate) fn try_pending(&self, limits: &CircuitBreakers) -> Option<PendingGuard<'_>> {
-        try_acquire(&self.pending, limits.max_pending_requests).then(|| PendingGuard(self))
+        let ok = try_acquire(&self.pending, limits.max_pending_requests);
+        if !ok {
+            self.pending_overflow.fetch_add(1, Ordering::Relaxed);
+        }
+        ok.then(|| PendingGuard(self))
     }
 }
 

@@ -376,6 +376,9 @@ impl ClusterStore {
                     "active_retries": c.active_retries.load(Ordering::Relaxed),
                     "pending_requests": c.pending.load(Ordering::Relaxed),
                     "connections": c.connections.load(Ordering::Relaxed),
+                    "upstream_rq_pending_overflow": c.pending_overflow.load(Ordering::Relaxed),
+                    "upstream_rq_overflow": c.rq_overflow.load(Ordering::Relaxed),
+                    "upstream_rq_retry_overflow": c.retry_overflow.load(Ordering::Relaxed),
                     "hosts": hosts,
                 })
             })

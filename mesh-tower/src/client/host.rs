@@ -210,6 +210,19 @@ impl Host {
     ) -> Result<Response<Incoming>, SendError> {
         let mut conn = self.checkout_h1(settings, counters, limits).await?;
         conn.used += 1;
+        let last = settings
+            .max_requests_per_connection
+            .is_some_and(|max| conn.used >= max);
+        let mut req = req;
+        if last {
+            // The connection's last request: ask the server to close it when it answers, as
+            // Envoy does, so the connection (and its `max_connections` slot) ends with the
+            // response rather than whenever the idle connection is noticed.
+            req.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+        }
         let rsp = conn.tx.send_request(req).await;
         // The connection is free again once the response body has been read; a task waits for
         // that and puts it back (hyper's own pooled client does the same).

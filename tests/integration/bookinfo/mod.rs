@@ -7,6 +7,7 @@
 //! files from ../shared/istio-samples.
 
 mod faults;
+mod httpbin_tasks;
 mod routing;
 mod security;
 mod timeouts;
