@@ -452,7 +452,8 @@ impl Body for RspBody {
             RspKind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
         };
         if this.exchange.is_some() {
-            crate::telemetry::exchange::observe_frame(&mut this.exchange, &polled);
+            let ended = this.is_end_stream();
+            crate::telemetry::exchange::observe_frame(&mut this.exchange, &polled, ended);
         }
         polled
     }

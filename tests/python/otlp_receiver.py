@@ -5,11 +5,23 @@ the count, sum and bucket counts of a histogram)."""
 
 import json
 import sys
+import threading
 from concurrent import futures
 
 import grpc
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+
+# Export calls run on several threads; one lock keeps each JSON line whole.
+_out = threading.Lock()
+
+
+def emit(record):
+    line = json.dumps(record) + "\n"
+    with _out:
+        sys.stdout.write(line)
+        sys.stdout.flush()
 
 
 def value(v):
@@ -23,7 +35,7 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
             resource = {a.key: value(a.value) for a in rs.resource.attributes}
             for ss in rs.scope_spans:
                 for s in ss.spans:
-                    print(json.dumps({
+                    emit({
                         "signal": "span",
                         "service": resource.get("service.name", ""),
                         "name": s.name,
@@ -32,7 +44,7 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
                         "span_id": s.span_id.hex(),
                         "parent_span_id": s.parent_span_id.hex(),
                         "attributes": {a.key: value(a.value) for a in s.attributes},
-                    }), flush=True)
+                    })
         return trace_service_pb2.ExportTraceServiceResponse()
 
 
@@ -56,7 +68,7 @@ class MetricsReceiver(metrics_service_pb2_grpc.MetricsServiceServicer):
                                         explicit_bounds=list(p.explicit_bounds))
                         else:
                             line["value"] = p.as_int if p.HasField("as_int") else p.as_double
-                        print(json.dumps(line), flush=True)
+                        emit(line)
         return metrics_service_pb2.ExportMetricsServiceResponse()
 
 
@@ -66,7 +78,10 @@ def main():
     metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(MetricsReceiver(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    print(f"PORT {port}", flush=True)
+    emit_port = f"PORT {port}\n"
+    with _out:
+        sys.stdout.write(emit_port)
+        sys.stdout.flush()
     server.wait_for_termination()
 
 

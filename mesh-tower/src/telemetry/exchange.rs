@@ -139,15 +139,21 @@ impl Drop for Exchange {
 }
 
 /// Counts a response body's frames for an [`Exchange`], which records when the body ends
-/// or is dropped.
+/// or is dropped. `ended` says whether the body has nothing more after this frame: hyper
+/// stops polling a body that says so, and may keep it (and so the exchange) until the
+/// connection's next request, so the end is recorded with the last frame.
 pub(crate) fn observe_frame<E>(
     exchange: &mut Option<Exchange>,
     polled: &Poll<Option<Result<Frame<Bytes>, E>>>,
+    ended: bool,
 ) {
     match polled {
         Poll::Ready(Some(Ok(f))) => {
             if let Some(x) = exchange {
                 x.frame(f);
+            }
+            if ended {
+                drop(exchange.take());
             }
         }
         // The end, or an error: record now rather than when the body is dropped.
@@ -179,9 +185,10 @@ impl<B: Body<Data = Bytes>> Body for Observed<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
-        observe_frame(this.exchange, &polled);
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
+        let ended = this.inner.is_end_stream();
+        observe_frame(this.exchange, &polled, ended);
         polled
     }
 
