@@ -1,0 +1,61 @@
+//! [`Server`]: tonic services behind the mesh's inbound side.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use tonic::body::Body;
+use tonic::server::NamedService;
+use tonic::service::Routes;
+
+/// A meshed gRPC server: tonic services served by [`mesh_tower::serve`], so they get the
+/// inbound listener the control plane sends (`server_listener_resource_name_template`,
+/// gRFC A36: nothing is served before it arrives): STRICT / PERMISSIVE mTLS, the caller's
+/// SPIFFE identity in each request's extensions, AuthorizationPolicy, RequestAuthentication,
+/// rate limits and telemetry. Local refusals are gRPC statuses (`PERMISSION_DENIED` for
+/// RBAC, `UNAUTHENTICATED` for a bad token, `UNAVAILABLE` for a rate limit).
+///
+/// ```no_run
+/// # async fn run(mesh: mesh_core::Mesh) -> Result<(), Box<dyn std::error::Error>> {
+/// # let ratings = tonic::service::Routes::default();
+/// mesh_grpc::Server::builder(&mesh)
+///     // .add_service(RatingsServer::new(ratings))   // any tonic-generated server
+///     .serve("0.0.0.0:9080".parse()?)
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+#[must_use = "a server does nothing until `serve` is awaited"]
+pub struct Server {
+    mesh: mesh_core::Mesh,
+    routes: Routes,
+}
+
+impl Server {
+    /// A server for `mesh`, with no services yet.
+    pub fn builder(mesh: &mesh_core::Mesh) -> Self {
+        Self {
+            mesh: mesh.clone(),
+            routes: Routes::default(),
+        }
+    }
+
+    /// Adds a tonic service (a generated `…Server`).
+    pub fn add_service<S>(mut self, svc: S) -> Self
+    where
+        S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.routes = self.routes.add_service(svc);
+        self
+    }
+
+    /// Serves on `addr` until an error.
+    pub async fn serve(self, addr: SocketAddr) -> Result<(), mesh_tower::server::ServeError> {
+        mesh_tower::serve(&self.mesh, addr, self.routes.prepare()).await
+    }
+}
