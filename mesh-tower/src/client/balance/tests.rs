@@ -170,6 +170,10 @@ fn locality_weights_split_traffic() {
 
 #[test]
 fn previous_hosts_are_avoided() {
+    // Seeded like the other sampling tests: a clean-clone CI run once drew host 0 on all 21
+    // picks (1 in 2^21 per loop, about one run in 20,000 unseeded), which says nothing about
+    // the avoidance.
+    fastrand::seed(7);
     let entries = vec![entry(1, 1, 0), entry(2, 1, 0)];
     let policy = LbPolicy::Random;
     let table = LbTable::build(&entries, cfg(&policy));
