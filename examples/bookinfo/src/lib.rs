@@ -204,18 +204,8 @@ impl Bookinfo {
         };
         std::fs::write(config_dir.join("destination-rule-all.yaml"), rules)?;
 
-        let control_plane = Arc::new(
-            mesh_control::control::ControlPlane::new(&config_dir).map_err(|diags| {
-                anyhow::anyhow!(
-                    "{}",
-                    diags
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                )
-            })?,
-        );
+        let control_plane =
+            Arc::new(mesh_control::control::ControlPlane::new(&config_dir).map_err(rejected)?);
         let listener = tokio::net::TcpListener::bind(bind_addr(opts.xds_port, 0))
             .await
             .context("binding the ADS port")?;
@@ -299,16 +289,7 @@ impl Bookinfo {
     }
 
     fn reload(&self) -> anyhow::Result<u64> {
-        self.control_plane.reload().map_err(|diags| {
-            anyhow::anyhow!(
-                "{}",
-                diags
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            )
-        })
+        self.control_plane.reload().map_err(rejected)
     }
 
     async fn wait_until_serving(&self) -> anyhow::Result<()> {
@@ -336,6 +317,12 @@ impl Bookinfo {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// mesh-control's diagnostics (each `file:line:column: field: why`) as one error.
+fn rejected(diags: Vec<mesh_control::config::Diagnostic>) -> anyhow::Error {
+    let lines: Vec<String> = diags.iter().map(ToString::to_string).collect();
+    anyhow::anyhow!("{}", lines.join("\n"))
 }
 
 /// A workload's mesh: the bootstrap istio-agent would write for it.
