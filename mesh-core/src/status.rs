@@ -53,35 +53,21 @@ pub fn resource_json(type_url: &str, bytes: &[u8]) -> Result<serde_json::Value, 
 /// assert_eq!(mesh_core::status::rfc3339_millis(t), "1970-01-01T00:00:01.500Z");
 /// ```
 pub fn rfc3339_millis(t: SystemTime) -> String {
-    let ms = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_millis());
-    let s = rfc3339(t);
-    format!("{}.{ms:03}Z", s.trim_end_matches('Z'))
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    time::OffsetDateTime::from(t)
+        .format(format)
+        .unwrap_or_default()
 }
 
 /// RFC 3339 (UTC, seconds) for a time, as config dumps show times.
 fn rfc3339(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since the epoch (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let format =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+    time::OffsetDateTime::from(t)
+        .format(format)
+        .unwrap_or_default()
 }
 
 /// Every subscribed resource as JSON: `{"node": …, "resources": [{"type", "name",
