@@ -217,98 +217,12 @@ pub fn decode_response(bytes: &[u8]) -> Result<CheckResponse, String> {
     })
 }
 
-#[allow(deprecated)]
-/// Encodes a `CheckResponse` (for test authorization servers).
-pub fn encode_response(r: &CheckResponse) -> Vec<u8> {
-    use auth::check_response::HttpResponse;
-    let options = |list: &[HeaderToSet]| -> Vec<core::HeaderValueOption> {
-        list.iter()
-            .map(|h| core::HeaderValueOption {
-                header: Some(core::HeaderValue {
-                    key: h.name.clone(),
-                    value: h.value.clone(),
-                    ..Default::default()
-                }),
-                append: Some(envoy_types::pb::google::protobuf::BoolValue { value: h.append }),
-                ..Default::default()
-            })
-            .collect()
-    };
-    let msg = match r {
-        CheckResponse::Allowed {
-            headers,
-            headers_to_remove,
-            response_headers,
-        } => auth::CheckResponse {
-            status: Some(Default::default()),
-            http_response: Some(HttpResponse::OkResponse(auth::OkHttpResponse {
-                headers: options(headers),
-                headers_to_remove: headers_to_remove.clone(),
-                response_headers_to_add: options(response_headers),
-                ..Default::default()
-            })),
-            ..Default::default()
-        },
-        CheckResponse::Denied {
-            status,
-            headers,
-            body,
-        } => auth::CheckResponse {
-            status: Some(envoy_types::pb::google::rpc::Status {
-                code: 7,
-                ..Default::default()
-            }),
-            http_response: Some(HttpResponse::DeniedResponse(auth::DeniedHttpResponse {
-                status: Some(envoy_types::pb::envoy::r#type::v3::HttpStatus {
-                    code: i32::from(*status),
-                }),
-                headers: options(headers),
-                body: body.clone(),
-            })),
-            ..Default::default()
-        },
-    };
-    msg.encode_to_vec()
-}
-
-/// Decodes a `CheckRequest` into what a test authorization server looks at: method, path,
-/// host, headers and the source principal.
-pub fn decode_request(bytes: &[u8]) -> Result<DecodedCheck, String> {
-    let msg =
-        auth::CheckRequest::decode(bytes).map_err(|e| format!("invalid CheckRequest: {e}"))?;
-    let attrs = msg.attributes.unwrap_or_default();
-    let http = attrs.request.and_then(|r| r.http).unwrap_or_default();
-    Ok(DecodedCheck {
-        method: http.method,
-        path: http.path,
-        host: http.host,
-        headers: http.headers.into_iter().collect(),
-        source_principal: attrs.source.map(|s| s.principal).unwrap_or_default(),
-    })
-}
-
-/// A decoded `CheckRequest`, the parts tests look at.
-#[derive(Clone, Debug, Default)]
-#[non_exhaustive]
-pub struct DecodedCheck {
-    /// Method.
-    pub method: String,
-    /// Path with query.
-    pub path: String,
-    /// Authority.
-    pub host: String,
-    /// Headers.
-    pub headers: std::collections::BTreeMap<String, String>,
-    /// The caller's principal.
-    pub source_principal: String,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn requests_and_answers_round_trip() {
+    fn requests_carry_the_attributes() {
         let req = CheckRequest {
             method: "POST",
             path: "/a?b=c",
@@ -317,32 +231,96 @@ mod tests {
             source_principal: Some("spiffe://cluster.local/ns/default/sa/productpage"),
             ..CheckRequest::default()
         };
-        let d = decode_request(&encode_request(&req)).unwrap();
-        assert_eq!((d.method.as_str(), d.path.as_str()), ("POST", "/a?b=c"));
-        assert_eq!(d.headers["x-ext-authz"], "allow");
+        let msg = auth::CheckRequest::decode(encode_request(&req).as_slice()).unwrap();
+        let attrs = msg.attributes.unwrap();
+        let http = attrs.request.unwrap().http.unwrap();
         assert_eq!(
-            d.source_principal,
+            (http.method.as_str(), http.path.as_str()),
+            ("POST", "/a?b=c")
+        );
+        assert_eq!(
+            (http.host.as_str(), http.query.as_str()),
+            ("details:9080", "b=c")
+        );
+        assert_eq!(http.headers["x-ext-authz"], "allow");
+        assert_eq!(
+            attrs.source.unwrap().principal,
             "spiffe://cluster.local/ns/default/sa/productpage"
         );
-        let denied = CheckResponse::Denied {
-            status: 401,
-            headers: vec![HeaderToSet {
-                name: "x-why".into(),
-                value: "no".into(),
-                append: false,
-            }],
-            body: "denied".into(),
+    }
+
+    #[allow(deprecated)]
+    fn header(k: &str, v: &str, append: bool) -> core::HeaderValueOption {
+        core::HeaderValueOption {
+            header: Some(core::HeaderValue {
+                key: k.into(),
+                value: v.into(),
+                ..Default::default()
+            }),
+            append: Some(envoy_types::pb::google::protobuf::BoolValue { value: append }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn answers_are_read_as_decisions() {
+        use auth::check_response::HttpResponse;
+        let denied = auth::CheckResponse {
+            status: Some(envoy_types::pb::google::rpc::Status {
+                code: 7,
+                ..Default::default()
+            }),
+            http_response: Some(HttpResponse::DeniedResponse(auth::DeniedHttpResponse {
+                status: Some(envoy_types::pb::envoy::r#type::v3::HttpStatus { code: 401 }),
+                headers: vec![header("X-Why", "no", false)],
+                body: "denied".into(),
+            })),
+            ..Default::default()
         };
-        assert_eq!(decode_response(&encode_response(&denied)).unwrap(), denied);
-        let ok = CheckResponse::Allowed {
-            headers: vec![HeaderToSet {
-                name: "x-user".into(),
-                value: "alice".into(),
-                append: false,
-            }],
-            headers_to_remove: vec!["x-secret".into()],
-            response_headers: vec![],
+        assert_eq!(
+            decode_response(&denied.encode_to_vec()).unwrap(),
+            CheckResponse::Denied {
+                status: 401,
+                headers: vec![HeaderToSet {
+                    name: "x-why".into(),
+                    value: "no".into(),
+                    append: false,
+                }],
+                body: "denied".into(),
+            }
+        );
+        let ok = auth::CheckResponse {
+            status: Some(Default::default()),
+            http_response: Some(HttpResponse::OkResponse(auth::OkHttpResponse {
+                headers: vec![header("x-user", "alice", true)],
+                headers_to_remove: vec!["x-secret".into()],
+                ..Default::default()
+            })),
+            ..Default::default()
         };
-        assert_eq!(decode_response(&encode_response(&ok)).unwrap(), ok);
+        assert_eq!(
+            decode_response(&ok.encode_to_vec()).unwrap(),
+            CheckResponse::Allowed {
+                headers: vec![HeaderToSet {
+                    name: "x-user".into(),
+                    value: "alice".into(),
+                    append: true,
+                }],
+                headers_to_remove: vec!["x-secret".into()],
+                response_headers: vec![],
+            }
+        );
+        // A non-OK status without an HTTP part still denies.
+        let bare = auth::CheckResponse {
+            status: Some(envoy_types::pb::google::rpc::Status {
+                code: 7,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(matches!(
+            decode_response(&bare.encode_to_vec()),
+            Ok(CheckResponse::Denied { status: 403, .. })
+        ));
     }
 }
