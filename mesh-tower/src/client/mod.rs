@@ -270,7 +270,7 @@ impl Outbound {
             })
         });
         let seen = Seen::of(&req);
-        let log = self.telemetry.log_entry(&req, true, None);
+        let log = self.telemetry.log_entry(&req, true, || None);
         let rsp = self.clone().dispatch(req).await?;
         Ok(self.observe(seen, start, rsp, span, log))
     }

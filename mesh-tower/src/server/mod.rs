@@ -365,16 +365,14 @@ where
                     (span_name(req), attributes)
                 })
             });
-            let mut log = conn.telemetry.log_entry(
-                &req,
-                false,
+            let mut log = conn.telemetry.log_entry(&req, false, || {
                 Some(
                     identity
                         .spiffe_id
                         .as_ref()
                         .map_or_else(|| identity.addr.to_string(), |id| id.to_string()),
-                ),
-            );
+                )
+            });
             let mut observe = |status, headers: &http::HeaderMap, flags| {
                 Exchange::new(
                     conn.telemetry.clone(),

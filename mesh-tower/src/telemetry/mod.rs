@@ -86,15 +86,16 @@ impl Telemetry {
             .map_or(0, |l| l.dropped.load(Ordering::Relaxed))
     }
 
-    /// The access log's capture of a request starting now, when the log is on.
+    /// The access log's capture of a request starting now, when the log is on (`downstream`
+    /// names the caller; it is only asked for then).
     pub(crate) fn log_entry<B>(
         &self,
         req: &http::Request<B>,
         outbound: bool,
-        downstream: Option<String>,
+        downstream: impl FnOnce() -> Option<String>,
     ) -> Option<(Arc<access_log::Logger>, Box<LogEntry>)> {
         let logger = self.access_log.load_full()?;
-        Some((logger, Box::new(LogEntry::of(req, outbound, downstream))))
+        Some((logger, Box::new(LogEntry::of(req, outbound, downstream()))))
     }
 
     /// Spans dropped because the OTLP receiver did not take them.
