@@ -466,55 +466,55 @@ enum Location {
 /// The provider's token in the request, from its locations in order (Envoy's default:
 /// `Authorization: Bearer …`, then the `access_token` query parameter).
 fn extract<B>(p: &JwtProvider, req: &http::Request<B>) -> Option<Token> {
-    const DEFAULT_HEADERS: &[(HeaderName, &str)] = &[(http::header::AUTHORIZATION, "Bearer ")];
-    let defaults = p.from_headers.is_empty() && p.from_params.is_empty();
-    let configured = p.from_headers.iter().map(|(n, prefix)| (n, &**prefix));
-    let headers: Box<dyn Iterator<Item = (&HeaderName, &str)>> = if defaults {
-        Box::new(DEFAULT_HEADERS.iter().map(|(n, p)| (n, *p)))
-    } else {
-        Box::new(configured)
-    };
-    for (name, prefix) in headers {
-        for value in req.headers().get_all(name) {
-            let Ok(value) = value.to_str() else { continue };
-            let rest = if prefix.is_empty() {
-                Some(value)
-            } else if value.len() >= prefix.len()
-                && value.is_char_boundary(prefix.len())
-                && value[..prefix.len()].eq_ignore_ascii_case(prefix)
-            {
-                Some(&value[prefix.len()..])
-            } else {
-                None
-            };
-            if let Some(token) = rest
-                .map(str::trim)
-                .and_then(|t| t.split([',', ' ']).next())
-                .filter(|t| !t.is_empty())
-            {
-                return Some(Token {
-                    value: token.to_owned(),
-                    location: Location::Header(name.clone()),
-                });
-            }
-        }
+    if p.from_headers.is_empty() && p.from_params.is_empty() {
+        return header_token(req, &http::header::AUTHORIZATION, "Bearer ")
+            .or_else(|| query_token(req, "access_token"));
     }
-    let params: &[Box<str>] = if defaults { &[] } else { &p.from_params };
-    let default_param = defaults.then_some("access_token");
-    let query = req.uri().query()?;
-    params
+    p.from_headers
         .iter()
-        .map(|p| &**p)
-        .chain(default_param)
-        .find_map(|param| {
-            query.split('&').find_map(|kv| {
-                let (k, v) = kv.split_once('=')?;
-                (k == param && !v.is_empty()).then(|| Token {
-                    value: v.to_owned(),
-                    location: Location::Query,
-                })
-            })
+        .find_map(|(name, prefix)| header_token(req, name, prefix))
+        .or_else(|| {
+            p.from_params
+                .iter()
+                .find_map(|param| query_token(req, param))
         })
+}
+
+/// The token in header `name` after `prefix` (ASCII case aside), up to a space or comma.
+fn header_token<B>(req: &http::Request<B>, name: &HeaderName, prefix: &str) -> Option<Token> {
+    req.headers().get_all(name).iter().find_map(|value| {
+        let value = value.to_str().ok()?;
+        let rest = if prefix.is_empty() {
+            value
+        } else if value.len() >= prefix.len()
+            && value.is_char_boundary(prefix.len())
+            && value[..prefix.len()].eq_ignore_ascii_case(prefix)
+        {
+            &value[prefix.len()..]
+        } else {
+            return None;
+        };
+        let token = rest
+            .trim()
+            .split([',', ' '])
+            .next()
+            .filter(|t| !t.is_empty())?;
+        Some(Token {
+            value: token.to_owned(),
+            location: Location::Header(name.clone()),
+        })
+    })
+}
+
+/// The token in query parameter `param`.
+fn query_token<B>(req: &http::Request<B>, param: &str) -> Option<Token> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == param && !v.is_empty()).then(|| Token {
+            value: v.to_owned(),
+            location: Location::Query,
+        })
+    })
 }
 
 #[cfg(test)]
