@@ -21,32 +21,16 @@ const INGRESS: Workload<'static> = Workload {
     service_account: "ingress",
 };
 
-/// The headers Bookinfo's services copy from their request onto their own calls.
-const PROPAGATED: &[&str] = &[
-    "x-request-id",
-    "traceparent",
-    "tracestate",
-    "x-b3-traceid",
-    "x-b3-spanid",
-    "x-b3-parentspanid",
-    "x-b3-sampled",
-    "x-b3-flags",
-    "b3",
-];
-
 async fn productpage(
     client: MeshClient,
     req: http::Request<hyper::body::Incoming>,
 ) -> Result<http::Response<Full<Bytes>>, Infallible> {
-    let mut call = http::Request::get("http://details:9080/details/0");
-    for h in PROPAGATED {
-        if let Some(v) = req.headers().get(*h) {
-            call = call.header(*h, v);
-        }
-    }
-    let rsp = client
-        .send(call.body(Full::<Bytes>::default()).unwrap())
-        .await;
+    // What Bookinfo's services copy from their request onto their own calls.
+    let mut call = http::Request::get("http://details:9080/details/0")
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    *call.headers_mut() = mesh_bookinfo::web::propagated(req.headers());
+    let rsp = client.send(call).await;
     let body = match rsp {
         Ok(r) => r
             .into_body()

@@ -32,12 +32,8 @@ pub async fn handle<B>(req: Request<B>) -> Reply {
     if path == "/health" {
         return web::json(StatusCode::OK, &json!({"status": "Details is healthy"}));
     }
-    match web::id_after(path, "/details/") {
-        Some(Ok(id)) => web::json(StatusCode::OK, &details(id)),
-        Some(Err(_)) => web::json(
-            StatusCode::BAD_REQUEST,
-            &json!({"error": "please provide numeric product id"}),
-        ),
-        None => web::json(StatusCode::NOT_FOUND, &json!({"error": "not found"})),
+    match web::product_id(path, "/details/", "please provide numeric product id") {
+        Ok(id) => web::json(StatusCode::OK, &details(id)),
+        Err((status, error)) => web::json(status, &error),
     }
 }

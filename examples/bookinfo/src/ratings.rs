@@ -35,15 +35,9 @@ impl Ratings {
         if path == "/health" {
             return web::json(StatusCode::OK, &json!({"status": "Ratings is healthy"}));
         }
-        let id = match web::id_after(&path, "/ratings/") {
-            Some(Ok(id)) => id,
-            Some(Err(_)) => {
-                return web::json(
-                    StatusCode::BAD_REQUEST,
-                    &json!({"error": "please provide numeric product ID"}),
-                );
-            }
-            None => return web::json(StatusCode::NOT_FOUND, &json!({"error": "not found"})),
+        let id = match web::product_id(&path, "/ratings/", "please provide numeric product ID") {
+            Ok(id) => id,
+            Err((status, error)) => return web::json(status, &error),
         };
         match *req.method() {
             Method::GET => web::json(StatusCode::OK, &json!({"id": id, "ratings": self.of(id)})),

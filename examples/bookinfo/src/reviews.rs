@@ -70,15 +70,9 @@ impl Reviews {
         if path == "/health" {
             return web::json(StatusCode::OK, &json!({"status": "Reviews is healthy"}));
         }
-        let id = match web::id_after(path, "/reviews/") {
-            Some(Ok(id)) => id,
-            Some(Err(_)) => {
-                return web::json(
-                    StatusCode::BAD_REQUEST,
-                    &json!({"error": "please provide numeric product ID"}),
-                );
-            }
-            None => return web::json(StatusCode::NOT_FOUND, &json!({"error": "not found"})),
+        let id = match web::product_id(path, "/reviews/", "please provide numeric product ID") {
+            Ok(id) => id,
+            Err((status, error)) => return web::json(status, &error),
         };
         let ratings = match self.version.ratings() {
             None => None,

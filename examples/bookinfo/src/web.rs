@@ -101,9 +101,53 @@ pub async fn get(client: &MeshClient, url: &str, headers: &HeaderMap, timeout: D
     }
 }
 
-/// The product id of `/prefix/{id}…`, when it is a number.
-pub fn id_after<'a>(path: &'a str, prefix: &str) -> Option<Result<u32, &'a str>> {
-    let rest = path.strip_prefix(prefix)?;
+/// The product id of `/prefix/{id}…`, or the status and JSON error to answer instead: 400
+/// with `{"error": not_numeric}` (each original app has its own wording), 404 when the path
+/// is not `/prefix/…`.
+pub fn product_id(
+    path: &str,
+    prefix: &str,
+    not_numeric: &str,
+) -> Result<u32, (StatusCode, serde_json::Value)> {
+    let Some(rest) = path.strip_prefix(prefix) else {
+        return Err((
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "not found"}),
+        ));
+    };
     let id = rest.split('/').next().unwrap_or(rest);
-    Some(id.parse().map_err(|_| id))
+    id.parse().map_err(|_| {
+        (
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"error": not_numeric}),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn product_ids_are_numbers_after_the_prefix() {
+        assert_eq!(product_id("/ratings/7", "/ratings/", "x").unwrap(), 7);
+        assert_eq!(product_id("/reviews/0/extra", "/reviews/", "x").unwrap(), 0);
+        let (status, body) = product_id(
+            "/ratings/abc",
+            "/ratings/",
+            "please provide numeric product ID",
+        )
+        .unwrap_err();
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (
+                StatusCode::BAD_REQUEST,
+                Some("please provide numeric product ID")
+            )
+        );
+        assert_eq!(
+            product_id("/other", "/ratings/", "x").unwrap_err().0,
+            StatusCode::NOT_FOUND
+        );
+    }
 }
