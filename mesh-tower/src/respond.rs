@@ -116,6 +116,12 @@ fn percent_encode(s: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The `grpc-status` a header block carries (a trailers-only response's headers, or the
+/// trailers), if any.
+pub(crate) fn grpc_status(h: &http::HeaderMap) -> Option<u16> {
+    h.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
 /// Whether a request is gRPC (its local replies must be gRPC too).
 pub(crate) fn is_grpc(headers: &http::HeaderMap) -> bool {
     headers

@@ -64,11 +64,7 @@ fn retriable_headers(policy: &RetryPolicy, headers: &HeaderMap) -> bool {
 /// gRPC conditions read `grpc-status` from the response headers, where a trailers-only
 /// response (the usual shape of a gRPC error) carries it.
 fn grpc_retriable(on: RetryOn, headers: &HeaderMap) -> bool {
-    let Some(code) = headers
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u32>().ok())
-    else {
+    let Some(code) = crate::respond::grpc_status(headers) else {
         return false;
     };
     let cond = match code {

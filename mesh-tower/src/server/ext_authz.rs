@@ -31,7 +31,7 @@ use super::metadata::Metadata;
 use super::{Caller, Reply};
 use crate::MeshClient;
 use crate::flags::ResponseFlags;
-use crate::respond::ResponseInfo;
+use crate::respond::{ResponseInfo, grpc_status};
 
 /// A configured ext_authz filter.
 pub(crate) struct ExtAuthzFilter {
@@ -395,10 +395,6 @@ fn local_failure(flags: ResponseFlags) -> bool {
     ]
     .iter()
     .any(|f| flags.contains(*f))
-}
-
-fn grpc_status(h: &HeaderMap) -> Option<u32> {
-    h.get("grpc-status")?.to_str().ok()?.parse().ok()
 }
 
 fn any_matches(matchers: &[StringMatcher], name: &str) -> bool {

@@ -15,6 +15,7 @@ use super::access_log::{Ending, Entry, Logger};
 use super::metrics::{Labels, Observation, Outcome, Security};
 use super::{RequestSpan, SpanEnd, Telemetry};
 use crate::flags::ResponseFlags;
+use crate::respond::grpc_status;
 
 /// A request in flight; recorded when the response body ends or is dropped.
 pub(crate) struct Exchange {
@@ -35,11 +36,6 @@ impl std::fmt::Debug for Exchange {
             .field("outcome", &self.outcome)
             .finish_non_exhaustive()
     }
-}
-
-/// The `grpc-status` of a header block, if it has one.
-pub(crate) fn grpc_status(h: &HeaderMap) -> Option<u16> {
-    h.get("grpc-status")?.to_str().ok()?.parse().ok()
 }
 
 impl Exchange {
