@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::meshed::free_port;
 use mesh_control::control::ControlPlane;
 use mesh_test_support::envoy::{Envoy, ads_bootstrap};
 use mesh_test_support::{Backend, http};
@@ -52,13 +53,6 @@ spec:
     route: [{ destination: { host: ratings, subset: v1 } }]
   - route: [{ destination: { host: ratings, subset: v1 } }]
 "#;
-
-fn free_port() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 /// Backends for reviews v1-v3 and ratings v1, mesh-control serving `registry_yaml` plus
 /// `policy`, and an Envoy configured by it whose outbound listener already routes.

@@ -3,17 +3,11 @@
 
 use std::time::Duration;
 
+use super::meshed::free_port;
 use mesh_test_support::envoy::{Envoy, ads_bootstrap};
 use mesh_test_support::{Backend, http};
 
 const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: details}\nspec:\n  ports: [{port: 9080, name: http}]\n  selector: {app: details}\n";
-
-fn free_port() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 /// Waits until `method path` through Envoy's inbound listener answers `status`.
 async fn expect(

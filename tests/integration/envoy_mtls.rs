@@ -2,16 +2,10 @@
 //! `ISTIO_MUTUAL` on the client's side, PeerAuthentication `STRICT` on the server's, SPIFFE
 //! certificates from one CA, the server's identity checked against the service account.
 
+use super::meshed::free_port;
 use mesh_test_support::envoy::{Envoy, ads_bootstrap};
 use mesh_test_support::{Backend, TestCa, http};
 use std::time::Duration;
-
-fn free_port() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 fn registry(details_port: u16, service_account: &str) -> String {
     format!(

@@ -11,14 +11,7 @@ use mesh_test_support::TestCa;
 use mesh_test_support::http as plain;
 use mesh_tower::server::PeerIdentity;
 
-const TEMPLATE: &str = "xds.istio.io/grpc/lds/inbound/%s";
-
-fn free_port() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
+use super::meshed::{Workload, free_port, workload_mesh};
 
 /// The details service at `addr` with its service account, ISTIO_MUTUAL to it, and `policy`.
 fn config(addr: std::net::SocketAddr, policy: &str) -> String {
@@ -37,25 +30,8 @@ async fn mesh(
     ca: &TestCa,
     certs: &std::path::Path,
 ) -> mesh_core::Mesh {
-    let dir = certs.join(app);
-    ca.write_istio_files(
-        &ca.workload(&format!(
-            "spiffe://cluster.local/ns/default/sa/bookinfo-{app}"
-        )),
-        &dir,
-    );
-    let file = |n: &str| dir.join(n).to_string_lossy().into_owned();
-    super::mesh_at(
-        xds,
-        serde_json::json!({"id": format!("sidecar~127.0.0.1~{app}-v1.default~default.svc.cluster.local"),
-                           "metadata": {"NAMESPACE": "default", "LABELS": {"app": app}}}),
-        serde_json::json!({
-            "server_listener_resource_name_template": TEMPLATE,
-            "certificate_providers": {"default": {"plugin_name": "file_watcher", "config": {
-                "certificate_file": file("cert-chain.pem"), "private_key_file": file("key.pem"),
-                "ca_certificate_file": file("root-cert.pem"), "refresh_interval": "600s"}}}}),
-    )
-    .await
+    let sa = format!("bookinfo-{app}");
+    workload_mesh(xds, ca, certs, Workload::new(app, "default", &sa)).await
 }
 
 /// Answers with the caller's SPIFFE ID as the server saw it.
@@ -304,7 +280,7 @@ async fn certificates_rotate_under_load_without_failures() {
         })
     };
     // The server's files (as istio-agent rewrites them), 20 times.
-    let server_dir = f._certs.path().join("details");
+    let server_dir = f._certs.path().join("details.default");
     let ca_root = std::fs::read_to_string(server_dir.join("root-cert.pem")).unwrap();
     let ca = f.ca.clone();
     let mut last_leaf = String::new();

@@ -75,25 +75,7 @@ impl TestMesh {
 
     /// A mesh for `w`, with its certificate (from the test CA) in istio-agent's files.
     pub(crate) async fn mesh(&self, w: Workload<'_>) -> mesh_core::Mesh {
-        let id = format!(
-            "spiffe://cluster.local/ns/{}/sa/{}",
-            w.namespace, w.service_account
-        );
-        let dir = self.certs.path().join(format!("{}.{}", w.app, w.namespace));
-        self.ca.write_istio_files(&self.ca.workload(&id), &dir);
-        let file = |n: &str| dir.join(n).to_string_lossy().into_owned();
-        super::mesh_at(
-            self.xds,
-            serde_json::json!({
-                "id": format!("sidecar~127.0.0.1~{}-v1.{ns}~{ns}.svc.cluster.local", w.app, ns = w.namespace),
-                "metadata": {"NAMESPACE": w.namespace, "LABELS": {"app": w.app}}}),
-            serde_json::json!({
-                "server_listener_resource_name_template": SERVER_TEMPLATE,
-                "certificate_providers": {"default": {"plugin_name": "file_watcher", "config": {
-                    "certificate_file": file("cert-chain.pem"), "private_key_file": file("key.pem"),
-                    "ca_certificate_file": file("root-cert.pem"), "refresh_interval": "600s"}}}}),
-        )
-        .await
+        workload_mesh(self.xds, &self.ca, self.certs.path(), w).await
     }
 
     /// Serves `app` as workload `w` on `addr`, in the background.
@@ -122,6 +104,36 @@ impl TestMesh {
         });
         mesh
     }
+}
+
+/// A mesh for `w` on the control plane at `xds`, as istio-agent would set one up: node id
+/// and metadata, the inbound listener template, and a certificate from `ca` written under
+/// `certs` for the `file_watcher` provider.
+pub(crate) async fn workload_mesh(
+    xds: SocketAddr,
+    ca: &TestCa,
+    certs: &std::path::Path,
+    w: Workload<'_>,
+) -> mesh_core::Mesh {
+    let id = format!(
+        "spiffe://cluster.local/ns/{}/sa/{}",
+        w.namespace, w.service_account
+    );
+    let dir = certs.join(format!("{}.{}", w.app, w.namespace));
+    ca.write_istio_files(&ca.workload(&id), &dir);
+    let file = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    super::mesh_at(
+        xds,
+        serde_json::json!({
+            "id": format!("sidecar~127.0.0.1~{}-v1.{ns}~{ns}.svc.cluster.local", w.app, ns = w.namespace),
+            "metadata": {"NAMESPACE": w.namespace, "LABELS": {"app": w.app}}}),
+        serde_json::json!({
+            "server_listener_resource_name_template": SERVER_TEMPLATE,
+            "certificate_providers": {"default": {"plugin_name": "file_watcher", "config": {
+                "certificate_file": file("cert-chain.pem"), "private_key_file": file("key.pem"),
+                "ca_certificate_file": file("root-cert.pem"), "refresh_interval": "600s"}}}}),
+    )
+    .await
 }
 
 /// A loopback address nobody listens on yet.
