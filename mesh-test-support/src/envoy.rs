@@ -106,6 +106,11 @@ impl Envoy {
         }
     }
 
+    /// The process id (to pin it to a CPU or read its CPU time).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The admin address.
     pub fn admin(&self) -> SocketAddr {
         self.admin
