@@ -40,11 +40,24 @@ async fn c1_the_circuit_breaker_trips_past_one_connection_and_one_pending_reques
     // caller's next request finds the pending slot taken and is refused at once. Istio's
     // task sees 17 of 20 pass through a sidecar; here the refusal costs no network hop, so
     // the refused caller comes back sooner and more of its requests are refused.
-    let c2 = mesh_bookinfo::fortio::load(&fortio, url, 2, 20).await;
-    assert_eq!(c2.total(), 20);
+    // Whether two callers collide is a race (in Envoy too): a machine busy with other work
+    // can serialize a round of 20, so up to five rounds are run until one shows both.
+    let mut rounds = Vec::new();
+    for _ in 0..5 {
+        let c2 = mesh_bookinfo::fortio::load(&fortio, url, 2, 20).await;
+        assert_eq!(c2.total(), 20);
+        assert_eq!(c2.count(200) + c2.count(503), 20, "{c2:?}");
+        let tripped = c2.count(200) > 0 && c2.count(503) > 0;
+        rounds.push(c2);
+        if tripped {
+            break;
+        }
+    }
     assert!(
-        c2.count(200) > 0 && c2.count(503) > 0,
-        "c=2: some 200, some 503: {c2:?}"
+        rounds
+            .last()
+            .is_some_and(|c| c.count(200) > 0 && c.count(503) > 0),
+        "c=2: some 200, some 503 in a round: {rounds:?}"
     );
     // Three: the third concurrent request finds no room and is refused at once.
     let c3 = mesh_bookinfo::fortio::load(&fortio, url, 3, 30).await;
@@ -64,7 +77,7 @@ async fn c1_the_circuit_breaker_trips_past_one_connection_and_one_pending_reques
         + cluster["upstream_rq_overflow"].as_u64().unwrap();
     assert_eq!(
         overflow as usize,
-        c2.count(503) + c3.count(503),
+        rounds.iter().map(|c| c.count(503)).sum::<usize>() + c3.count(503),
         "{cluster}"
     );
 }
