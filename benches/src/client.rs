@@ -140,7 +140,8 @@ pub(crate) async fn run(args: ClientArgs) {
         "p99_us": out.quantile_us(0.99),
         "max_us": out.latency.max(),
         "cpu_us": cpu.as_micros() as u64,
-        "rss_mib": crate::sys::rss_mib(std::process::id()),
+        "rss_mib": crate::sys::memory_mib(std::process::id()).0,
+        "anon_mib": crate::sys::memory_mib(std::process::id()).1,
     });
     println!("RESULT {result}");
 }

@@ -66,14 +66,18 @@ pub(crate) fn process_cpu(pid: u32) -> Duration {
     Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
-/// Resident memory of process `pid` in MiB (`VmRSS`).
-pub(crate) fn rss_mib(pid: u32) -> f64 {
+/// Resident memory of process `pid` in MiB: all of it (`VmRSS`), and the anonymous part
+/// (`RssAnon`: heap and stacks, without the binary's pages mapped from the file).
+pub(crate) fn memory_mib(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    };
+    (field("VmRSS:"), field("RssAnon:"))
 }
 
 /// What the `ENV` line records about the machine.

@@ -63,6 +63,8 @@ impl std::str::FromStr for ListenAddr {
 /// A running control plane over one configuration directory.
 pub struct ControlPlane {
     snapshots: watch::Sender<Arc<Snapshot>>,
+    /// One ADS service for every listener: its NACK count and sync state cover every stream.
+    ads: Ads,
     dir: PathBuf,
 }
 
@@ -71,13 +73,17 @@ impl ControlPlane {
     pub fn new(dir: impl Into<PathBuf>) -> Result<Self, Vec<Diagnostic>> {
         let dir = dir.into();
         let first = load(&dir, 1)?;
-        let (tx, _) = watch::channel(Arc::new(first));
-        Ok(Self { snapshots: tx, dir })
+        let (tx, rx) = watch::channel(Arc::new(first));
+        Ok(Self {
+            ads: Ads::new(rx),
+            snapshots: tx,
+            dir,
+        })
     }
 
-    /// The ADS service for these snapshots.
+    /// The ADS service for these snapshots (clones share its streams' counts and state).
     pub fn ads(&self) -> Ads {
-        Ads::new(self.snapshots.subscribe())
+        self.ads.clone()
     }
 
     /// The current snapshot.

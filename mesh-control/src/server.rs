@@ -4,13 +4,18 @@
 //! what it was last sent. A request with new names, or a new configuration snapshot, sends a
 //! response only when the resources for that stream actually changed. NACKs are logged with the
 //! node id and the client's detail; the stream keeps going.
+//!
+//! [`Ads::in_sync`] says when every connected client has been sent a configuration version
+//! and has answered every response (ACK or NACK): what `istioctl proxy-status` calls SYNCED.
 
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
 
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
@@ -98,6 +103,40 @@ pub struct Ads {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     nonce: Arc<AtomicU64>,
     nacks: Arc<AtomicU64>,
+    sync: Arc<SyncState>,
+}
+
+/// What [`Ads::in_sync`] reads: responses not yet answered, and the snapshot version each
+/// stream has been served from. Copy-on-write: streams come and go rarely.
+#[derive(Default)]
+struct SyncState {
+    unanswered: AtomicI64,
+    streams: ArcSwap<Vec<(u64, Arc<AtomicU64>)>>,
+    next_id: AtomicU64,
+}
+
+impl SyncState {
+    fn register(&self, version: u64) -> (u64, Arc<AtomicU64>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let served = Arc::new(AtomicU64::new(version));
+        self.streams.rcu(|v| {
+            let mut v = Vec::clone(v);
+            v.push((id, served.clone()));
+            v
+        });
+        (id, served)
+    }
+
+    fn unregister(&self, id: u64, unanswered: usize) {
+        self.streams.rcu(|v| {
+            v.iter()
+                .filter(|(i, _)| *i != id)
+                .cloned()
+                .collect::<Vec<_>>()
+        });
+        self.unanswered
+            .fetch_sub(unanswered as i64, Ordering::AcqRel);
+    }
 }
 
 impl Ads {
@@ -107,7 +146,22 @@ impl Ads {
             snapshots,
             nonce: Arc::default(),
             nacks: Arc::default(),
+            sync: Arc::default(),
         }
+    }
+
+    /// Whether every connected client has been served configuration `version` (or newer)
+    /// and has answered (ACK or NACK) every response sent to it.
+    pub fn in_sync(&self, version: u64) -> bool {
+        // Versions first: a stream stores its version after counting the responses made
+        // from it, so a version seen here comes with those responses' counts.
+        let served = self
+            .sync
+            .streams
+            .load()
+            .iter()
+            .all(|(_, served)| served.load(Ordering::Acquire) >= version);
+        served && self.sync.unanswered.load(Ordering::Acquire) == 0
     }
 
     /// How many NACKs clients have sent.
@@ -148,26 +202,44 @@ impl AggregatedDiscoveryService for Ads {
         let mut snapshots = self.snapshots.clone();
         let nonce = self.nonce.clone();
         let nacks = self.nacks.clone();
+        let sync = self.sync.clone();
         tokio::spawn(async move {
             let mut node: Option<NodeInfo> = None;
             let mut subs: HashMap<String, Subscription> = HashMap::new();
+            // Nonces sent and not answered yet, and this stream's entry in `sync`.
+            let mut unanswered: std::collections::HashSet<u64> = Default::default();
+            let mut entry: Option<(u64, Arc<AtomicU64>)> = None;
+            let sent = |n: Option<u64>, unanswered: &mut std::collections::HashSet<u64>| {
+                if let Some(n) = n {
+                    unanswered.insert(n);
+                    sync.unanswered.fetch_add(1, Ordering::AcqRel);
+                }
+            };
             loop {
                 tokio::select! {
                     msg = inbound.next() => {
                         let req = match msg {
                             Some(Ok(r)) => r,
-                            Some(Err(e)) => { debug!(?peer, "stream error: {e}"); return; }
-                            None => return,
+                            Some(Err(e)) => { debug!(?peer, "stream error: {e}"); break; }
+                            None => break,
                         };
+                        if let Ok(n) = req.response_nonce.parse::<u64>()
+                            && unanswered.remove(&n)
+                        {
+                            sync.unanswered.fetch_sub(1, Ordering::AcqRel);
+                        }
                         if node.is_none() {
                             let Some(n) = req.node.as_ref() else {
                                 let _ = tx.send(Err(Status::invalid_argument("the first request must carry a node")));
-                                return;
+                                break;
                             };
                             let info = NodeInfo::from_node(n);
                             info!(node = %info.id, namespace = %info.namespace, ?peer, "ADS stream");
                             node = Some(info);
                         }
+                        // Registered once its first response is counted (below), at a version
+                        // no newer than the one that response is made from.
+                        let first_version = entry.is_none().then(|| snapshots.borrow().version);
                         let node = node.as_ref().expect("set above");
                         if let Some(err) = &req.error_detail {
                             nacks.fetch_add(1, Ordering::Relaxed);
@@ -180,22 +252,35 @@ impl AggregatedDiscoveryService for Ads {
                         if sub.names != names || sub.sent.is_none() {
                             sub.names = names;
                             let snap = snapshots.borrow().clone();
-                            respond(&snap, node, &req.type_url, sub, &nonce, &tx, true);
+                            sent(respond(&snap, node, &req.type_url, sub, &nonce, &tx, true), &mut unanswered);
+                        }
+                        if let Some(v) = first_version {
+                            entry = Some(sync.register(v));
                         }
                     }
                     changed = snapshots.changed() => {
-                        if changed.is_err() { return; }
+                        if changed.is_err() { break; }
                         let Some(node) = node.as_ref() else { continue };
                         let snap = snapshots.borrow_and_update().clone();
                         // Make before break (the xDS protocol's ordering): clusters and
                         // endpoints exist before listeners and routes point at them.
                         for type_url in PUSH_ORDER {
                             if let Some(sub) = subs.get_mut(type_url) {
-                                respond(&snap, node, type_url, sub, &nonce, &tx, false);
+                                sent(respond(&snap, node, type_url, sub, &nonce, &tx, false), &mut unanswered);
                             }
+                        }
+                        // After the responses are counted: `in_sync` reads versions first.
+                        if let Some((_, served)) = &entry {
+                            served.store(snap.version, Ordering::Release);
                         }
                     }
                 }
+            }
+            if let Some((id, _)) = entry {
+                sync.unregister(id, unanswered.len());
+            } else {
+                sync.unanswered
+                    .fetch_sub(unanswered.len() as i64, Ordering::AcqRel);
             }
         });
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
@@ -212,7 +297,7 @@ impl AggregatedDiscoveryService for Ads {
 }
 
 /// Sends the resources for one subscription when they changed (or when `force`d by a new
-/// subscription list, which the protocol requires an answer to).
+/// subscription list, which the protocol requires an answer to); the nonce of what it sent.
 fn respond(
     snap: &Snapshot,
     node: &NodeInfo,
@@ -221,7 +306,7 @@ fn respond(
     nonce: &AtomicU64,
     tx: &mpsc::UnboundedSender<Result<DiscoveryResponse, Status>>,
     force: bool,
-) {
+) -> Option<u64> {
     let resources = snap.resources(node, type_url, &sub.names);
     let mut h = DefaultHasher::new();
     for r in &resources {
@@ -230,7 +315,7 @@ fn respond(
     }
     let digest = h.finish();
     if !force && sub.sent == Some(digest) {
-        return;
+        return None;
     }
     sub.sent = Some(digest);
     let n = nonce.fetch_add(1, Ordering::Relaxed) + 1;
@@ -242,4 +327,5 @@ fn respond(
         nonce: n.to_string(),
         ..Default::default()
     }));
+    Some(n)
 }

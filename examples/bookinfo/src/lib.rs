@@ -288,6 +288,35 @@ impl Bookinfo {
         self.reload()
     }
 
+    /// Waits until every workload has been sent configuration `version` (what
+    /// [`apply`](Self::apply) returns) and has answered it, and has stayed so for 20 ms: what
+    /// `istioctl proxy-status` shows as SYNCED. The quiet period covers the subscriptions a
+    /// change sets off (a route to new clusters makes the client ask for them, and then for
+    /// their endpoints, after it has ACKed the route). Fails after 10 s.
+    pub async fn synced(&self, version: u64) -> anyhow::Result<()> {
+        const QUIET: Duration = Duration::from_millis(20);
+        let ads = self.control_plane.ads();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut since = None;
+        loop {
+            let now = tokio::time::Instant::now();
+            if ads.in_sync(version) {
+                let t = *since.get_or_insert(now);
+                if now - t >= QUIET {
+                    return Ok(());
+                }
+            } else {
+                since = None;
+            }
+            if now > deadline {
+                anyhow::bail!(
+                    "the workloads did not take configuration version {version} within 10 s"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
     fn reload(&self) -> anyhow::Result<u64> {
         self.control_plane.reload().map_err(rejected)
     }

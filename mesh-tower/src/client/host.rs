@@ -232,14 +232,23 @@ impl Host {
             .max_requests_per_connection
             .is_none_or(|max| conn.used < max);
         if rsp.is_ok() && reusable {
+            // Always through the task, never `is_ready()` first (tried: it saved a task per
+            // request): hyper's HTTP/1 client is ready for the next request as soon as this
+            // response's head is in, so a request taken then would be pipelined behind a body
+            // the caller may still drop unread, which closes the connection under it.
             tokio::spawn(async move {
                 if conn.tx.ready().await.is_ok() {
-                    let _ = host.pool.idle.push(conn);
-                    counters.freed.notify_waiters();
+                    host.release(conn, &counters);
                 }
             });
         }
         rsp.map_err(SendError::classify)
+    }
+
+    /// Puts an idle HTTP/1 connection back and wakes a request waiting for one.
+    fn release(&self, conn: H1Conn, counters: &Counters) {
+        let _ = self.pool.idle.push(conn);
+        counters.freed.notify_waiters();
     }
 
     async fn checkout_h1(
@@ -248,6 +257,12 @@ impl Host {
         counters: &Arc<Counters>,
         limits: &CircuitBreakers,
     ) -> Result<H1Conn, SendError> {
+        // The common case, without registering for a wake-up (which takes Notify's lock).
+        while let Some(c) = self.pool.idle.pop() {
+            if c.tx.is_ready() {
+                return Ok(c);
+            }
+        }
         let mut pending = None;
         loop {
             // Register for a wake-up before looking, so a connection freed in between is seen.
@@ -260,29 +275,41 @@ impl Host {
                 }
             }
             if counters.try_connection(limits) {
-                let io = match connect(self.addr, settings).await {
-                    Ok(io) => io,
-                    Err(e) => {
-                        counters.connection_closed();
-                        return Err(SendError::Connect(e));
-                    }
-                };
-                let (tx, conn) = http1::handshake(io)
-                    .await
-                    .map_err(|e| SendError::Connect(std::io::Error::other(e)))
-                    .inspect_err(|_| counters.connection_closed())?;
-                let counters = counters.clone();
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                    counters.connection_closed();
-                });
-                return Ok(H1Conn { tx, used: 0 });
+                // Boxed: connecting is rare, and its future (TCP, TLS and HTTP/1 handshakes)
+                // would otherwise be part of every request's future, which is moved as a
+                // whole (perf showed the copies).
+                return Box::pin(self.open_h1(settings, counters)).await;
             }
             if pending.is_none() {
                 pending = Some(counters.try_pending(limits).ok_or(SendError::Overflow)?);
             }
             freed.await;
         }
+    }
+
+    /// Opens a new HTTP/1 connection (its slot is already reserved).
+    async fn open_h1(
+        &self,
+        settings: &ConnectSettings,
+        counters: &Arc<Counters>,
+    ) -> Result<H1Conn, SendError> {
+        let io = match connect(self.addr, settings).await {
+            Ok(io) => io,
+            Err(e) => {
+                counters.connection_closed();
+                return Err(SendError::Connect(e));
+            }
+        };
+        let (tx, conn) = http1::handshake(io)
+            .await
+            .map_err(|e| SendError::Connect(std::io::Error::other(e)))
+            .inspect_err(|_| counters.connection_closed())?;
+        let counters = counters.clone();
+        tokio::spawn(async move {
+            let _ = conn.await;
+            counters.connection_closed();
+        });
+        Ok(H1Conn { tx, used: 0 })
     }
 
     async fn send_h2(
@@ -294,7 +321,8 @@ impl Host {
     ) -> Result<Response<Incoming>, SendError> {
         let mut tx = match self.pool.h2.load_full() {
             Some(tx) if !tx.is_closed() => http2::SendRequest::clone(&tx),
-            _ => self.connect_h2(settings, counters, limits).await?,
+            // Boxed for the same reason as `open_h1`: only the first request connects.
+            _ => Box::pin(self.connect_h2(settings, counters, limits)).await?,
         };
         // Waits for stream capacity (the server's SETTINGS_MAX_CONCURRENT_STREAMS).
         tx.ready().await.map_err(SendError::classify)?;

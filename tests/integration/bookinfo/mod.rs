@@ -82,8 +82,15 @@ impl Task {
     pub(crate) async fn apply_yaml(&self, name: &str, yaml: &str) {
         // A distinct modification time from the files before it: the newest definition wins.
         tokio::time::sleep(Duration::from_millis(20)).await;
-        self.bookinfo
+        let version = self
+            .bookinfo
             .apply(name, yaml)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        // Every workload has it before the page is looked at: a page served from the old
+        // configuration could otherwise satisfy a task's first check by chance.
+        self.bookinfo
+            .synced(version)
+            .await
             .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
 

@@ -41,9 +41,11 @@ async fn r3_jason_v2_others_v3(t: Task) {
     t.apply("virtual-service-reviews-jason-v2-v3.yaml").await;
     t.page_until(None, "R3: others see v3", |p| p.stars() == Some("red"))
         .await;
-    for _ in 0..10 {
-        assert_eq!(t.page(Some("jason")).await.stars(), Some("black"));
-        assert_eq!(t.page(None).await.stars(), Some("red"));
+    for i in 0..10 {
+        let p = t.page(Some("jason")).await;
+        assert_eq!(p.stars(), Some("black"), "jason, page {i}: {p:?}");
+        let p = t.page(None).await;
+        assert_eq!(p.stars(), Some("red"), "anonymous, page {i}: {p:?}");
     }
 }
 task!(
