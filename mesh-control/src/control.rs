@@ -140,7 +140,7 @@ impl ControlPlane {
         let svc = self.ads().into_service();
         tonic::transport::Server::builder()
             .add_service(svc)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .serve_with_incoming(nodelay(listener))
             .await
             .map_err(std::io::Error::other)
     }
@@ -153,9 +153,7 @@ impl ControlPlane {
             ListenAddr::Tcp(a) => {
                 let listener = tokio::net::TcpListener::bind(a).await?;
                 info!(addr = %listener.local_addr()?, "serving ADS");
-                server
-                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-                    .await
+                server.serve_with_incoming(nodelay(listener)).await
             }
             ListenAddr::Unix(p) => {
                 let _ = std::fs::remove_file(&p);
@@ -197,4 +195,17 @@ fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
     walk(dir, &mut out);
     out.sort();
     out
+}
+
+/// Accepted connections with Nagle's algorithm off: a push is a small write that must reach
+/// the client at once, not wait up to 40 ms for its delayed ACK.
+fn nodelay(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
+        accepted.inspect(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        })
+    })
 }

@@ -32,6 +32,8 @@ struct State {
     streams_opened: usize,
     /// Record requests (on by default; benchmarks turn it off so the log does not count).
     quiet: bool,
+    /// Answer an empty listener or cluster subscription with every resource (Envoy's wildcard).
+    wildcard: bool,
 }
 
 struct Shared {
@@ -105,7 +107,7 @@ impl AdsServer {
             .add_service(svc);
         tokio::spawn(async move {
             let _ = router
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                .serve_with_incoming_shutdown(nodelay(listener), async {
                     let _ = stop_rx.await;
                 })
                 .await;
@@ -228,6 +230,13 @@ impl AdsServer {
         let _ = self.shared.push.send(type_url.to_owned());
     }
 
+    /// Answers empty listener and cluster subscriptions with every resource of the type, as
+    /// Envoy's wildcard subscriptions expect. Off by default: for our client an empty list
+    /// means it wants none.
+    pub fn serve_wildcard(&self) {
+        self.shared.state.lock().expect("state").wildcard = true;
+    }
+
     /// Stops recording requests and forgets those recorded (for memory measurements).
     pub fn stop_recording(&self) {
         let mut st = self.shared.state.lock().expect("state");
@@ -284,7 +293,7 @@ async fn serve(addr: SocketAddr, shared: Arc<Shared>) -> (SocketAddr, oneshot::S
     tokio::spawn(async move {
         let _ = tonic::transport::Server::builder()
             .add_service(svc)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            .serve_with_incoming_shutdown(nodelay(listener), async {
                 let _ = stop_rx.await;
             })
             .await;
@@ -388,15 +397,19 @@ fn respond(
         .get(url)
         .map(|(v, m)| (*v, m.clone()))
         .unwrap_or_default();
-    if entry.1 == Some(version) && version != 0 && entry.0.is_empty() {
+    let wildcard = st.wildcard
+        && entry.0.is_empty()
+        && (url.ends_with(".Listener") || url.ends_with(".Cluster"));
+    if entry.1 == Some(version) && version != 0 && (entry.0.is_empty() || wildcard) {
         return None;
     }
     entry.1 = Some(version);
     st.nonce += 1;
     let nonce = st.nonce;
+    let names: std::collections::HashSet<&String> = entry.0.iter().collect();
     let resources = resources
         .into_iter()
-        .filter(|(n, _)| entry.0.contains(n))
+        .filter(|(n, _)| wildcard || names.contains(n))
         .map(|(_, a)| a)
         .collect();
     Some(DiscoveryResponse {
@@ -405,5 +418,17 @@ fn respond(
         type_url: url.to_owned(),
         nonce: nonce.to_string(),
         ..Default::default()
+    })
+}
+
+/// Accepted connections with Nagle's algorithm off: a push is one small write the client must
+/// see at once (with Nagle, it can wait 40 ms for the client's delayed ACK).
+fn nodelay(
+    listener: tokio::net::TcpListener,
+) -> impl Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    TcpListenerStream::new(listener).map(|accepted| {
+        accepted.inspect(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        })
     })
 }
