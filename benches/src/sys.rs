@@ -51,19 +51,7 @@ pub(crate) fn own_cpu() -> Duration {
 
 /// User plus system CPU time of process `pid`, from `/proc/<pid>/stat` (10 ms ticks).
 pub(crate) fn process_cpu(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The command name may hold spaces; the fields after it start after the last ')'.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // utime and stime are fields 14 and 15 of stat(5), 11 and 12 after the state field;
-    // USER_HZ is 100 on Linux.
-    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+    mesh_test_support::bench::process_cpu(&pid.to_string())
 }
 
 /// Resident memory of process `pid` in MiB: all of it (`VmRSS`), and the anonymous part

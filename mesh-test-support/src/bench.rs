@@ -1,5 +1,5 @@
 //! What every bench binary shares: its arguments (`--quick`, `--reps N`, `--secs S`,
-//! `--only NAME`), the `ENV` line of BENCHMARKS.md and medians.
+//! `--only NAME`), the `ENV` line of BENCHMARKS.md, medians and a process's CPU time.
 
 /// A bench run's arguments.
 #[derive(Clone, Debug)]
@@ -66,4 +66,22 @@ pub fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// User plus system CPU time of process `pid` (`"self"` for this one) from
+/// `/proc/<pid>/stat`, in 10 ms ticks; zero if it cannot be read.
+pub fn process_cpu(pid: &str) -> std::time::Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name may hold spaces; the fields after it start after the last ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of stat(5), 11 and 12 after the state field;
+    // USER_HZ is 100 on Linux.
+    std::time::Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
