@@ -293,22 +293,7 @@ impl Host {
         settings: &ConnectSettings,
         counters: &Arc<Counters>,
     ) -> Result<H1Conn, SendError> {
-        let io = match connect(self.addr, settings).await {
-            Ok(io) => io,
-            Err(e) => {
-                counters.connection_closed();
-                return Err(SendError::Connect(e));
-            }
-        };
-        let (tx, conn) = http1::handshake(io)
-            .await
-            .map_err(|e| SendError::Connect(std::io::Error::other(e)))
-            .inspect_err(|_| counters.connection_closed())?;
-        let counters = counters.clone();
-        tokio::spawn(async move {
-            let _ = conn.await;
-            counters.connection_closed();
-        });
+        let tx = open(self.addr, settings, counters, http1::handshake).await?;
         Ok(H1Conn { tx, used: 0 })
     }
 
@@ -343,22 +328,10 @@ impl Host {
                 return Ok(http2::SendRequest::clone(&tx));
             }
             if counters.try_connection(limits) {
-                let io = match connect(self.addr, settings).await {
-                    Ok(io) => io,
-                    Err(e) => {
-                        counters.connection_closed();
-                        return Err(SendError::Connect(e));
-                    }
-                };
-                let (tx, conn) = http2::handshake(TokioExecutor::new(), io)
-                    .await
-                    .map_err(|e| SendError::Connect(std::io::Error::other(e)))
-                    .inspect_err(|_| counters.connection_closed())?;
-                let counters = counters.clone();
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                    counters.connection_closed();
-                });
+                let tx = open(self.addr, settings, counters, |io| {
+                    http2::handshake(TokioExecutor::new(), io)
+                })
+                .await?;
                 // Concurrent first requests may each connect; the last one stored is shared and
                 // the others close when their request ends.
                 self.pool.h2.store(Some(Arc::new(tx.clone())));
@@ -368,6 +341,35 @@ impl Host {
             freed.await;
         }
     }
+}
+
+/// Connects and runs the HTTP `handshake` on the connection, whose task then runs until it
+/// closes. The connection's slot (reserved by the caller) is released when it closes, or at
+/// once if connecting or the handshake fails.
+async fn open<S, C, H>(
+    addr: SocketAddr,
+    settings: &ConnectSettings,
+    counters: &Arc<Counters>,
+    handshake: impl FnOnce(TokioIo<Io>) -> H,
+) -> Result<S, SendError>
+where
+    H: std::future::Future<Output = hyper::Result<(S, C)>>,
+    C: std::future::Future + Send + 'static,
+{
+    let io = connect(addr, settings).await.map_err(|e| {
+        counters.connection_closed();
+        SendError::Connect(e)
+    })?;
+    let (tx, conn) = handshake(io).await.map_err(|e| {
+        counters.connection_closed();
+        SendError::Connect(std::io::Error::other(e))
+    })?;
+    let counters = counters.clone();
+    tokio::spawn(async move {
+        let _ = conn.await;
+        counters.connection_closed();
+    });
+    Ok(tx)
 }
 
 /// Opens a connection: TCP, then TLS when the cluster originates it, both within the
