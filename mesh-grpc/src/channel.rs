@@ -98,6 +98,31 @@ where
         }
         *req.version_mut() = http::Version::HTTP_2;
         let client = self.client.clone();
-        Box::pin(async move { client.send(req).await })
+        Box::pin(async move {
+            let mut rsp = client.send(req).await?;
+            deadline_is_deadline_exceeded(&mut rsp);
+            Ok(rsp)
+        })
+    }
+}
+
+/// A route timeout or stream duration that ran out is a deadline to a gRPC caller:
+/// `DEADLINE_EXCEEDED`, as gRPC's own xDS client reports `max_stream_duration` (gRFC A31).
+/// MeshClient answers it as Envoy does (504, so `UNAVAILABLE`), which would make a tonic
+/// caller retry or fail over where it should give up.
+fn deadline_is_deadline_exceeded(rsp: &mut Response<RspBody>) {
+    use mesh_tower::{ResponseFlags, ResponseInfo};
+    let timed_out = rsp.extensions().get::<ResponseInfo>().is_some_and(|i| {
+        i.flags.contains(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT)
+            || i.flags
+                .contains(ResponseFlags::UPSTREAM_MAX_STREAM_DURATION_REACHED)
+    });
+    if timed_out && rsp.headers().contains_key("grpc-status") {
+        let h = rsp.headers_mut();
+        h.insert("grpc-status", http::HeaderValue::from_static("4"));
+        h.insert(
+            "grpc-message",
+            http::HeaderValue::from_static("deadline exceeded (route timeout)"),
+        );
     }
 }

@@ -14,6 +14,7 @@ mod envoy_control_plane;
 mod envoy_differential;
 mod envoy_inbound_authz;
 mod envoy_mtls;
+mod grpc_interop;
 mod grpc_mesh;
 mod grpcio_control_plane;
 mod inbound_authn_tasks;

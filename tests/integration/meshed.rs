@@ -67,10 +67,11 @@ impl TestMesh {
         }
     }
 
-    /// Writes (or, with `""`, empties) `file` in the configuration directory and reloads.
-    pub(crate) fn apply(&self, file: &str, yaml: &str) {
+    /// Writes (or, with `""`, empties) `file` in the configuration directory and reloads;
+    /// returns the new configuration version.
+    pub(crate) fn apply(&self, file: &str, yaml: &str) -> u64 {
         std::fs::write(self.dir.path().join(file), yaml).expect("write config");
-        self.cp.reload().unwrap_or_else(|e| panic!("{e:?}"));
+        self.cp.reload().unwrap_or_else(|e| panic!("{e:?}"))
     }
 
     /// A mesh for `w`, with its certificate (from the test CA) in istio-agent's files.

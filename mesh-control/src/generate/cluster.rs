@@ -118,34 +118,32 @@ pub(super) fn cluster(
     } else {
         c.load_balancing_policy = Some(least_request());
     }
+    // istiod's defaults: every threshold unlimited unless the DestinationRule sets it (Envoy's
+    // own defaults, such as 3 concurrent retries, would shed retries a mesh user never asked
+    // to limit).
+    let http = e.pool.as_ref().and_then(|p| p.http.as_ref());
+    let limit = |v: Option<u32>| {
+        Some(UInt32Value {
+            value: v.unwrap_or(u32::MAX),
+        })
+    };
+    c.circuit_breakers = Some(cluster::CircuitBreakers {
+        thresholds: vec![cluster::circuit_breakers::Thresholds {
+            max_connections: limit(
+                e.pool
+                    .as_ref()
+                    .and_then(|p| p.tcp.as_ref())
+                    .and_then(|t| t.max_connections),
+            ),
+            max_pending_requests: limit(http.and_then(|h| h.http1_max_pending_requests)),
+            max_requests: limit(http.and_then(|h| h.http2_max_requests)),
+            max_retries: limit(http.and_then(|h| h.max_retries)),
+            track_remaining: true,
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
     if let Some(pool) = e.pool {
-        let t = cluster::circuit_breakers::Thresholds {
-            max_connections: pool
-                .tcp
-                .as_ref()
-                .and_then(|t| t.max_connections)
-                .map(|v| UInt32Value { value: v }),
-            max_pending_requests: pool
-                .http
-                .as_ref()
-                .and_then(|h| h.http1_max_pending_requests)
-                .map(|v| UInt32Value { value: v }),
-            max_requests: pool
-                .http
-                .as_ref()
-                .and_then(|h| h.http2_max_requests)
-                .map(|v| UInt32Value { value: v }),
-            max_retries: pool
-                .http
-                .as_ref()
-                .and_then(|h| h.max_retries)
-                .map(|v| UInt32Value { value: v }),
-            ..Default::default()
-        };
-        c.circuit_breakers = Some(cluster::CircuitBreakers {
-            thresholds: vec![t],
-            ..Default::default()
-        });
         if let Some(ct) = pool.tcp.as_ref().and_then(|t| t.connect_timeout) {
             c.connect_timeout = Some(pb_duration(ct.0));
         }

@@ -371,6 +371,14 @@ fn action(
         cluster_specifier: Some(specifier),
         // Istio: no timeout unless the VirtualService sets one.
         timeout: Some(pb_duration(r.timeout.map(|t| t.0).unwrap_or_default())),
+        // As istiod: the same limit as a stream duration, which is the only deadline gRPC's
+        // xDS client reads (gRFC A31), and as the cap on the caller's grpc-timeout (0 = the
+        // header is honoured uncapped).
+        max_stream_duration: Some(route::route_action::MaxStreamDuration {
+            max_stream_duration: Some(pb_duration(r.timeout.map(|t| t.0).unwrap_or_default())),
+            grpc_timeout_header_max: Some(pb_duration(r.timeout.map(|t| t.0).unwrap_or_default())),
+            grpc_timeout_header_offset: None,
+        }),
         retry_policy,
         request_mirror_policies: mirrors,
         prefix_rewrite,

@@ -325,6 +325,11 @@ fn build(
     if ctx.attempt_count_header {
         headers.insert("x-envoy-attempt-count", HeaderValue::from(n));
     }
+    // gRFC A6: a gRPC retry tells the server how many attempts went before it, so servers
+    // (and the interop suite's `succeed-on-retry-attempt-N`) can tell retries apart.
+    if n > 1 && ctx.grpc {
+        headers.insert("grpc-previous-rpc-attempts", HeaderValue::from(n - 1));
+    }
     let (uri, version) = match protocol {
         Protocol::Http1 => {
             if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
