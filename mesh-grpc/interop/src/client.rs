@@ -6,15 +6,12 @@
 //! path takes a lock.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::body::Body;
-use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 
 use crate::proto::{
@@ -22,7 +19,7 @@ use crate::proto::{
     LoadBalancerAccumulatedStatsResponse, LoadBalancerStatsRequest, LoadBalancerStatsResponse,
     MethodStats, RpcType, SimpleRequest, SimpleResponse, path,
 };
-use crate::rpc::{RspFuture, call, unary, unimplemented};
+use crate::rpc::{Grpc, Methods, RspFuture, call, unary, unimplemented};
 
 /// What the client sends: methods, their metadata, and the deadline. `Configure` replaces it.
 #[derive(Clone, Debug)]
@@ -122,10 +119,10 @@ pub async fn start(mesh: &mesh_core::Mesh, opts: Options) -> Result<Running, Sta
     let counter = tokio::spawn(count(rx));
     let sender = tokio::spawn(send(channel, opts.qps, workload_rx, events.clone()));
     let services = tonic::transport::Server::builder()
-        .add_service(StatsService { events })
-        .add_service(ConfigureService {
+        .add_service(Grpc(StatsService { events }))
+        .add_service(Grpc(ConfigureService {
             workload: Arc::new(workload),
-        })
+        }))
         .add_service(mesh_core::status::csds_service(mesh));
     let stats = tokio::spawn(async move {
         let incoming = tonic::transport::server::TcpIncoming::from(listener);
@@ -376,20 +373,10 @@ struct StatsService {
     events: mpsc::UnboundedSender<Event>,
 }
 
-impl NamedService for StatsService {
+impl Methods for StatsService {
     const NAME: &'static str = "grpc.testing.LoadBalancerStatsService";
-}
 
-impl tower::Service<http::Request<Body>> for StatsService {
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = RspFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<Body>) -> RspFuture {
+    fn route(&self, req: http::Request<Body>) -> RspFuture {
         let events = self.events.clone();
         let gone = || Status::unavailable("the client is stopping");
         match req.uri().path() {
@@ -431,20 +418,10 @@ struct ConfigureService {
     workload: Arc<watch::Sender<Workload>>,
 }
 
-impl NamedService for ConfigureService {
+impl Methods for ConfigureService {
     const NAME: &'static str = "grpc.testing.XdsUpdateClientConfigureService";
-}
 
-impl tower::Service<http::Request<Body>> for ConfigureService {
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = RspFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<Body>) -> RspFuture {
+    fn route(&self, req: http::Request<Body>) -> RspFuture {
         let workload = self.workload.clone();
         match req.uri().path() {
             path::CONFIGURE => unary(req, move |r: Request<ClientConfigureRequest>| {

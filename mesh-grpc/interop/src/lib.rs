@@ -13,3 +13,28 @@ mod rpc;
 pub mod server;
 
 pub use rpc::call;
+
+/// What the binaries' `main` does around their work: logging from `RUST_LOG`, and an error
+/// printed as its message (naming the flag or the bootstrap field) with a failing exit code.
+pub fn run_main<F>(program: &str, work: F) -> std::process::ExitCode
+where
+    F: std::future::Future<Output = Result<(), Box<dyn std::error::Error>>>,
+{
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{program}: no runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(work) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

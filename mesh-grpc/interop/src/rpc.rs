@@ -5,6 +5,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use tonic::body::Body;
 use tonic::codegen::StdError;
@@ -13,6 +14,36 @@ use tonic::{Request, Response, Status};
 /// A boxed response future, as the services below return.
 pub(crate) type RspFuture =
     Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
+
+/// A gRPC service's methods: its name, and which handler answers a request's path.
+pub(crate) trait Methods: Clone + Send + Sync + 'static {
+    /// The fully qualified service name (`grpc.testing.TestService`).
+    const NAME: &'static str;
+    /// Answers one request (usually a `match` on the path over [`unary`] calls).
+    fn route(&self, req: http::Request<Body>) -> RspFuture;
+}
+
+/// A [`Methods`] as the tower service tonic's router takes.
+#[derive(Clone, Debug)]
+pub(crate) struct Grpc<M>(pub(crate) M);
+
+impl<M: Methods> tonic::server::NamedService for Grpc<M> {
+    const NAME: &'static str = M::NAME;
+}
+
+impl<M: Methods> tower::Service<http::Request<Body>> for Grpc<M> {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = RspFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> RspFuture {
+        self.0.route(req)
+    }
+}
 
 /// Serves `req` as a unary call answered by `handle`.
 pub(crate) fn unary<Req, Rsp, F, Fut>(req: http::Request<Body>, handle: F) -> RspFuture

@@ -1,19 +1,16 @@
 //! The interop server: `grpc.testing.TestService` behind the mesh's inbound side, obeying
 //! the `rpc-behavior` request metadata, and `XdsUpdateHealthService` on the maintenance port.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tonic::body::Body;
 use tonic::metadata::MetadataMap;
-use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 
 use crate::proto::{Empty, Payload, SimpleRequest, SimpleResponse, path};
-use crate::rpc::{RspFuture, unary, unimplemented};
+use crate::rpc::{Grpc, Methods, RspFuture, unary, unimplemented};
 
 /// Who a server says it is.
 #[derive(Clone, Debug)]
@@ -39,20 +36,10 @@ impl TestService {
     }
 }
 
-impl NamedService for TestService {
+impl Methods for TestService {
     const NAME: &'static str = "grpc.testing.TestService";
-}
 
-impl tower::Service<http::Request<Body>> for TestService {
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = RspFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<Body>) -> RspFuture {
+    fn route(&self, req: http::Request<Body>) -> RspFuture {
         let me = self.me.clone();
         match req.uri().path() {
             path::EMPTY_CALL => unary(req, move |r: Request<Empty>| {
@@ -195,20 +182,10 @@ impl Default for HealthService {
     }
 }
 
-impl NamedService for HealthService {
+impl Methods for HealthService {
     const NAME: &'static str = "grpc.testing.XdsUpdateHealthService";
-}
 
-impl tower::Service<http::Request<Body>> for HealthService {
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = RspFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<Body>) -> RspFuture {
+    fn route(&self, req: http::Request<Body>) -> RspFuture {
         let serving = self.serving.clone();
         let set = |to: bool| {
             move |_: Request<Empty>| {
@@ -251,7 +228,7 @@ pub async fn serve(
 ) -> Result<Running, std::io::Error> {
     let test = TestService::new(me);
     let health = HealthService::new();
-    let meshed = mesh_grpc::Server::builder(mesh).add_service(test.clone());
+    let meshed = mesh_grpc::Server::builder(mesh).add_service(Grpc(test.clone()));
     let main = tokio::spawn(async move {
         if let Err(e) = meshed.serve(port).await {
             tracing::error!(%port, error = %e, "interop server stopped");
@@ -259,8 +236,8 @@ pub async fn serve(
     });
     let listener = tokio::net::TcpListener::bind(maintenance).await?;
     let plain = tonic::transport::Server::builder()
-        .add_service(health.clone())
-        .add_service(test);
+        .add_service(Grpc(health.clone()))
+        .add_service(Grpc(test));
     let maint = tokio::spawn(async move {
         let incoming = tonic::transport::server::TcpIncoming::from(listener);
         if let Err(e) = plain.serve_with_incoming(incoming).await {

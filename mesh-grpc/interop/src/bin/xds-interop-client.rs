@@ -25,18 +25,8 @@ const KNOWN: &[&str] = &[
     "verbose",
 ];
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .init();
-    match run().await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("xds-interop-client: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+fn main() -> std::process::ExitCode {
+    mesh_grpc_interop::run_main("xds-interop-client", run())
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {

@@ -19,18 +19,8 @@ const KNOWN: &[&str] = &[
     "verbose",
 ];
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .init();
-    match run().await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("xds-interop-server: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+fn main() -> std::process::ExitCode {
+    mesh_grpc_interop::run_main("xds-interop-server", run())
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
