@@ -367,16 +367,17 @@ fn action(
         }
         None => (String::new(), None, None),
     };
+    // Istio: no timeout unless the VirtualService sets one.
+    let timeout = pb_duration(r.timeout.map(|t| t.0).unwrap_or_default());
     route::route::Action::Route(route::RouteAction {
         cluster_specifier: Some(specifier),
-        // Istio: no timeout unless the VirtualService sets one.
-        timeout: Some(pb_duration(r.timeout.map(|t| t.0).unwrap_or_default())),
+        timeout: Some(timeout),
         // As istiod: the same limit as a stream duration, which is the only deadline gRPC's
         // xDS client reads (gRFC A31), and as the cap on the caller's grpc-timeout (0 = the
         // header is honoured uncapped).
         max_stream_duration: Some(route::route_action::MaxStreamDuration {
-            max_stream_duration: Some(pb_duration(r.timeout.map(|t| t.0).unwrap_or_default())),
-            grpc_timeout_header_max: Some(pb_duration(r.timeout.map(|t| t.0).unwrap_or_default())),
+            max_stream_duration: Some(timeout),
+            grpc_timeout_header_max: Some(timeout),
             grpc_timeout_header_offset: None,
         }),
         retry_policy,

@@ -60,15 +60,7 @@ pub struct Options {
 pub struct Running {
     /// Where the stats services listen.
     pub stats: SocketAddr,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-    }
+    _tasks: crate::Tasks,
 }
 
 /// Why the client could not start.
@@ -132,7 +124,7 @@ pub async fn start(mesh: &mesh_core::Mesh, opts: Options) -> Result<Running, Sta
     });
     Ok(Running {
         stats: stats_addr,
-        tasks: vec![counter, sender, stats],
+        _tasks: crate::Tasks(vec![counter, sender, stats]),
     })
 }
 

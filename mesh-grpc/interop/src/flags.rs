@@ -2,7 +2,6 @@
 //! (`--server=xds:///host:port`, `--qps 100`; `--flag=value` and `--flag value` alike).
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use crate::proto::RpcType;
 
@@ -137,9 +136,4 @@ pub fn metadata(s: &str) -> Result<Vec<(RpcType, String, String)>, FlagError> {
             Ok((m, k.to_owned(), v.to_owned()))
         })
         .collect()
-}
-
-/// Seconds as a duration (`--rpc_timeout_sec`).
-pub fn seconds(n: u64) -> Duration {
-    Duration::from_secs(n)
 }

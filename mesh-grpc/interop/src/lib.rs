@@ -14,6 +14,18 @@ pub mod server;
 
 pub use rpc::call;
 
+/// Background tasks that end with their owner (a running client or server).
+#[derive(Debug)]
+struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
 /// What the binaries' `main` does around their work: logging from `RUST_LOG`, and an error
 /// printed as its message (naming the flag or the bootstrap field) with a failing exit code.
 pub fn run_main<F>(program: &str, work: F) -> std::process::ExitCode

@@ -206,15 +206,7 @@ impl Methods for HealthService {
 pub struct Running {
     /// The maintenance port's health service.
     pub health: HealthService,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-    }
+    _tasks: crate::Tasks,
 }
 
 /// Serves `TestService` as `me` on `port` through `mesh` (inbound listener, mTLS and RBAC
@@ -246,7 +238,7 @@ pub async fn serve(
     });
     Ok(Running {
         health,
-        tasks: vec![main, maint],
+        _tasks: crate::Tasks(vec![main, maint]),
     })
 }
 

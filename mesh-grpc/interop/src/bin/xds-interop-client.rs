@@ -7,6 +7,7 @@
 //! ```
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
 
 use mesh_grpc_interop::client::{Options, Workload, start};
 use mesh_grpc_interop::flags::{self, Flags};
@@ -44,7 +45,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         workload: Workload {
             rpcs: flags::rpcs(f.string("rpc").unwrap_or("UnaryCall"))?,
             metadata: flags::metadata(f.string("metadata").unwrap_or(""))?,
-            timeout: flags::seconds(f.number("rpc_timeout_sec", 30)?),
+            timeout: Duration::from_secs(f.number("rpc_timeout_sec", 30)?),
         },
         stats: SocketAddr::from((Ipv4Addr::UNSPECIFIED, f.number("stats_port", 50052)?)),
     };
