@@ -171,9 +171,13 @@ fn bind_addr(port: Option<u16>, offset: u16) -> SocketAddr {
 
 /// A listener on `addr`, released at once: serve binds it again. (Fixed ports are used as
 /// they are; port 0 asks the system for one.)
-fn reserve(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+fn reserve(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
     let l = std::net::TcpListener::bind(addr).with_context(|| format!("port {addr} is taken"))?;
-    Ok(l.local_addr()?)
+    // Kept bound until the workload serves on it: a port released and bound again later can
+    // be taken in between by anything on the machine (a parallel test's own port 0, an
+    // outgoing connection's source port).
+    l.set_nonblocking(true)?;
+    Ok(l)
 }
 
 impl Bookinfo {
@@ -190,9 +194,13 @@ impl Bookinfo {
                 (t.path().to_owned(), Some(t))
             }
         };
-        let addrs: Vec<SocketAddr> = (0..WORKLOADS.len() as u16)
+        let listeners: Vec<std::net::TcpListener> = (0..WORKLOADS.len() as u16)
             .map(|i| reserve(bind_addr(opts.base_port, i)))
             .collect::<anyhow::Result<_>>()?;
+        let addrs: Vec<SocketAddr> = listeners
+            .iter()
+            .map(std::net::TcpListener::local_addr)
+            .collect::<std::io::Result<_>>()?;
         std::fs::write(
             config_dir.join("bookinfo.yaml"),
             networking::services(&addrs),
@@ -225,7 +233,7 @@ impl Bookinfo {
         let ca = ca::Ca::new()?;
         let mut meshes = Vec::new();
         let mut admins = Vec::new();
-        for (i, (w, addr)) in WORKLOADS.iter().zip(&addrs).enumerate() {
+        for (i, (w, listener)) in WORKLOADS.iter().zip(listeners).enumerate() {
             let certs = state.path().join(w.name);
             ca.write_workload_files(
                 &format!(
@@ -242,7 +250,11 @@ impl Bookinfo {
                 admins.push((w.name, admin.local_addr()));
                 tasks.push(tokio::spawn(admin.run()));
             }
-            tasks.push(serve(w, &mesh, *addr));
+            tasks.push(serve(
+                w,
+                &mesh,
+                tokio::net::TcpListener::from_std(listener)?,
+            ));
             meshes.push(mesh);
         }
         let bookinfo = Self {
@@ -380,14 +392,18 @@ async fn workload_mesh(w: &Workload, xds: SocketAddr, certs: &Path) -> anyhow::R
 }
 
 /// Serves one workload in the background.
-fn serve(w: &Workload, mesh: &Mesh, addr: SocketAddr) -> tokio::task::JoinHandle<()> {
+fn serve(
+    w: &Workload,
+    mesh: &Mesh,
+    listener: tokio::net::TcpListener,
+) -> tokio::task::JoinHandle<()> {
     let mesh = mesh.clone();
     let name = w.name;
     let client = MeshClient::new(&mesh);
     macro_rules! run {
         ($svc:expr) => {
             tokio::spawn(async move {
-                if let Err(e) = mesh_tower::serve(&mesh, addr, $svc).await {
+                if let Err(e) = mesh_tower::serve_listener(&mesh, listener, $svc).await {
                     tracing::error!(workload = name, error = %e, "stopped serving");
                 }
             })

@@ -154,9 +154,28 @@ where
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Bind { addr, source })?;
-    let local = listener
-        .local_addr()
-        .map_err(|source| ServeError::Bind { addr, source })?;
+    serve_listener(mesh, listener, app).await
+}
+
+/// [`serve`] on a socket already bound: for callers that pick their ports up front (port 0,
+/// a set reserved together) and must not lose them to another process between picking and
+/// serving.
+pub async fn serve_listener<S, B>(
+    mesh: &Mesh,
+    listener: tokio::net::TcpListener,
+    app: S,
+) -> Result<(), ServeError>
+where
+    S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError> + Send,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let local = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        source,
+    })?;
     let config: Arc<ArcSwapOption<Inbound>> = Arc::default();
     let telemetry = Telemetry::of(mesh);
     match mesh.bootstrap().server_listener_name(local) {
