@@ -21,7 +21,8 @@
 //! | fault injection (gRPC and HTTP status aborts, delays) | gRFC A33 |
 //! | circuit breaking, outlier detection, ring hash, least request | gRFC A32, A50, A42, A48 |
 //! | mTLS with SPIFFE identities | gRFC A29 |
-//! | xDS-configured servers, RBAC | gRFC A36, A41 |
+//! | xDS-configured servers (not serving without a listener), RBAC | gRFC A36, A41 |
+//! | graceful drain: `Server::serve_with_shutdown` (GOAWAY, started RPCs finish) | tonic's `serve_with_shutdown` |
 #![forbid(unsafe_code)]
 
 mod channel;

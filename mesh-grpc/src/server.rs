@@ -58,4 +58,38 @@ impl Server {
     pub async fn serve(self, addr: SocketAddr) -> Result<(), mesh_tower::server::ServeError> {
         mesh_tower::serve(&self.mesh, addr, self.routes.prepare()).await
     }
+
+    /// Serves on `addr` until `signal` completes, then drains gracefully: new connections
+    /// are refused, open ones get an HTTP/2 GOAWAY, RPCs already started finish (see
+    /// [`mesh_tower::serve_with_shutdown`]). Like tonic's `serve_with_shutdown`.
+    ///
+    /// ```no_run
+    /// # async fn run(mesh: mesh_core::Mesh) -> Result<(), Box<dyn std::error::Error>> {
+    /// mesh_grpc::Server::builder(&mesh)
+    ///     // .add_service(RatingsServer::new(ratings))
+    ///     .serve_with_shutdown("0.0.0.0:9080".parse()?, async {
+    ///         let _ = tokio::signal::ctrl_c().await;
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn serve_with_shutdown(
+        self,
+        addr: SocketAddr,
+        signal: impl Future<Output = ()>,
+    ) -> Result<(), mesh_tower::server::ServeError> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| mesh_tower::server::ServeError::Bind { addr, source })?;
+        self.serve_listener_with_shutdown(listener, signal).await
+    }
+
+    /// [`Server::serve_with_shutdown`] on a socket already bound.
+    pub async fn serve_listener_with_shutdown(
+        self,
+        listener: tokio::net::TcpListener,
+        signal: impl Future<Output = ()>,
+    ) -> Result<(), mesh_tower::server::ServeError> {
+        mesh_tower::serve_with_shutdown(&self.mesh, listener, self.routes.prepare(), signal).await
+    }
 }

@@ -48,4 +48,4 @@ pub use client::{MeshClient, MeshClientBuilder, OutboundTrafficPolicy, RetryBudg
 pub use error::Error;
 pub use flags::ResponseFlags;
 pub use respond::ResponseInfo;
-pub use server::{serve, serve_listener};
+pub use server::{serve, serve_listener, serve_with_shutdown};

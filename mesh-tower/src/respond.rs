@@ -103,6 +103,25 @@ pub(crate) fn grpc_status_for(status: StatusCode) -> u16 {
     }
 }
 
+/// Envoy's gRPC → HTTP status mapping (`Grpc::Utility::grpcToHttpStatus`, after Google's
+/// API error model), which outlier detection sees for a gRPC answer.
+pub(crate) fn http_status_for_grpc(code: u16) -> u16 {
+    match code {
+        0 => 200,
+        1 => 499,
+        3 | 9 | 11 => 400,
+        4 => 504,
+        5 => 404,
+        6 | 10 => 409,
+        7 => 403,
+        8 => 429,
+        12 => 501,
+        14 => 503,
+        16 => 401,
+        _ => 500,
+    }
+}
+
 /// gRPC's percent-encoding of `grpc-message`.
 fn percent_encode(s: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(s.len());

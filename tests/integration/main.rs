@@ -21,6 +21,7 @@ mod inbound_authn_tasks;
 mod inbound_authz_tasks;
 mod inbound_ext_authz;
 mod inbound_server;
+mod inbound_serving;
 mod istio_dumps;
 mod mesh_control_outbound;
 mod meshed;

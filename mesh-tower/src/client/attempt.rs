@@ -276,7 +276,7 @@ pub(super) async fn one(
         );
     }
     let outcome = match &result {
-        Ok(rsp) => Some(outlier::Outcome::Status(rsp.status().as_u16())),
+        Ok(rsp) => Some(outlier::Outcome::Status(outlier_status(ctx.grpc, rsp))),
         Err(Failure::Send(SendError::Overflow | SendError::Body(_))) => None,
         Err(_) => Some(outlier::Outcome::LocalFailure),
     };
@@ -287,6 +287,23 @@ pub(super) async fn one(
         host: Some((index, host.addr)),
         result: result.map(|rsp| (rsp, inflight)),
     }
+}
+
+/// The HTTP status outlier detection counts for an answer: a gRPC error answered in its
+/// headers (trailers-only) counts as its HTTP equivalent, as in Envoy's router, so
+/// `consecutive_5xx` sees UNKNOWN, INTERNAL and UNAVAILABLE. Envoy also defers the report of
+/// a 200 with a body to its trailers' `grpc-status`; here such an answer counts as a
+/// success (not done yet: errors after a message are rare, and the body would have to
+/// report back to the host).
+fn outlier_status<B>(grpc: bool, rsp: &Response<B>) -> u16 {
+    let status = rsp.status().as_u16();
+    if grpc
+        && status == 200
+        && let Some(code) = respond::grpc_status(rsp.headers())
+    {
+        return respond::http_status_for_grpc(code);
+    }
+    status
 }
 
 /// Hop-by-hop headers, which never travel upstream (and which HTTP/2 forbids).

@@ -95,9 +95,6 @@ pub enum ServeError {
         /// Why.
         source: std::io::Error,
     },
-    /// The control plane says the inbound listener does not exist.
-    #[error("inbound listener {0:?} does not exist on the control plane: not serving (gRFC A36)")]
-    NoListener(String),
     /// The mesh stopped.
     #[error("the mesh's xDS client stopped")]
     Stopped,
@@ -172,86 +169,43 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let local = listener.local_addr().map_err(|source| ServeError::Bind {
-        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-        source,
-    })?;
-    let config: Arc<ArcSwapOption<Inbound>> = Arc::default();
-    let telemetry = Telemetry::of(mesh);
-    match mesh.bootstrap().server_listener_name(local) {
-        Some(name) => follow(mesh, name, config.clone()).await?,
-        None => {
-            tracing::info!(%local, "no server listener template in the bootstrap: serving plaintext without policy");
-            config.store(Some(Arc::new(Inbound::plaintext())));
-        }
-    }
-    loop {
-        let Ok((tcp, peer)) = listener.accept().await else {
-            continue;
-        };
-        let _ = tcp.set_nodelay(true);
-        let Some(inbound) = config.load_full() else {
-            continue;
-        };
-        let app = app.clone();
-        let live = config.clone();
-        let telemetry = telemetry.clone();
-        tokio::spawn(async move {
-            if let Err(e) = connection(inbound, live, telemetry, tcp, peer, local, app).await {
-                tracing::debug!(%peer, error = %e, "inbound connection ended");
-            }
-        });
-    }
+    serve_with_shutdown(mesh, listener, app, std::future::pending()).await
 }
 
-/// Waits for the inbound listener, then keeps `config` current in a task.
-async fn follow(
+/// [`serve_listener`] until `signal` completes, then drains: the socket is closed at once
+/// (new connections are refused), every open connection is asked to finish (HTTP/2 GOAWAY,
+/// HTTP/1.1 closes after its current response), and this returns when the last one has.
+/// Requests already started complete.
+///
+/// Dropping the returned future instead is a hard stop: every connection it accepted is
+/// closed. Bound a drain the same way:
+///
+/// ```no_run
+/// # async fn run(mesh: mesh_core::Mesh, app: tower::util::BoxCloneService<http::Request<hyper::body::Incoming>, http::Response<String>, std::convert::Infallible>) -> Result<(), Box<dyn std::error::Error>> {
+/// let listener = tokio::net::TcpListener::bind("0.0.0.0:9080").await?;
+/// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+/// let server = mesh_tower::serve_with_shutdown(&mesh, listener, app, async {
+///     let _ = stopped.await;
+/// });
+/// # drop(stop);
+/// // Istio's default drain: at most 5 s, then whatever is left is closed.
+/// let _ = tokio::time::timeout(std::time::Duration::from_secs(5), server).await;
+/// # Ok(()) }
+/// ```
+///
+/// # Serving and not serving (gRFC A36)
+/// Until the inbound listener first arrives, connections wait in the accept queue (it
+/// usually takes milliseconds). While the control plane says the listener does not exist
+/// (at start, or deleted when the bootstrap asks for `fail_on_data_errors`), the server is
+/// *not serving*: connections are accepted and closed before a byte is sent, and those
+/// already open drain as above, so clients fail fast and try another endpoint. When the
+/// listener comes back, serving resumes. Both transitions are logged at `warn`.
+pub async fn serve_with_shutdown<S, B>(
     mesh: &Mesh,
-    name: String,
-    config: Arc<ArcSwapOption<Inbound>>,
-) -> Result<(), ServeError> {
-    let shared = Arc::new(ServerShared::new(mesh));
-    let mut watch = mesh
-        .watch_listener(&name)
-        .await
-        .map_err(|_| ServeError::Stopped)?;
-    loop {
-        let st = watch.current();
-        if let Some(Resource::Listener(l)) = &st.value {
-            config.store(Some(Arc::new(shared.build(l))));
-            break;
-        }
-        if st.does_not_exist() {
-            return Err(ServeError::NoListener(name));
-        }
-        watch.changed().await;
-    }
-    tokio::spawn(async move {
-        loop {
-            watch.changed().await;
-            match watch.current().value {
-                Some(Resource::Listener(l)) => {
-                    tracing::info!(listener = %name, "inbound configuration updated");
-                    config.store(Some(Arc::new(shared.build(&l))));
-                }
-                _ => {
-                    // A deleted listener (kept by default, gRFC A88) leaves the last one serving.
-                }
-            }
-        }
-    });
-    Ok(())
-}
-
-async fn connection<S, B>(
-    inbound: Arc<Inbound>,
-    live: Arc<ArcSwapOption<Inbound>>,
-    telemetry: Arc<Telemetry>,
-    tcp: TcpStream,
-    peer: SocketAddr,
-    local: SocketAddr,
+    listener: tokio::net::TcpListener,
     app: S,
-) -> Result<(), BoxError>
+    signal: impl Future<Output = ()>,
+) -> Result<(), ServeError>
 where
     S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -259,6 +213,171 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    let local = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        source,
+    })?;
+    let config: Arc<ArcSwapOption<Inbound>> = Arc::default();
+    let telemetry = Telemetry::of(mesh);
+    let mut follow = match mesh.bootstrap().server_listener_name(local) {
+        Some(name) => {
+            let mut f = Follow::start(mesh, name).await?;
+            config.store(f.next_state());
+            Some(f)
+        }
+        None => {
+            tracing::info!(%local, "no server listener template in the bootstrap: serving plaintext without policy");
+            config.store(Some(Arc::new(Inbound::plaintext())));
+            None
+        }
+    };
+    // Bumped to make every open connection drain: on shutdown, and on going not-serving.
+    let (drain, _) = tokio::sync::watch::channel(0u64);
+    // Owned here, so dropping this future closes every connection it accepted.
+    let mut connections = tokio::task::JoinSet::new();
+    let mut signal = std::pin::pin!(signal);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut signal => break,
+            () = changed(&mut follow) => {
+                let Some(f) = follow.as_mut() else { continue };
+                let next = f.next_state();
+                if next.is_none() && config.load().is_some() {
+                    drain.send_modify(|n| *n += 1);
+                }
+                config.store(next);
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => {
+                let (tcp, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::debug!(%local, error = %e, "accept failed");
+                        continue;
+                    }
+                };
+                // Not serving: closed before anything is sent (gRFC A36).
+                let Some(inbound) = config.load_full() else { continue };
+                let _ = tcp.set_nodelay(true);
+                let accepted = Accepted {
+                    inbound,
+                    live: config.clone(),
+                    telemetry: telemetry.clone(),
+                    peer,
+                    local,
+                    drained: drain.subscribe(),
+                };
+                connections.spawn(connection(accepted, tcp, app.clone()));
+            }
+        }
+    }
+    drop(listener);
+    drain.send_modify(|n| *n += 1);
+    tracing::info!(%local, connections = connections.len(), "draining");
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Waits for the watched listener to change; never, without one.
+async fn changed(follow: &mut Option<Follow>) {
+    match follow {
+        Some(f) => f.watch.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The watched inbound listener, and what serving state it implies.
+struct Follow {
+    name: String,
+    watch: mesh_core::xds::ResourceWatch,
+    shared: Arc<ServerShared>,
+    serving: bool,
+}
+
+impl Follow {
+    /// Subscribes to `name` and waits until the control plane has answered (a listener or
+    /// its absence).
+    async fn start(mesh: &Mesh, name: String) -> Result<Self, ServeError> {
+        let mut watch = mesh
+            .watch_listener(&name)
+            .await
+            .map_err(|_| ServeError::Stopped)?;
+        watch
+            .wait_for(|st| st.value.is_some() || st.does_not_exist())
+            .await;
+        Ok(Self {
+            name,
+            watch,
+            shared: Arc::new(ServerShared::new(mesh)),
+            serving: true,
+        })
+    }
+
+    /// The configuration to serve with now; `None` means not serving. An update that is
+    /// neither (a NACK with a cached value) keeps the last one, so it is built again only
+    /// from the value the state carries.
+    fn next_state(&mut self) -> Option<Arc<Inbound>> {
+        let st = self.watch.current();
+        let next = match &st.value {
+            Some(Resource::Listener(l)) => Some(Arc::new(self.shared.build(l))),
+            _ => None,
+        };
+        match (self.serving, next.is_some()) {
+            (true, false) => {
+                tracing::warn!(listener = %self.name, "inbound listener does not exist on the control plane: not serving (gRFC A36)")
+            }
+            (false, true) => {
+                tracing::warn!(listener = %self.name, "inbound listener is back: serving")
+            }
+            (true, true) => tracing::info!(listener = %self.name, "inbound configuration updated"),
+            (false, false) => {}
+        }
+        self.serving = next.is_some();
+        next
+    }
+}
+
+/// A connection just accepted, and what it is served with.
+struct Accepted {
+    inbound: Arc<Inbound>,
+    live: Arc<ArcSwapOption<Inbound>>,
+    telemetry: Arc<Telemetry>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    drained: tokio::sync::watch::Receiver<u64>,
+}
+
+async fn connection<S, B>(accepted: Accepted, tcp: TcpStream, app: S)
+where
+    S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError> + Send,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let peer = accepted.peer;
+    if let Err(e) = serve_connection(accepted, tcp, app).await {
+        tracing::debug!(%peer, error = %e, "inbound connection ended");
+    }
+}
+
+async fn serve_connection<S, B>(accepted: Accepted, tcp: TcpStream, app: S) -> Result<(), BoxError>
+where
+    S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError> + Send,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let Accepted {
+        inbound,
+        live,
+        telemetry,
+        peer,
+        local,
+        drained,
+    } = accepted;
     let looks_tls = if inbound.sniff {
         let mut first = [0u8; 1];
         // A TLS handshake record starts with 0x16.
@@ -290,7 +409,7 @@ where
                 spiffe_id: None,
                 tls: false,
             };
-            serve_http(TokioIo::new(tcp), identity, None, conn, app).await
+            serve_http(TokioIo::new(tcp), identity, None, conn, app, drained).await
         }
         Some(config) => {
             let tls = tokio_rustls::TlsAcceptor::from(config.clone())
@@ -305,7 +424,7 @@ where
                 tls: true,
             };
             let sni: Option<Arc<str>> = session.server_name().map(Arc::from);
-            serve_http(TokioIo::new(tls), identity, sni, conn, app).await
+            serve_http(TokioIo::new(tls), identity, sni, conn, app, drained).await
         }
     }
 }
@@ -346,6 +465,7 @@ async fn serve_http<I, S, B>(
     sni: Option<Arc<str>>,
     conn: Connection,
     app: S,
+    mut drained: tokio::sync::watch::Receiver<u64>,
 ) -> Result<(), BoxError>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -462,9 +582,15 @@ where
             Ok(rsp)
         }
     });
-    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-        .serve_connection(io, svc)
-        .await
+    let http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let served = http.serve_connection(io, svc);
+    let mut served = std::pin::pin!(served);
+    tokio::select! {
+        done = served.as_mut() => return done,
+        // Also when the server is gone: a connection does not outlive its server's drain.
+        _ = drained.changed() => served.as_mut().graceful_shutdown(),
+    }
+    served.await
 }
 
 /// A connection's HTTP filters, looked up in the current listener by chain name.
