@@ -5,6 +5,7 @@
 pub mod analyze;
 pub mod config;
 pub mod control;
+pub mod dev;
 pub mod dump;
 pub mod generate;
 pub mod registry;

@@ -211,6 +211,11 @@ fn protocol(explicit: Option<&str>, name: &str) -> String {
 }
 
 fn endpoint_from(w: &istio::WorkloadEntry, ns: &str, ports: &[Port]) -> Option<Endpoint> {
+    if w.healthy == Some(false) {
+        // istiod's default (PILOT_SEND_UNHEALTHY_ENDPOINTS off): unhealthy endpoints are
+        // not sent at all.
+        return None;
+    }
     let address = w.address.parse().ok()?;
     let ports = ports
         .iter()

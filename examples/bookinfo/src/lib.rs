@@ -20,7 +20,6 @@
 //! ```
 #![forbid(unsafe_code)]
 
-mod ca;
 pub mod details;
 pub mod fortio;
 pub mod httpbin;
@@ -230,7 +229,7 @@ impl Bookinfo {
             tokio::spawn(control_plane.clone().watch(Duration::from_millis(40))),
         ];
 
-        let ca = ca::Ca::new()?;
+        let ca = mesh_control::dev::DevCa::new("Bookinfo root CA")?;
         let mut meshes = Vec::new();
         let mut admins = Vec::new();
         for (i, (w, listener)) in WORKLOADS.iter().zip(listeners).enumerate() {
@@ -368,25 +367,10 @@ fn rejected(diags: Vec<mesh_control::config::Diagnostic>) -> anyhow::Error {
 
 /// A workload's mesh: the bootstrap istio-agent would write for it.
 async fn workload_mesh(w: &Workload, xds: SocketAddr, certs: &Path) -> anyhow::Result<Mesh> {
-    let file = |n: &str| certs.join(n).to_string_lossy().into_owned();
-    let bootstrap = serde_json::json!({
-        "xds_servers": [{"server_uri": xds.to_string(), "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3"]}],
-        "node": {
-            "id": format!("sidecar~127.0.0.1~{}.{NAMESPACE}~{NAMESPACE}.svc.cluster.local", w.name),
-            "metadata": {
-                "NAMESPACE": NAMESPACE,
-                "WORKLOAD_NAME": w.name,
-                "LABELS": {"app": w.app, "version": w.version},
-            },
-        },
-        "server_listener_resource_name_template": "xds.istio.io/grpc/lds/inbound/%s",
-        "certificate_providers": {"default": {"plugin_name": "file_watcher", "config": {
-            "certificate_file": file("cert-chain.pem"),
-            "private_key_file": file("key.pem"),
-            "ca_certificate_file": file("root-cert.pem"),
-            "refresh_interval": "900s",
-        }}},
-    });
+    let bootstrap = mesh_control::dev::WorkloadBootstrap::new(w.name, NAMESPACE, certs)
+        .label("app", w.app)
+        .label("version", w.version)
+        .to_json(xds);
     let bootstrap = Bootstrap::from_json(&bootstrap.to_string())?;
     Ok(Mesh::builder().bootstrap(bootstrap).build().await?)
 }

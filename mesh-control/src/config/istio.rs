@@ -414,12 +414,40 @@ pub struct LoadBalancerSettings {
     pub simple: Option<String>,
     /// Consistent hashing.
     pub consistent_hash: Option<ConsistentHash>,
-    /// Locality settings.
-    pub locality_lb_setting: Option<serde_json::Value>,
+    /// Locality-aware balancing: priorities by the client's locality (with outlier
+    /// detection, as in Istio).
+    pub locality_lb_setting: Option<LocalityLbSetting>,
     /// Warm-up (parsed; not served).
     pub warmup_duration_secs: Option<IstioDuration>,
     /// Warm-up (parsed; not served).
     pub warmup: Option<serde_json::Value>,
+}
+
+/// `LocalityLoadBalancerSetting`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalityLbSetting {
+    /// Whether locality-aware balancing applies (default: on, as in Istio's mesh config).
+    pub enabled: Option<bool>,
+    /// Where traffic fails over to when a client's own region is down.
+    #[serde(default)]
+    pub failover: Vec<LocalityFailover>,
+    /// Weighted distribution between localities (parsed; not served).
+    #[serde(default)]
+    pub distribute: Vec<serde_json::Value>,
+    /// Failover by endpoint labels (parsed; not served).
+    #[serde(default)]
+    pub failover_priority: Vec<String>,
+}
+
+/// One `failover` entry: clients in region `from` go to region `to` before any other.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalityFailover {
+    /// The client's region.
+    pub from: String,
+    /// The region to fail over to.
+    pub to: String,
 }
 
 /// `ConsistentHashLB`.
@@ -644,6 +672,11 @@ pub struct WorkloadEntry {
     pub weight: Option<u32>,
     /// Service account.
     pub service_account: Option<String>,
+    /// The object's `status.conditions[type=Healthy]`, as Istio's health checks (istio-agent,
+    /// or whoever probes the workload) write it: `Some(false)` takes the endpoint out of
+    /// EDS, as istiod does by default. Not part of the spec.
+    #[serde(skip)]
+    pub healthy: Option<bool>,
 }
 
 /// `PeerAuthentication.spec`.

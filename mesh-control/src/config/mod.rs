@@ -345,7 +345,10 @@ fn parse_into(text: &str, file: &Path, config: &mut Config, errors: &mut Vec<Dia
                 typed(doc).map(|x| Spec::ServiceEntry(Box::new(x)))
             }
             ("networking.istio.io", "WorkloadEntry") => {
-                typed(doc).map(|x| Spec::WorkloadEntry(Box::new(x)))
+                typed(doc).map(|mut x: istio::WorkloadEntry| {
+                    x.healthy = health_condition(doc);
+                    Spec::WorkloadEntry(Box::new(x))
+                })
             }
             ("networking.istio.io", "Gateway") => typed(doc).map(|x| Spec::Gateway(Box::new(x))),
             ("security.istio.io", "PeerAuthentication") => {
@@ -403,6 +406,33 @@ fn parse_into(text: &str, file: &Path, config: &mut Config, errors: &mut Vec<Dia
 }
 
 type TypedError = (String, String, (usize, usize));
+
+/// The `Healthy` condition in an object's `status`, if it has one. Status is written by
+/// controllers, not people, so anything unexpected in it is ignored rather than rejected.
+fn health_condition(doc: &str) -> Option<bool> {
+    #[derive(Deserialize)]
+    struct WithStatus {
+        status: Option<Status>,
+    }
+    #[derive(Deserialize)]
+    struct Status {
+        #[serde(default)]
+        conditions: Vec<Condition>,
+    }
+    #[derive(Deserialize)]
+    struct Condition {
+        #[serde(rename = "type")]
+        kind: String,
+        status: String,
+    }
+    let parsed: WithStatus = serde_norway::from_str(doc).ok()?;
+    parsed
+        .status?
+        .conditions
+        .iter()
+        .find(|c| c.kind == "Healthy")
+        .map(|c| c.status.eq_ignore_ascii_case("true"))
+}
 
 /// Istio's mesh config: the YAML text in `data.mesh` of the `istio` ConfigMap. Errors point
 /// into that text (line numbers counted from the document).

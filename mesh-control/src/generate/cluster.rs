@@ -415,9 +415,12 @@ pub(super) fn hash_policies(
 }
 
 pub(super) fn endpoints(
+    g: &Generator<'_>,
+    node: &super::NodeInfo,
     name: &str,
     svc: &Service,
     port: &Port,
+    subset: &str,
     labels: Option<&BTreeMap<String, String>>,
 ) -> endpoint::ClusterLoadAssignment {
     // One LocalityLbEndpoints per locality, in a stable order.
@@ -454,28 +457,131 @@ pub(super) fn endpoints(
                 ..Default::default()
             });
     }
+    let mut localities: Vec<endpoint::LocalityLbEndpoints> = by_locality
+        .into_iter()
+        .map(
+            |((region, zone, sub_zone), lb_endpoints)| endpoint::LocalityLbEndpoints {
+                locality: Some(core::Locality {
+                    region,
+                    zone,
+                    sub_zone,
+                }),
+                load_balancing_weight: Some(UInt32Value {
+                    value: lb_endpoints
+                        .iter()
+                        .map(|e| e.load_balancing_weight.as_ref().map_or(1, |w| w.value))
+                        .sum(),
+                }),
+                lb_endpoints,
+                ..Default::default()
+            },
+        )
+        .collect();
+    let e = effective(g, svc, port.number, subset);
+    let setting = e.lb.and_then(|lb| lb.locality_lb_setting.as_ref());
+    // As in Istio: failover needs outlier detection (without it, nothing would ever move
+    // traffic off a failed locality) and the client's locality.
+    if let (Some(client), Some(_)) = (&node.locality, e.outlier)
+        && setting.is_none_or(|s| s.enabled != Some(false))
+    {
+        let failover = setting.map_or(&[][..], |s| &s.failover[..]);
+        failover_priorities(client, failover, &mut localities);
+    }
     endpoint::ClusterLoadAssignment {
         cluster_name: name.to_owned(),
-        endpoints: by_locality
-            .into_iter()
-            .map(
-                |((region, zone, sub_zone), lb_endpoints)| endpoint::LocalityLbEndpoints {
-                    locality: Some(core::Locality {
-                        region,
-                        zone,
-                        sub_zone,
-                    }),
-                    load_balancing_weight: Some(UInt32Value {
-                        value: lb_endpoints
-                            .iter()
-                            .map(|e| e.load_balancing_weight.as_ref().map_or(1, |w| w.value))
-                            .sum(),
-                    }),
-                    lb_endpoints,
-                    ..Default::default()
-                },
-            )
-            .collect(),
+        endpoints: localities,
         ..Default::default()
+    }
+}
+
+/// Istio's locality failover: a locality's priority is how much of the client's locality it
+/// shares (0: region, zone and sub-zone; 1: region and zone; 2: region; 3: none), with
+/// regions outside a `failover` entry's `to` below that (4); the priorities used are then
+/// numbered from 0 without gaps.
+fn failover_priorities(
+    client: &super::Locality,
+    failover: &[istio::LocalityFailover],
+    localities: &mut [endpoint::LocalityLbEndpoints],
+) {
+    let (region, zone, sub_zone) = client;
+    let rank = |l: Option<&core::Locality>| -> u32 {
+        let l = l.cloned().unwrap_or_default();
+        match (
+            l.region == *region,
+            l.zone == *zone,
+            l.sub_zone == *sub_zone,
+        ) {
+            (true, true, true) => 0,
+            (true, true, false) => 1,
+            (true, false, _) => 2,
+            (false, ..) => match failover.iter().find(|f| f.from == *region) {
+                Some(f) if f.to != l.region => 4,
+                _ => 3,
+            },
+        }
+    };
+    let ranks: Vec<u32> = localities
+        .iter()
+        .map(|l| rank(l.locality.as_ref()))
+        .collect();
+    let mut used = ranks.clone();
+    used.sort_unstable();
+    used.dedup();
+    for (l, r) in localities.iter_mut().zip(ranks) {
+        l.priority = used.iter().position(|u| *u == r).unwrap_or(0) as u32;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(l: &str) -> endpoint::LocalityLbEndpoints {
+        let mut p = l.split('/').map(str::to_owned);
+        endpoint::LocalityLbEndpoints {
+            locality: Some(core::Locality {
+                region: p.next().unwrap_or_default(),
+                zone: p.next().unwrap_or_default(),
+                sub_zone: p.next().unwrap_or_default(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn priorities(failover: &[(&str, &str)], ls: &[&str]) -> Vec<u32> {
+        let client = ("us".to_owned(), "us-a".to_owned(), "rack1".to_owned());
+        let failover: Vec<_> = failover
+            .iter()
+            .map(|(f, t)| istio::LocalityFailover {
+                from: (*f).into(),
+                to: (*t).into(),
+            })
+            .collect();
+        let mut ls: Vec<_> = ls.iter().map(|l| at(l)).collect();
+        failover_priorities(&client, &failover, &mut ls);
+        ls.iter().map(|l| l.priority).collect()
+    }
+
+    #[test]
+    fn priorities_follow_how_much_locality_is_shared_without_gaps() {
+        assert_eq!(
+            priorities(
+                &[],
+                &["us/us-a/rack1", "us/us-a/rack2", "us/us-b", "eu/eu-a"]
+            ),
+            [0, 1, 2, 3]
+        );
+        // Only the levels present count: same region and another region are 0 and 1.
+        assert_eq!(priorities(&[], &["eu/eu-a", "us/us-b"]), [1, 0]);
+        assert_eq!(
+            priorities(&[("us", "ap")], &["eu/eu-a", "ap/ap-a", "us/us-a/rack1"]),
+            [2, 1, 0],
+            "the failover region comes before other regions"
+        );
+        assert_eq!(
+            priorities(&[("eu", "ap")], &["eu/eu-a", "ap/ap-a"]),
+            [0, 0],
+            "another region's entry changes nothing"
+        );
     }
 }

@@ -38,6 +38,8 @@ pub struct NodeInfo {
     pub labels: BTreeMap<String, String>,
     /// What kind of client it is.
     pub kind: NodeKind,
+    /// Where it runs (`node.locality`: region, zone, sub-zone), for locality failover.
+    pub locality: Option<Locality>,
     /// For Envoy: where its outbound HTTP listener listens (metadata `MESH_OUTBOUND_ADDR`).
     pub outbound_addr: Option<std::net::SocketAddr>,
     /// For Envoy: where its inbound listener listens (metadata `MESH_INBOUND_ADDR`) ...
@@ -48,6 +50,9 @@ pub struct NodeInfo {
     /// (metadata `MESH_CERT_DIR`); without it, Envoy is sent SDS references.
     pub cert_dir: Option<std::path::PathBuf>,
 }
+
+/// A region, zone and sub-zone (empty when unknown), as in WorkloadEntry `locality`.
+pub type Locality = (String, String, String);
 
 /// Proxyless library or Envoy.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -101,6 +106,11 @@ impl NodeInfo {
                 .or(from_id)
                 .unwrap_or_else(|| "default".into()),
             labels,
+            locality: node
+                .locality
+                .as_ref()
+                .map(|l| (l.region.clone(), l.zone.clone(), l.sub_zone.clone()))
+                .filter(|l| *l != Locality::default()),
             kind: if node.user_agent_name == "envoy" {
                 NodeKind::Envoy
             } else {
@@ -327,7 +337,9 @@ impl<'a> Generator<'a> {
         } else {
             Some(&self.subset(svc, n.subset)?.labels)
         };
-        Some(pack_any(cluster::endpoints(name, svc, port, labels)))
+        Some(pack_any(cluster::endpoints(
+            self, node, name, svc, port, n.subset, labels,
+        )))
     }
 
     /// A proxyless server's inbound listener (`xds.istio.io/grpc/lds/inbound/IP:PORT`): filter
