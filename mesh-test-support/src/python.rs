@@ -57,6 +57,48 @@ pub fn grpc_server(name: &str) -> (Peer, u16) {
     (Peer(child), port)
 }
 
+/// gRPC's xDS interop client on grpcio (`xds_interop_client.py`), running until dropped.
+pub struct InteropClient {
+    _peer: Peer,
+    _dir: tempfile::TempDir,
+    /// Its stats port on 127.0.0.1 (`LoadBalancerStatsService`, `Configure`, CSDS).
+    pub stats_port: u16,
+}
+
+/// Starts `xds_interop_client.py` with `bootstrap` (gRPC's JSON) and the contract's `args`
+/// (`--server=…`, `--qps=…`); the stats port is picked here.
+pub fn xds_interop_client(bootstrap: &str, args: &[String]) -> InteropClient {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("bootstrap.json");
+    std::fs::write(&file, bootstrap).expect("write bootstrap");
+    let mut child = Command::new(python())
+        .arg(script("xds_interop_client.py"))
+        .args(args)
+        .arg("--stats_port=0")
+        .env("GRPC_XDS_BOOTSTRAP", &file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the grpcio interop client");
+    let stdout = child.stdout.take().expect("stdout");
+    let peer = Peer(child);
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read port");
+    let stats_port = line
+        .trim()
+        .strip_prefix("PORT ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("the grpcio interop client said {line:?} (its error is above; ./scripts/test installs grpcio and protobuf)"));
+    InteropClient {
+        _peer: peer,
+        _dir: dir,
+        stats_port,
+    }
+}
+
 /// Runs `grpc_xds_peer.py client` with a bootstrap and returns its parsed results.
 pub async fn grpc_client(
     bootstrap: &str,

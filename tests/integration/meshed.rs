@@ -8,9 +8,6 @@ use std::time::Duration;
 
 use mesh_test_support::TestCa;
 
-/// The inbound listener names mesh-control (and istiod) serve proxyless servers.
-pub(crate) const SERVER_TEMPLATE: &str = "xds.istio.io/grpc/lds/inbound/%s";
-
 /// A control plane, a CA and the configuration directory.
 pub(crate) struct TestMesh {
     pub(crate) cp: Arc<mesh_control::control::ControlPlane>,
@@ -79,6 +76,18 @@ impl TestMesh {
         workload_mesh(self.xds, &self.ca, self.certs.path(), w).await
     }
 
+    /// [`TestMesh::mesh`] for a workload in `locality` (`region/zone[/sub-zone]`), which its
+    /// node reports as istio-agent does.
+    pub(crate) async fn mesh_in(&self, w: Workload<'_>, locality: &str) -> mesh_core::Mesh {
+        super::mesh_from_json(self.bootstrap(w, locality)).await
+    }
+
+    /// The xDS bootstrap (gRPC's format) of workload `w` in `locality` (`""`: none), with its
+    /// certificate written: what [`TestMesh::mesh_in`] uses, for a peer in another process.
+    pub(crate) fn bootstrap(&self, w: Workload<'_>, locality: &str) -> serde_json::Value {
+        workload_bootstrap(self.xds, &self.ca, self.certs.path(), w, locality)
+    }
+
     /// Serves `app` as workload `w` on `addr`, in the background.
     pub(crate) async fn serve<S, B>(
         &self,
@@ -116,25 +125,31 @@ pub(crate) async fn workload_mesh(
     certs: &std::path::Path,
     w: Workload<'_>,
 ) -> mesh_core::Mesh {
+    super::mesh_from_json(workload_bootstrap(xds, ca, certs, w, "")).await
+}
+
+/// The bootstrap istio-agent would write for `w` (in `locality`, unless empty), with its
+/// certificate from `ca` written under `certs`.
+fn workload_bootstrap(
+    xds: SocketAddr,
+    ca: &TestCa,
+    certs: &std::path::Path,
+    w: Workload<'_>,
+    locality: &str,
+) -> serde_json::Value {
     let id = format!(
         "spiffe://cluster.local/ns/{}/sa/{}",
         w.namespace, w.service_account
     );
     let dir = certs.join(format!("{}.{}", w.app, w.namespace));
     ca.write_istio_files(&ca.workload(&id), &dir);
-    let file = |n: &str| dir.join(n).to_string_lossy().into_owned();
-    super::mesh_at(
-        xds,
-        serde_json::json!({
-            "id": format!("sidecar~127.0.0.1~{}-v1.{ns}~{ns}.svc.cluster.local", w.app, ns = w.namespace),
-            "metadata": {"NAMESPACE": w.namespace, "LABELS": {"app": w.app}}}),
-        serde_json::json!({
-            "server_listener_resource_name_template": SERVER_TEMPLATE,
-            "certificate_providers": {"default": {"plugin_name": "file_watcher", "config": {
-                "certificate_file": file("cert-chain.pem"), "private_key_file": file("key.pem"),
-                "ca_certificate_file": file("root-cert.pem"), "refresh_interval": "600s"}}}}),
-    )
-    .await
+    let mut b =
+        mesh_control::dev::WorkloadBootstrap::new(&format!("{}-v1", w.app), w.namespace, &dir)
+            .label("app", w.app);
+    if !locality.is_empty() {
+        b = b.locality(locality);
+    }
+    b.to_json(xds)
 }
 
 /// A loopback address nobody listens on yet.

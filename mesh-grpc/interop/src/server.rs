@@ -201,45 +201,77 @@ impl Methods for HealthService {
     }
 }
 
-/// A running interop server.
+/// A running interop server. Dropping it stops it at once; [`Running::stop`] drains.
 #[derive(Debug)]
 pub struct Running {
     /// The maintenance port's health service.
     pub health: HealthService,
-    _tasks: crate::Tasks,
+    stop: tokio::sync::oneshot::Sender<()>,
+    /// The meshed server first, then the maintenance server.
+    tasks: crate::Tasks,
+}
+
+impl Running {
+    /// Stops gracefully: the meshed port closes, open connections get a GOAWAY, and RPCs
+    /// already started finish (`keep-open` ones never do: bound this with a timeout; the
+    /// rest is closed when the future is dropped). The maintenance port closes last.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(());
+        let _ = (&mut self.tasks.0[0]).await;
+    }
 }
 
 /// Serves `TestService` as `me` on `port` through `mesh` (inbound listener, mTLS and RBAC
 /// from xDS), and `XdsUpdateHealthService` (plus `TestService`, as the contract's
-/// maintenance port does) in plaintext on `maintenance`.
+/// maintenance port does) in plaintext on `maintenance`. Both ports are bound before this
+/// returns.
 pub async fn serve(
     mesh: &mesh_core::Mesh,
     me: Identity,
     port: SocketAddr,
     maintenance: SocketAddr,
 ) -> Result<Running, std::io::Error> {
+    let port = tokio::net::TcpListener::bind(port).await?;
+    let maintenance = tokio::net::TcpListener::bind(maintenance).await?;
+    Ok(serve_on(mesh, me, port, maintenance))
+}
+
+/// [`serve`] on sockets already bound.
+pub fn serve_on(
+    mesh: &mesh_core::Mesh,
+    me: Identity,
+    listener: tokio::net::TcpListener,
+    maintenance: tokio::net::TcpListener,
+) -> Running {
     let test = TestService::new(me);
     let health = HealthService::new();
     let meshed = mesh_grpc::Server::builder(mesh).add_service(Grpc(test.clone()));
+    let port = listener.local_addr().ok();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let main = tokio::spawn(async move {
-        if let Err(e) = meshed.serve(port).await {
-            tracing::error!(%port, error = %e, "interop server stopped");
+        let signal = async {
+            let _ = stopped.await;
+        };
+        if let Err(e) = meshed.serve_listener_with_shutdown(listener, signal).await {
+            tracing::error!(?port, error = %e, "interop server stopped");
         }
     });
-    let listener = tokio::net::TcpListener::bind(maintenance).await?;
+    let listener = maintenance;
+    let maintenance = listener.local_addr().ok();
     let plain = tonic::transport::Server::builder()
         .add_service(Grpc(health.clone()))
         .add_service(Grpc(test));
     let maint = tokio::spawn(async move {
         let incoming = tonic::transport::server::TcpIncoming::from(listener);
         if let Err(e) = plain.serve_with_incoming(incoming).await {
-            tracing::error!(%maintenance, error = %e, "maintenance server stopped");
+            tracing::error!(?maintenance, error = %e, "maintenance server stopped");
         }
     });
-    Ok(Running {
+    Running {
         health,
-        _tasks: crate::Tasks(vec![main, maint]),
-    })
+        stop,
+        tasks: crate::Tasks(vec![main, maint]),
+    }
 }
 
 #[cfg(test)]

@@ -44,7 +44,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     };
     let _secure = f.bool("secure_mode")?;
     let mesh = mesh_core::Mesh::from_env().await?;
-    let _running = serve(
+    let running = serve(
         &mesh,
         me,
         SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
@@ -52,5 +52,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     )
     .await?;
     tokio::signal::ctrl_c().await?;
+    // Istio's default drain time.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), running.stop()).await;
     Ok(())
 }
