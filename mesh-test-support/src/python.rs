@@ -36,7 +36,6 @@ impl Drop for Peer {
 
 /// Starts `grpc_xds_peer.py server NAME` and returns it with its port.
 pub fn grpc_server(name: &str) -> (Peer, u16) {
-    use std::io::BufRead;
     let mut child = Command::new(python())
         .arg(script("grpc_xds_peer.py"))
         .args(["server", name])
@@ -44,17 +43,24 @@ pub fn grpc_server(name: &str) -> (Peer, u16) {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start the grpcio server");
+    let port = announced_port(&mut child, "the grpcio server");
+    (Peer(child), port)
+}
+
+/// The port a peer prints as its first line (`PORT <n>`) once it serves.
+fn announced_port(child: &mut Child, who: &str) -> u16 {
+    use std::io::BufRead;
     let stdout = child.stdout.take().expect("stdout");
     let mut line = String::new();
     std::io::BufReader::new(stdout)
         .read_line(&mut line)
         .expect("read port");
-    let port = line
-        .trim()
+    line.trim()
         .strip_prefix("PORT ")
         .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("grpcio server said {line:?}"));
-    (Peer(child), port)
+        .unwrap_or_else(|| {
+            panic!("{who} said {line:?} (its error is above; ./scripts/test installs grpcio and protobuf)")
+        })
 }
 
 /// gRPC's xDS interop client on grpcio (`xds_interop_client.py`), running until dropped.
@@ -68,7 +74,6 @@ pub struct InteropClient {
 /// Starts `xds_interop_client.py` with `bootstrap` (gRPC's JSON) and the contract's `args`
 /// (`--server=…`, `--qps=…`); the stats port is picked here.
 pub fn xds_interop_client(bootstrap: &str, args: &[String]) -> InteropClient {
-    use std::io::BufRead;
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("bootstrap.json");
     std::fs::write(&file, bootstrap).expect("write bootstrap");
@@ -81,17 +86,8 @@ pub fn xds_interop_client(bootstrap: &str, args: &[String]) -> InteropClient {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start the grpcio interop client");
-    let stdout = child.stdout.take().expect("stdout");
+    let stats_port = announced_port(&mut child, "the grpcio interop client");
     let peer = Peer(child);
-    let mut line = String::new();
-    std::io::BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("read port");
-    let stats_port = line
-        .trim()
-        .strip_prefix("PORT ")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("the grpcio interop client said {line:?} (its error is above; ./scripts/test installs grpcio and protobuf)"));
     InteropClient {
         _peer: peer,
         _dir: dir,
