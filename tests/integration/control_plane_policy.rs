@@ -363,3 +363,50 @@ spec:
         "the client namespace's DestinationRule comes first"
     );
 }
+
+/// DestinationRule hosts may be wildcards; within a namespace the most specific host wins
+/// (the service's own name, then the longest wildcard), as in Istio.
+#[test]
+fn wildcard_destination_rules_and_the_most_specific_host() {
+    let tmp = tempfile::tempdir().unwrap();
+    let services = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../mesh-control/testdata/bookinfo/services.yaml");
+    std::fs::copy(services, tmp.path().join("services.yaml")).unwrap();
+    let dr = |name: &str, host: &str, lb: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: default}}\nspec: {{host: '{host}', trafficPolicy: {{loadBalancer: {{simple: {lb}}}}}}}\n---\n"
+        )
+    };
+    let lb = |target: &str| {
+        resources_for(tmp.path(), "default", target)
+            .iter()
+            .find_map(|r| match r {
+                mesh_core::xds::Resource::Cluster(c) => Some(c.lb.clone()),
+                _ => None,
+            })
+            .expect("a cluster")
+    };
+    std::fs::write(
+        tmp.path().join("policy.yaml"),
+        dr("everything", "*", "RANDOM")
+            + &dr("namespace", "*.default.svc.cluster.local", "ROUND_ROBIN")
+            + &dr("reviews", "reviews", "LEAST_REQUEST"),
+    )
+    .unwrap();
+    assert!(
+        matches!(lb("reviews:9080"), LbPolicy::LeastRequest { .. }),
+        "its own name wins"
+    );
+    assert_eq!(
+        lb("ratings:9080"),
+        LbPolicy::RoundRobin,
+        "the namespace wildcard beats *"
+    );
+
+    std::fs::write(
+        tmp.path().join("policy.yaml"),
+        dr("everything", "*", "RANDOM"),
+    )
+    .unwrap();
+    assert_eq!(lb("details:9080"), LbPolicy::Random, "* matches every host");
+}

@@ -1,8 +1,10 @@
 //! gRPC's xDS interop scenarios (grpc `doc/xds-test-descriptions.md`, psm-interop's URL-map
-//! tests), reproduced on loopback with mesh-control as the control plane: the interop
-//! servers and client from `mesh-grpc-interop` run in-process, and the driver below talks
-//! to the client only through its stats port (`LoadBalancerStatsService`,
-//! `XdsUpdateClientConfigureService`, CSDS), as the real driver does.
+//! tests), reproduced on loopback with mesh-control as the control plane. The interop
+//! servers from `mesh-grpc-interop` run in-process; the client under test is ours (in-process)
+//! or grpcio's xDS client (`tests/python/xds_interop_client.py`), and the driver talks to it
+//! only through its stats port (`LoadBalancerStatsService`, `XdsUpdateClientConfigureService`,
+//! CSDS), as the real driver does. Each scenario runs for both clients (modules `mesh` and
+//! `grpcio` at the end); where they differ, the scenario says which behaviour is right.
 //!
 //! Traffic Director's concepts map onto Istio's: a "backend service" is a Service (a CDS
 //! cluster), an instance group is a set of WorkloadEntries, a URL map is a VirtualService.

@@ -658,7 +658,9 @@ impl<'a> Generator<'a> {
     }
 
     /// The DestinationRule for a service, looked up as Istio does: in the client's namespace,
-    /// then the service's, then the root namespace; each only if visible (`exportTo`).
+    /// then the service's, then the root namespace; each only if visible (`exportTo`). Within
+    /// a namespace the most specific host wins: the service's own name, then the longest
+    /// wildcard (`*.default.svc.cluster.local` before `*.cluster.local` before `*`).
     fn destination_rule(&self, svc: &Service) -> Option<&istio::DestinationRule> {
         [
             self.client_namespace,
@@ -670,16 +672,30 @@ impl<'a> Generator<'a> {
             self.policies
                 .destination_rules
                 .iter()
-                .find(|(ns, dr)| {
-                    ns == wanted
-                        && visible(&dr.export_to, ns, self.client_namespace)
-                        && self
-                            .registry
-                            .resolve(&dr.host, ns)
-                            .is_some_and(|s| s.hostname == svc.hostname)
+                .filter(|(ns, dr)| {
+                    ns == wanted && visible(&dr.export_to, ns, self.client_namespace)
+                })
+                .filter_map(|(ns, dr)| Some((self.host_match(&dr.host, ns, svc)?, dr)))
+                // The first of equally specific rules, as before.
+                .fold(None, |best: Option<(usize, _)>, next| match best {
+                    Some(b) if b.0 >= next.0 => Some(b),
+                    _ => Some(next),
                 })
                 .map(|(_, dr)| dr)
         })
+    }
+
+    /// How specifically a rule's `host` (short, FQDN or wildcard) names `svc`: `None` when
+    /// it does not, `usize::MAX` for its own name, else the wildcard's length.
+    fn host_match(&self, host: &str, ns: &str, svc: &Service) -> Option<usize> {
+        match host.strip_prefix('*') {
+            Some(suffix) => svc.hostname.ends_with(suffix).then_some(suffix.len()),
+            None => self
+                .registry
+                .resolve(host, ns)
+                .is_some_and(|s| s.hostname == svc.hostname)
+                .then_some(usize::MAX),
+        }
     }
 
     fn subset(&self, svc: &Service, name: &str) -> Option<&istio::Subset> {
