@@ -30,5 +30,5 @@ mod server;
 mod uri;
 
 pub use channel::{ChannelError, MeshChannel, channel};
-pub use server::Server;
+pub use server::{Server, ServingState};
 pub use uri::{XdsUri, XdsUriError};

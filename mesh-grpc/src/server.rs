@@ -7,6 +7,8 @@ use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::service::Routes;
 
+pub use mesh_tower::server::ServingState;
+
 /// A meshed gRPC server: tonic services served by [`mesh_tower::serve`], so they get the
 /// inbound listener the control plane sends (`server_listener_resource_name_template`,
 /// gRFC A36: nothing is served before it arrives): STRICT / PERMISSIVE mTLS, the caller's
@@ -28,6 +30,7 @@ use tonic::service::Routes;
 pub struct Server {
     mesh: mesh_core::Mesh,
     routes: Routes,
+    state: tokio::sync::watch::Sender<ServingState>,
 }
 
 impl Server {
@@ -36,7 +39,28 @@ impl Server {
         Self {
             mesh: mesh.clone(),
             routes: Routes::default(),
+            state: tokio::sync::watch::channel(ServingState::Starting).0,
         }
+    }
+
+    /// The server's serving state as it changes (gRFC A36's serving-state callback):
+    /// [`ServingState::NotServing`] says why, for example that the control plane has no
+    /// inbound listener for the port. Take it before `serve`.
+    ///
+    /// ```no_run
+    /// # async fn run(mesh: mesh_core::Mesh) -> Result<(), Box<dyn std::error::Error>> {
+    /// let server = mesh_grpc::Server::builder(&mesh);
+    /// let mut state = server.serving_state();
+    /// tokio::spawn(async move {
+    ///     while state.changed().await.is_ok() {
+    ///         println!("{:?}", *state.borrow());
+    ///     }
+    /// });
+    /// server.serve("0.0.0.0:9080".parse()?).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn serving_state(&self) -> tokio::sync::watch::Receiver<ServingState> {
+        self.state.subscribe()
     }
 
     /// Adds a tonic service (a generated `…Server`).
@@ -56,7 +80,7 @@ impl Server {
 
     /// Serves on `addr` until an error.
     pub async fn serve(self, addr: SocketAddr) -> Result<(), mesh_tower::server::ServeError> {
-        mesh_tower::serve(&self.mesh, addr, self.routes.prepare()).await
+        self.serve_with_shutdown(addr, std::future::pending()).await
     }
 
     /// Serves on `addr` until `signal` completes, then drains gracefully: new connections
@@ -90,6 +114,7 @@ impl Server {
         listener: tokio::net::TcpListener,
         signal: impl Future<Output = ()>,
     ) -> Result<(), mesh_tower::server::ServeError> {
-        mesh_tower::serve_with_shutdown(&self.mesh, listener, self.routes.prepare(), signal).await
+        let app = self.routes.prepare();
+        mesh_tower::server::serve_observed(&self.mesh, listener, app, signal, self.state).await
     }
 }

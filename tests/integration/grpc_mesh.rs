@@ -97,13 +97,17 @@ async fn a_tonic_client_calls_meshed_tonic_servers_over_xds() {
             name,
             fail_first: fail_first.clone(),
         });
-        tokio::spawn(async move {
-            mesh_grpc::Server::builder(&server)
-                .add_service(svc)
-                .serve(addr)
-                .await
-                .expect("serving")
-        });
+        let builder = mesh_grpc::Server::builder(&server).add_service(svc);
+        let mut state = builder.serving_state();
+        tokio::spawn(async move { builder.serve(addr).await.expect("serving") });
+        // The serving-state callback (gRFC A36) says when the inbound listener is in.
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            state.wait_for(|s| *s == mesh_grpc::ServingState::Serving),
+        )
+        .await
+        .expect("serving within 10 s")
+        .expect("the server is running");
     }
     let frontend = mesh.mesh(FRONTEND).await;
     let client = AuthorizationClient::new(

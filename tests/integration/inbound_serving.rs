@@ -1,7 +1,8 @@
-//! `mesh_tower::serve_with_shutdown`'s serving states (gRFC A36) and graceful drain, against
+//! `mesh_tower::server::serve_observed`'s serving states (gRFC A36) and graceful drain, against
 //! a fake ADS server that decides whether the inbound listener exists: not serving means
 //! connections are accepted and closed before a byte is sent; a listener that appears turns
 //! serving on; a shutdown lets started requests finish while new connections are refused.
+//! Each state is published on the serving-state channel A36 asks for.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use envoy_types::util::pack_any;
 use http_body_util::Full;
 use mesh_test_support::AdsServer;
 use mesh_test_support::resources::{self, urls};
+use mesh_tower::server::ServingState;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TEMPLATE: &str = "test/inbound/%s";
@@ -101,22 +103,31 @@ async fn not_serving_without_the_listener_then_serving_then_draining() {
     ads.set(inbound("127.0.0.1:1".parse().unwrap()));
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (state, states) = tokio::sync::watch::channel(ServingState::Starting);
     let server = tokio::spawn({
         let mesh = mesh.clone();
         async move {
             let signal = async {
                 let _ = stopped.await;
             };
-            mesh_tower::serve_with_shutdown(&mesh, socket, tower::service_fn(slow), signal).await
+            let app = tower::service_fn(slow);
+            mesh_tower::server::serve_observed(&mesh, socket, app, signal, state).await
         }
     });
+    let state = || states.borrow().clone();
 
     let not_serving =
         super::meshed::eventually("not serving", || probe(addr), |a| a == "closed").await;
     assert_eq!(not_serving, "closed", "accepted and closed, nothing sent");
+    assert!(
+        matches!(&state(), ServingState::NotServing(why) if why.contains("does not exist")),
+        "{:?}",
+        state()
+    );
 
     ads.set(inbound(addr));
     super::meshed::eventually("serving", || probe(addr), |a| a == "HTTP/1.1 200 OK").await;
+    assert_eq!(state(), ServingState::Serving);
 
     // The listener deleted (honoured: fail_on_data_errors): not serving again, and an open
     // connection's request still finishes.
@@ -129,6 +140,11 @@ async fn not_serving_without_the_listener_then_serving_then_draining() {
         |a| a == "closed",
     )
     .await;
+    assert!(
+        matches!(state(), ServingState::NotServing(_)),
+        "{:?}",
+        state()
+    );
     assert_eq!(
         held.await.unwrap(),
         "HTTP/1.1 200 OK",
@@ -143,6 +159,7 @@ async fn not_serving_without_the_listener_then_serving_then_draining() {
     stop.send(()).unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(probe(addr).await, "connect: ConnectionRefused");
+    assert_eq!(state(), ServingState::Draining);
     assert_eq!(
         held.await.unwrap(),
         "HTTP/1.1 200 OK",

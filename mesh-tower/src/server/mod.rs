@@ -213,6 +213,57 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    let (state, _) = tokio::sync::watch::channel(ServingState::Starting);
+    serve_observed(mesh, listener, app, signal, state).await
+}
+
+/// Whether a server serves, as gRFC A36 defines it; [`serve_observed`] publishes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServingState {
+    /// Waiting for the control plane's first answer about the inbound listener.
+    Starting,
+    /// Serving: with the inbound listener, or (no template in the bootstrap) in plaintext
+    /// without policy.
+    Serving,
+    /// Not serving, and why (for people: the wording may change).
+    NotServing(String),
+    /// The shutdown signal came: open connections are finishing, new ones are refused.
+    Draining,
+}
+
+/// [`serve_with_shutdown`], publishing each change of its [`ServingState`] on `state`: the
+/// serving-state callback gRFC A36 asks xDS servers to offer.
+///
+/// ```no_run
+/// # async fn run(mesh: mesh_core::Mesh, app: tower::util::BoxCloneService<http::Request<hyper::body::Incoming>, http::Response<String>, std::convert::Infallible>) -> Result<(), Box<dyn std::error::Error>> {
+/// use mesh_tower::server::ServingState;
+/// let (state, mut watch) = tokio::sync::watch::channel(ServingState::Starting);
+/// tokio::spawn(async move {
+///     while watch.changed().await.is_ok() {
+///         if let ServingState::NotServing(why) = &*watch.borrow() {
+///             eprintln!("not serving: {why}");
+///         }
+///     }
+/// });
+/// let listener = tokio::net::TcpListener::bind("0.0.0.0:9080").await?;
+/// mesh_tower::server::serve_observed(&mesh, listener, app, std::future::pending(), state).await?;
+/// # Ok(()) }
+/// ```
+pub async fn serve_observed<S, B>(
+    mesh: &Mesh,
+    listener: tokio::net::TcpListener,
+    app: S,
+    signal: impl Future<Output = ()>,
+    state: tokio::sync::watch::Sender<ServingState>,
+) -> Result<(), ServeError>
+where
+    S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError> + Send,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     let local = listener.local_addr().map_err(|source| ServeError::Bind {
         addr: SocketAddr::from(([0, 0, 0, 0], 0)),
         source,
@@ -222,12 +273,15 @@ where
     let mut follow = match mesh.bootstrap().server_listener_name(local) {
         Some(name) => {
             let mut f = Follow::start(mesh, name).await?;
-            config.store(f.next_state());
+            let next = f.next_state();
+            state.send_replace(f.serving_state(next.is_some()));
+            config.store(next);
             Some(f)
         }
         None => {
             tracing::info!(%local, "no server listener template in the bootstrap: serving plaintext without policy");
             config.store(Some(Arc::new(Inbound::plaintext())));
+            state.send_replace(ServingState::Serving);
             None
         }
     };
@@ -246,7 +300,13 @@ where
                 if next.is_none() && config.load().is_some() {
                     drain.send_modify(|n| *n += 1);
                 }
+                let now = f.serving_state(next.is_some());
                 config.store(next);
+                state.send_if_modified(|s| {
+                    let changed = *s != now;
+                    *s = now;
+                    changed
+                });
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => {
@@ -274,6 +334,7 @@ where
     }
     drop(listener);
     drain.send_modify(|n| *n += 1);
+    state.send_replace(ServingState::Draining);
     tracing::info!(%local, connections = connections.len(), "draining");
     while connections.join_next().await.is_some() {}
     Ok(())
@@ -335,6 +396,17 @@ impl Follow {
         }
         self.serving = next.is_some();
         next
+    }
+
+    fn serving_state(&self, serving: bool) -> ServingState {
+        if serving {
+            ServingState::Serving
+        } else {
+            ServingState::NotServing(format!(
+                "inbound listener {:?} does not exist on the control plane",
+                self.name
+            ))
+        }
     }
 }
 
