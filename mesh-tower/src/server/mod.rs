@@ -138,9 +138,24 @@ impl Reply {
     }
 }
 
-/// Serves `app` on `addr` behind the mesh's inbound policy. Runs until an error; connections
-/// are served concurrently, HTTP/1.1 and HTTP/2 alike.
-pub async fn serve<S, B>(mesh: &Mesh, addr: SocketAddr, app: S) -> Result<(), ServeError>
+/// What the inbound side serves: a Tower service of hyper requests, cloned per connection,
+/// answering with a body of [`Bytes`]. Implemented for every such service; it only names
+/// the bounds once.
+pub trait App:
+    tower::Service<
+        Request<Incoming>,
+        Response = Response<Self::Body>,
+        Error: Into<BoxError> + Send,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+    /// The response body.
+    type Body: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static;
+}
+
+impl<S, B> App for S
 where
     S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -148,6 +163,12 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    type Body = B;
+}
+
+/// Serves `app` on `addr` behind the mesh's inbound policy. Runs until an error; connections
+/// are served concurrently, HTTP/1.1 and HTTP/2 alike.
+pub async fn serve<S: App>(mesh: &Mesh, addr: SocketAddr, app: S) -> Result<(), ServeError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Bind { addr, source })?;
@@ -157,18 +178,11 @@ where
 /// [`serve`] on a socket already bound: for callers that pick their ports up front (port 0,
 /// a set reserved together) and must not lose them to another process between picking and
 /// serving.
-pub async fn serve_listener<S, B>(
+pub async fn serve_listener<S: App>(
     mesh: &Mesh,
     listener: tokio::net::TcpListener,
     app: S,
-) -> Result<(), ServeError>
-where
-    S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError> + Send,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
+) -> Result<(), ServeError> {
     serve_with_shutdown(mesh, listener, app, std::future::pending()).await
 }
 
@@ -200,19 +214,12 @@ where
 /// *not serving*: connections are accepted and closed before a byte is sent, and those
 /// already open drain as above, so clients fail fast and try another endpoint. When the
 /// listener comes back, serving resumes. Both transitions are logged at `warn`.
-pub async fn serve_with_shutdown<S, B>(
+pub async fn serve_with_shutdown<S: App>(
     mesh: &Mesh,
     listener: tokio::net::TcpListener,
     app: S,
     signal: impl Future<Output = ()>,
-) -> Result<(), ServeError>
-where
-    S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError> + Send,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
+) -> Result<(), ServeError> {
     let (state, _) = tokio::sync::watch::channel(ServingState::Starting);
     serve_observed(mesh, listener, app, signal, state).await
 }
@@ -250,20 +257,13 @@ pub enum ServingState {
 /// mesh_tower::server::serve_observed(&mesh, listener, app, std::future::pending(), state).await?;
 /// # Ok(()) }
 /// ```
-pub async fn serve_observed<S, B>(
+pub async fn serve_observed<S: App>(
     mesh: &Mesh,
     listener: tokio::net::TcpListener,
     app: S,
     signal: impl Future<Output = ()>,
     state: tokio::sync::watch::Sender<ServingState>,
-) -> Result<(), ServeError>
-where
-    S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError> + Send,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
+) -> Result<(), ServeError> {
     let local = listener.local_addr().map_err(|source| ServeError::Bind {
         addr: SocketAddr::from(([0, 0, 0, 0], 0)),
         source,
@@ -420,28 +420,18 @@ struct Accepted {
     drained: tokio::sync::watch::Receiver<u64>,
 }
 
-async fn connection<S, B>(accepted: Accepted, tcp: TcpStream, app: S)
-where
-    S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError> + Send,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
+async fn connection<S: App>(accepted: Accepted, tcp: TcpStream, app: S) {
     let peer = accepted.peer;
     if let Err(e) = serve_connection(accepted, tcp, app).await {
         tracing::debug!(%peer, error = %e, "inbound connection ended");
     }
 }
 
-async fn serve_connection<S, B>(accepted: Accepted, tcp: TcpStream, app: S) -> Result<(), BoxError>
-where
-    S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError> + Send,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
+async fn serve_connection<S: App>(
+    accepted: Accepted,
+    tcp: TcpStream,
+    app: S,
+) -> Result<(), BoxError> {
     let Accepted {
         inbound,
         live,
@@ -531,7 +521,7 @@ impl Connection {
     }
 }
 
-async fn serve_http<I, S, B>(
+async fn serve_http<I, S: App>(
     io: I,
     identity: PeerIdentity,
     sni: Option<Arc<str>>,
@@ -541,11 +531,6 @@ async fn serve_http<I, S, B>(
 ) -> Result<(), BoxError>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError> + Send,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
 {
     let security = if identity.spiffe_id.is_some() {
         Security::MutualTls
