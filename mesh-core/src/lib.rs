@@ -37,7 +37,7 @@ pub mod status;
 pub mod xds;
 
 pub use bootstrap::Bootstrap;
-pub use mesh::{Error, Mesh, MeshBuilder};
+pub use mesh::{DangerousMeshBuilder, Error, Mesh, MeshBuilder};
 pub use snapshot::{Target, TargetSnapshot};
 pub use static_config::StaticResources;
 

@@ -87,6 +87,7 @@ struct Inner {
     targets: ArcSwap<HashMap<Arc<str>, Target>>,
     certificates: HashMap<String, CertificateProvider>,
     extensions: ArcSwap<Vec<Arc<dyn Any + Send + Sync>>>,
+    serve_without_inbound_policy: bool,
 }
 
 impl Mesh {
@@ -181,6 +182,13 @@ impl Mesh {
         find(&self.inner.extensions.load()).expect("stored above")
     }
 
+    /// Whether this mesh's servers may serve without an inbound listener (plaintext, no
+    /// policy) when the bootstrap names none: only when asked with
+    /// [`DangerousMeshBuilder::serve_without_inbound_policy`].
+    pub fn serves_without_inbound_policy(&self) -> bool {
+        self.inner.serve_without_inbound_policy
+    }
+
     /// Every subscribed resource and its state (empty in static mode).
     pub async fn dump(&self) -> Result<Vec<ResourceDump>, ClientStopped> {
         match &self.inner.source {
@@ -199,9 +207,15 @@ pub struct MeshBuilder {
     static_resources: Option<StaticResources>,
     xds: XdsClientConfig,
     certificates: HashMap<String, CertificateProvider>,
+    serve_without_inbound_policy: bool,
 }
 
 impl MeshBuilder {
+    /// Switches that give up a guarantee of the mesh, for tests and local experiments.
+    pub fn dangerous(self) -> DangerousMeshBuilder {
+        DangerousMeshBuilder(self)
+    }
+
     /// Uses this bootstrap.
     pub fn bootstrap(mut self, b: Bootstrap) -> Self {
         self.bootstrap = Some(b);
@@ -290,7 +304,37 @@ impl MeshBuilder {
                 targets: ArcSwap::default(),
                 certificates: self.certificates,
                 extensions: ArcSwap::default(),
+                serve_without_inbound_policy: self.serve_without_inbound_policy,
             }),
         })
+    }
+}
+
+/// [`MeshBuilder`] switches that weaken what the mesh guarantees, each named for what it gives
+/// up (the pattern of rustls's `dangerous()`).
+#[derive(Debug)]
+#[must_use]
+pub struct DangerousMeshBuilder(MeshBuilder);
+
+impl DangerousMeshBuilder {
+    /// Lets this mesh's servers serve plaintext with no policy at all (no mTLS, no
+    /// authorization, no path normalization) when the bootstrap has no
+    /// `server_listener_resource_name_template`, instead of refusing to serve. For local
+    /// experiments and tests without a control plane.
+    ///
+    /// ```
+    /// # async fn run() -> Result<(), mesh_core::Error> {
+    /// let mesh = mesh_core::Mesh::builder()
+    ///     .static_resources(mesh_core::StaticResources::default())
+    ///     .dangerous()
+    ///     .serve_without_inbound_policy()
+    ///     .build()
+    ///     .await?;
+    /// assert!(mesh.serves_without_inbound_policy());
+    /// # Ok(()) }
+    /// ```
+    pub fn serve_without_inbound_policy(mut self) -> MeshBuilder {
+        self.0.serve_without_inbound_policy = true;
+        self.0
     }
 }

@@ -108,15 +108,10 @@ impl Drop for Backend {
     }
 }
 
-/// What the backend saw, echoed in response headers so tests can check what was sent:
-/// `x-path` (path and query), `x-authority` (`:authority` or `Host`), `x-version`
-/// (`HTTP/1.1`, `HTTP/2.0`), `x-body-len`, and every request header `x-…` as `x-echo-…`.
-async fn handle(
-    s: Arc<Shared>,
-    req: Request<hyper::body::Incoming>,
-) -> Result<Response<Full<Bytes>>, std::io::Error> {
-    use http_body_util::BodyExt;
-    s.requests.fetch_add(1, Ordering::Relaxed);
+/// What a request looks like to the application: `x-path` (path and query), `x-authority`
+/// (`:authority` or `Host`), `x-version` (`HTTP/1.1`, `HTTP/2.0`), and every request header
+/// `x-…` as `x-echo-…`.
+fn seen<B>(req: &Request<B>) -> http::HeaderMap {
     let mut seen = http::HeaderMap::new();
     let authority = req
         .uri()
@@ -146,6 +141,29 @@ async fn handle(
             seen.append(n, value.clone());
         }
     }
+    seen
+}
+
+/// An application that answers 200 with `name` and echoes what it saw (as a [`Backend`]
+/// does: `x-backend`, `x-path`, `x-echo-…`), to serve in-process behind the mesh.
+pub fn echo<B>(name: &str, req: &Request<B>) -> Response<Full<Bytes>> {
+    let mut rsp = Response::new(Full::new(Bytes::from(name.to_owned())));
+    if let Ok(v) = http::HeaderValue::from_str(name) {
+        rsp.headers_mut().insert("x-backend", v);
+    }
+    rsp.headers_mut().extend(seen(req));
+    rsp
+}
+
+/// What the backend saw, echoed in response headers so tests can check what was sent
+/// ([`seen`]), with `x-body-len`.
+async fn handle(
+    s: Arc<Shared>,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, std::io::Error> {
+    use http_body_util::BodyExt;
+    s.requests.fetch_add(1, Ordering::Relaxed);
+    let mut seen = seen(&req);
     let body_len = req
         .into_body()
         .collect()

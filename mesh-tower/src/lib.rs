@@ -39,6 +39,7 @@ mod body;
 pub mod client;
 mod error;
 mod flags;
+pub mod normalize;
 mod respond;
 pub mod server;
 pub mod telemetry;

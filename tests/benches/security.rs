@@ -128,10 +128,16 @@ fn rbac_check(n: usize) -> Duration {
         .body(())
         .unwrap();
     let id: SpiffeId = CLIENT.parse().unwrap();
+    let cert = mesh_core::identity::PeerCertificate {
+        uri_sans: Box::new([CLIENT.into()]),
+        ..Default::default()
+    };
     let conn = rbac::Connection {
         peer: "10.0.0.1:40000".parse().unwrap(),
+        client: "10.0.0.1".parse().unwrap(),
         local: "10.0.0.2:9080".parse().unwrap(),
         spiffe_id: Some(&id),
+        certificate: Some(&cert),
         sni: None,
         metadata: &mesh_tower::server::Metadata::default(),
     };

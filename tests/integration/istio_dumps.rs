@@ -1,6 +1,8 @@
 //! Real istiod output (Envoy config dumps from Istio's own test data, in ../shared/istio-xds)
-//! translates with no error except for filters the model declares unsupported; the test lists
-//! those, so a change in what we support shows up here.
+//! translates with no error except for what the model refuses on purpose: HTTP filters it
+//! does not implement, and, on sidecar listeners, network filters ahead of the HTTP
+//! connection manager or a `filter_chain_matcher` (refused rather than served without them).
+//! The test lists both, so a change in what we support shows up here.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -43,6 +45,7 @@ fn istiod_config_dumps_translate() {
     ];
     let mut counts = [0usize; 4];
     let mut unsupported = BTreeSet::new();
+    let mut refused = BTreeSet::new();
     let mut failures = Vec::new();
     for f in files {
         let text = std::fs::read_to_string(dir.join(f)).unwrap();
@@ -78,6 +81,13 @@ fn istiod_config_dumps_translate() {
                     let what = e.rsplit("unsupported filter ").next().unwrap().to_owned();
                     unsupported.insert(what);
                 }
+                Err(e) if e.contains("is not supported ahead of the terminal filter") => {
+                    let what = e.split("network filter ").nth(1).unwrap_or(&e);
+                    refused.insert(what.split(' ').next().unwrap_or(what).to_owned());
+                }
+                Err(e) if e.contains("filter_chain_matcher: is not supported") => {
+                    refused.insert("filter_chain_matcher".to_owned());
+                }
                 Err(e) => failures.push(format!("{f}: {e}")),
             }
         }
@@ -98,6 +108,11 @@ fn istiod_config_dumps_translate() {
         unsupported, expected,
         "the list of unsupported filters changed"
     );
+    let expected: BTreeSet<String> = EXPECTED_REFUSED.iter().map(|s| s.to_string()).collect();
+    assert_eq!(
+        refused, expected,
+        "the list of refused sidecar constructs changed"
+    );
 }
 
 /// Required (non-optional) HTTP filters in those dumps that the model does not implement. A
@@ -107,7 +122,20 @@ const EXPECTED_UNSUPPORTED: &[&str] = &[
     "type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig",
     // Istio's legacy Wasm stats plugin.
     "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-    // Istio's own Envoy extensions for waypoints (HBONE authority, peer metadata exchange).
-    "type.googleapis.com/io.istio.http.connect_authority.Config",
+    // Istio's peer metadata exchange. (Its HBONE `connect_authority` filter sits on a
+    // listener already refused for its network `istio_authn` filter, below.)
     "type.googleapis.com/io.istio.http.peer_metadata.Config",
+];
+
+/// What refuses a sidecar's listener (a proxyless server never gets one): network filters
+/// ahead of the HTTP connection manager that are not enforced here, and the matcher API.
+const EXPECTED_REFUSED: &[&str] = &[
+    // Istio's stats and metadata exchange: telemetry, but a filter ahead of the terminal one
+    // is enforced or refused, never skipped.
+    "type.googleapis.com/stats.PluginConfig",
+    "type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange",
+    // Istio's HBONE peer authentication on waypoint and sidecar CONNECT listeners.
+    "type.googleapis.com/io.istio.network.authn.Config",
+    // Ambient and sidecar internal listeners choose chains with the matcher API.
+    "filter_chain_matcher",
 ];

@@ -19,6 +19,7 @@ mod grpc_mesh;
 mod grpcio_control_plane;
 mod inbound_authn_tasks;
 mod inbound_authz_tasks;
+mod inbound_differential;
 mod inbound_ext_authz;
 mod inbound_server;
 mod inbound_serving;

@@ -916,6 +916,35 @@ pub struct MeshConfig {
     /// Providers referenced by CUSTOM AuthorizationPolicies (and telemetry).
     #[serde(default)]
     pub extension_providers: Vec<MeshExtensionProvider>,
+    /// How proxies normalize request paths before authorization and routing.
+    pub path_normalization: Option<ProxyPathNormalization>,
+}
+
+/// `MeshConfig.ProxyPathNormalization`.
+#[derive(Clone, Copy, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProxyPathNormalization {
+    /// The normalization (default `DEFAULT`, which is `BASE`).
+    #[serde(default)]
+    pub normalization: PathNormalizationMode,
+}
+
+/// `ProxyPathNormalization.NormalizationType`, and what istiod sets on every HTTP connection
+/// manager for it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PathNormalizationMode {
+    /// `BASE`.
+    #[default]
+    Default,
+    /// No normalization (`normalize_path: false`).
+    None,
+    /// RFC 3986 normalization (`normalize_path: true`).
+    Base,
+    /// `BASE` and `merge_slashes`.
+    MergeSlashes,
+    /// `MERGE_SLASHES`, and `%2F` / `%5C` decoded (`UNESCAPE_AND_FORWARD`).
+    DecodeAndMergeSlashes,
 }
 
 /// `MeshConfig.ExtensionProvider`.

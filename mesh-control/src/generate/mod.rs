@@ -139,6 +139,7 @@ pub struct Policies {
     authorization_policies: Vec<(String, String, istio::AuthorizationPolicy)>,
     request_authentications: Vec<(String, istio::RequestAuthentication)>,
     extension_providers: Vec<istio::MeshExtensionProvider>,
+    path_normalization: istio::PathNormalizationMode,
 }
 
 /// Inbound mTLS mode.
@@ -232,9 +233,13 @@ impl Policies {
                         .push((ns, o.metadata.name.clone(), (**vs).clone()))
                 }
                 Spec::DestinationRule(dr) => p.destination_rules.push((ns, (**dr).clone())),
-                Spec::MeshConfig(m) => p
-                    .extension_providers
-                    .extend(m.extension_providers.iter().cloned()),
+                Spec::MeshConfig(m) => {
+                    p.extension_providers
+                        .extend(m.extension_providers.iter().cloned());
+                    if let Some(n) = m.path_normalization {
+                        p.path_normalization = n.normalization;
+                    }
+                }
                 Spec::PeerAuthentication(pa) => {
                     p.peer_authentications
                         .push((ns, o.metadata.name.clone(), (**pa).clone()))
@@ -272,12 +277,30 @@ impl<'a> Generator<'a> {
         }
     }
 
+    /// `manager` with the mesh's path normalization, as istiod sets it on every HTTP
+    /// connection manager (MeshConfig `pathNormalization`; `BASE` by default).
+    fn normalizing(&self, mut manager: hcm::HttpConnectionManager) -> hcm::HttpConnectionManager {
+        use hcm::http_connection_manager::PathWithEscapedSlashesAction as Slashes;
+        use istio::PathNormalizationMode as Mode;
+        let mode = self.policies.path_normalization;
+        manager.normalize_path = Some(envoy_types::pb::google::protobuf::BoolValue {
+            value: mode != Mode::None,
+        });
+        manager.merge_slashes = matches!(mode, Mode::MergeSlashes | Mode::DecodeAndMergeSlashes);
+        manager.path_with_escaped_slashes_action = if mode == Mode::DecodeAndMergeSlashes {
+            Slashes::UnescapeAndForward
+        } else {
+            Slashes::KeepUnchanged
+        } as i32;
+        manager
+    }
+
     /// The API listener for target `name` (`reviews:9080`), if such a service port exists.
     pub fn listener(&self, node: &NodeInfo, name: &str) -> Option<Any> {
         let (host, port) = split_listener(name)?;
         let svc = self.registry.resolve(host, &node.namespace)?;
         let p = svc.ports.iter().find(|p| p.number == port && p.is_http())?;
-        let manager = hcm::HttpConnectionManager {
+        let manager = self.normalizing(hcm::HttpConnectionManager {
             stat_prefix: name.to_owned(),
             route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(
                 hcm::Rds {
@@ -290,7 +313,7 @@ impl<'a> Generator<'a> {
                 http_filter("envoy.filters.http.router", pack_any(Router::default())),
             ],
             ..Default::default()
-        };
+        });
         Some(pack_any(listener::Listener {
             name: name.to_owned(),
             api_listener: Some(listener::ApiListener {
@@ -353,14 +376,14 @@ impl<'a> Generator<'a> {
             addr.port(),
             route_pb::route::Action::NonForwardingAction(Default::default()),
         );
-        let manager = hcm::HttpConnectionManager {
+        let manager = self.normalizing(hcm::HttpConnectionManager {
             stat_prefix: format!("inbound_{}", addr.port()),
             route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(
                 routes,
             )),
             http_filters: filters,
             ..Default::default()
-        };
+        });
         let identity = identity::CertSource::for_node(node);
         let mtls = || identity.inbound_mtls();
         let chain = |name: &str, transport: Option<&str>, socket: Option<core::TransportSocket>| {
@@ -446,7 +469,7 @@ impl<'a> Generator<'a> {
                 ..Default::default()
             }),
         );
-        let manager = hcm::HttpConnectionManager {
+        let manager = self.normalizing(hcm::HttpConnectionManager {
             codec_type: hcm::http_connection_manager::CodecType::Auto as i32,
             stat_prefix: "inbound_http".into(),
             route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(
@@ -454,7 +477,7 @@ impl<'a> Generator<'a> {
             )),
             http_filters: self.inbound_http_filters(node),
             ..Default::default()
-        };
+        });
         let identity = identity::CertSource::for_node(node);
         let chain = |name: &str, transport: Option<&str>, tls: bool| listener::FilterChain {
             name: name.into(),
@@ -540,7 +563,7 @@ impl<'a> Generator<'a> {
         let Some(addr) = node.outbound_addr else {
             return inbound.into_iter().collect();
         };
-        let manager = hcm::HttpConnectionManager {
+        let manager = self.normalizing(hcm::HttpConnectionManager {
             codec_type: hcm::http_connection_manager::CodecType::Auto as i32,
             stat_prefix: "outbound_http".into(),
             route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(
@@ -554,7 +577,7 @@ impl<'a> Generator<'a> {
                 http_filter("envoy.filters.http.router", pack_any(Router::default())),
             ],
             ..Default::default()
-        };
+        });
         let address = socket_address(addr);
         vec![pack_any(listener::Listener {
             name: "mesh_outbound_http".into(),

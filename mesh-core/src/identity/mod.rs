@@ -10,6 +10,7 @@
 //! - [`tls`], rustls client and server configurations over a provider: new handshakes use the
 //!   newest certificate, with no restart and no dropped connection.
 
+mod peer;
 mod provider;
 pub mod tls;
 
@@ -21,6 +22,7 @@ use std::time::SystemTime;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+pub use peer::PeerCertificate;
 pub use provider::CertificateProvider;
 
 /// A SPIFFE ID.

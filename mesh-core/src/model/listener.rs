@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::filter::HttpFilter;
 use super::matcher::Cidr;
+use super::path::PathNormalization;
 use super::route::RouteTable;
 use super::tls::DownstreamTls;
 
@@ -63,10 +64,19 @@ pub struct SocketListener {
     pub filter_chains: Box<[FilterChain]>,
     /// Chain used when none matches.
     pub default_filter_chain: Option<FilterChain>,
-    /// The listener also carries a `filter_chain_matcher` (the matcher API, which istiod uses
-    /// for sidecar listeners). It is not evaluated: chains are chosen by their
-    /// `filter_chain_match`, which is what proxyless inbound listeners use.
-    pub has_filter_chain_matcher: bool,
+}
+
+impl SocketListener {
+    /// The chain Envoy would choose for a connection ([`select`](super::select)): a chain
+    /// of `filter_chains`, else the default chain, else none (the connection is closed).
+    pub fn choose(&self, facts: &super::ConnectionFacts<'_>) -> Option<&FilterChain> {
+        let matches: Vec<&FilterChainMatch> =
+            self.filter_chains.iter().map(|c| &c.matcher).collect();
+        match super::select(&matches, facts) {
+            Some(i) => self.filter_chains.get(i),
+            None => self.default_filter_chain.as_ref(),
+        }
+    }
 }
 
 /// One filter chain.
@@ -78,8 +88,18 @@ pub struct FilterChain {
     pub matcher: FilterChainMatch,
     /// TLS termination.
     pub tls: Option<Arc<DownstreamTls>>,
+    /// Network filters ahead of the terminal one, in order (network RBAC).
+    pub network_filters: Box<[NetworkPolicy]>,
     /// The terminal network filter.
     pub filter: NetworkFilter,
+}
+
+/// A network filter that runs on each connection before its terminal filter.
+#[derive(Clone, Debug)]
+pub enum NetworkPolicy {
+    /// `envoy.filters.network.rbac`: evaluated once per connection, before any byte reaches
+    /// the terminal filter; a denial closes the connection.
+    Rbac(Arc<super::authz::RbacFilter>),
 }
 
 /// The terminal network filter of a chain.
@@ -92,7 +112,8 @@ pub enum NetworkFilter {
         /// Cluster.
         cluster: Arc<str>,
     },
-    /// A terminal filter this library does not implement (connections are closed).
+    /// A terminal filter this library does not serve with: connections to the chain are
+    /// closed (an application is never served without the chain's policy).
     Unsupported {
         /// Filter name or type URL.
         name: Arc<str>,
@@ -106,6 +127,10 @@ pub struct FilterChainMatch {
     pub destination_port: Option<u16>,
     /// Destination IP ranges.
     pub prefix_ranges: Box<[Cidr]>,
+    /// Direct source IP ranges (the peer itself).
+    pub direct_source_prefix_ranges: Box<[Cidr]>,
+    /// Local or external sources.
+    pub source_type: SourceType,
     /// Source IP ranges.
     pub source_prefix_ranges: Box<[Cidr]>,
     /// Source ports.
@@ -116,6 +141,18 @@ pub struct FilterChainMatch {
     pub transport_protocol: Option<Box<str>>,
     /// ALPN values (Istio: `istio-peer-exchange`, `istio`, `h2`, `http/1.1`).
     pub application_protocols: Box<[Box<str>]>,
+}
+
+/// `FilterChainMatch.source_type`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SourceType {
+    /// Any source.
+    #[default]
+    Any,
+    /// The peer is this host (same IP, or loopback).
+    SameIpOrLoopback,
+    /// The peer is another host.
+    External,
 }
 
 /// `HttpConnectionManager`.
@@ -129,6 +166,57 @@ pub struct HttpConnectionManager {
     pub max_stream_duration: Option<Duration>,
     /// Stream idle timeout (Envoy's default 5 min).
     pub stream_idle_timeout: Option<Duration>,
+    /// How request paths are normalized before any filter and before routing.
+    pub path_normalization: PathNormalization,
+    /// Who the client is, for `remote_ip` rules and `x-forwarded-for`.
+    pub client_address: ClientAddress,
+}
+
+/// How the HTTP connection manager finds the downstream client's address (Envoy's
+/// `use_remote_address` and `xff_num_trusted_hops`), which RBAC's `remote_ip` matches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientAddress {
+    /// `use_remote_address`: the client is the connection's peer (or, with trusted hops, an
+    /// address that many entries from the right of `x-forwarded-for`). Otherwise the client is
+    /// the `x-forwarded-for` entry `xff_num_trusted_hops` from the right, as a sidecar behind
+    /// another proxy would see it.
+    pub use_remote_address: bool,
+    /// `xff_num_trusted_hops`.
+    pub xff_num_trusted_hops: u32,
+}
+
+impl ClientAddress {
+    /// The client's address: `peer` unless `x-forwarded-for` says otherwise, as Envoy's
+    /// connection manager decides it (a missing or unparsable entry means the peer).
+    ///
+    /// ```
+    /// use mesh_core::model::ClientAddress;
+    /// let mut h = http::HeaderMap::new();
+    /// h.append("x-forwarded-for", "203.0.113.7, 10.0.0.9".parse().unwrap());
+    /// let peer = "10.0.0.1".parse().unwrap();
+    /// assert_eq!(ClientAddress::default().client(&h, peer), "10.0.0.9".parse::<std::net::IpAddr>().unwrap());
+    /// let trusted = ClientAddress { use_remote_address: true, xff_num_trusted_hops: 0 };
+    /// assert_eq!(trusted.client(&h, peer), peer);
+    /// ```
+    pub fn client(&self, headers: &http::HeaderMap, peer: std::net::IpAddr) -> std::net::IpAddr {
+        let skip = match (self.use_remote_address, self.xff_num_trusted_hops) {
+            (true, 0) => return peer,
+            (true, n) => n - 1,
+            (false, n) => n,
+        };
+        last_forwarded_for(headers, skip as usize).unwrap_or(peer)
+    }
+}
+
+/// Envoy's `getLastAddressFromXFF`: the entry `skip` places from the right of every
+/// `x-forwarded-for` value joined, if it parses as an IP address.
+fn last_forwarded_for(headers: &http::HeaderMap, skip: usize) -> Option<std::net::IpAddr> {
+    let mut entries = Vec::new();
+    for value in headers.get_all("x-forwarded-for") {
+        entries.extend(value.as_bytes().split(|b| *b == b','));
+    }
+    let entry = entries.iter().rev().nth(skip)?;
+    std::str::from_utf8(entry).ok()?.trim().parse().ok()
 }
 
 /// Inline routes or RDS.

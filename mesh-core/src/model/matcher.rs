@@ -1,30 +1,54 @@
 //! String, header, query and path matchers with Envoy's semantics, validated on arrival.
 //!
 //! Regexes follow Envoy's `safe_regex`: RE2 syntax (the `regex` crate is linear time, like RE2)
-//! and a *full* match of the input, so every pattern is compiled anchored.
+//! and a *full* match of the input. The anchors are added to the parsed pattern, not to its
+//! text, so no pattern can reach outside them (`a)|(b` is an error, not "starts with a").
+//!
+//! Header values are matched as Envoy 1.40 matches them (checked against a real Envoy by
+//! `tests/integration/inbound_differential.rs`): a repeated header matches when one of its
+//! values does, and values are compared as bytes, so a value with bytes outside visible ASCII
+//! is matched (a regex reads an invalid UTF-8 sequence as U+FFFD, so `.` matches it, as in
+//! Envoy), never taken as absent.
 
 use std::sync::Arc;
 
 use http::HeaderMap;
 use http::header::HeaderName;
+use regex_automata::meta;
+use regex_syntax::hir::{Hir, Look};
 
 /// A compiled regular expression that must match the whole input, as Envoy's `safe_regex` does.
 #[derive(Clone, Debug)]
 pub struct FullRegex {
     source: Arc<str>,
-    compiled: regex::Regex,
+    compiled: meta::Regex,
 }
 
+/// Why a pattern was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RegexError(String);
+
 impl FullRegex {
-    /// Compiles `pattern` anchored at both ends.
+    /// Compiles `pattern` anchored at both ends. The pattern is parsed on its own, then wrapped
+    /// in start and end assertions, so its text cannot close the anchoring group.
     ///
     /// ```
     /// let re = mesh_core::model::FullRegex::new("/api/v[0-9]+").unwrap();
     /// assert!(re.is_match("/api/v1"));
     /// assert!(!re.is_match("/api/v1/users"));
+    /// // Valid only inside a wrapping group; on its own it is not a regex.
+    /// assert!(mesh_core::model::FullRegex::new("a)|(b").is_err());
     /// ```
-    pub fn new(pattern: &str) -> Result<Self, regex::Error> {
-        let compiled = regex::Regex::new(&format!("^(?:{pattern})$"))?;
+    pub fn new(pattern: &str) -> Result<Self, RegexError> {
+        let parsed = regex_syntax::ParserBuilder::new()
+            .build()
+            .parse(pattern)
+            .map_err(|e| RegexError(e.to_string()))?;
+        let anchored = Hir::concat(vec![Hir::look(Look::Start), parsed, Hir::look(Look::End)]);
+        let compiled = meta::Regex::builder()
+            .build_from_hir(&anchored)
+            .map_err(|e| RegexError(e.to_string()))?;
         Ok(Self {
             source: pattern.into(),
             compiled,
@@ -34,6 +58,15 @@ impl FullRegex {
     /// Whether the whole of `input` matches.
     pub fn is_match(&self, input: &str) -> bool {
         self.compiled.is_match(input)
+    }
+
+    /// Whether the whole of `input` matches; bytes that are not UTF-8 are read as U+FFFD, as
+    /// RE2 reads them, so `.` matches them.
+    pub fn is_match_bytes(&self, input: &[u8]) -> bool {
+        match std::str::from_utf8(input) {
+            Ok(s) => self.is_match(s),
+            Err(_) => self.is_match(&String::from_utf8_lossy(input)),
+        }
     }
 
     /// The pattern as configured (without the anchors added here).
@@ -94,6 +127,41 @@ impl StringMatcher {
             }
             StringMatch::Contains(s) => value.contains(&**s),
             StringMatch::Regex(re) => re.is_match(value),
+        }
+    }
+}
+
+impl StringMatcher {
+    /// Whether `value` matches, compared byte for byte (case-insensitively for ASCII letters
+    /// when asked), as Envoy compares header values.
+    ///
+    /// ```
+    /// use mesh_core::model::StringMatcher;
+    /// assert!(StringMatcher::exact("admin").matches_bytes(b"admin"));
+    /// assert!(!StringMatcher::exact("admin").matches_bytes(b"admin\xff"));
+    /// ```
+    pub fn matches_bytes(&self, value: &[u8]) -> bool {
+        if let Ok(s) = std::str::from_utf8(value) {
+            return self.matches(s);
+        }
+        let ic = self.ignore_case;
+        let eq = |a: &[u8], b: &[u8]| {
+            if ic {
+                a.eq_ignore_ascii_case(b)
+            } else {
+                a == b
+            }
+        };
+        match &self.kind {
+            StringMatch::Exact(s) => eq(value, s.as_bytes()),
+            StringMatch::Prefix(s) => value.len() >= s.len() && eq(&value[..s.len()], s.as_bytes()),
+            StringMatch::Suffix(s) => {
+                value.len() >= s.len() && eq(&value[value.len() - s.len()..], s.as_bytes())
+            }
+            StringMatch::Contains(s) => {
+                s.is_empty() || value.windows(s.len()).any(|w| eq(w, s.as_bytes()))
+            }
+            StringMatch::Regex(re) => re.is_match_bytes(value),
         }
     }
 }
@@ -175,6 +243,8 @@ pub struct RequestView<'a> {
     pub path: &'a str,
     /// Raw query string, without `?`.
     pub query: Option<&'a str>,
+    /// Path and query, as in the `:path` pseudo-header.
+    pub path_and_query: &'a str,
     /// Method.
     pub method: &'a http::Method,
     /// Request headers.
@@ -191,43 +261,91 @@ impl<'a> RequestView<'a> {
             authority: authority_of(req),
             path: uri.path(),
             query: uri.query(),
+            path_and_query: uri.path_and_query().map_or("/", |pq| pq.as_str()),
             method: req.method(),
             headers: req.headers(),
             scheme: uri.scheme_str().unwrap_or("http"),
         }
     }
 
-    /// A header's value as text, with the pseudo-headers Envoy exposes to matchers.
-    pub fn header(&self, name: &str) -> Option<&'a str> {
-        match name {
+    /// A view of headers alone (response headers, for retry conditions): the pseudo-headers
+    /// are empty.
+    pub fn of_headers(headers: &'a HeaderMap) -> Self {
+        Self {
+            authority: "",
+            path: "",
+            query: None,
+            path_and_query: "",
+            method: &http::Method::GET,
+            headers,
+            scheme: "",
+        }
+    }
+
+    /// A header's values as Envoy's matchers see them: the pseudo-headers `:authority` (also
+    /// `host`), `:path` (with the query), `:method` and `:scheme` from the request line, and
+    /// each value of a repeated header on its own (a matcher matches when one of them does,
+    /// as Envoy 1.40's do). Empty when the header is absent.
+    ///
+    /// ```
+    /// let req = http::Request::get("/p?q=1")
+    ///     .header("x-user", "alice")
+    ///     .header("x-user", "admin")
+    ///     .body(())
+    ///     .unwrap();
+    /// let view = mesh_core::model::RequestView::from_request(&req);
+    /// let users: Vec<&[u8]> = view.header_values("x-user").collect();
+    /// assert_eq!(users, [&b"alice"[..], &b"admin"[..]]);
+    /// assert_eq!(view.header_values(":path").next(), Some(&b"/p?q=1"[..]));
+    /// assert!(view.header_values("x-missing").next().is_none());
+    /// ```
+    pub fn header_values(&self, name: &str) -> HeaderValues<'a> {
+        let pseudo = match name {
             ":authority" | "host" => Some(self.authority),
-            ":path" => Some(self.path),
+            ":path" => Some(self.path_and_query),
             ":method" => Some(self.method.as_str()),
             ":scheme" => Some(self.scheme),
-            _ => {
-                // Several values are joined with "," by Envoy; matching the first is what
-                // almost every config means, and it avoids allocating.
-                self.headers.get(name).and_then(|v| v.to_str().ok())
-            }
+            _ => None,
+        };
+        match pseudo {
+            Some(v) => HeaderValues::One(Some(v.as_bytes())),
+            None => HeaderValues::Many(self.headers.get_all(name).iter()),
+        }
+    }
+}
+
+/// The values of one header: see [`RequestView::header_values`].
+#[derive(Debug)]
+pub enum HeaderValues<'a> {
+    /// A pseudo-header: one value.
+    One(Option<&'a [u8]>),
+    /// A header field, repeated or not.
+    Many(http::header::ValueIter<'a, http::HeaderValue>),
+}
+
+impl<'a> Iterator for HeaderValues<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        match self {
+            Self::One(v) => v.take(),
+            Self::Many(it) => it.next().map(http::HeaderValue::as_bytes),
         }
     }
 }
 
 impl HeaderMatcher {
-    /// Whether the request matches.
+    /// Whether the request matches, as Envoy 1.40 decides it: one of the header's values
+    /// matches, then `invert` turns the result over; a missing header never matches, even
+    /// inverted, unless `treat_missing_as_empty` makes it an empty value.
     pub fn matches(&self, req: &RequestView<'_>) -> bool {
-        let value = req.header(&self.name);
-        let value = match (value, self.treat_missing_as_empty) {
-            (None, true) => Some(""),
-            (v, _) => v,
-        };
-        let result = match (&self.kind, value) {
-            (HeaderMatch::Present(want), v) => v.is_some() == *want,
-            (_, None) => return false, // Envoy: a missing header never matches, even inverted.
-            (HeaderMatch::String(m), Some(v)) => m.matches(v),
-            (HeaderMatch::Range { start, end }, Some(v)) => {
-                v.parse::<i64>().is_ok_and(|n| n >= *start && n < *end)
-            }
+        let mut values = req.header_values(&self.name).peekable();
+        let present = values.peek().is_some();
+        let result = match &self.kind {
+            HeaderMatch::Present(want) => (present || self.treat_missing_as_empty) == *want,
+            _ if !present && !self.treat_missing_as_empty => return false,
+            kind if !present => value_matches(kind, b""),
+            kind => values.any(|v| value_matches(kind, v)),
         };
         result != self.invert
     }
@@ -235,6 +353,17 @@ impl HeaderMatcher {
     /// The header name as an `http` type, when it is a real header rather than a pseudo-header.
     pub fn header_name(&self) -> Option<HeaderName> {
         HeaderName::from_bytes(self.name.as_bytes()).ok()
+    }
+}
+
+fn value_matches(kind: &HeaderMatch, v: &[u8]) -> bool {
+    match kind {
+        HeaderMatch::String(m) => m.matches_bytes(v),
+        HeaderMatch::Range { start, end } => std::str::from_utf8(v)
+            .ok()
+            .and_then(|v| v.parse::<i64>().ok())
+            .is_some_and(|n| n >= *start && n < *end),
+        HeaderMatch::Present(want) => *want,
     }
 }
 
@@ -413,6 +542,7 @@ mod tests {
             authority: "svc:80",
             path,
             query,
+            path_and_query: path,
             method: &http::Method::GET,
             headers,
             scheme: "http",

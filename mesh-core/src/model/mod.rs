@@ -5,19 +5,23 @@
 //! spare capacity), names are `Arc<str>` (shared between the resource and its references).
 
 mod authz;
+mod chain_match;
 mod cluster;
 mod endpoint;
 mod filter;
 mod listener;
 mod matcher;
+mod path;
 mod route;
 mod tls;
 
 pub use authz::*;
+pub use chain_match::*;
 pub use cluster::*;
 pub use endpoint::*;
 pub use filter::*;
 pub use listener::*;
 pub use matcher::*;
+pub use path::*;
 pub use route::*;
 pub use tls::*;

@@ -50,14 +50,7 @@ fn retriable_headers(policy: &RetryPolicy, headers: &HeaderMap) -> bool {
     if policy.retriable_headers.is_empty() {
         return false;
     }
-    let view = RequestView {
-        authority: "",
-        path: "",
-        query: None,
-        method: &http::Method::GET,
-        headers,
-        scheme: "",
-    };
+    let view = RequestView::of_headers(headers);
     policy.retriable_headers.iter().any(|m| m.matches(&view))
 }
 

@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue, Request, StatusCode};
 use mesh_core::model::{
-    FilterConfig, FilterOverride, HttpFilter, JwtPerRoute, RbacAction, RbacFilter, RequestView,
-    Route, RouteSource, RouteTable,
+    ClientAddress, FilterConfig, FilterOverride, HttpConnectionManager, JwtPerRoute,
+    PathNormalization, RbacAction, RbacFilter, RequestView, Route, RouteSource, RouteTable,
 };
 
 use super::ext_authz::{Decision, ExtAuthzFilter};
@@ -23,13 +23,25 @@ use super::rate_limit::RateLimiter;
 use super::{Caller, Reply, rbac};
 use crate::MeshClient;
 use crate::flags::ResponseFlags;
+use crate::normalize::normalize_request;
 
 /// A chain's filters, ready for requests.
 pub(crate) struct HttpFilters {
+    /// The connection manager's own work before any filter; `None` when requests are served
+    /// without a listener (no control plane).
+    manager: Option<Manager>,
     filters: Box<[Filter]>,
     routes: Option<Arc<RouteTable>>,
     /// Rate limits that routes configure for themselves, by route.
     route_limits: Box<[RouteLimit]>,
+}
+
+/// What the HTTP connection manager does itself.
+struct Manager {
+    /// Path checks and normalization, before the route is chosen.
+    paths: PathNormalization,
+    /// Who the client is (RBAC's `remote_ip`).
+    client_address: ClientAddress,
 }
 
 struct Filter {
@@ -86,19 +98,18 @@ impl HttpFilters {
     /// No filters and no routes: every request goes straight to the application.
     pub(crate) fn none() -> Self {
         Self {
+            manager: None,
             filters: Box::new([]),
             routes: None,
             route_limits: Box::new([]),
         }
     }
 
-    /// Prepares a chain's filters (rate-limit buckets start full on each configuration).
-    pub(crate) fn new(
-        filters: &[HttpFilter],
-        routes: &RouteSource,
-        cx: &FilterContext<'_>,
-    ) -> Self {
-        let filters: Box<[Filter]> = filters
+    /// Prepares a chain's connection manager and filters (rate-limit buckets start full on
+    /// each configuration).
+    pub(crate) fn new(hcm: &HttpConnectionManager, cx: &FilterContext<'_>) -> Self {
+        let filters: Box<[Filter]> = hcm
+            .http_filters
             .iter()
             .map(|f| Filter {
                 name: f.name.clone(),
@@ -106,7 +117,7 @@ impl HttpFilters {
                 kind: kind(&f.config, cx),
             })
             .collect();
-        let routes = match routes {
+        let routes = match &hcm.routes {
             RouteSource::Inline(t) => Some(t.clone()),
             RouteSource::Rds(name) => {
                 tracing::warn!(route_config = %name, "inbound routes over RDS are not followed; per-route filter settings do not apply");
@@ -128,20 +139,40 @@ impl HttpFilters {
             }
         }
         Self {
+            manager: Some(Manager {
+                paths: hcm.path_normalization,
+                client_address: hcm.client_address,
+            }),
             filters,
             routes,
             route_limits: route_limits.into(),
         }
     }
 
-    /// Whether requests skip the filters entirely.
+    /// Whether requests skip the connection manager entirely (no listener).
     pub(crate) fn is_empty(&self) -> bool {
-        self.filters.is_empty() && self.routes.is_none()
+        self.manager.is_none()
     }
 
-    /// Runs the filters over a request.
+    /// Runs the connection manager's checks and the filters over a request.
     pub(crate) async fn run<B>(&self, req: &mut Request<B>, caller: &Caller<'_>) -> Verdict {
         let grpc = crate::respond::is_grpc(req.headers());
+        // Before the route and every filter, as Envoy: policy decides on the path the
+        // application will see.
+        let client_address = match &self.manager {
+            Some(m) => {
+                if let Err(rejection) = normalize_request(&m.paths, req) {
+                    let mut reply =
+                        Reply::new(rejection.status(grpc), "", grpc, ResponseFlags::NONE);
+                    if let Some(location) = rejection.location().filter(|_| !grpc) {
+                        reply.header(http::header::LOCATION, location, false);
+                    }
+                    return answer(reply);
+                }
+                m.client_address
+            }
+            None => ClientAddress::default(),
+        };
         let route = match &self.routes {
             None => None,
             Some(table) => {
@@ -182,7 +213,10 @@ impl HttpFilters {
                         Some(FilterConfig::Rbac(r)) => r,
                         _ => listener_level,
                     };
-                    if let Some(reply) = enforce_rbac(config, req, caller, &mut metadata, grpc) {
+                    let client = client_address.client(req.headers(), caller.peer.addr.ip());
+                    if let Some(reply) =
+                        enforce_rbac(config, req, caller, client, &mut metadata, grpc)
+                    {
                         return answer(reply);
                     }
                 }
@@ -288,14 +322,17 @@ fn enforce_rbac<B>(
     filter: &RbacFilter,
     req: &Request<B>,
     caller: &Caller<'_>,
+    client: std::net::IpAddr,
     metadata: &mut Metadata,
     grpc: bool,
 ) -> Option<Reply> {
     let view = RequestView::from_request(req);
     let conn = rbac::Connection {
         peer: caller.peer.addr,
+        client,
         local: caller.local,
         spiffe_id: caller.peer.spiffe_id.as_ref(),
+        certificate: caller.peer.certificate.as_deref(),
         sni: caller.sni,
         metadata: &*metadata,
     };

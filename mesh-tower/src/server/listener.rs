@@ -1,14 +1,17 @@
-//! The inbound listener, ready to serve: each filter chain with its TLS configuration and its
-//! HTTP filters, and Envoy's filter-chain selection.
+//! The inbound listener, ready to serve: each filter chain with its TLS configuration, its
+//! network filters and its HTTP filters, and Envoy's filter-chain selection
+//! ([`mesh_core::model::select`]).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use mesh_core::Mesh;
 use mesh_core::identity::tls::{ClientAuth, server_config};
-use mesh_core::model::{CertSource, FilterChain, JwksSource, ListenerKind, NetworkFilter};
+use mesh_core::model::{
+    CertSource, ConnectionFacts, FilterChain, FilterChainMatch, JwksSource, ListenerKind,
+    NetworkFilter,
+};
 
 use super::filters::{FilterContext, HttpFilters};
 use super::jwks::RemoteJwks;
@@ -19,8 +22,10 @@ use crate::MeshClient;
 pub(crate) struct Chain {
     pub(crate) config: FilterChain,
     pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
-    /// Why TLS cannot be offered (a missing certificate provider): such chains refuse.
-    pub(crate) broken: Option<String>,
+    /// Why connections to this chain are closed unserved: TLS it cannot offer (a missing
+    /// certificate provider), or a terminal filter that is not the HTTP connection manager.
+    /// Never served without the chain's policy.
+    pub(crate) refuse: Option<String>,
     pub(crate) filters: Arc<HttpFilters>,
 }
 
@@ -28,8 +33,9 @@ pub(crate) struct Chain {
 pub(crate) struct Inbound {
     pub(crate) chains: Vec<Chain>,
     pub(crate) default: Option<Chain>,
-    /// Whether chains differ by transport protocol, so the first byte must be peeked.
-    pub(crate) sniff: bool,
+    /// Whether chains differ by transport protocol, server name or ALPN, so a connection's
+    /// first bytes (a TLS ClientHello) must be read before its chain is chosen.
+    pub(crate) inspect: bool,
 }
 
 impl Inbound {
@@ -42,47 +48,46 @@ impl Inbound {
                     name: "plaintext".into(),
                     matcher: Default::default(),
                     tls: None,
+                    network_filters: Box::new([]),
                     filter: NetworkFilter::Unsupported {
                         name: "passthrough".into(),
                     },
                 },
                 tls: None,
-                broken: None,
+                refuse: None,
                 filters: Arc::new(HttpFilters::none()),
             }),
-            sniff: false,
+            inspect: false,
         }
     }
 
-    /// Envoy's filter-chain selection, for the fields inbound listeners use: destination port
-    /// and IP, source IP and port, and transport protocol (`tls` when the first byte starts a
-    /// TLS handshake record).
-    pub(crate) fn select(&self, peer: SocketAddr, local: SocketAddr, tls: bool) -> Option<&Chain> {
-        let transport = if tls { "tls" } else { "raw_buffer" };
-        self.chains
-            .iter()
-            .find(|c| {
-                let m = &c.config.matcher;
-                m.destination_port.is_none_or(|p| p == local.port())
-                    && (m.prefix_ranges.is_empty()
-                        || m.prefix_ranges.iter().any(|r| r.contains(local.ip())))
-                    && (m.source_prefix_ranges.is_empty()
-                        || m.source_prefix_ranges.iter().any(|r| r.contains(peer.ip())))
-                    && (m.source_ports.is_empty() || m.source_ports.contains(&peer.port()))
-                    && m.transport_protocol
-                        .as_deref()
-                        .is_none_or(|t| t == transport)
-            })
-            .or(self.default.as_ref())
+    /// Envoy's filter-chain selection: a chain, else the default chain, else none (the
+    /// connection is closed).
+    pub(crate) fn select(&self, facts: &ConnectionFacts<'_>) -> Option<&Chain> {
+        let matches: Vec<&FilterChainMatch> =
+            self.chains.iter().map(|c| &c.config.matcher).collect();
+        match mesh_core::model::select(&matches, facts) {
+            Some(i) => self.chains.get(i),
+            None => self.default.as_ref(),
+        }
     }
 
-    /// A chain's current filters, by name (a connection keeps its chain across updates).
+    /// A chain's current filters, by name (a connection keeps its chain across updates). A
+    /// name that is empty or not unique does not say which chain is meant: the connection
+    /// keeps the filters it was accepted with.
     pub(crate) fn filters_of(&self, chain: &str) -> Option<Arc<HttpFilters>> {
-        self.chains
+        if chain.is_empty() {
+            return None;
+        }
+        let mut named = self
+            .chains
             .iter()
             .chain(self.default.iter())
-            .find(|c| &*c.config.name == chain)
-            .map(|c| c.filters.clone())
+            .filter(|c| &*c.config.name == chain);
+        match (named.next(), named.next()) {
+            (Some(c), None) => Some(c.filters.clone()),
+            _ => None,
+        }
     }
 }
 
@@ -116,7 +121,7 @@ impl ServerShared {
             return Inbound {
                 chains: Vec::new(),
                 default: None,
-                sniff: false,
+                inspect: false,
             };
         };
         let client = || self.client();
@@ -129,23 +134,37 @@ impl ServerShared {
             .iter()
             .map(|fc| self.chain(fc, &cx))
             .collect();
-        let sniff = chains
-            .iter()
-            .any(|c| c.config.matcher.transport_protocol.is_some());
+        let inspect = chains.iter().any(|c| {
+            let m = &c.config.matcher;
+            m.transport_protocol.is_some()
+                || !m.server_names.is_empty()
+                || !m.application_protocols.is_empty()
+        });
         Inbound {
             default: s
                 .default_filter_chain
                 .as_ref()
                 .map(|fc| self.chain(fc, &cx)),
             chains,
-            sniff,
+            inspect,
         }
     }
 
     fn chain(&self, fc: &FilterChain, cx: &FilterContext<'_>) -> Chain {
-        let filters = match &fc.filter {
-            NetworkFilter::Http(h) => HttpFilters::new(&h.http_filters, &h.routes, cx),
-            _ => HttpFilters::none(),
+        let (filters, not_http) = match &fc.filter {
+            NetworkFilter::Http(h) => (HttpFilters::new(h, cx), None),
+            NetworkFilter::TcpProxy { cluster } => (
+                HttpFilters::none(),
+                Some(format!(
+                    "the chain proxies TCP to {cluster}, which an in-process server does not do"
+                )),
+            ),
+            NetworkFilter::Unsupported { name } => (
+                HttpFilters::none(),
+                Some(format!(
+                    "the chain ends in {name}, not the HTTP connection manager"
+                )),
+            ),
         };
         let (tls, broken) = match &fc.tls {
             None => (None, None),
@@ -184,13 +203,14 @@ impl ServerShared {
                 ),
             },
         };
-        if let Some(why) = &broken {
-            tracing::error!(chain = %fc.name, %why, "TLS chain cannot serve; its connections are refused");
+        let refuse = broken.or(not_http);
+        if let Some(why) = &refuse {
+            tracing::error!(chain = %fc.name, %why, "filter chain cannot serve; its connections are closed");
         }
         Chain {
             config: fc.clone(),
             tls,
-            broken,
+            refuse,
             filters: Arc::new(filters),
         }
     }

@@ -13,7 +13,13 @@
 //! connections and, for the HTTP filters, to the next request. As gRFC A36 asks of xDS
 //! servers, nothing is served until the listener has arrived, and a listener the control
 //! plane does not have means not serving. Without a template (static mode, or no control
-//! plane), the application is served in plaintext with no policy.
+//! plane) nothing is served ([`ServeError::NoInboundPolicy`]), unless the mesh was built
+//! with `MeshBuilder::dangerous().serve_without_inbound_policy()`: then the application is
+//! served in plaintext with no policy at all.
+//!
+//! Before any filter and before the route is chosen, each request's path is checked and
+//! normalized as the chain's connection manager asks ([`crate::normalize`]), so policy
+//! decides on the path the application sees.
 //!
 //! | feature | Envoy / Istio |
 //! |---|---|
@@ -23,6 +29,7 @@
 //! | external authorization over HTTP and gRPC | `envoy.filters.http.ext_authz`; AuthorizationPolicy CUSTOM |
 //! | local rate limits, per listener or route | `envoy.filters.http.local_ratelimit` |
 
+mod connection;
 mod ext_authz;
 mod filters;
 mod jwks;
@@ -32,6 +39,7 @@ mod metadata;
 mod rate_limit;
 pub mod rbac;
 
+pub use connection::looks_like_tls;
 pub use jwt::VerifiedJwt;
 pub use metadata::Metadata;
 
@@ -46,7 +54,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_core::Mesh;
-use mesh_core::identity::SpiffeId;
+use mesh_core::identity::{PeerCertificate, SpiffeId};
 use mesh_core::xds::Resource;
 use tokio::net::TcpStream;
 
@@ -79,6 +87,8 @@ pub struct PeerIdentity {
     pub addr: SocketAddr,
     /// Its SPIFFE ID, when it presented a verified certificate (mTLS).
     pub spiffe_id: Option<SpiffeId>,
+    /// The names in the verified certificate it presented, if any.
+    pub certificate: Option<Arc<PeerCertificate>>,
     /// Whether the connection is TLS.
     pub tls: bool,
 }
@@ -98,6 +108,17 @@ pub enum ServeError {
     /// The mesh stopped.
     #[error("the mesh's xDS client stopped")]
     Stopped,
+    /// The bootstrap names no inbound listener, so there is no policy to serve with.
+    #[error(
+        "the bootstrap has no server_listener_resource_name_template, so no inbound listener \
+         (mTLS, authorization) applies to {addr}; refusing to serve without policy. Add the \
+         template (istio-agent's bootstrap has it), or opt in to plaintext without policy \
+         with MeshBuilder::dangerous().serve_without_inbound_policy()"
+    )]
+    NoInboundPolicy {
+        /// The address that would have been served.
+        addr: SocketAddr,
+    },
 }
 
 /// What the filters know of the connection a request came on.
@@ -230,8 +251,8 @@ pub async fn serve_with_shutdown<S: App>(
 pub enum ServingState {
     /// Waiting for the control plane's first answer about the inbound listener.
     Starting,
-    /// Serving: with the inbound listener, or (no template in the bootstrap) in plaintext
-    /// without policy.
+    /// Serving: with the inbound listener, or (no template in the bootstrap, and the mesh
+    /// asked for it) in plaintext without policy.
     Serving,
     /// Not serving, and why (for people: the wording may change).
     NotServing(String),
@@ -278,8 +299,11 @@ pub async fn serve_observed<S: App>(
             config.store(next);
             Some(f)
         }
+        None if !mesh.serves_without_inbound_policy() => {
+            return Err(ServeError::NoInboundPolicy { addr: local });
+        }
         None => {
-            tracing::info!(%local, "no server listener template in the bootstrap: serving plaintext without policy");
+            tracing::warn!(%local, "no server listener template in the bootstrap: serving plaintext without policy, as asked");
             config.store(Some(Arc::new(Inbound::plaintext())));
             state.send_replace(ServingState::Serving);
             None
@@ -440,23 +464,11 @@ async fn serve_connection<S: App>(
         local,
         drained,
     } = accepted;
-    let looks_tls = if inbound.sniff {
-        let mut first = [0u8; 1];
-        // A TLS handshake record starts with 0x16.
-        tcp.peek(&mut first).await? == 1 && first[0] == 0x16
-    } else {
-        false
-    };
-    let Some(chain) = inbound.select(peer, local, looks_tls) else {
-        return Err("no filter chain matches the connection".into());
-    };
-    if let Some(why) = &chain.broken {
-        return Err(why.clone().into());
-    }
+    let opened = connection::open(&inbound, tcp, peer, local).await?;
     let filters = LiveFilters {
         live,
-        chain: chain.config.name.clone(),
-        at_accept: chain.filters.clone(),
+        chain: opened.chain.config.name.clone(),
+        at_accept: opened.chain.filters.clone(),
     };
     let conn = Connection {
         local,
@@ -464,29 +476,13 @@ async fn serve_connection<S: App>(
         telemetry,
         labels: ArcSwapOption::empty(),
     };
-    match &chain.tls {
-        None => {
-            let identity = PeerIdentity {
-                addr: peer,
-                spiffe_id: None,
-                tls: false,
-            };
-            serve_http(TokioIo::new(tcp), identity, None, conn, app, drained).await
+    let (identity, sni) = (opened.identity, opened.sni);
+    match opened.io {
+        connection::Io::Plain(tcp) => {
+            serve_http(TokioIo::new(tcp), identity, sni, conn, app, drained).await
         }
-        Some(config) => {
-            let tls = tokio_rustls::TlsAcceptor::from(config.clone())
-                .accept(tcp)
-                .await?;
-            let (_, session) = tls.get_ref();
-            let identity = PeerIdentity {
-                addr: peer,
-                spiffe_id: session
-                    .peer_certificates()
-                    .and_then(mesh_core::identity::tls::peer_spiffe_id),
-                tls: true,
-            };
-            let sni: Option<Arc<str>> = session.server_name().map(Arc::from);
-            serve_http(TokioIo::new(tls), identity, sni, conn, app, drained).await
+        connection::Io::Tls(tls) => {
+            serve_http(TokioIo::new(*tls), identity, sni, conn, app, drained).await
         }
     }
 }

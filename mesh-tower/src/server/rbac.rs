@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 
-use mesh_core::identity::SpiffeId;
+use mesh_core::identity::{PeerCertificate, SpiffeId};
 
 use super::Metadata;
 use mesh_core::model::{Permission, Principal, RbacAction, RbacFilter, RbacPolicies, RequestView};
@@ -15,12 +15,17 @@ use mesh_core::model::{Permission, Principal, RbacAction, RbacFilter, RbacPolici
 /// What RBAC sees of a request besides its headers.
 #[derive(Clone, Copy, Debug)]
 pub struct Connection<'a> {
-    /// The peer's address.
+    /// The peer's address (`direct_remote_ip`, `source_ip`).
     pub peer: SocketAddr,
+    /// The client's address as the connection manager decided it from `x-forwarded-for`
+    /// (`remote_ip`).
+    pub client: std::net::IpAddr,
     /// The local (destination) address.
     pub local: SocketAddr,
     /// The peer's verified SPIFFE ID.
     pub spiffe_id: Option<&'a SpiffeId>,
+    /// The names of the peer's verified certificate, if it presented one.
+    pub certificate: Option<&'a PeerCertificate>,
     /// The TLS server name the peer asked for.
     pub sni: Option<&'a str>,
     /// What earlier filters learnt (the JWT filter's principal and claims).
@@ -43,14 +48,30 @@ pub fn evaluate<'a>(
     req: &RequestView<'_>,
     conn: &Connection<'_>,
 ) -> Verdict<'a> {
+    verdict(filter, Some(req), conn)
+}
+
+/// Evaluates a network RBAC filter for a connection, before any request: as in Envoy's,
+/// `url_path` rules never match there (and `header` rules are refused when the listener
+/// loads).
+pub fn evaluate_connection<'a>(filter: &'a RbacFilter, conn: &Connection<'_>) -> Verdict<'a> {
+    verdict(filter, None, conn)
+}
+
+fn verdict<'a>(
+    filter: &'a RbacFilter,
+    req: Option<&RequestView<'_>>,
+    conn: &Connection<'_>,
+) -> Verdict<'a> {
     let Some(rules) = &filter.rules else {
         return Verdict::Allow;
     };
-    let matched = first_match(rules, req, conn);
+    let matched = matching(rules, req, conn);
     match (rules.action, matched) {
         (RbacAction::Allow, Some(_)) | (RbacAction::Deny, None) | (RbacAction::Log, _) => {
             if let (RbacAction::Log, Some(p)) = (rules.action, matched) {
-                tracing::info!(policy = p, peer = %conn.peer, path = req.path, "RBAC audit");
+                let path = req.map_or("", |r| r.path);
+                tracing::info!(policy = p, peer = %conn.peer, path, "RBAC audit");
             }
             Verdict::Allow
         }
@@ -65,6 +86,14 @@ pub fn first_match<'a>(
     req: &RequestView<'_>,
     conn: &Connection<'_>,
 ) -> Option<&'a str> {
+    matching(rules, Some(req), conn)
+}
+
+fn matching<'a>(
+    rules: &'a RbacPolicies,
+    req: Option<&RequestView<'_>>,
+    conn: &Connection<'_>,
+) -> Option<&'a str> {
     rules
         .policies
         .iter()
@@ -75,13 +104,13 @@ pub fn first_match<'a>(
         .map(|(name, _)| &**name)
 }
 
-fn permission(p: &Permission, req: &RequestView<'_>, conn: &Connection<'_>) -> bool {
+fn permission(p: &Permission, req: Option<&RequestView<'_>>, conn: &Connection<'_>) -> bool {
     match p {
         Permission::And(all) => all.iter().all(|x| permission(x, req, conn)),
         Permission::Or(any) => any.iter().any(|x| permission(x, req, conn)),
         Permission::Any => true,
-        Permission::Header(h) => h.matches(req),
-        Permission::UrlPath(m) => m.matches(req.path),
+        Permission::Header(h) => req.is_some_and(|r| h.matches(r)),
+        Permission::UrlPath(m) => req.is_some_and(|r| m.matches(r.path)),
         Permission::DestinationIp(c) => c.contains(conn.local.ip()),
         Permission::DestinationPort(port) => conn.local.port() == *port,
         Permission::DestinationPortRange(start, end) => (*start..*end).contains(&conn.local.port()),
@@ -91,21 +120,23 @@ fn permission(p: &Permission, req: &RequestView<'_>, conn: &Connection<'_>) -> b
     }
 }
 
-fn principal(p: &Principal, req: &RequestView<'_>, conn: &Connection<'_>) -> bool {
+fn principal(p: &Principal, req: Option<&RequestView<'_>>, conn: &Connection<'_>) -> bool {
     match p {
         Principal::And(all) => all.iter().all(|x| principal(x, req, conn)),
         Principal::Or(any) => any.iter().any(|x| principal(x, req, conn)),
         Principal::Any => true,
-        Principal::Authenticated(m) => match (conn.spiffe_id, m) {
+        // Envoy's order: every URI SAN, every DNS SAN, then the subject. A TLS peer without
+        // a certificate is not authenticated here (Envoy would let one through a rule with
+        // no name; this is stricter, never wider).
+        Principal::Authenticated(m) => match (conn.certificate, m) {
             (Some(_), None) => true,
-            (Some(id), Some(m)) => m.matches(id.as_str()),
+            (Some(cert), Some(m)) => cert.any_name(|name| m.matches(name)),
             (None, _) => false,
         },
-        Principal::SourceIp(c) | Principal::DirectRemoteIp(c) | Principal::RemoteIp(c) => {
-            c.contains(conn.peer.ip())
-        }
-        Principal::Header(h) => h.matches(req),
-        Principal::UrlPath(m) => m.matches(req.path),
+        Principal::SourceIp(c) | Principal::DirectRemoteIp(c) => c.contains(conn.peer.ip()),
+        Principal::RemoteIp(c) => c.contains(conn.client),
+        Principal::Header(h) => req.is_some_and(|r| h.matches(r)),
+        Principal::UrlPath(m) => req.is_some_and(|r| m.matches(r.path)),
         Principal::Metadata(m) => conn.metadata.matches(m),
         Principal::FilterState { key, value } => {
             &**key == "io.istio.peer_principal"
@@ -160,10 +191,16 @@ mod tests {
             .body(())
             .unwrap();
         let id = who.map(|w| w.parse::<SpiffeId>().unwrap());
+        let cert = who.map(|w| PeerCertificate {
+            uri_sans: Box::new([w.into()]),
+            ..Default::default()
+        });
         let conn = Connection {
             peer: "10.0.0.1:5000".parse().unwrap(),
+            client: "10.0.0.1".parse().unwrap(),
             local: "10.0.0.2:9080".parse().unwrap(),
             spiffe_id: id.as_ref(),
+            certificate: cert.as_ref(),
             sni: None,
             metadata: &Metadata::default(),
         };

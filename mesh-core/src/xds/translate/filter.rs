@@ -240,6 +240,67 @@ pub(crate) fn rbac_config(r: &rbac_filter::Rbac) -> Result<RbacFilter, FieldErro
     })
 }
 
+/// The network RBAC filter (`envoy.filters.network.rbac`), evaluated once per connection. As
+/// in Envoy, `header` rules are refused (a connection has no headers); `url_path` rules load
+/// and never match.
+pub(crate) fn network_rbac_config(
+    r: &envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac,
+) -> Result<RbacFilter, FieldError> {
+    if r.matcher.is_some() || r.shadow_matcher.is_some() {
+        return Err(FieldError::new("the matcher API is not supported; use rules").at("matcher"));
+    }
+    let filter = RbacFilter {
+        rules: r
+            .rules
+            .as_ref()
+            .map(rbac_policies)
+            .transpose()
+            .at("rules")?,
+        shadow_rules: r
+            .shadow_rules
+            .as_ref()
+            .map(rbac_policies)
+            .transpose()
+            .at("shadow_rules")?,
+        stat_prefix: r.stat_prefix.as_str().into(),
+        shadow_stat_prefix: r.shadow_rules_stat_prefix.as_str().into(),
+    };
+    for (field, rules) in [
+        ("rules", &filter.rules),
+        ("shadow_rules", &filter.shadow_rules),
+    ] {
+        for (name, p) in rules.iter().flat_map(|r| r.policies.iter()) {
+            if p.permissions.iter().any(permission_has_header)
+                || p.principals.iter().any(principal_has_header)
+            {
+                return Err(FieldError::new(
+                    "header rules are not supported by the network RBAC filter (as in Envoy)",
+                )
+                .at(format!("{field}.policies[{name:?}]")));
+            }
+        }
+    }
+    Ok(filter)
+}
+
+fn permission_has_header(p: &Permission) -> bool {
+    match p {
+        Permission::Header(_) => true,
+        Permission::And(v) | Permission::Or(v) => v.iter().any(permission_has_header),
+        Permission::Not(x) => permission_has_header(x),
+        _ => false,
+    }
+}
+
+fn principal_has_header(p: &Principal) -> bool {
+    match p {
+        Principal::Header(_) => true,
+        Principal::And(v) | Principal::Or(v) => v.iter().any(principal_has_header),
+        Principal::Not(x) => principal_has_header(x),
+        _ => false,
+    }
+}
+
 fn rbac_policies(r: &rbac::Rbac) -> Result<RbacPolicies, FieldError> {
     let action = match r.action {
         0 => RbacAction::Allow,

@@ -47,16 +47,41 @@ pub fn listener(l: &pb::Listener) -> Result<Listener, FieldError> {
             )
             .at("filter_chains"));
         }
+        if l.filter_chain_matcher.is_some() {
+            // Chains would be chosen by a matcher tree this library does not evaluate;
+            // choosing them by `filter_chain_match` instead could serve a connection with the
+            // wrong chain's policy.
+            return Err(FieldError::new(
+                "is not supported: chains are chosen by their filter_chain_match",
+            )
+            .at("filter_chain_matcher"));
+        }
+        let filter_chains = each("filter_chains", &l.filter_chains, filter_chain)?;
+        let matches: Vec<&FilterChainMatch> = filter_chains.iter().map(|c| &c.matcher).collect();
+        match check_overlaps(&matches) {
+            Ok(()) => {}
+            Err(OverlapError::Overlap { first, second }) => {
+                return Err(FieldError::new(format!(
+                    "matches the same connections as filter_chains[{first}] (Envoy: multiple filter chains with overlapping matching rules)"
+                ))
+                .at(format!("filter_chains[{second}].filter_chain_match")));
+            }
+            Err(OverlapError::TooLarge) => {
+                return Err(FieldError::new(
+                    "the filter_chain_match values expand into too many combinations to check",
+                )
+                .at("filter_chains"));
+            }
+        }
         ListenerKind::Socket(Arc::new(SocketListener {
             address,
-            filter_chains: each("filter_chains", &l.filter_chains, filter_chain)?,
+            filter_chains,
             default_filter_chain: l
                 .default_filter_chain
                 .as_ref()
                 .map(filter_chain)
                 .transpose()
                 .at("default_filter_chain")?,
-            has_filter_chain_matcher: l.filter_chain_matcher.is_some(),
         }))
     };
     Ok(Listener {
@@ -99,6 +124,33 @@ pub(crate) fn http_connection_manager(
         );
     }
     let common = h.common_http_protocol_options.as_ref();
+    if h.path_normalization_options.is_some() {
+        return Err(FieldError::new(
+            "is not supported (use normalize_path, merge_slashes and path_with_escaped_slashes_action)",
+        )
+        .at("path_normalization_options"));
+    }
+    if !h.original_ip_detection_extensions.is_empty() {
+        // They decide the client address that `remote_ip` rules match: ignoring them would
+        // let a policy match the wrong client.
+        return Err(FieldError::new("is not supported").at("original_ip_detection_extensions"));
+    }
+    use hcm::http_connection_manager::PathWithEscapedSlashesAction as Slashes;
+    let escaped_slashes = match Slashes::try_from(h.path_with_escaped_slashes_action) {
+        Ok(Slashes::ImplementationSpecificDefault | Slashes::KeepUnchanged) => {
+            EscapedSlashes::KeepUnchanged
+        }
+        Ok(Slashes::RejectRequest) => EscapedSlashes::RejectRequest,
+        Ok(Slashes::UnescapeAndRedirect) => EscapedSlashes::UnescapeAndRedirect,
+        Ok(Slashes::UnescapeAndForward) => EscapedSlashes::UnescapeAndForward,
+        Err(_) => {
+            return Err(FieldError::new(format!(
+                "unknown action {}",
+                h.path_with_escaped_slashes_action
+            ))
+            .at("path_with_escaped_slashes_action"));
+        }
+    };
     Ok(HttpConnectionManager {
         routes,
         http_filters,
@@ -108,6 +160,16 @@ pub(crate) fn http_connection_manager(
         )?
         .filter(|d| !d.is_zero()),
         stream_idle_timeout: opt_duration(h.stream_idle_timeout.as_ref(), "stream_idle_timeout")?,
+        path_normalization: PathNormalization {
+            // Envoy's default when unset (runtime `http_connection_manager.normalize_path`).
+            normalize: h.normalize_path.as_ref().is_some_and(|b| b.value),
+            merge_slashes: h.merge_slashes,
+            escaped_slashes,
+        },
+        client_address: ClientAddress {
+            use_remote_address: h.use_remote_address.as_ref().is_some_and(|b| b.value),
+            xff_num_trusted_hops: h.xff_num_trusted_hops,
+        },
     })
 }
 
@@ -125,12 +187,18 @@ fn filter_chain(fc: &pb::FilterChain) -> Result<FilterChain, FieldError> {
             .map(Arc::new),
         None => None,
     };
-    // The terminal filter decides what the chain does; earlier network filters (Istio's
-    // metadata exchange, authn) have no effect on a library and are skipped.
-    let last = fc
+    // The terminal filter decides what the chain does. Every filter ahead of it must be one
+    // that is enforced here: a filter skipped there could be a policy (network RBAC, a
+    // filter of Istio's) that the chain would then be served without.
+    let (last, ahead) = fc
         .filters
-        .last()
+        .split_last()
         .ok_or_else(|| FieldError::new("at least one filter is required").at("filters"))?;
+    let network_filters = ahead
+        .iter()
+        .enumerate()
+        .map(|(i, f)| network_policy(f).at(format!("filters[{i}]")))
+        .collect::<Result<Box<[_]>, _>>()?;
     let at = format!("filters[{}]", fc.filters.len() - 1);
     let typed = match &last.config_type {
         Some(pb::filter::ConfigType::TypedConfig(any)) => Some(any),
@@ -156,13 +224,72 @@ fn filter_chain(fc: &pb::FilterChain) -> Result<FilterChain, FieldError> {
         name: fc.name.as_str().into(),
         matcher,
         tls,
+        network_filters,
         filter,
     })
+}
+
+/// A network filter ahead of a chain's terminal filter: network RBAC is enforced; anything
+/// else refuses the listener.
+fn network_policy(f: &pb::Filter) -> Result<NetworkPolicy, FieldError> {
+    use envoy_types::pb::envoy::extensions::filters::network::rbac::v3 as network_rbac;
+    match &f.config_type {
+        Some(pb::filter::ConfigType::TypedConfig(any))
+            if any.type_url == network_rbac::Rbac::type_url() =>
+        {
+            let r: network_rbac::Rbac = unpack(any)?;
+            Ok(NetworkPolicy::Rbac(Arc::new(
+                super::filter::network_rbac_config(&r).at("typed_config")?,
+            )))
+        }
+        Some(pb::filter::ConfigType::TypedConfig(any)) => Err(FieldError::new(format!(
+            "network filter {} ({:?}) is not supported ahead of the terminal filter; the listener is refused rather than served without it",
+            super::effective_type_url(any),
+            f.name
+        ))),
+        _ => Err(FieldError::new(format!(
+            "network filter {:?} has no typed_config (config_discovery is not supported)",
+            f.name
+        ))),
+    }
 }
 
 fn filter_chain_match(m: &pb::FilterChainMatch) -> Result<FilterChainMatch, FieldError> {
     let port = |p: u32, f: &str| {
         u16::try_from(p).map_err(|_| FieldError::new(format!("invalid port {p}")).at(f.to_owned()))
+    };
+    if !m.address_suffix.is_empty() || m.suffix_len.is_some() {
+        return Err(FieldError::new(
+            "address_suffix and suffix_len are not implemented (as in Envoy)",
+        )
+        .at("address_suffix"));
+    }
+    let server_names = m
+        .server_names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let wildcard_ok = n.starts_with("*.") && !n[1..].contains('*');
+            if n.contains('*') && !wildcard_ok {
+                Err(FieldError::new(format!(
+                    "{n:?}: partial wildcards are not supported (only a leading \"*.\")"
+                ))
+                .at(format!("server_names[{i}]")))
+            } else {
+                Ok(Box::<str>::from(n.to_ascii_lowercase()))
+            }
+        })
+        .collect::<Result<Box<[_]>, _>>()?;
+    use pb::filter_chain_match::ConnectionSourceType as S;
+    let source_type = match S::try_from(m.source_type) {
+        Ok(S::Any) => SourceType::Any,
+        Ok(S::SameIpOrLoopback) => SourceType::SameIpOrLoopback,
+        Ok(S::External) => SourceType::External,
+        Err(_) => {
+            return Err(
+                FieldError::new(format!("unknown source type {}", m.source_type)).at("source_type"),
+            );
+        }
     };
     Ok(FilterChainMatch {
         destination_port: m
@@ -171,9 +298,15 @@ fn filter_chain_match(m: &pb::FilterChainMatch) -> Result<FilterChainMatch, Fiel
             .map(|p| port(p.value, "destination_port"))
             .transpose()?,
         prefix_ranges: each("prefix_ranges", &m.prefix_ranges, cidr)?,
+        direct_source_prefix_ranges: each(
+            "direct_source_prefix_ranges",
+            &m.direct_source_prefix_ranges,
+            cidr,
+        )?,
+        source_type,
         source_prefix_ranges: each("source_prefix_ranges", &m.source_prefix_ranges, cidr)?,
         source_ports: each("source_ports", &m.source_ports, |p| port(*p, ""))?,
-        server_names: m.server_names.iter().map(|s| s.as_str().into()).collect(),
+        server_names,
         transport_protocol: (!m.transport_protocol.is_empty())
             .then(|| m.transport_protocol.as_str().into()),
         application_protocols: m
