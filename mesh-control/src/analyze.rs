@@ -2,7 +2,9 @@
 //! Errors make `validate` fail and `serve` keep the last good configuration; warnings are
 //! reported and served around.
 
-use crate::config::istio::{AuthorizationPolicy, HttpRoute, StringMatch};
+use crate::config::istio::{
+    AuthorizationPolicy, HttpRoute, PolicyTargetReference, StringMatch, WorkloadSelector,
+};
 use crate::config::{Config, Diagnostic, Object, Severity, Spec};
 use crate::registry::Registry;
 
@@ -17,7 +19,24 @@ pub fn analyze(config: &Config, registry: &Registry) -> Vec<Diagnostic> {
                     http_route(o, i, r, registry, ns, config, &mut out);
                 }
             }
-            Spec::AuthorizationPolicy(p) => authorization(o, p, registry, ns, config, &mut out),
+            Spec::AuthorizationPolicy(p) => {
+                authorization(o, p, registry, ns, config, &mut out);
+                authorization_rules(o, p, &mut out);
+                targets(
+                    o,
+                    p.selector.as_ref(),
+                    crate::config::istio::target_refs(&p.target_ref, &p.target_refs),
+                    config,
+                    &mut out,
+                );
+            }
+            Spec::RequestAuthentication(r) => targets(
+                o,
+                r.selector.as_ref(),
+                crate::config::istio::target_refs(&r.target_ref, &r.target_refs),
+                config,
+                &mut out,
+            ),
             _ => {}
         }
     }
@@ -98,6 +117,281 @@ fn authorization(
             }
         }
         (None, false) => {}
+    }
+}
+
+/// Every rule of an AuthorizationPolicy is generated as istiod generates it, or refused here:
+/// nothing in a rule is dropped, since dropping part of an ALLOW rule widens it.
+fn authorization_rules(o: &Object, p: &AuthorizationPolicy, out: &mut Vec<Diagnostic>) {
+    use crate::generate::authz::{condition_key_error, parse_port};
+    let action = p.action.as_deref().unwrap_or("ALLOW");
+    let err = |out: &mut Vec<Diagnostic>, field: String, message: String| {
+        out.push(diag(o, &field, message, Severity::Error))
+    };
+    if !matches!(action, "ALLOW" | "DENY" | "AUDIT" | "CUSTOM") {
+        err(
+            out,
+            "spec.action".into(),
+            format!("unknown action {action:?}"),
+        );
+    }
+    if p.rules.is_empty() && matches!(action, "DENY" | "CUSTOM") {
+        err(
+            out,
+            "spec.rules".into(),
+            format!(
+                "{action} action without `rules` is meaningless; add an empty rule `{{}}` to match every request"
+            ),
+        );
+    }
+    let cidr = |v: &str| -> Result<(), String> {
+        let (addr, len) = match v.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (v, None),
+        };
+        let ip: std::net::IpAddr = addr.parse().map_err(|_| format!("bad IP address ({v})"))?;
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        match len.map(str::parse::<u8>) {
+            None => Ok(()),
+            Some(Ok(l)) if l <= max => Ok(()),
+            Some(_) => Err(format!("bad CIDR range ({v})")),
+        }
+    };
+    for (i, rule) in p.rules.iter().enumerate() {
+        let at = |f: &str| format!("spec.rules[{i}]{f}");
+        for (j, from) in rule.from.iter().enumerate() {
+            let s = &from.source;
+            let lists = [
+                ("ipBlocks", &s.ip_blocks),
+                ("notIpBlocks", &s.not_ip_blocks),
+                ("remoteIpBlocks", &s.remote_ip_blocks),
+                ("notRemoteIpBlocks", &s.not_remote_ip_blocks),
+            ];
+            for (name, list) in lists {
+                for (k, v) in list.iter().enumerate() {
+                    if let Err(why) = cidr(v) {
+                        err(out, at(&format!(".from[{j}].source.{name}[{k}]")), why);
+                    }
+                }
+            }
+            if !s.service_accounts.is_empty()
+                && (!s.principals.is_empty() || !s.namespaces.is_empty())
+            {
+                err(
+                    out,
+                    at(&format!(".from[{j}].source")),
+                    "cannot set serviceAccounts with namespaces or principals".into(),
+                );
+            }
+            for (name, list) in [
+                ("trustDomains", &s.trust_domains),
+                ("notTrustDomains", &s.not_trust_domains),
+            ] {
+                for (k, v) in list.iter().enumerate() {
+                    let stars = v.matches('*').count();
+                    if v.contains('/')
+                        || stars > 1
+                        || (stars == 1 && !v.starts_with('*') && !v.ends_with('*'))
+                    {
+                        err(
+                            out,
+                            at(&format!(".from[{j}].source.{name}[{k}]")),
+                            format!(
+                                "{v:?}: a trust domain has no `/` and at most one `*`, at the start or the end"
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        for (j, to) in rule.to.iter().enumerate() {
+            let op = &to.operation;
+            for (name, list) in [("ports", &op.ports), ("notPorts", &op.not_ports)] {
+                for (k, v) in list.iter().enumerate() {
+                    if let Err(why) = parse_port(v) {
+                        err(out, at(&format!(".to[{j}].operation.{name}[{k}]")), why);
+                    }
+                }
+            }
+            for (name, list) in [("paths", &op.paths), ("notPaths", &op.not_paths)] {
+                for (k, v) in list.iter().enumerate() {
+                    if v.contains('{') || v.contains('}') {
+                        err(
+                            out,
+                            at(&format!(".to[{j}].operation.{name}[{k}]")),
+                            format!(
+                                "{v:?}: path templates ({{*}}, {{**}}) are not supported by mesh-control"
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        for (j, c) in rule.when.iter().enumerate() {
+            let field = at(&format!(".when[{j}]"));
+            if let Some(why) = condition_key_error(&c.key) {
+                err(out, format!("{field}.key"), why);
+                continue;
+            }
+            if c.values.is_empty() && c.not_values.is_empty() {
+                err(
+                    out,
+                    field.clone(),
+                    format!(
+                        "at least one of `values` or `notValues` must be set for key {}",
+                        c.key
+                    ),
+                );
+            }
+            for (name, list) in [("values", &c.values), ("notValues", &c.not_values)] {
+                for (k, v) in list.iter().enumerate() {
+                    let checked = match c.key.as_str() {
+                        "destination.port" => parse_port(v).map(|_| ()),
+                        "source.ip" | "remote.ip" | "destination.ip" => cidr(v),
+                        _ => Ok(()),
+                    };
+                    if let Err(why) = checked {
+                        err(out, format!("{field}.{name}[{k}]"), why);
+                    }
+                }
+            }
+        }
+        if action == "CUSTOM" {
+            let custom_only = |what: &str, out: &mut Vec<Diagnostic>| {
+                err(
+                    out,
+                    at(""),
+                    format!("{what} is currently not supported with CUSTOM action"),
+                )
+            };
+            for from in &rule.from {
+                let s = &from.source;
+                for (what, set) in [
+                    ("From.Principals", !s.principals.is_empty()),
+                    ("From.NotPrincipals", !s.not_principals.is_empty()),
+                    ("From.RequestPrincipals", !s.request_principals.is_empty()),
+                    (
+                        "From.NotRequestPrincipals",
+                        !s.not_request_principals.is_empty(),
+                    ),
+                    ("From.Namespaces", !s.namespaces.is_empty()),
+                    ("From.NotNamespaces", !s.not_namespaces.is_empty()),
+                    ("From.ServiceAccounts", !s.service_accounts.is_empty()),
+                    (
+                        "From.NotServiceAccounts",
+                        !s.not_service_accounts.is_empty(),
+                    ),
+                    ("From.TrustDomains", !s.trust_domains.is_empty()),
+                    ("From.NotTrustDomains", !s.not_trust_domains.is_empty()),
+                ] {
+                    if set {
+                        custom_only(what, out);
+                    }
+                }
+            }
+            for c in &rule.when {
+                if c.key.starts_with("request.auth.")
+                    || matches!(
+                        c.key.as_str(),
+                        "source.namespace"
+                            | "source.serviceAccount"
+                            | "source.trustDomain"
+                            | "source.principal"
+                    )
+                {
+                    custom_only(&format!("when key {}", c.key), out);
+                }
+            }
+        }
+    }
+}
+
+/// A policy's `targetRef` / `targetRefs`, as Istio validates them, and what they attach to
+/// here: the workloads of a Service or ServiceEntry; Gateways, of which there are none.
+fn targets<'a>(
+    o: &Object,
+    selector: Option<&WorkloadSelector>,
+    refs: impl Iterator<Item = &'a PolicyTargetReference>,
+    config: &Config,
+    out: &mut Vec<Diagnostic>,
+) {
+    const KINDS: [&str; 4] = [
+        "core/Service",
+        "networking.istio.io/ServiceEntry",
+        "gateway.networking.k8s.io/Gateway",
+        "gateway.networking.k8s.io/GatewayClass",
+    ];
+    let refs: Vec<&PolicyTargetReference> = refs.collect();
+    if refs.is_empty() {
+        return;
+    }
+    if selector.is_some() {
+        out.push(diag(
+            o,
+            "spec.selector",
+            "only one of targetRefs or selector can be set".into(),
+            Severity::Error,
+        ));
+    }
+    let ns = o.metadata.namespace();
+    for (i, t) in refs.iter().enumerate() {
+        let field = format!("spec.targetRefs[{i}]");
+        let kind = t.group_kind();
+        if t.name.is_empty() {
+            out.push(diag(
+                o,
+                &format!("{field}.name"),
+                "targetRef name must be set".into(),
+                Severity::Error,
+            ));
+        }
+        if !t.namespace.is_empty() {
+            out.push(diag(
+                o,
+                &format!("{field}.namespace"),
+                "targetRef namespace must not be set; cross namespace referencing is not supported"
+                    .into(),
+                Severity::Error,
+            ));
+        }
+        if !KINDS.contains(&kind.as_str()) {
+            out.push(diag(
+                o,
+                &format!("{field}.kind"),
+                format!("targetRef must be to one of {KINDS:?} but was {kind}"),
+                Severity::Error,
+            ));
+            continue;
+        }
+        if kind.starts_with("gateway.networking.k8s.io/") {
+            out.push(diag(
+                o,
+                &field,
+                format!("{kind} {}: mesh-control serves no gateways, so the policy attaches to no workload", t.name),
+                Severity::Warning,
+            ));
+            continue;
+        }
+        let found = config.objects.iter().any(|x| {
+            x.metadata.namespace() == ns
+                && x.metadata.name == t.name
+                && matches!(
+                    (&x.spec, kind.as_str()),
+                    (Spec::Service(_), "core/Service")
+                        | (Spec::ServiceEntry(_), "networking.istio.io/ServiceEntry")
+                )
+        });
+        if !found {
+            out.push(diag(
+                o,
+                &field,
+                format!(
+                    "no {} {:?} in namespace {ns}: the policy attaches to no workload",
+                    t.kind, t.name
+                ),
+                Severity::Warning,
+            ));
+        }
     }
 }
 

@@ -8,6 +8,7 @@ mod bad_input;
 mod bookinfo;
 mod control_plane;
 mod control_plane_authz;
+mod control_plane_authz_conditions;
 mod control_plane_policy;
 mod control_plane_samples;
 mod envoy_control_plane;

@@ -607,6 +607,42 @@ pub struct WorkloadSelector {
     pub labels: BTreeMap<String, String>,
 }
 
+/// `PolicyTargetReference`: a Gateway API style reference to what a policy attaches to.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicyTargetReference {
+    /// API group (empty: the core group).
+    #[serde(default)]
+    pub group: String,
+    /// `Service`, `ServiceEntry`, `Gateway`, `GatewayClass`.
+    pub kind: String,
+    /// Name.
+    pub name: String,
+    /// Must be empty: cross-namespace references are not supported (as in Istio).
+    #[serde(default)]
+    pub namespace: String,
+}
+
+impl PolicyTargetReference {
+    /// The `group/kind` Istio names the kind by (`core` for the empty group).
+    pub fn group_kind(&self) -> String {
+        let group = if self.group.is_empty() {
+            "core"
+        } else {
+            &self.group
+        };
+        format!("{group}/{}", self.kind)
+    }
+}
+
+/// A policy's target references, `targetRef` and `targetRefs` together.
+pub fn target_refs<'a>(
+    single: &'a Option<PolicyTargetReference>,
+    many: &'a [PolicyTargetReference],
+) -> impl Iterator<Item = &'a PolicyTargetReference> {
+    single.iter().chain(many)
+}
+
 /// `ServiceEntry.spec`.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -706,11 +742,13 @@ pub struct MtlsSetting {
 pub struct AuthorizationPolicy {
     /// Workloads.
     pub selector: Option<WorkloadSelector>,
-    /// Gateway API target (parsed; not served).
-    pub target_ref: Option<serde_json::Value>,
-    /// Gateway API targets (parsed; not served).
+    /// What the policy attaches to instead of a selector (deprecated single form).
+    pub target_ref: Option<PolicyTargetReference>,
+    /// What the policy attaches to instead of a selector: the workloads of a Service or a
+    /// ServiceEntry (as a waypoint would apply it); Gateways, of which mesh-control serves
+    /// none.
     #[serde(default)]
-    pub target_refs: Vec<serde_json::Value>,
+    pub target_refs: Vec<PolicyTargetReference>,
     /// `ALLOW` (default), `DENY`, `AUDIT`, `CUSTOM`.
     pub action: Option<String>,
     /// CUSTOM provider.
@@ -781,6 +819,10 @@ pub struct Source {
     #[serde(default)]
     pub not_service_accounts: Vec<String>,
     #[serde(default)]
+    pub trust_domains: Vec<String>,
+    #[serde(default)]
+    pub not_trust_domains: Vec<String>,
+    #[serde(default)]
     pub ip_blocks: Vec<String>,
     #[serde(default)]
     pub not_ip_blocks: Vec<String>,
@@ -833,11 +875,11 @@ pub struct Condition {
 pub struct RequestAuthentication {
     /// Workloads.
     pub selector: Option<WorkloadSelector>,
-    /// Gateway API target (parsed; not served).
-    pub target_ref: Option<serde_json::Value>,
-    /// Gateway API targets (parsed; not served).
+    /// What the policy attaches to instead of a selector (deprecated single form).
+    pub target_ref: Option<PolicyTargetReference>,
+    /// What the policy attaches to instead of a selector, as for AuthorizationPolicy.
     #[serde(default)]
-    pub target_refs: Vec<serde_json::Value>,
+    pub target_refs: Vec<PolicyTargetReference>,
     /// Issuers.
     #[serde(default)]
     pub jwt_rules: Vec<JwtRule>,

@@ -29,9 +29,8 @@ use envoy_types::pb::google::protobuf::UInt32Value;
 use envoy_types::util::pack_any;
 
 use crate::config::istio::{
-    AuthorizationPolicy, AuthzRule, Condition, MeshExtensionProvider, Operation, Source,
+    AuthorizationPolicy, AuthzRule, MeshExtensionProvider, Operation, Source,
 };
-use crate::registry::TRUST_DOMAIN;
 
 /// The authorization filters (typed configs) for the policies that apply to a workload, in
 /// evaluation order. `provider` finds an extension provider and the cluster of its service.
@@ -69,7 +68,7 @@ fn custom_filters<'a>(
         for (i, rule) in p.rules.iter().enumerate() {
             rules.insert(
                 format!("{EXT_AUTHZ_POLICY_PREFIX}-ns[{ns}]-policy[{name}]-rule[{i}]"),
-                policy(rule),
+                policy(rule, ns, Fail::Always),
             );
         }
     }
@@ -254,9 +253,10 @@ fn rbac_filters(
             .entry(order)
             .or_insert_with(|| (action, BTreeMap::new()));
         for (i, rule) in p.rules.iter().enumerate() {
-            entry
-                .1
-                .insert(format!("ns[{ns}]-policy[{name}]-rule[{i}]"), policy(rule));
+            entry.1.insert(
+                format!("ns[{ns}]-policy[{name}]-rule[{i}]"),
+                policy(rule, ns, Fail::of(action)),
+            );
         }
     }
     by_action
@@ -281,25 +281,34 @@ fn rbac_filters(
         .collect()
 }
 
-fn policy(rule: &AuthzRule) -> rbac::Policy {
+/// One rule: its `from` sources (any), its `to` operations (any) and every `when` condition.
+/// `ns` is the policy's namespace (a bare service account is in it); `fail` is what a
+/// condition that cannot be generated becomes, so that it narrows an ALLOW and widens a DENY
+/// (`validate` refuses such policies; this only keeps generation from ever failing open).
+fn policy(rule: &AuthzRule, ns: &str, fail: Fail) -> rbac::Policy {
     let mut permissions: Vec<rbac::Permission> = Vec::new();
     if !rule.to.is_empty() {
         permissions.push(or_perm(
-            rule.to.iter().map(|t| operation(&t.operation)).collect(),
+            rule.to
+                .iter()
+                .map(|t| operation(&t.operation, fail))
+                .collect(),
         ));
-    }
-    for c in &rule.when {
-        if let Some(p) = condition_permission(c) {
-            permissions.push(p);
-        }
     }
     let mut principals: Vec<rbac::Principal> = Vec::new();
     if !rule.from.is_empty() {
-        principals.push(or_id(rule.from.iter().map(|f| source(&f.source)).collect()));
+        principals.push(or_id(
+            rule.from.iter().map(|f| source(&f.source, ns)).collect(),
+        ));
     }
     for c in &rule.when {
-        if let Some(p) = condition_principal(c) {
-            principals.push(p);
+        match condition(c, ns) {
+            Ok(Generated::Permission(p)) => permissions.push(p),
+            Ok(Generated::Principal(p)) => principals.push(p),
+            Err(why) => {
+                tracing::error!(key = %c.key, %why, "authorization condition cannot be generated; failing closed");
+                principals.push(fail.principal());
+            }
         }
     }
     rbac::Policy {
@@ -314,6 +323,38 @@ fn policy(rule: &AuthzRule) -> rbac::Policy {
             principals
         })],
         ..Default::default()
+    }
+}
+
+/// What a part of a rule that cannot be generated turns into.
+#[derive(Clone, Copy, Debug)]
+enum Fail {
+    /// Matches nothing: the ALLOW rule allows nothing.
+    Never,
+    /// Matches everything: the DENY (or CUSTOM, AUDIT) rule applies to every request.
+    Always,
+}
+
+impl Fail {
+    fn of(action: rbac::rbac::Action) -> Self {
+        match action {
+            rbac::rbac::Action::Allow => Fail::Never,
+            _ => Fail::Always,
+        }
+    }
+
+    fn principal(self) -> rbac::Principal {
+        match self {
+            Fail::Never => not_id(any_id()),
+            Fail::Always => any_id(),
+        }
+    }
+
+    fn permission(self) -> rbac::Permission {
+        match self {
+            Fail::Never => not_perm(any_perm()),
+            Fail::Always => any_perm(),
+        }
     }
 }
 
@@ -366,7 +407,8 @@ fn not_id(p: rbac::Principal) -> rbac::Principal {
     }
 }
 
-/// Istio's string forms: `*` any, `*x` suffix, `x*` prefix, else exact.
+/// Istio's string forms: `*` any non-empty value, `*x` suffix, `x*` prefix, else exact (a `*`
+/// elsewhere is a literal character, as in istiod).
 fn istio_string(v: &str, prefix: &str) -> matcher::StringMatcher {
     use matcher::string_matcher::MatchPattern as P;
     let pattern = if v == "*" {
@@ -375,7 +417,15 @@ fn istio_string(v: &str, prefix: &str) -> matcher::StringMatcher {
             ..Default::default()
         })
     } else if let Some(rest) = v.strip_prefix('*') {
-        P::Suffix(rest.to_owned())
+        if prefix.is_empty() {
+            P::Suffix(rest.to_owned())
+        } else {
+            // The prefix still has to be there: `*/sa/x` is not "any name ending in /sa/x".
+            P::SafeRegex(matcher::RegexMatcher {
+                regex: format!("{}.*{}", regex_escape(prefix), regex_escape(rest)),
+                ..Default::default()
+            })
+        }
     } else if let Some(rest) = v.strip_suffix('*') {
         P::Prefix(format!("{prefix}{rest}"))
     } else {
@@ -385,6 +435,20 @@ fn istio_string(v: &str, prefix: &str) -> matcher::StringMatcher {
         match_pattern: Some(pattern),
         ignore_case: false,
     }
+}
+
+/// A header rule in Istio's forms: `*` is presence, `*x` a suffix, `x*` a prefix.
+fn istio_header(name: &str, v: &str, ignore_case: bool) -> HeaderMatcher {
+    if v == "*" {
+        return HeaderMatcher {
+            name: name.into(),
+            header_match_specifier: Some(HeaderMatchSpecifier::PresentMatch(true)),
+            ..Default::default()
+        };
+    }
+    let mut m = istio_string(v, "");
+    m.ignore_case = ignore_case;
+    header(name, m)
 }
 
 fn header(name: &str, m: matcher::StringMatcher) -> HeaderMatcher {
@@ -434,42 +498,65 @@ fn spiffe(v: &str) -> rbac::Principal {
     }
 }
 
-fn namespace_principal(ns: &str) -> rbac::Principal {
-    let regex = format!(".*/ns/{}/.*", regex_escape(ns));
+fn authenticated(m: matcher::StringMatcher) -> rbac::Principal {
     rbac::Principal {
         identifier: Some(rbac::principal::Identifier::Authenticated(
             rbac::principal::Authenticated {
-                principal_name: Some(matcher::StringMatcher {
-                    match_pattern: Some(matcher::string_matcher::MatchPattern::SafeRegex(
-                        matcher::RegexMatcher {
-                            regex,
-                            ..Default::default()
-                        },
-                    )),
-                    ignore_case: false,
-                }),
+                principal_name: Some(m),
             },
         )),
     }
 }
 
-fn service_account_principal(sa: &str) -> rbac::Principal {
-    // `ns/sa` or just `sa` (in any namespace).
-    match sa.split_once('/') {
-        Some((ns, name)) => spiffe(&format!("{TRUST_DOMAIN}/ns/{ns}/sa/{name}")),
-        None => rbac::Principal {
-            identifier: Some(rbac::principal::Identifier::Authenticated(
-                rbac::principal::Authenticated {
-                    principal_name: Some(matcher::StringMatcher {
-                        match_pattern: Some(matcher::string_matcher::MatchPattern::Suffix(
-                            format!("/sa/{sa}"),
-                        )),
-                        ignore_case: false,
-                    }),
-                },
-            )),
-        },
+fn regex_matcher(regex: String) -> matcher::StringMatcher {
+    matcher::StringMatcher {
+        match_pattern: Some(matcher::string_matcher::MatchPattern::SafeRegex(
+            matcher::RegexMatcher {
+                regex,
+                ..Default::default()
+            },
+        )),
+        ignore_case: false,
     }
+}
+
+/// A namespace as istiod matches it: `.*/ns/<ns>/.*`, a `*` in the value being any text.
+fn namespace_principal(ns: &str) -> rbac::Principal {
+    let pattern: Vec<String> = ns.split('*').map(regex_escape).collect();
+    authenticated(regex_matcher(format!(".*/ns/{}/.*", pattern.join(".*"))))
+}
+
+/// A service account as istiod matches it: `ns/sa`, or `sa` in the policy's namespace.
+fn service_account_principal(sa: &str, policy_ns: &str) -> rbac::Principal {
+    let (ns, name) = sa.split_once('/').unwrap_or((policy_ns, sa));
+    authenticated(regex_matcher(format!(
+        "spiffe://.+/ns/{}/(.+/|)sa/{}(/.+)?",
+        regex_escape(ns),
+        regex_escape(name)
+    )))
+}
+
+/// A trust domain: `td` (its identities), `*` (any), or one `*` at either end.
+fn trust_domain_principal(td: &str) -> rbac::Principal {
+    use matcher::string_matcher::MatchPattern as P;
+    let m = match td {
+        "*" => matcher::StringMatcher {
+            match_pattern: Some(P::Prefix("spiffe://".into())),
+            ignore_case: false,
+        },
+        _ if td.contains('*') => {
+            let parts: Vec<String> = td.split('*').map(regex_escape).collect();
+            return authenticated(regex_matcher(format!(
+                "spiffe://{}/.*",
+                parts.join("[^/]*")
+            )));
+        }
+        _ => matcher::StringMatcher {
+            match_pattern: Some(P::Prefix(format!("spiffe://{td}/"))),
+            ignore_case: false,
+        },
+    };
+    authenticated(m)
 }
 
 fn request_principal(v: &str) -> rbac::Principal {
@@ -519,7 +606,7 @@ fn metadata_principal(key: &str, sub: Option<&str>, m: matcher::StringMatcher) -
     }
 }
 
-fn source(s: &Source) -> rbac::Principal {
+fn source(s: &Source, policy_ns: &str) -> rbac::Principal {
     let mut ids = Vec::new();
     ids.extend(with_negations(
         &s.principals,
@@ -545,7 +632,14 @@ fn source(s: &Source) -> rbac::Principal {
     ids.extend(with_negations(
         &s.service_accounts,
         &s.not_service_accounts,
-        service_account_principal,
+        |sa| service_account_principal(sa, policy_ns),
+        or_id,
+        not_id,
+    ));
+    ids.extend(with_negations(
+        &s.trust_domains,
+        &s.not_trust_domains,
+        trust_domain_principal,
         or_id,
         not_id,
     ));
@@ -572,14 +666,14 @@ fn source(s: &Source) -> rbac::Principal {
     and_id(if ids.is_empty() { vec![any_id()] } else { ids })
 }
 
-fn operation(o: &Operation) -> rbac::Permission {
+fn operation(o: &Operation, fail: Fail) -> rbac::Permission {
     let mut rules = Vec::new();
-    let host = |v: &str| {
-        let mut m = istio_string(v, "");
-        m.ignore_case = true;
-        rbac::Permission {
-            rule: Some(rbac::permission::Rule::Header(header(":authority", m))),
-        }
+    let host = |v: &str| rbac::Permission {
+        rule: Some(rbac::permission::Rule::Header(istio_header(
+            ":authority",
+            v,
+            true,
+        ))),
     };
     rules.extend(with_negations(
         &o.hosts,
@@ -588,22 +682,9 @@ fn operation(o: &Operation) -> rbac::Permission {
         or_perm,
         not_perm,
     ));
-    let port = |v: &str| rbac::Permission {
-        rule: Some(rbac::permission::Rule::DestinationPort(
-            v.parse().unwrap_or(0),
-        )),
-    };
-    rules.extend(with_negations(
-        &o.ports,
-        &o.not_ports,
-        port,
-        or_perm,
-        not_perm,
-    ));
     let method = |v: &str| rbac::Permission {
-        rule: Some(rbac::permission::Rule::Header(header(
-            ":method",
-            istio_string(v, ""),
+        rule: Some(rbac::permission::Rule::Header(istio_header(
+            ":method", v, false,
         ))),
     };
     rules.extend(with_negations(
@@ -613,15 +694,35 @@ fn operation(o: &Operation) -> rbac::Permission {
         or_perm,
         not_perm,
     ));
-    let path = |v: &str| rbac::Permission {
-        rule: Some(rbac::permission::Rule::UrlPath(matcher::PathMatcher {
-            rule: Some(matcher::path_matcher::Rule::Path(istio_string(v, ""))),
-        })),
+    let path = |v: &str| {
+        if v.contains('{') || v.contains('}') {
+            // `{*}` / `{**}` templates: `validate` refuses them.
+            return fail.permission();
+        }
+        rbac::Permission {
+            rule: Some(rbac::permission::Rule::UrlPath(matcher::PathMatcher {
+                rule: Some(matcher::path_matcher::Rule::Path(istio_string(v, ""))),
+            })),
+        }
     };
     rules.extend(with_negations(
         &o.paths,
         &o.not_paths,
         path,
+        or_perm,
+        not_perm,
+    ));
+    let port = |v: &str| match parse_port(v) {
+        Ok(port) => rbac::Permission {
+            rule: Some(rbac::permission::Rule::DestinationPort(u32::from(port))),
+        },
+        // `validate` refuses a port that does not parse.
+        Err(_) => fail.permission(),
+    };
+    rules.extend(with_negations(
+        &o.ports,
+        &o.not_ports,
+        port,
         or_perm,
         not_perm,
     ));
@@ -632,77 +733,225 @@ fn operation(o: &Operation) -> rbac::Permission {
     })
 }
 
-/// `when` conditions about the request (headers, destination) become permissions.
-fn condition_permission(c: &Condition) -> Option<rbac::Permission> {
-    let one: Box<dyn Fn(&str) -> rbac::Permission> = if let Some(h) = c
-        .key
-        .strip_prefix("request.headers[")
-        .and_then(|k| k.strip_suffix(']'))
-    {
-        let h = h.to_ascii_lowercase();
-        Box::new(move |v| rbac::Permission {
-            rule: Some(rbac::permission::Rule::Header(header(
-                &h,
-                istio_string(v, ""),
-            ))),
-        })
-    } else if c.key == "destination.port" {
-        Box::new(|v| rbac::Permission {
-            rule: Some(rbac::permission::Rule::DestinationPort(
-                v.parse().unwrap_or(0),
-            )),
-        })
-    } else if c.key == "destination.ip" {
-        Box::new(|v| rbac::Permission {
-            rule: Some(rbac::permission::Rule::DestinationIp(cidr(v))),
-        })
-    } else {
-        return None;
-    };
-    Some(and_perm(with_negations(
-        &c.values,
-        &c.not_values,
-        one,
-        or_perm,
-        not_perm,
-    )))
+/// A port as Istio reads one: a decimal number up to 65535.
+pub(crate) fn parse_port(v: &str) -> Result<u16, String> {
+    v.parse::<u16>().map_err(|e| format!("bad port ({v}): {e}"))
 }
 
-/// `when` conditions about the caller become principals.
-fn condition_principal(c: &Condition) -> Option<rbac::Principal> {
-    let one: Box<dyn Fn(&str) -> rbac::Principal> = match c.key.as_str() {
-        "source.ip" => Box::new(|v| rbac::Principal {
+/// A `when` condition, generated.
+enum Generated {
+    /// About the request or its destination.
+    Permission(rbac::Permission),
+    /// About the caller.
+    Principal(rbac::Principal),
+}
+
+/// Every `when` key Istio defines, as istiod generates it; anything else is an error
+/// ([`condition_key_error`] says which, for `validate`).
+fn condition(c: &crate::config::istio::Condition, policy_ns: &str) -> Result<Generated, String> {
+    if let Some(why) = condition_key_error(&c.key) {
+        return Err(why);
+    }
+    let key = c.key.as_str();
+    let bracketed = |prefix: &str| {
+        key.strip_prefix(prefix)
+            .and_then(|k| k.strip_prefix('['))
+            .and_then(|k| k.strip_suffix(']'))
+            .map(str::to_owned)
+    };
+    let perm = |one: &dyn Fn(&str) -> Result<rbac::Permission, String>| {
+        let ok = |vs: &[String]| vs.iter().map(|v| one(v)).collect::<Result<Vec<_>, _>>();
+        let mut out = Vec::new();
+        if !c.values.is_empty() {
+            out.push(or_perm(ok(&c.values)?));
+        }
+        if !c.not_values.is_empty() {
+            out.push(not_perm(or_perm(ok(&c.not_values)?)));
+        }
+        Ok::<_, String>(Generated::Permission(and_perm(out)))
+    };
+    let id = |one: &dyn Fn(&str) -> rbac::Principal| {
+        Generated::Principal(and_id(with_negations(
+            &c.values,
+            &c.not_values,
+            one,
+            or_id,
+            not_id,
+        )))
+    };
+    Ok(match key {
+        "destination.ip" => perm(&|v| {
+            Ok(rbac::Permission {
+                rule: Some(rbac::permission::Rule::DestinationIp(cidr(v))),
+            })
+        })?,
+        "destination.port" => perm(&|v| {
+            Ok(rbac::Permission {
+                rule: Some(rbac::permission::Rule::DestinationPort(u32::from(
+                    parse_port(v)?,
+                ))),
+            })
+        })?,
+        "connection.sni" => perm(&|v| {
+            Ok(rbac::Permission {
+                rule: Some(rbac::permission::Rule::RequestedServerName(istio_string(
+                    v, "",
+                ))),
+            })
+        })?,
+        "source.ip" => id(&|v| rbac::Principal {
             identifier: Some(rbac::principal::Identifier::DirectRemoteIp(cidr(v))),
         }),
-        "remote.ip" => Box::new(|v| rbac::Principal {
+        "remote.ip" => id(&|v| rbac::Principal {
             identifier: Some(rbac::principal::Identifier::RemoteIp(cidr(v))),
         }),
-        "source.namespace" => Box::new(namespace_principal),
-        "source.principal" => Box::new(spiffe),
-        "request.auth.principal" => Box::new(request_principal),
+        "source.namespace" => id(&namespace_principal),
+        "source.principal" => id(&spiffe),
+        "source.serviceAccount" => id(&|v| service_account_principal(v, policy_ns)),
+        "source.trustDomain" => id(&trust_domain_principal),
+        "request.auth.principal" => id(&request_principal),
         "request.auth.audiences" => {
-            Box::new(|v| metadata_principal("request.auth.audiences", None, istio_string(v, "")))
+            id(&|v| metadata_principal("request.auth.audiences", None, istio_string(v, "")))
         }
         "request.auth.presenter" => {
-            Box::new(|v| metadata_principal("request.auth.presenter", None, istio_string(v, "")))
+            id(&|v| metadata_principal("request.auth.presenter", None, istio_string(v, "")))
         }
-        k => {
-            let claim = k
-                .strip_prefix("request.auth.claims[")?
-                .strip_suffix(']')?
-                .to_owned();
-            Box::new(move |v| {
-                metadata_principal("request.auth.claims", Some(&claim), istio_string(v, ""))
-            })
+        _ => {
+            if let Some(h) = bracketed("request.headers") {
+                let h = h.to_ascii_lowercase();
+                id(&move |v| rbac::Principal {
+                    identifier: Some(rbac::principal::Identifier::Header(istio_header(
+                        &h, v, false,
+                    ))),
+                })
+            } else if let Some(claim) = bracketed("request.auth.claims") {
+                // `[a][b]` is the nested claim a.b; `[a.b]` is one claim named "a.b".
+                let path: Vec<&str> = claim.split("][").collect();
+                if path.len() > 1 {
+                    return Err(format!(
+                        "nested claims ({key}) are not supported by mesh-control"
+                    ));
+                }
+                id(&|v| {
+                    metadata_principal("request.auth.claims", Some(path[0]), istio_string(v, ""))
+                })
+            } else if let Some(rest) = key.strip_prefix("experimental.envoy.filters.") {
+                let (filter, k) = rest
+                    .split_once('[')
+                    .ok_or_else(|| format!("invalid key: {key}"))?;
+                let k = k.strip_suffix(']').unwrap_or(k).to_owned();
+                let filter = format!("envoy.filters.{filter}");
+                perm(&|v| {
+                    let value = match v.strip_prefix('[').and_then(|x| x.strip_suffix(']')) {
+                        Some(item) => matcher::ValueMatcher {
+                            match_pattern: Some(matcher::value_matcher::MatchPattern::ListMatch(
+                                Box::new(matcher::ListMatcher {
+                                    match_pattern: Some(
+                                        matcher::list_matcher::MatchPattern::OneOf(Box::new(
+                                            matcher::ValueMatcher {
+                                                match_pattern: Some(
+                                                    matcher::value_matcher::MatchPattern::StringMatch(
+                                                        istio_string(item, ""),
+                                                    ),
+                                                ),
+                                            },
+                                        )),
+                                    ),
+                                }),
+                            )),
+                        },
+                        None => matcher::ValueMatcher {
+                            match_pattern: Some(
+                                matcher::value_matcher::MatchPattern::StringMatch(istio_string(
+                                    v, "",
+                                )),
+                            ),
+                        },
+                    };
+                    Ok(rbac::Permission {
+                        rule: Some(rbac::permission::Rule::Metadata(matcher::MetadataMatcher {
+                            filter: filter.clone(),
+                            path: vec![matcher::metadata_matcher::PathSegment {
+                                segment: Some(
+                                    matcher::metadata_matcher::path_segment::Segment::Key(
+                                        k.clone(),
+                                    ),
+                                ),
+                            }],
+                            value: Some(value),
+                            invert: false,
+                        })),
+                    })
+                })?
+            } else {
+                return Err(format!("unknown attribute {key}"));
+            }
         }
+    })
+}
+
+/// Why a `when` key is refused, in istiod's words, or `None` for a key it generates.
+pub(crate) fn condition_key_error(key: &str) -> Option<String> {
+    const PLAIN: &[&str] = &[
+        "source.ip",
+        "remote.ip",
+        "source.namespace",
+        "source.principal",
+        "source.serviceAccount",
+        "source.trustDomain",
+        "request.auth.principal",
+        "request.auth.audiences",
+        "request.auth.presenter",
+        "destination.ip",
+        "destination.port",
+        "connection.sni",
+    ];
+    if key.is_empty() {
+        return Some("`key` must not be empty".into());
+    }
+    if PLAIN.contains(&key) {
+        return None;
+    }
+    if key == "destination.namespace" {
+        return Some(format!(
+            "attribute {key} is replaced by the metadata.namespace"
+        ));
+    }
+    if key.starts_with("destination.labels") {
+        return Some(format!(
+            "attribute {key} is replaced by the workload selector"
+        ));
+    }
+    if key == "destination.name" || key == "destination.user" {
+        return Some(format!(
+            "deprecated attribute {key}: only supported in v1alpha1"
+        ));
+    }
+    let bracketed = |prefix: &str| {
+        key.strip_prefix(prefix)
+            .map(|rest| rest.starts_with('[') && rest.ends_with(']') && rest.len() > 2)
     };
-    Some(and_id(with_negations(
-        &c.values,
-        &c.not_values,
-        one,
-        or_id,
-        not_id,
-    )))
+    for prefix in ["request.headers", "request.auth.claims"] {
+        match bracketed(prefix) {
+            Some(true) => {
+                if prefix == "request.auth.claims" && key.contains("][") {
+                    return Some(format!(
+                        "nested claims ({key}) are not supported by mesh-control"
+                    ));
+                }
+                return None;
+            }
+            Some(false) => return Some(format!("bad key ({key}): should have format a[b]")),
+            None => {}
+        }
+    }
+    if let Some(rest) = key.strip_prefix("experimental.envoy.filters.") {
+        return match rest.split_once('[') {
+            Some((filter, k)) if !filter.is_empty() && k.len() > 1 && k.ends_with(']') => None,
+            _ => Some(format!("invalid key: {key}")),
+        };
+    }
+    Some(format!("unknown attribute: {key}"))
 }
 
 fn regex_escape(s: &str) -> String {

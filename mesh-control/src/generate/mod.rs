@@ -7,7 +7,7 @@
 //! gets the whole policy.
 
 mod authn;
-mod authz;
+pub(crate) mod authz;
 mod cluster;
 mod identity;
 pub mod names;
@@ -140,6 +140,9 @@ pub struct Policies {
     request_authentications: Vec<(String, istio::RequestAuthentication)>,
     extension_providers: Vec<istio::MeshExtensionProvider>,
     path_normalization: istio::PathNormalizationMode,
+    /// The labels a policy's `targetRef` to a Service or a ServiceEntry selects, by
+    /// (namespace, group/kind, name).
+    target_selectors: BTreeMap<(String, String, String), BTreeMap<String, String>>,
 }
 
 /// Inbound mTLS mode.
@@ -200,24 +203,56 @@ impl Policies {
         self.request_authentications
             .iter()
             .filter(|(ns, p)| {
-                (*ns == node.namespace || ns == ROOT_NAMESPACE)
-                    && selects(p.selector.as_ref(), &node.labels)
+                self.attaches(ns, node, p.selector.as_ref(), &p.target_ref, &p.target_refs)
             })
             .map(|(_, p)| p)
             .collect()
     }
 
-    /// The AuthorizationPolicies that apply to a workload: its namespace's (selector matching
-    /// its labels, or none) and the mesh-wide ones in the root namespace.
+    /// The AuthorizationPolicies that apply to a workload: its namespace's and the mesh-wide
+    /// ones in the root namespace, by selector or by target reference.
     fn authorization_for(&self, node: &NodeInfo) -> Vec<(&str, &str, &istio::AuthorizationPolicy)> {
         self.authorization_policies
             .iter()
             .filter(|(ns, _, p)| {
-                (*ns == node.namespace || ns == ROOT_NAMESPACE)
-                    && selects(p.selector.as_ref(), &node.labels)
+                self.attaches(ns, node, p.selector.as_ref(), &p.target_ref, &p.target_refs)
             })
             .map(|(ns, name, p)| (ns.as_str(), name.as_str(), p))
             .collect()
+    }
+
+    /// Whether a policy in `ns` attaches to `node`. Without target references: a policy of
+    /// the node's namespace or the root namespace whose selector (if any) matches its labels.
+    /// With them (never widened to the namespace): a Service or ServiceEntry of the policy's
+    /// namespace whose selector matches the node's labels, as a waypoint in front of that
+    /// service would apply it; a Gateway or GatewayClass attaches to no workload (mesh-control
+    /// serves no gateways), as istiod does for sidecars.
+    fn attaches(
+        &self,
+        ns: &str,
+        node: &NodeInfo,
+        selector: Option<&istio::WorkloadSelector>,
+        target_ref: &Option<istio::PolicyTargetReference>,
+        target_refs: &[istio::PolicyTargetReference],
+    ) -> bool {
+        let mut targets = istio::target_refs(target_ref, target_refs).peekable();
+        if targets.peek().is_none() {
+            return (ns == node.namespace || ns == ROOT_NAMESPACE)
+                && selects(selector, &node.labels);
+        }
+        // A selector beside target references is refused by `validate`.
+        selector.is_none()
+            && ns == node.namespace
+            && targets.any(|t| {
+                t.namespace.is_empty()
+                    && self
+                        .target_selectors
+                        .get(&(ns.to_owned(), t.group_kind(), t.name.clone()))
+                        .is_some_and(|labels| {
+                            !labels.is_empty()
+                                && labels.iter().all(|(k, v)| node.labels.get(k) == Some(v))
+                        })
+            })
     }
 }
 
@@ -250,6 +285,25 @@ impl Policies {
                 }
                 Spec::RequestAuthentication(ra) => {
                     p.request_authentications.push((ns, (**ra).clone()))
+                }
+                Spec::Service(svc) => {
+                    p.target_selectors.insert(
+                        (ns, "core/Service".into(), o.metadata.name.clone()),
+                        svc.selector.clone(),
+                    );
+                }
+                Spec::ServiceEntry(se) => {
+                    p.target_selectors.insert(
+                        (
+                            ns,
+                            "networking.istio.io/ServiceEntry".into(),
+                            o.metadata.name.clone(),
+                        ),
+                        se.workload_selector
+                            .as_ref()
+                            .map(|w| w.labels.clone())
+                            .unwrap_or_default(),
+                    );
                 }
                 _ => {}
             }
