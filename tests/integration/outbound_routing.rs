@@ -124,3 +124,46 @@ async fn http2_upstreams_get_the_service_authority() {
         );
     }
 }
+
+/// A listener that asks for path normalization gets it before routing, as a sidecar's
+/// outbound listener does: the route is chosen on the normalized path and the upstream sees
+/// it; a path normalization refuses is answered locally.
+#[tokio::test]
+async fn the_listener_normalizes_paths_before_routing() {
+    let public = Backend::start("public").await;
+    let admin = Backend::start("admin").await;
+    let routes = json!([
+        {"match": {"prefix": "/admin/"}, "route": {"cluster": "admin"}},
+        {"match": {"prefix": "/"}, "route": {"cluster": "public"}}
+    ]);
+    let mut l = listener("svc:80", routes, json!([]));
+    mesh_test_support::static_json::merge(
+        &mut l["api_listener"]["api_listener"],
+        json!({"normalize_path": true, "merge_slashes": true,
+               "path_with_escaped_slashes_action": "UNESCAPE_AND_REDIRECT"}),
+    );
+    let client = static_client(resources(
+        &[l],
+        &[
+            cluster("public", &[public.addr()], json!({})),
+            cluster("admin", &[admin.addr()], json!({})),
+        ],
+    ))
+    .await;
+    for spelling in [
+        "/public/../admin/x",
+        "/%61dmin/x",
+        "//admin//x",
+        "/admin/./x",
+    ] {
+        let a = get(&client, &format!("http://svc:80{spelling}"), &[]).await;
+        assert_eq!((a.status, a.backend()), (200, "admin"), "{spelling}");
+        assert_eq!(a.header("x-path"), "/admin/x", "{spelling}");
+    }
+    let refused = get(&client, "http://svc:80/admin%00", &[]).await;
+    assert_eq!((refused.status, refused.backend()), (400, ""));
+    let redirected = get(&client, "http://svc:80/admin%2Fx?q=1", &[]).await;
+    assert_eq!(redirected.status, 307);
+    assert_eq!(redirected.header("location"), "/admin/x?q=1");
+    assert_eq!(admin.requests() + public.requests(), 4);
+}

@@ -1,7 +1,8 @@
 //! One request through the outbound path, in Envoy's order (DESIGN §4):
 //!
 //! ```text
-//! route (virtual host by authority, first matching route)
+//! path normalization (when the listener asks for it)
+//!  → route (virtual host by authority, first matching route)
 //!  → split (weighted cluster, chosen once)
 //!  → fault (delay, then abort)
 //!  → rewrites and header mutations
@@ -43,7 +44,7 @@ pub(crate) async fn forward<B>(
     ob: &Outbound,
     rt: &TargetRuntime,
     plan: &RoutePlan,
-    req: Request<B>,
+    mut req: Request<B>,
 ) -> Response<RspBody>
 where
     B: Body + Send + 'static,
@@ -53,6 +54,19 @@ where
     let grpc = respond::is_grpc(req.headers());
     let mut info = ResponseInfo::default();
     let table = &plan.snapshot.routes;
+
+    // Path normalization, when the listener's connection manager asks for it (as istiod's
+    // do for sidecars): the route is chosen on, and the upstream sees, the normalized path.
+    let paths = &plan.snapshot.http.path_normalization;
+    if !paths.is_noop()
+        && let Err(rejection) = crate::normalize::normalize_request(paths, &mut req)
+    {
+        let mut rsp = respond::local(rejection.status(grpc), "", grpc, info);
+        if let Some(location) = rejection.location().filter(|_| !grpc) {
+            rsp.headers_mut().insert(http::header::LOCATION, location);
+        }
+        return rsp;
+    }
 
     // Route: the virtual host by authority, then the first route that matches.
     let view = RequestView::from_request(&req);
