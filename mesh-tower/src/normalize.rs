@@ -214,6 +214,107 @@ mod tests {
         assert_eq!(check(BASE, "/a%00"), Err(PathRejection::BadRequest));
     }
 
+    mod deny_every_spelling {
+        use mesh_core::model::{
+            Permission, Principal, RbacAction, RbacFilter, RbacPolicies, RbacPolicy, RequestView,
+            StringMatch, StringMatcher,
+        };
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::server::{Metadata, rbac};
+
+        /// A spelling of `/admin/<segments>`: each separator `/` or `\`, characters
+        /// percent-encoded in either case, and dot segments (`./`, `x/../`, `x/..;p/`,
+        /// encoded dots) inserted after a slash.
+        fn spelling() -> impl Strategy<Value = (String, String)> {
+            let segment = "[a-z0-9_~-]{1,6}";
+            (
+                prop::collection::vec(segment, 1..4),
+                prop::collection::vec(any::<(u8, u8, bool)>(), 0..24),
+            )
+                .prop_map(|(segments, choices)| {
+                    let canonical = format!("/admin/{}", segments.join("/"));
+                    let mut choice = choices.into_iter().cycle();
+                    let mut next = || choice.next().unwrap_or((0, 0, false));
+                    let mut out = String::from("/");
+                    for (i, seg) in std::iter::once("admin".to_owned())
+                        .chain(segments)
+                        .enumerate()
+                    {
+                        if i > 0 {
+                            let (how, _, _) = next();
+                            out.push(if how % 4 == 0 { '\\' } else { '/' });
+                        }
+                        let (dots, _, _) = next();
+                        out.push_str(match dots % 6 {
+                            0 => "./",
+                            1 => "x/../",
+                            2 => "x/..;p=1/",
+                            3 => "%2e/",
+                            4 => "x/%2E%2e/",
+                            _ => "",
+                        });
+                        for c in seg.chars() {
+                            let (encode, _, upper) = next();
+                            if encode % 3 == 0 {
+                                let hex = format!("%{:02x}", c as u32);
+                                out.push_str(&if upper { hex.to_uppercase() } else { hex });
+                            } else {
+                                out.push(c);
+                            }
+                        }
+                    }
+                    (canonical, out)
+                })
+        }
+
+        fn deny_admin() -> RbacFilter {
+            RbacFilter {
+                rules: Some(RbacPolicies {
+                    action: RbacAction::Deny,
+                    policies: Box::new([(
+                        "admin".into(),
+                        RbacPolicy {
+                            permissions: Box::new([Permission::UrlPath(StringMatcher {
+                                kind: StringMatch::Prefix("/admin/".into()),
+                                ignore_case: false,
+                            })]),
+                            principals: Box::new([Principal::Any]),
+                        },
+                    )]),
+                }),
+                shadow_rules: None,
+                stat_prefix: "".into(),
+                shadow_stat_prefix: "".into(),
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            /// A DENY that matches a path matches every spelling that normalizes to it.
+            #[test]
+            fn a_deny_on_a_path_denies_its_every_spelling((canonical, spelled) in spelling()) {
+                let mut req = Request::get(spelled.as_str()).body(()).unwrap();
+                normalize_request(&BASE, &mut req).unwrap();
+                prop_assert_eq!(req.uri().path(), canonical.as_str(), "from {}", spelled);
+                let conn = rbac::Connection {
+                    peer: "10.0.0.1:5000".parse().unwrap(),
+                    client: "10.0.0.1".parse().unwrap(),
+                    local: "10.0.0.2:80".parse().unwrap(),
+                    spiffe_id: None,
+                    certificate: None,
+                    sni: None,
+                    metadata: &Metadata::default(),
+                };
+                let filter = deny_admin();
+                let verdict = rbac::evaluate(&filter, &RequestView::from_request(&req), &conn);
+                prop_assert_eq!(verdict, rbac::Verdict::Deny(Some("admin")));
+            }
+        }
+    }
+
     #[test]
     fn redirects_carry_the_normalized_path() {
         let redirect = PathNormalization {

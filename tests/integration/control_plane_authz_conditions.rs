@@ -319,6 +319,11 @@ fn validate_refuses_what_would_be_dropped() {
             "replaced by the workload selector",
         ),
         (
+            "rules: [{when: [{key: \"experimental.envoy.filters.network.mysql_proxy[db.table]\", values: [\"[update]\"]}]}]",
+            "spec.rules[0].when[0].key",
+            "no envoy.filters.network.mysql_proxy filter",
+        ),
+        (
             "rules: [{when: [{key: \"destination.port\", values: [\"http\"]}]}]",
             "spec.rules[0].when[0].values[0]",
             "bad port (http)",

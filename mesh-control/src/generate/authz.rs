@@ -835,54 +835,6 @@ fn condition(c: &crate::config::istio::Condition, policy_ns: &str) -> Result<Gen
                 id(&|v| {
                     metadata_principal("request.auth.claims", Some(path[0]), istio_string(v, ""))
                 })
-            } else if let Some(rest) = key.strip_prefix("experimental.envoy.filters.") {
-                let (filter, k) = rest
-                    .split_once('[')
-                    .ok_or_else(|| format!("invalid key: {key}"))?;
-                let k = k.strip_suffix(']').unwrap_or(k).to_owned();
-                let filter = format!("envoy.filters.{filter}");
-                perm(&|v| {
-                    let value = match v.strip_prefix('[').and_then(|x| x.strip_suffix(']')) {
-                        Some(item) => matcher::ValueMatcher {
-                            match_pattern: Some(matcher::value_matcher::MatchPattern::ListMatch(
-                                Box::new(matcher::ListMatcher {
-                                    match_pattern: Some(
-                                        matcher::list_matcher::MatchPattern::OneOf(Box::new(
-                                            matcher::ValueMatcher {
-                                                match_pattern: Some(
-                                                    matcher::value_matcher::MatchPattern::StringMatch(
-                                                        istio_string(item, ""),
-                                                    ),
-                                                ),
-                                            },
-                                        )),
-                                    ),
-                                }),
-                            )),
-                        },
-                        None => matcher::ValueMatcher {
-                            match_pattern: Some(
-                                matcher::value_matcher::MatchPattern::StringMatch(istio_string(
-                                    v, "",
-                                )),
-                            ),
-                        },
-                    };
-                    Ok(rbac::Permission {
-                        rule: Some(rbac::permission::Rule::Metadata(matcher::MetadataMatcher {
-                            filter: filter.clone(),
-                            path: vec![matcher::metadata_matcher::PathSegment {
-                                segment: Some(
-                                    matcher::metadata_matcher::path_segment::Segment::Key(
-                                        k.clone(),
-                                    ),
-                                ),
-                            }],
-                            value: Some(value),
-                            invert: false,
-                        })),
-                    })
-                })?
             } else {
                 return Err(format!("unknown attribute {key}"));
             }
@@ -947,7 +899,13 @@ pub(crate) fn condition_key_error(key: &str) -> Option<String> {
     }
     if let Some(rest) = key.strip_prefix("experimental.envoy.filters.") {
         return match rest.split_once('[') {
-            Some((filter, k)) if !filter.is_empty() && k.len() > 1 && k.ends_with(']') => None,
+            // Generated as istiod does, but a mesh server has no such filter to fill the
+            // metadata: the rule could never match (a DENY would fail open), so it is refused.
+            Some((filter, k)) if !filter.is_empty() && k.len() > 1 && k.ends_with(']') => {
+                Some(format!(
+                    "{key}: mesh's servers have no envoy.filters.{filter} filter to read it from"
+                ))
+            }
             _ => Some(format!("invalid key: {key}")),
         };
     }

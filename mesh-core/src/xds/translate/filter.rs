@@ -363,7 +363,7 @@ fn permission(p: &rbac::Permission) -> Result<Permission, FieldError> {
                     }
                 }
             }
-            R::Metadata(m) => Permission::Metadata(metadata_matcher(m).at("metadata")?),
+            R::Metadata(m) => Permission::Metadata(rbac_metadata(m).at("metadata")?),
             R::NotRule(inner) => Permission::Not(Box::new(permission(inner).at("not_rule")?)),
             R::RequestedServerName(m) => {
                 Permission::RequestedServerName(string_matcher(m).at("requested_server_name")?)
@@ -400,7 +400,7 @@ fn principal(p: &rbac::Principal) -> Result<Principal, FieldError> {
             I::RemoteIp(c) => Principal::RemoteIp(cidr(c).at("remote_ip")?),
             I::Header(h) => Principal::Header(header_matcher(h).at("header")?),
             I::UrlPath(m) => Principal::UrlPath(path_matcher(m).at("url_path")?),
-            I::Metadata(m) => Principal::Metadata(metadata_matcher(m).at("metadata")?),
+            I::Metadata(m) => Principal::Metadata(rbac_metadata(m).at("metadata")?),
             I::FilterState(f) => {
                 use pbm::filter_state_matcher::Matcher as M;
                 let value = match &f.matcher {
@@ -411,6 +411,15 @@ fn principal(p: &rbac::Principal) -> Result<Principal, FieldError> {
                         );
                     }
                 };
+                // The only filter state an in-process server has: the peer's verified identity
+                // (Istio's key). Any other key would never match, which a DENY must not do.
+                if f.key != PEER_PRINCIPAL_KEY {
+                    return Err(FieldError::new(format!(
+                        "filter state {:?} is not available (only {PEER_PRINCIPAL_KEY:?})",
+                        f.key
+                    ))
+                    .at("filter_state.key"));
+                }
                 Principal::FilterState {
                     key: f.key.as_str().into(),
                     value,
@@ -570,6 +579,30 @@ fn ext_authz_config(e: &ext_authz::ExtAuthz) -> Result<ExtAuthz, FieldError> {
             None => None,
         },
     })
+}
+
+/// Filter state Istio keeps the peer's principal under.
+const PEER_PRINCIPAL_KEY: &str = "io.istio.peer_principal";
+
+/// Dynamic metadata namespaces the inbound side's filters publish: the JWT filter (under its
+/// own name and Istio's `istio_authn`) and RBAC's shadow rules.
+const PUBLISHED_METADATA: [&str; 3] = [
+    "istio_authn",
+    "envoy.filters.http.jwt_authn",
+    "envoy.filters.http.rbac",
+];
+
+/// A metadata rule of RBAC: only on namespaces some filter here fills, since a rule on one
+/// that stays empty would never match, and a DENY that never matches fails open.
+fn rbac_metadata(m: &pbm::MetadataMatcher) -> Result<MetadataMatcher, FieldError> {
+    if !PUBLISHED_METADATA.contains(&m.filter.as_str()) {
+        return Err(FieldError::new(format!(
+            "no filter here publishes metadata under {:?} (only {PUBLISHED_METADATA:?})",
+            m.filter
+        ))
+        .at("filter"));
+    }
+    metadata_matcher(m)
 }
 
 fn metadata_matcher(m: &pbm::MetadataMatcher) -> Result<MetadataMatcher, FieldError> {
@@ -848,4 +881,75 @@ fn local_rate_limit(r: &rl::LocalRateLimit) -> Result<LocalRateLimit, FieldError
         status,
         response_headers,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::rbac::v3 as rbac;
+    use envoy_types::pb::envoy::r#type::matcher::v3 as pbm;
+
+    use super::*;
+
+    fn deny_principal(identifier: rbac::principal::Identifier) -> rbac_filter::Rbac {
+        rbac_filter::Rbac {
+            rules: Some(rbac::Rbac {
+                action: rbac::rbac::Action::Deny as i32,
+                policies: [(
+                    "p".to_owned(),
+                    rbac::Policy {
+                        permissions: vec![rbac::Permission {
+                            rule: Some(rbac::permission::Rule::Any(true)),
+                        }],
+                        principals: vec![rbac::Principal {
+                            identifier: Some(identifier),
+                        }],
+                        ..Default::default()
+                    },
+                )]
+                .into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn exact(v: &str) -> pbm::StringMatcher {
+        pbm::StringMatcher {
+            match_pattern: Some(pbm::string_matcher::MatchPattern::Exact(v.into())),
+            ignore_case: false,
+        }
+    }
+
+    /// A rule on state nothing here fills would never match: a DENY built on one would let
+    /// everything through, so it is refused.
+    #[test]
+    fn rules_on_state_nothing_fills_are_refused() {
+        use rbac::principal::Identifier as I;
+        let state = |key: &str| {
+            I::FilterState(pbm::FilterStateMatcher {
+                key: key.into(),
+                matcher: Some(pbm::filter_state_matcher::Matcher::StringMatch(exact("x"))),
+            })
+        };
+        assert!(rbac_config(&deny_principal(state("io.istio.peer_principal"))).is_ok());
+        let e = rbac_config(&deny_principal(state("envoy.network.peer"))).unwrap_err();
+        assert!(e.to_string().contains("filter_state.key"), "{e}");
+        let metadata = |filter: &str| {
+            I::Metadata(pbm::MetadataMatcher {
+                filter: filter.into(),
+                path: vec![pbm::metadata_matcher::PathSegment {
+                    segment: Some(pbm::metadata_matcher::path_segment::Segment::Key(
+                        "k".into(),
+                    )),
+                }],
+                value: Some(pbm::ValueMatcher {
+                    match_pattern: Some(pbm::value_matcher::MatchPattern::StringMatch(exact("v"))),
+                }),
+                invert: false,
+            })
+        };
+        assert!(rbac_config(&deny_principal(metadata("istio_authn"))).is_ok());
+        let e = rbac_config(&deny_principal(metadata("envoy.filters.http.lua"))).unwrap_err();
+        assert!(e.to_string().contains("no filter here publishes"), "{e}");
+    }
 }
