@@ -32,6 +32,7 @@
 //! | mirroring | `request_mirror_policies`; VirtualService `mirror` |
 //! | HTTP/1.1 and HTTP/2 upstreams, pooled per endpoint | `http2_protocol_options`, `HttpProtocolOptions` |
 //! | unknown hosts | Istio `outboundTrafficPolicy` (`ALLOW_ANY`, `REGISTRY_ONLY`) |
+//! | path normalization before routing (when the listener asks; also inbound, and as [`normalize::NormalizePathLayer`]) | `normalize_path`, `merge_slashes`, `path_with_escaped_slashes_action`; Istio `pathNormalization` |
 #![forbid(unsafe_code)]
 
 pub mod admin;

@@ -1,10 +1,12 @@
 //! The inbound side: [`serve`] an application behind the mesh's inbound listener.
 //!
 //! ```text
-//! TCP accept → filter chain (PeerAuthentication: STRICT needs mTLS; PERMISSIVE peeks for a TLS
-//!  ClientHello; DISABLE is plaintext) → rustls with the workload certificate → peer identity
-//!  → hyper (HTTP/1.1 and HTTP/2) → route (per-route filter settings) → JWT → RBAC (CUSTOM's
-//!  marks, DENY, ALLOW, AUDIT) → ext_authz → local rate limit → the application
+//! TCP accept → filter chain as Envoy chooses it (reading the ClientHello when chains differ
+//!  by transport, server name or ALPN; PeerAuthentication: STRICT needs mTLS, PERMISSIVE has a
+//!  TLS and a plaintext chain, DISABLE is plaintext) → rustls with the workload certificate
+//!  → peer identity → network RBAC → hyper (HTTP/1.1 and HTTP/2) → path checks and
+//!  normalization → route (per-route filter settings) → JWT → RBAC (CUSTOM's marks, DENY,
+//!  ALLOW, AUDIT) → ext_authz → local rate limit → the application
 //! ```
 //!
 //! The inbound listener comes from the control plane under the bootstrap's
@@ -23,6 +25,9 @@
 //!
 //! | feature | Envoy / Istio |
 //! |---|---|
+//! | path checks and normalization, before routing and filters | `normalize_path`, `merge_slashes`, `path_with_escaped_slashes_action` |
+//! | filter-chain selection (port, addresses, server name, transport, ALPN, source) | `filter_chain_match`, TLS inspector |
+//! | network RBAC ahead of HTTP | `envoy.filters.network.rbac` |
 //! | STRICT / PERMISSIVE / DISABLE mTLS, SPIFFE peer identity | `DownstreamTlsContext`, TLS inspector; PeerAuthentication |
 //! | authorization: DENY then ALLOW, AUDIT, shadow rules | `envoy.filters.http.rbac`; AuthorizationPolicy |
 //! | request authentication, JWKS inline or fetched | `envoy.filters.http.jwt_authn`; RequestAuthentication |
