@@ -124,6 +124,23 @@ impl Envoy {
             .map(|(_, body)| body)
     }
 
+    /// The address a static listener bound (the `index`th, in the bootstrap's order), read
+    /// from the admin endpoint: for listeners given port 0.
+    pub async fn listener_addr(&self, index: usize) -> SocketAddr {
+        let listeners: serde_json::Value = serde_json::from_str(
+            &self
+                .admin_get("/listeners?format=json")
+                .await
+                .expect("admin answers"),
+        )
+        .expect("listeners JSON");
+        let port =
+            listeners["listener_statuses"][index]["local_address"]["socket_address"]["port_value"]
+                .as_u64()
+                .expect("a bound port") as u16;
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
     /// Envoy's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self._dir.path().join("envoy.log")).unwrap_or_default()

@@ -102,21 +102,12 @@ async fn pair(routes: Value, filters: Value, specs: &[ClusterSpec<'_>]) -> (Side
         }
     });
     let envoy = Envoy::start(&bootstrap.to_string()).await;
-    let listeners: Value = serde_json::from_str(
-        &envoy
-            .admin_get("/listeners?format=json")
-            .await
-            .expect("admin answers"),
-    )
-    .expect("listeners JSON");
-    let port = listeners["listener_statuses"][0]["local_address"]["socket_address"]["port_value"]
-        .as_u64()
-        .expect("bound port") as u16;
+    let envoy_addr = envoy.listener_addr(0).await;
     let envoy_side = Side {
         backends: envoy_backends,
         send: Sender::Envoy {
             _envoy: envoy,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            addr: envoy_addr,
         },
     };
     let mesh_backends = backends(specs).await;

@@ -121,16 +121,7 @@ async fn pair(normalization: Value) -> Pair {
         }
     });
     let envoy = Envoy::start(&bootstrap.to_string()).await;
-    let listeners: Value = serde_json::from_str(
-        &envoy
-            .admin_get("/listeners?format=json")
-            .await
-            .expect("admin answers"),
-    )
-    .expect("listeners JSON");
-    let port = listeners["listener_statuses"][0]["local_address"]["socket_address"]["port_value"]
-        .as_u64()
-        .expect("bound port") as u16;
+    let envoy_addr = envoy.listener_addr(0).await;
 
     let socket = tokio::net::TcpListener::bind(any_port).await.unwrap();
     let mesh_addr = socket.local_addr().unwrap();
@@ -158,7 +149,7 @@ async fn pair(normalization: Value) -> Pair {
     });
     Pair {
         envoy,
-        envoy_addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        envoy_addr,
         mesh_addr,
         _backend: backend,
         _mesh: task,

@@ -219,24 +219,37 @@ fn fault_config(f: &fault::HttpFault) -> Result<FaultConfig, FieldError> {
 }
 
 pub(crate) fn rbac_config(r: &rbac_filter::Rbac) -> Result<RbacFilter, FieldError> {
-    if r.matcher.is_some() || r.shadow_matcher.is_some() {
+    rbac_rules(RbacParts {
+        rules: r.rules.as_ref(),
+        shadow_rules: r.shadow_rules.as_ref(),
+        uses_matchers: r.matcher.is_some() || r.shadow_matcher.is_some(),
+        stat_prefix: &r.rules_stat_prefix,
+        shadow_stat_prefix: &r.shadow_rules_stat_prefix,
+    })
+}
+
+/// What the HTTP and the network RBAC filters share.
+struct RbacParts<'a> {
+    rules: Option<&'a rbac::Rbac>,
+    shadow_rules: Option<&'a rbac::Rbac>,
+    uses_matchers: bool,
+    stat_prefix: &'a str,
+    shadow_stat_prefix: &'a str,
+}
+
+fn rbac_rules(p: RbacParts<'_>) -> Result<RbacFilter, FieldError> {
+    if p.uses_matchers {
         return Err(FieldError::new("the matcher API is not supported; use rules").at("matcher"));
     }
     Ok(RbacFilter {
-        rules: r
-            .rules
-            .as_ref()
-            .map(rbac_policies)
-            .transpose()
-            .at("rules")?,
-        shadow_rules: r
+        rules: p.rules.map(rbac_policies).transpose().at("rules")?,
+        shadow_rules: p
             .shadow_rules
-            .as_ref()
             .map(rbac_policies)
             .transpose()
             .at("shadow_rules")?,
-        stat_prefix: r.rules_stat_prefix.as_str().into(),
-        shadow_stat_prefix: r.shadow_rules_stat_prefix.as_str().into(),
+        stat_prefix: p.stat_prefix.into(),
+        shadow_stat_prefix: p.shadow_stat_prefix.into(),
     })
 }
 
@@ -246,25 +259,13 @@ pub(crate) fn rbac_config(r: &rbac_filter::Rbac) -> Result<RbacFilter, FieldErro
 pub(crate) fn network_rbac_config(
     r: &envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac,
 ) -> Result<RbacFilter, FieldError> {
-    if r.matcher.is_some() || r.shadow_matcher.is_some() {
-        return Err(FieldError::new("the matcher API is not supported; use rules").at("matcher"));
-    }
-    let filter = RbacFilter {
-        rules: r
-            .rules
-            .as_ref()
-            .map(rbac_policies)
-            .transpose()
-            .at("rules")?,
-        shadow_rules: r
-            .shadow_rules
-            .as_ref()
-            .map(rbac_policies)
-            .transpose()
-            .at("shadow_rules")?,
-        stat_prefix: r.stat_prefix.as_str().into(),
-        shadow_stat_prefix: r.shadow_rules_stat_prefix.as_str().into(),
-    };
+    let filter = rbac_rules(RbacParts {
+        rules: r.rules.as_ref(),
+        shadow_rules: r.shadow_rules.as_ref(),
+        uses_matchers: r.matcher.is_some() || r.shadow_matcher.is_some(),
+        stat_prefix: &r.stat_prefix,
+        shadow_stat_prefix: &r.shadow_rules_stat_prefix,
+    })?;
     for (field, rules) in [
         ("rules", &filter.rules),
         ("shadow_rules", &filter.shadow_rules),
