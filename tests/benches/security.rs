@@ -3,6 +3,9 @@
 //!   check, client and server in this process over loopback TCP (both sides' CPU).
 //! - `tls-handshake`: the same without a client certificate, for comparison.
 //! - `rbac-check`: evaluating Istio-shaped DENY and ALLOW filters for one request.
+//! - `path-normalization`: Istio's `BASE` normalization of a request's path and the request
+//!   line checks, for a path already canonical (nearly every request) and one that is not,
+//!   beside building the request itself.
 //!
 //! `cargo bench -p mesh-tests --bench security [-- --quick]`
 
@@ -154,6 +157,27 @@ fn rbac_check(n: usize) -> Duration {
     started.elapsed() / n as u32
 }
 
+/// Time per request to normalize `path` in place (with the request built each time), and to
+/// build the request alone.
+fn normalization(path: &str, n: usize) -> (Duration, Duration) {
+    use std::hint::black_box;
+    let base = PathNormalization {
+        normalize: true,
+        ..Default::default()
+    };
+    let started = Instant::now();
+    for _ in 0..n {
+        let mut req = http::Request::get(black_box(path)).body(()).unwrap();
+        let _ = black_box(mesh_tower::normalize::normalize_request(&base, &mut req));
+    }
+    let with = started.elapsed() / n as u32;
+    let started = Instant::now();
+    for _ in 0..n {
+        black_box(http::Request::get(black_box(path)).body(()).unwrap());
+    }
+    (with, started.elapsed() / n as u32)
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
@@ -171,6 +195,18 @@ async fn main() {
     let mtls = handshakes(hs, true).await;
     let tls = handshakes(hs, false).await;
     let check = rbac_check(checks);
+    let canonical = normalization("/api/v1/products/12345/reviews?limit=10", checks);
+    let spelled = normalization(
+        "/api/v1/products/../%70roducts/12345/./reviews?limit=10",
+        checks,
+    );
+    for (name, (with, alone)) in [("canonical", canonical), ("rewritten", spelled)] {
+        println!(
+            "BENCH {{\"scenario\":\"path-normalization-{name}\",\"n\":{checks},\"ns_per_op\":{:.1},\"request_alone_ns\":{:.1}}}",
+            with.as_secs_f64() * 1e9,
+            alone.as_secs_f64() * 1e9
+        );
+    }
     println!(
         "BENCH {{\"scenario\":\"mtls-handshake\",\"n\":{hs},\"us_per_op\":{:.1}}}",
         mtls.as_secs_f64() * 1e6
@@ -197,5 +233,13 @@ async fn main() {
     println!(
         "| RBAC DENY + ALLOW check per request | {:.0} ns |",
         check.as_secs_f64() * 1e9
+    );
+    println!(
+        "| path normalization (BASE) of a canonical path, over building the request | {:.0} ns |",
+        canonical.0.saturating_sub(canonical.1).as_secs_f64() * 1e9
+    );
+    println!(
+        "| path normalization (BASE) of a path it rewrites, over building the request | {:.0} ns |",
+        spelled.0.saturating_sub(spelled.1).as_secs_f64() * 1e9
     );
 }

@@ -81,7 +81,11 @@ impl PathNormalization {
         if self.is_noop() {
             return PathAction::Keep;
         }
-        let split = path_and_query.find('?').unwrap_or(path_and_query.len());
+        // A byte loop: `str::find(char)` costs about a hundred instructions more per call.
+        let split = path_and_query
+            .bytes()
+            .position(|b| b == b'?')
+            .unwrap_or(path_and_query.len());
         let (path, query) = path_and_query.split_at(split);
         let mut current = Cow::Borrowed(path.as_bytes());
         let mut redirect = false;
@@ -225,8 +229,23 @@ enum Class {
     Invalid,
 }
 
+/// [`class_of`] for every byte, looked up on the request path.
+const CLASSES: [Class; 256] = {
+    let mut table = [Class::Escape; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = class_of(b as u8);
+        b += 1;
+    }
+    table
+};
+
+fn class(b: u8) -> Class {
+    CLASSES[usize::from(b)]
+}
+
 /// Chromium's `kPathCharLookup` (url/url_canon_path.cc), which Envoy's `normalize_path` uses.
-const fn class(b: u8) -> Class {
+const fn class_of(b: u8) -> Class {
     match b {
         0x00 => Class::Invalid,
         b'.' | b'%' | b'\\' => Class::Special,
