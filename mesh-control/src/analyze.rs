@@ -161,6 +161,23 @@ fn authorization_rules(o: &Object, p: &AuthorizationPolicy, out: &mut Vec<Diagno
         let at = |f: &str| format!("spec.rules[{i}]{f}");
         for (j, from) in rule.from.iter().enumerate() {
             let s = &from.source;
+            let lists: [(&str, &Vec<String>); 14] = [
+                ("principals", &s.principals),
+                ("notPrincipals", &s.not_principals),
+                ("requestPrincipals", &s.request_principals),
+                ("notRequestPrincipals", &s.not_request_principals),
+                ("namespaces", &s.namespaces),
+                ("notNamespaces", &s.not_namespaces),
+                ("serviceAccounts", &s.service_accounts),
+                ("notServiceAccounts", &s.not_service_accounts),
+                ("trustDomains", &s.trust_domains),
+                ("notTrustDomains", &s.not_trust_domains),
+                ("ipBlocks", &s.ip_blocks),
+                ("notIpBlocks", &s.not_ip_blocks),
+                ("remoteIpBlocks", &s.remote_ip_blocks),
+                ("notRemoteIpBlocks", &s.not_remote_ip_blocks),
+            ];
+            empty_values(&lists, &at(&format!(".from[{j}].source")), out, &err);
             let lists = [
                 ("ipBlocks", &s.ip_blocks),
                 ("notIpBlocks", &s.not_ip_blocks),
@@ -206,6 +223,17 @@ fn authorization_rules(o: &Object, p: &AuthorizationPolicy, out: &mut Vec<Diagno
         }
         for (j, to) in rule.to.iter().enumerate() {
             let op = &to.operation;
+            let lists: [(&str, &Vec<String>); 8] = [
+                ("hosts", &op.hosts),
+                ("notHosts", &op.not_hosts),
+                ("ports", &op.ports),
+                ("notPorts", &op.not_ports),
+                ("methods", &op.methods),
+                ("notMethods", &op.not_methods),
+                ("paths", &op.paths),
+                ("notPaths", &op.not_paths),
+            ];
+            empty_values(&lists, &at(&format!(".to[{j}].operation")), out, &err);
             for (name, list) in [("ports", &op.ports), ("notPorts", &op.not_ports)] {
                 for (k, v) in list.iter().enumerate() {
                     if let Err(why) = parse_port(v) {
@@ -306,6 +334,28 @@ fn authorization_rules(o: &Object, p: &AuthorizationPolicy, out: &mut Vec<Diagno
     }
 }
 
+/// istiod's checks of a `source` or an `operation`: it names something, and no value is empty
+/// (an empty source or operation would match every request).
+fn empty_values(
+    lists: &[(&str, &Vec<String>)],
+    field: &str,
+    out: &mut Vec<Diagnostic>,
+    err: &dyn Fn(&mut Vec<Diagnostic>, String, String),
+) {
+    if lists.iter().all(|(_, l)| l.is_empty()) {
+        err(out, field.to_owned(), "must not be empty".into());
+    }
+    for (name, list) in lists {
+        if list.iter().any(String::is_empty) {
+            err(
+                out,
+                format!("{field}.{name}"),
+                format!("empty value not allowed, found in {name}"),
+            );
+        }
+    }
+}
+
 /// A policy's `targetRef` / `targetRefs`, as Istio validates them, and what they attach to
 /// here: the workloads of a Service or ServiceEntry; Gateways, of which there are none.
 fn targets<'a>(
@@ -372,17 +422,23 @@ fn targets<'a>(
             ));
             continue;
         }
-        let found = config.objects.iter().any(|x| {
-            x.metadata.namespace() == ns
-                && x.metadata.name == t.name
-                && matches!(
-                    (&x.spec, kind.as_str()),
-                    (Spec::Service(_), "core/Service")
-                        | (Spec::ServiceEntry(_), "networking.istio.io/ServiceEntry")
-                )
+        // The labels the target selects: its workloads are what the policy attaches to.
+        let selects = config.objects.iter().find_map(|x| {
+            if x.metadata.namespace() != ns || x.metadata.name != t.name {
+                return None;
+            }
+            match (&x.spec, kind.as_str()) {
+                (Spec::Service(svc), "core/Service") => Some(!svc.selector.is_empty()),
+                (Spec::ServiceEntry(se), "networking.istio.io/ServiceEntry") => Some(
+                    se.workload_selector
+                        .as_ref()
+                        .is_some_and(|w| !w.labels.is_empty()),
+                ),
+                _ => None,
+            }
         });
-        if !found {
-            out.push(diag(
+        match selects {
+            None => out.push(diag(
                 o,
                 &field,
                 format!(
@@ -390,7 +446,20 @@ fn targets<'a>(
                     t.kind, t.name
                 ),
                 Severity::Warning,
-            ));
+            )),
+            // A waypoint would apply it to the service's traffic; here policy attaches to the
+            // workloads a selector names, and there are none to name: refused rather than
+            // dropped, since a DENY dropped lets everything through.
+            Some(false) => out.push(diag(
+                o,
+                &field,
+                format!(
+                    "{} {:?} selects no workloads (no selector), so the policy cannot be attached",
+                    t.kind, t.name
+                ),
+                Severity::Error,
+            )),
+            Some(true) => {}
         }
     }
 }

@@ -368,6 +368,16 @@ fn validate_refuses_what_would_be_dropped() {
             "spec.rules",
             "DENY action without `rules` is meaningless",
         ),
+        (
+            "rules: [{from: [{source: {}}]}]",
+            "spec.rules[0].from[0].source",
+            "must not be empty",
+        ),
+        (
+            "rules: [{to: [{operation: {methods: [\"\"]}}]}]",
+            "spec.rules[0].to[0].operation.methods",
+            "empty value not allowed",
+        ),
     ];
     for (spec, field, message) in cases {
         let text = format!(
@@ -389,6 +399,25 @@ fn validate_refuses_what_would_be_dropped() {
             "{spec}: the file and the policy's line: {shown}"
         );
     }
+}
+
+/// A target that selects no workloads cannot carry a policy: refused, not dropped.
+#[test]
+fn a_target_without_a_selector_is_refused() {
+    let text = format!(
+        "{SERVICES}---\napiVersion: v1\nkind: Service\nmetadata: {{name: external, namespace: default}}\nspec:\n  ports: [{{port: 80, name: http}}]\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p, namespace: default}}\nspec:\n  targetRefs: [{{kind: Service, name: external}}]\n  action: DENY\n  rules: [{{}}]\n"
+    );
+    let config = mesh_control::config::parse_str(&text, Path::new("policy.yaml")).unwrap();
+    let registry = Registry::build(&config).unwrap();
+    let found = mesh_control::analyze::analyze(&config, &registry);
+    assert!(
+        found
+            .iter()
+            .any(|d| d.severity == mesh_control::config::Severity::Error
+                && d.field.as_deref() == Some("spec.targetRefs[0]")
+                && d.message.contains("selects no workloads")),
+        "{found:?}"
+    );
 }
 
 /// MeshConfig `pathNormalization` reaches the connection manager of every listener

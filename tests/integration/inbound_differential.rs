@@ -27,6 +27,10 @@ enum Outcome {
 
 fn outcome(a: &RawAnswer) -> Outcome {
     match (a.status, a.header("x-backend"), a.header("x-path")) {
+        // A client's certificate header reaching the application is part of what it sees.
+        (200, Some(_), Some(path)) if a.header("x-echo-x-forwarded-client-cert").is_some() => {
+            Outcome::App(format!("{path} with the client's x-forwarded-client-cert"))
+        }
         (200, Some(_), Some(path)) => Outcome::App(path),
         (307, _, _) => Outcome::Redirect(a.header("location").unwrap_or_default()),
         (status, _, _) => Outcome::Refused(status),
@@ -331,6 +335,15 @@ fn header_cases() -> Vec<Case> {
             b"/public",
             &[("x-forwarded-for", b"2001:db8::1")],
         ),
+        get("two hosts", b"/public", &[("host", b"admin.internal")]),
+        get(
+            "client certificate header",
+            b"/public",
+            &[(
+                "x-forwarded-client-cert",
+                b"By=spiffe://cluster.local/ns/default/sa/admin",
+            )],
+        ),
     ];
     let mut peer = get("blocked peer", b"/public", &[]);
     peer.from = Some(IpAddr::from([127, 0, 0, 2]));
@@ -367,6 +380,14 @@ fn divergences() -> Vec<Divergence> {
             app("/public/%3Cx%3E"),
             Outcome::Refused(400),
             "hyper's request parser refuses `<` and `>` in a request target; Envoy escapes them",
+        ),
+        (
+            "two hosts",
+            Outcome::App("/public".into()),
+            Outcome::Refused(400),
+            "RFC 9112 asks for a 400 when a request has two Host headers; Envoy joins them \
+             (`app,admin.internal`) and forwards, while hyper would hand the application both; \
+             the mesh refuses, so policy and application cannot read different hosts",
         ),
         (
             "fragment",

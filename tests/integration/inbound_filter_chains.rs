@@ -260,3 +260,30 @@ async fn without_an_inbound_listener_nothing_is_served_unless_asked() {
     let (status, body) = mesh_test_support::http::get(addr, "/", &[]).await.unwrap();
     assert_eq!((status, body.as_str()), (200, "app"));
 }
+
+/// With a wildcard bind, a connection's destination is its own local address: chains by
+/// destination range and `destination_ip` rules see 127.0.0.1, not 0.0.0.0.
+#[tokio::test]
+async fn a_wildcard_bind_matches_on_the_connections_destination() {
+    mesh_test_support::trace_init();
+    let ca = TestCa::new("wildcard");
+    let socket = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let chains = json!([{
+        "filter_chain_match": {"prefix_ranges": [{"address_prefix": "127.0.0.1", "prefix_len": 32}]},
+        "filters": [hcm(false)]}]);
+    let mesh = mesh_builder(&inbound(addr, chains), &ca)
+        .expect("the listener loads")
+        .build()
+        .await
+        .unwrap();
+    let app = tower::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+        Ok::<_, Infallible>(echo("app", &req))
+    });
+    tokio::spawn(async move { mesh_tower::serve_listener(&mesh, socket, app).await });
+    let to = SocketAddr::from(([127, 0, 0, 1], addr.port()));
+    let (status, body) = mesh_test_support::http::get(to, "/", &[("host", "app")])
+        .await
+        .expect("served by the 127.0.0.1 chain");
+    assert_eq!((status, body.as_str()), (200, "app"));
+}

@@ -186,3 +186,125 @@ async fn request(addr: SocketAddr, ms: u64) -> String {
         .unwrap_or_default()
         .to_owned()
 }
+
+/// `inbound(addr)` with `change` applied to its one filter chain.
+fn inbound_with(
+    addr: SocketAddr,
+    change: impl FnOnce(&mut listener::FilterChain),
+) -> envoy_types::pb::google::protobuf::Any {
+    use prost::Message;
+    let any = inbound(addr);
+    let mut l = listener::Listener::decode(any.value.as_slice()).expect("a listener");
+    change(&mut l.filter_chains[0]);
+    resources::any(l)
+}
+
+/// One keep-alive HTTP/1.1 exchange on `tcp`: the status line and whether the server said
+/// it closes, or how the connection ended.
+async fn exchange(tcp: &mut tokio::net::TcpStream) -> String {
+    let _ = tcp.write_all(b"GET /?0 HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    let mut buf = vec![0u8; 4096];
+    match tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await {
+        Ok(Ok(0)) => "closed".into(),
+        Ok(Ok(n)) => {
+            let text = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+            let status = text.lines().next().unwrap_or_default().to_owned();
+            if text.contains("connection: close") {
+                format!("{status} (closing)")
+            } else {
+                status
+            }
+        }
+        // A reset is how a closed connection may answer a request written into it.
+        Ok(Err(_)) => "closed".into(),
+        Err(_) => "no answer".into(),
+    }
+}
+
+/// A policy update applies to an open connection; a change of its filter chain itself (here,
+/// the chain stops being HTTP) does not hand it a chain it was not accepted on: what it has
+/// started finishes under the filters it had, and it closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_connections_take_policy_updates_and_drain_when_their_chain_changes() {
+    let ads = AdsServer::start().await;
+    let mut bootstrap: serde_json::Value =
+        serde_json::from_str(&ads.bootstrap_json(&["xds_v3"])).unwrap();
+    bootstrap["server_listener_resource_name_template"] = TEMPLATE.into();
+    let mesh = super::mesh_from_json(bootstrap).await;
+    let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    ads.set(inbound(addr));
+    tokio::spawn(async move {
+        mesh_tower::serve_listener(&mesh, socket, tower::service_fn(slow)).await
+    });
+    let mut open = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert_eq!(exchange(&mut open).await, "http/1.1 200 ok");
+
+    // The same chain, with an RBAC filter that allows nothing: the open connection gets it.
+    let deny_all = rbac_filter();
+    ads.set(inbound_with(addr, |chain| {
+        let mut h = hcm_of(chain);
+        h.http_filters.insert(0, deny_all);
+        set_hcm(chain, h);
+    }));
+    super::meshed::eventually(
+        "the deny-all policy",
+        || probe(addr),
+        |p| p == "HTTP/1.1 403 Forbidden",
+    )
+    .await;
+    assert_eq!(exchange(&mut open).await, "http/1.1 403 forbidden");
+
+    // The chain becomes a TCP proxy: new connections are closed unserved; the open one
+    // answers what it was asked under its old filters, then closes.
+    ads.set(inbound_with(addr, |chain| {
+        chain.filters[0].config_type = Some(listener::filter::ConfigType::TypedConfig(pack_any(
+            envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy {
+                stat_prefix: "tcp".into(),
+                cluster_specifier: Some(
+                    envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier::Cluster("elsewhere".into()),
+                ),
+                ..Default::default()
+            },
+        )));
+    }));
+    super::meshed::eventually("the TCP proxy chain", || probe(addr), |p| p == "closed").await;
+    let last = exchange(&mut open).await;
+    assert!(
+        last.starts_with("http/1.1 403 forbidden"),
+        "the policy it had, not the one it was accepted with: {last}"
+    );
+    assert_eq!(exchange(&mut open).await, "closed", "then it drains");
+}
+
+fn rbac_filter() -> hcm::HttpFilter {
+    use envoy_types::pb::envoy::config::rbac::v3 as rbac;
+    use envoy_types::pb::envoy::extensions::filters::http::rbac::v3 as rbac_filter;
+    hcm::HttpFilter {
+        name: "rbac".into(),
+        config_type: Some(hcm::http_filter::ConfigType::TypedConfig(pack_any(
+            rbac_filter::Rbac {
+                rules: Some(rbac::Rbac {
+                    action: rbac::rbac::Action::Allow as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ))),
+        ..Default::default()
+    }
+}
+
+fn hcm_of(chain: &listener::FilterChain) -> hcm::HttpConnectionManager {
+    use prost::Message;
+    match &chain.filters[0].config_type {
+        Some(listener::filter::ConfigType::TypedConfig(any)) => {
+            hcm::HttpConnectionManager::decode(any.value.as_slice()).expect("an HCM")
+        }
+        _ => panic!("a typed HCM"),
+    }
+}
+
+fn set_hcm(chain: &mut listener::FilterChain, h: hcm::HttpConnectionManager) {
+    chain.filters[0].config_type = Some(listener::filter::ConfigType::TypedConfig(pack_any(h)));
+}

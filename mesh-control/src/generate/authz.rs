@@ -343,6 +343,15 @@ impl Fail {
         }
     }
 
+    /// The same intent under a negation (`notPaths`, `notPorts`): what would have matched
+    /// must not, and the other way round.
+    fn inverted(self) -> Self {
+        match self {
+            Fail::Never => Fail::Always,
+            Fail::Always => Fail::Never,
+        }
+    }
+
     fn principal(self) -> rbac::Principal {
         match self {
             Fail::Never => not_id(any_id()),
@@ -694,7 +703,22 @@ fn operation(o: &Operation, fail: Fail) -> rbac::Permission {
         or_perm,
         not_perm,
     ));
-    let path = |v: &str| {
+    // Paths and ports can fail to generate: a failing value becomes `fail` among `values`,
+    // and its inverse among `notValues`, which are negated.
+    let negatable =
+        |values: &[String], not_values: &[String], one: &dyn Fn(&str, Fail) -> rbac::Permission| {
+            let mut out = Vec::new();
+            if !values.is_empty() {
+                out.push(or_perm(values.iter().map(|v| one(v, fail)).collect()));
+            }
+            if !not_values.is_empty() {
+                out.push(not_perm(or_perm(
+                    not_values.iter().map(|v| one(v, fail.inverted())).collect(),
+                )));
+            }
+            out
+        };
+    let path = |v: &str, fail: Fail| {
         if v.contains('{') || v.contains('}') {
             // `{*}` / `{**}` templates: `validate` refuses them.
             return fail.permission();
@@ -705,27 +729,15 @@ fn operation(o: &Operation, fail: Fail) -> rbac::Permission {
             })),
         }
     };
-    rules.extend(with_negations(
-        &o.paths,
-        &o.not_paths,
-        path,
-        or_perm,
-        not_perm,
-    ));
-    let port = |v: &str| match parse_port(v) {
+    rules.extend(negatable(&o.paths, &o.not_paths, &path));
+    let port = |v: &str, fail: Fail| match parse_port(v) {
         Ok(port) => rbac::Permission {
             rule: Some(rbac::permission::Rule::DestinationPort(u32::from(port))),
         },
         // `validate` refuses a port that does not parse.
         Err(_) => fail.permission(),
     };
-    rules.extend(with_negations(
-        &o.ports,
-        &o.not_ports,
-        port,
-        or_perm,
-        not_perm,
-    ));
+    rules.extend(negatable(&o.ports, &o.not_ports, &port));
     and_perm(if rules.is_empty() {
         vec![any_perm()]
     } else {

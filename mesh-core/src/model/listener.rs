@@ -170,6 +170,23 @@ pub struct HttpConnectionManager {
     pub path_normalization: PathNormalization,
     /// Who the client is, for `remote_ip` rules and `x-forwarded-for`.
     pub client_address: ClientAddress,
+    /// What becomes of a client's `x-forwarded-client-cert` header.
+    pub forward_client_cert: ForwardClientCert,
+}
+
+/// `forward_client_cert_details`: whether a client's own `x-forwarded-client-cert` header
+/// reaches the application (it would otherwise let any caller claim a certificate).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ForwardClientCert {
+    /// Removed (Envoy's default, `SANITIZE`; and `SANITIZE_SET`, whose setting of the
+    /// header with the verified peer's details is not done here).
+    #[default]
+    Sanitize,
+    /// Kept on mTLS connections, removed otherwise (`FORWARD_ONLY`, `APPEND_FORWARD`; the
+    /// appending is not done here).
+    ForwardOnMtls,
+    /// Always kept (`ALWAYS_FORWARD_ONLY`).
+    Always,
 }
 
 /// How the HTTP connection manager finds the downstream client's address (Envoy's

@@ -506,9 +506,15 @@ pub struct Cidr {
 }
 
 impl Cidr {
-    /// Whether `ip` falls inside the range. IPv4 and IPv6 never match each other.
+    /// Whether `ip` falls inside the range. An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`,
+    /// what a dual-stack socket reports for IPv4 peers) is the IPv4 address it carries, as
+    /// Envoy reports it; otherwise IPv4 and IPv6 never match each other.
     pub fn contains(&self, ip: std::net::IpAddr) -> bool {
         use std::net::IpAddr::{V4, V6};
+        let ip = match ip {
+            V6(v6) => v6.to_ipv4_mapped().map_or(ip, V4),
+            v4 => v4,
+        };
         match (self.addr, ip) {
             (V4(net), V4(ip)) => {
                 let bits = u32::from(self.prefix_len.min(32));
@@ -628,5 +634,9 @@ mod tests {
         };
         assert!(c6.contains("fd12::1".parse().unwrap()));
         assert!(!c6.contains("10.1.2.3".parse().unwrap()));
+        assert!(
+            c.contains("::ffff:10.1.2.3".parse().unwrap()),
+            "a dual-stack socket's IPv4 peer"
+        );
     }
 }

@@ -12,8 +12,9 @@ use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue, Request, StatusCode};
 use mesh_core::model::{
-    ClientAddress, FilterConfig, FilterOverride, HttpConnectionManager, JwtPerRoute,
-    PathNormalization, RbacAction, RbacFilter, RequestView, Route, RouteSource, RouteTable,
+    ClientAddress, FilterConfig, FilterOverride, ForwardClientCert, HttpConnectionManager,
+    JwtPerRoute, PathNormalization, RbacAction, RbacFilter, RequestView, Route, RouteSource,
+    RouteTable,
 };
 
 use super::ext_authz::{Decision, ExtAuthzFilter};
@@ -42,6 +43,8 @@ struct Manager {
     paths: PathNormalization,
     /// Who the client is (RBAC's `remote_ip`).
     client_address: ClientAddress,
+    /// Whether a client's `x-forwarded-client-cert` is kept.
+    forward_client_cert: ForwardClientCert,
 }
 
 struct Filter {
@@ -142,6 +145,7 @@ impl HttpFilters {
             manager: Some(Manager {
                 paths: hcm.path_normalization,
                 client_address: hcm.client_address,
+                forward_client_cert: hcm.forward_client_cert,
             }),
             filters,
             routes,
@@ -157,21 +161,18 @@ impl HttpFilters {
     /// Runs the connection manager's checks and the filters over a request.
     pub(crate) async fn run<B>(&self, req: &mut Request<B>, caller: &Caller<'_>) -> Verdict {
         let grpc = crate::respond::is_grpc(req.headers());
-        // Before the route and every filter, as Envoy: policy decides on the path the
+        // Before the route and every filter, as Envoy: policy decides on the request the
         // application will see.
-        let client_address = match &self.manager {
+        let client = match &self.manager {
             Some(m) => {
-                if let Err(rejection) = normalize_request(&m.paths, req) {
-                    let mut reply =
-                        Reply::new(rejection.status(grpc), "", grpc, ResponseFlags::NONE);
-                    if let Some(location) = rejection.location().filter(|_| !grpc) {
-                        reply.header(http::header::LOCATION, location, false);
-                    }
-                    return answer(reply);
+                if let Err(reply) = m.check(req, caller, grpc) {
+                    return Verdict::Reply(reply);
                 }
+                // Decided once, before any filter can change x-forwarded-for.
                 m.client_address
+                    .client(req.headers(), caller.peer.addr.ip())
             }
-            None => ClientAddress::default(),
+            None => caller.peer.addr.ip(),
         };
         let route = match &self.routes {
             None => None,
@@ -213,7 +214,6 @@ impl HttpFilters {
                         Some(FilterConfig::Rbac(r)) => r,
                         _ => listener_level,
                     };
-                    let client = client_address.client(req.headers(), caller.peer.addr.ip());
                     if let Some(reply) =
                         enforce_rbac(config, req, caller, client, &mut metadata, grpc)
                     {
@@ -292,6 +292,50 @@ impl HttpFilters {
             }
         }
         Verdict::Continue(response_headers)
+    }
+}
+
+impl Manager {
+    /// What Envoy's connection manager checks and changes before routing: one `Host` (more
+    /// is a 400, as Envoy answers; a policy would read one, the application maybe another),
+    /// the path (normalized), and a client's `x-forwarded-client-cert` (removed unless kept
+    /// by `forward_client_cert_details`).
+    fn check<B>(
+        &self,
+        req: &mut Request<B>,
+        caller: &Caller<'_>,
+        grpc: bool,
+    ) -> Result<(), Box<Reply>> {
+        if req
+            .headers()
+            .get_all(http::header::HOST)
+            .iter()
+            .nth(1)
+            .is_some()
+        {
+            return Err(Box::new(Reply::new(
+                StatusCode::BAD_REQUEST,
+                "",
+                grpc,
+                ResponseFlags::NONE,
+            )));
+        }
+        if let Err(rejection) = normalize_request(&self.paths, req) {
+            let mut reply = Reply::new(rejection.status(grpc), "", grpc, ResponseFlags::NONE);
+            if let Some(location) = rejection.location().filter(|_| !grpc) {
+                reply.header(http::header::LOCATION, location, false);
+            }
+            return Err(Box::new(reply));
+        }
+        let keep = match self.forward_client_cert {
+            ForwardClientCert::Sanitize => false,
+            ForwardClientCert::ForwardOnMtls => caller.peer.certificate.is_some(),
+            ForwardClientCert::Always => true,
+        };
+        if !keep {
+            req.headers_mut().remove("x-forwarded-client-cert");
+        }
+        Ok(())
     }
 }
 

@@ -27,6 +27,9 @@ pub(crate) struct Chain {
     /// Never served without the chain's policy.
     pub(crate) refuse: Option<String>,
     pub(crate) filters: Arc<HttpFilters>,
+    /// A hash of everything about the chain but its HTTP filters: a connection accepted on
+    /// it may take a new listener's filters only while this is unchanged.
+    pub(crate) fingerprint: u64,
 }
 
 /// The inbound listener, ready to serve.
@@ -56,6 +59,7 @@ impl Inbound {
                 tls: None,
                 refuse: None,
                 filters: Arc::new(HttpFilters::none()),
+                fingerprint: 0,
             }),
             inspect: false,
         }
@@ -72,22 +76,13 @@ impl Inbound {
         }
     }
 
-    /// A chain's current filters, by name (a connection keeps its chain across updates). A
-    /// name that is empty or not unique does not say which chain is meant: the connection
-    /// keeps the filters it was accepted with.
-    pub(crate) fn filters_of(&self, chain: &str) -> Option<Arc<HttpFilters>> {
-        if chain.is_empty() {
-            return None;
-        }
-        let mut named = self
-            .chains
+    /// The chain with this fingerprint: the same chain (match, TLS, network filters, whether
+    /// it serves) in this listener, whatever its HTTP filters are now.
+    pub(crate) fn chain_like(&self, fingerprint: u64) -> Option<&Chain> {
+        self.chains
             .iter()
             .chain(self.default.iter())
-            .filter(|c| &*c.config.name == chain);
-        match (named.next(), named.next()) {
-            (Some(c), None) => Some(c.filters.clone()),
-            _ => None,
-        }
+            .find(|c| c.fingerprint == fingerprint)
     }
 }
 
@@ -132,7 +127,7 @@ impl ServerShared {
         let chains: Vec<Chain> = s
             .filter_chains
             .iter()
-            .map(|fc| self.chain(fc, &cx))
+            .map(|fc| self.chain(fc, &cx, false))
             .collect();
         let inspect = chains.iter().any(|c| {
             let m = &c.config.matcher;
@@ -144,13 +139,13 @@ impl ServerShared {
             default: s
                 .default_filter_chain
                 .as_ref()
-                .map(|fc| self.chain(fc, &cx)),
+                .map(|fc| self.chain(fc, &cx, true)),
             chains,
             inspect,
         }
     }
 
-    fn chain(&self, fc: &FilterChain, cx: &FilterContext<'_>) -> Chain {
+    fn chain(&self, fc: &FilterChain, cx: &FilterContext<'_>, default: bool) -> Chain {
         let (filters, not_http) = match &fc.filter {
             NetworkFilter::Http(h) => (HttpFilters::new(h, cx), None),
             NetworkFilter::TcpProxy { cluster } => (
@@ -207,11 +202,25 @@ impl ServerShared {
         if let Some(why) = &refuse {
             tracing::error!(chain = %fc.name, %why, "filter chain cannot serve; its connections are closed");
         }
+        // Made once per listener update, compared per request.
+        let fingerprint = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            // Overlapping matches are refused, so within a listener this tells chains apart
+            // (the default chain by its flag).
+            format!(
+                "{default}|{:?}|{:?}|{:?}|{:?}",
+                fc.matcher, fc.tls, fc.network_filters, refuse
+            )
+            .hash(&mut h);
+            h.finish()
+        };
         Chain {
             config: fc.clone(),
             tls,
             refuse,
             filters: Arc::new(filters),
+            fingerprint,
         }
     }
 }

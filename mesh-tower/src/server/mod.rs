@@ -26,6 +26,8 @@
 //! | feature | Envoy / Istio |
 //! |---|---|
 //! | path checks and normalization, before routing and filters | `normalize_path`, `merge_slashes`, `path_with_escaped_slashes_action` |
+//! | one `Host` (two: 400), a client's `x-forwarded-client-cert` removed | RFC 9112; `forward_client_cert_details` (`SANITIZE`) |
+//! | open connections take policy updates; a changed chain drains them | Envoy's filter-chain drain |
 //! | filter-chain selection (port, addresses, server name, transport, ALPN, source) | `filter_chain_match`, TLS inspector |
 //! | network RBAC ahead of HTTP | `envoy.filters.network.rbac` |
 //! | STRICT / PERMISSIVE / DISABLE mTLS, SPIFFE peer identity | `DownstreamTlsContext`, TLS inspector; PeerAuthentication |
@@ -469,11 +471,15 @@ async fn serve_connection<S: App>(
         local,
         drained,
     } = accepted;
+    // The connection's own destination: with a wildcard bind (0.0.0.0), the listener's
+    // address says nothing of it, and chains and `destination_ip` rules need it.
+    let local = tcp.local_addr().unwrap_or(local);
     let opened = connection::open(&inbound, tcp, peer, local).await?;
     let filters = LiveFilters {
         live,
-        chain: opened.chain.config.name.clone(),
-        at_accept: opened.chain.filters.clone(),
+        fingerprint: opened.chain.fingerprint,
+        last: arc_swap::ArcSwap::new(opened.chain.filters.clone()),
+        closing: Arc::new(tokio::sync::Notify::new()),
     };
     let conn = Connection {
         local,
@@ -539,11 +545,12 @@ where
         Security::None
     };
     let identity = Arc::new(identity);
+    let closing = conn.filters.closing.clone();
     let conn = Arc::new(conn);
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let start = Instant::now();
         // Policy is read per request: an AuthorizationPolicy change applies to open
-        // connections too.
+        // connections too (unless the chain itself changed: then the connection drains).
         let current = conn.filters.current();
         let (identity, sni, conn) = (identity.clone(), sni.clone(), conn.clone());
         let mut app = app.clone();
@@ -647,24 +654,44 @@ where
         done = served.as_mut() => return done,
         // Also when the server is gone: a connection does not outlive its server's drain.
         _ = drained.changed() => served.as_mut().graceful_shutdown(),
+        // Its filter chain changed or went away: finish what was started, then close, as
+        // Envoy drains the connections of a chain it replaces.
+        () = closing.notified() => served.as_mut().graceful_shutdown(),
     }
     served.await
 }
 
-/// A connection's HTTP filters, looked up in the current listener by chain name.
+/// A connection's HTTP filters, looked up in the current listener.
 struct LiveFilters {
     live: Arc<ArcSwapOption<Inbound>>,
-    chain: Arc<str>,
-    /// Used if the chain has since disappeared from the listener.
-    at_accept: Arc<HttpFilters>,
+    /// What the chain was when the connection was accepted (its match, TLS, network filters
+    /// and whether it serves): a policy update keeps it, a different chain does not.
+    fingerprint: u64,
+    /// The filters the connection served its last request with: kept while it drains, so
+    /// a drain never goes back to an older, weaker policy.
+    last: arc_swap::ArcSwap<HttpFilters>,
+    /// Asks the connection to drain.
+    closing: Arc<tokio::sync::Notify>,
 }
 
 impl LiveFilters {
+    /// The chain's filters now: a policy update applies to open connections. When the
+    /// listener no longer has the same chain (it went, or its match, TLS or network filters
+    /// changed, or it no longer serves), the connection keeps the filters it last had for
+    /// what is in flight, and drains, as Envoy drains the connections of a chain it replaces.
     fn current(&self) -> Arc<HttpFilters> {
-        self.live
-            .load()
-            .as_ref()
-            .and_then(|inbound| inbound.filters_of(&self.chain))
-            .unwrap_or_else(|| self.at_accept.clone())
+        let live = self.live.load();
+        match live.as_ref().and_then(|i| i.chain_like(self.fingerprint)) {
+            Some(c) => {
+                if !Arc::ptr_eq(&self.last.load(), &c.filters) {
+                    self.last.store(c.filters.clone());
+                }
+                c.filters.clone()
+            }
+            None => {
+                self.closing.notify_one();
+                self.last.load_full()
+            }
+        }
     }
 }

@@ -320,6 +320,15 @@ fn rbac_policies(r: &rbac::Rbac) -> Result<RbacPolicies, FieldError> {
                 .at("condition")
                 .at(at));
         }
+        // Envoy's validation: a policy needs both lists (an empty one would never match).
+        for (field, empty) in [
+            ("permissions", p.permissions.is_empty()),
+            ("principals", p.principals.is_empty()),
+        ] {
+            if empty {
+                return Err(FieldError::new("must not be empty").at(field).at(at));
+            }
+        }
         let policy = RbacPolicy {
             permissions: each("permissions", &p.permissions, permission).at(&at)?,
             principals: each("principals", &p.principals, principal).at(&at)?,
@@ -340,9 +349,14 @@ fn permission(p: &rbac::Permission) -> Result<Permission, FieldError> {
             .as_ref()
             .ok_or_else(|| FieldError::new("rule is required"))?
         {
+            // Envoy refuses empty sets and `any: false` (an empty AND would match everything).
+            R::AndRules(s) | R::OrRules(s) if s.rules.is_empty() => {
+                return Err(FieldError::new("a rule set must not be empty"));
+            }
+            R::Any(false) => return Err(FieldError::new("must be true").at("any")),
             R::AndRules(s) => Permission::And(each("and_rules.rules", &s.rules, permission)?),
             R::OrRules(s) => Permission::Or(each("or_rules.rules", &s.rules, permission)?),
-            R::Any(_) => Permission::Any,
+            R::Any(true) => Permission::Any,
             R::Header(h) => Permission::Header(header_matcher(h).at("header")?),
             R::UrlPath(m) => Permission::UrlPath(path_matcher(m).at("url_path")?),
             R::DestinationIp(c) => Permission::DestinationIp(cidr(c).at("destination_ip")?),
@@ -386,9 +400,13 @@ fn principal(p: &rbac::Principal) -> Result<Principal, FieldError> {
             .as_ref()
             .ok_or_else(|| FieldError::new("identifier is required"))?
         {
+            I::AndIds(s) | I::OrIds(s) if s.ids.is_empty() => {
+                return Err(FieldError::new("an identifier set must not be empty"));
+            }
+            I::Any(false) => return Err(FieldError::new("must be true").at("any")),
             I::AndIds(s) => Principal::And(each("and_ids.ids", &s.ids, principal)?),
             I::OrIds(s) => Principal::Or(each("or_ids.ids", &s.ids, principal)?),
-            I::Any(_) => Principal::Any,
+            I::Any(true) => Principal::Any,
             I::Authenticated(a) => Principal::Authenticated(
                 a.principal_name
                     .as_ref()

@@ -170,6 +170,21 @@ pub(crate) fn http_connection_manager(
             use_remote_address: h.use_remote_address.as_ref().is_some_and(|b| b.value),
             xff_num_trusted_hops: h.xff_num_trusted_hops,
         },
+        forward_client_cert: {
+            use hcm::http_connection_manager::ForwardClientCertDetails as F;
+            match F::try_from(h.forward_client_cert_details) {
+                Ok(F::Sanitize | F::SanitizeSet) => ForwardClientCert::Sanitize,
+                Ok(F::ForwardOnly | F::AppendForward) => ForwardClientCert::ForwardOnMtls,
+                Ok(F::AlwaysForwardOnly) => ForwardClientCert::Always,
+                Err(_) => {
+                    return Err(FieldError::new(format!(
+                        "unknown value {}",
+                        h.forward_client_cert_details
+                    ))
+                    .at("forward_client_cert_details"));
+                }
+            }
+        },
     })
 }
 
