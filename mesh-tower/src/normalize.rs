@@ -165,7 +165,12 @@ where
                 let mut rsp = Response::new(ResBody::default());
                 *rsp.status_mut() = rejection.status(grpc);
                 if grpc {
+                    // A gRPC status in a trailers-only answer, as `respond::local` writes one.
                     let code = crate::respond::grpc_status_for(rejection.status(true));
+                    rsp.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/grpc"),
+                    );
                     rsp.headers_mut()
                         .insert("grpc-status", HeaderValue::from(code));
                     *rsp.status_mut() = StatusCode::OK;

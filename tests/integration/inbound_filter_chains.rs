@@ -287,3 +287,90 @@ async fn a_wildcard_bind_matches_on_the_connections_destination() {
         .expect("served by the 127.0.0.1 chain");
     assert_eq!((status, body.as_str()), (200, "app"));
 }
+
+/// How long the peer at the other end of `tcp` keeps it open after sending `first`: the
+/// connection closes (EOF or reset) within `limit`, or `None`.
+async fn closes_within(
+    tcp: &mut tokio::net::TcpStream,
+    first: &[u8],
+    limit: std::time::Duration,
+) -> Option<std::time::Duration> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = std::time::Instant::now();
+    tcp.write_all(first).await.unwrap();
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(limit, tcp.read(&mut buf)).await {
+        Ok(Ok(0) | Err(_)) => Some(started.elapsed()),
+        _ => None,
+    }
+}
+
+/// Idle and trickling peers: a connection that shows no first byte, or only part of a
+/// ClientHello, is closed after the listener's `listener_filters_timeout` (Envoy's rule),
+/// not held for ever while the chain cannot be chosen; with
+/// `continue_on_listener_filters_timeout`, a silent one is taken as plaintext instead.
+#[tokio::test]
+async fn peers_that_never_show_their_first_bytes_are_closed() {
+    let ca = TestCa::new("idle");
+    let chains = json!([
+        {"filter_chain_match": {"transport_protocol": "tls"}, "transport_socket": tls_socket(),
+         "filters": [hcm(false)]},
+        {"filter_chain_match": {"transport_protocol": "raw_buffer"}, "filters": [hcm(false)]}
+    ]);
+    let with = |extra: Value| {
+        let chains = chains.clone();
+        let ca = &ca;
+        async move {
+            mesh_test_support::trace_init();
+            let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = socket.local_addr().unwrap();
+            let mut doc = inbound(addr, chains);
+            mesh_test_support::static_json::merge(
+                &mut doc["static_resources"]["listeners"][0],
+                extra,
+            );
+            let mesh = mesh_builder(&doc, ca).unwrap().build().await.unwrap();
+            let app = tower::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                Ok::<_, Infallible>(echo("app", &req))
+            });
+            tokio::spawn(async move { mesh_tower::serve_listener(&mesh, socket, app).await });
+            addr
+        }
+    };
+    let limit = std::time::Duration::from_secs(5);
+    let addr = with(json!({"listener_filters_timeout": "0.3s"})).await;
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let closed = closes_within(&mut idle, b"", limit).await;
+    assert!(closed.is_some(), "an idle peer is closed");
+    let mut trickle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let closed = closes_within(&mut trickle, &[0x16, 0x03, 0x01], limit).await;
+    assert!(
+        closed.is_some(),
+        "a peer stuck inside its ClientHello is closed"
+    );
+    // Still serving others.
+    let (status, _) = mesh_test_support::http::get(addr, "/", &[("host", "app")])
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+
+    let addr = with(json!({"listener_filters_timeout": "0.3s",
+                           "continue_on_listener_filters_timeout": true}))
+    .await;
+    let mut late = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    late.write_all(b"GET / HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(limit, late.read_to_end(&mut answer))
+        .await
+        .expect("an answer")
+        .unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "taken as plaintext after the timeout: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+}

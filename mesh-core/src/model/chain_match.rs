@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
 use super::listener::{FilterChainMatch, SourceType};
-use super::matcher::Cidr;
+use super::matcher::{Cidr, unmapped};
 
 /// What is known of a connection when its filter chain is chosen.
 #[derive(Clone, Copy, Debug)]
@@ -49,8 +49,8 @@ pub struct ConnectionFacts<'a> {
 /// ```
 pub fn select(chains: &[&FilterChainMatch], c: &ConnectionFacts<'_>) -> Option<usize> {
     let mut candidates: Vec<usize> = (0..chains.len()).collect();
-    let local_ip = unmap(c.local.ip());
-    let peer_ip = unmap(c.peer.ip());
+    let local_ip = unmapped(c.local.ip());
+    let peer_ip = unmapped(c.peer.ip());
     let levels: [&Rank<'_>; 9] = [
         &|m| rank_port(m.destination_port, c.local.port()),
         &|m| rank_cidr(&m.prefix_ranges, local_ip),
@@ -168,14 +168,6 @@ fn rank_source_type(want: SourceType, local: IpAddr, peer: IpAddr) -> Option<u32
     }
 }
 
-/// An IPv4-mapped IPv6 address as IPv4, as a dual-stack socket reports IPv4 peers.
-fn unmap(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
 /// Most combinations the overlap check expands before refusing a listener as too large.
 const MAX_COMBINATIONS: usize = 100_000;
 
@@ -267,27 +259,7 @@ pub fn check_overlaps(chains: &[&FilterChainMatch]) -> Result<(), OverlapError> 
 
 /// A range with its host bits cleared, so `10.1.2.3/16` and `10.1.0.0/16` are the same.
 fn canonical_cidr(c: &Cidr) -> String {
-    let masked = match c.addr {
-        IpAddr::V4(a) => {
-            let bits = u32::from(c.prefix_len.min(32));
-            let mask = if bits == 0 {
-                0
-            } else {
-                u32::MAX << (32 - bits)
-            };
-            IpAddr::V4((u32::from(a) & mask).into())
-        }
-        IpAddr::V6(a) => {
-            let bits = u32::from(c.prefix_len.min(128));
-            let mask = if bits == 0 {
-                0
-            } else {
-                u128::MAX << (128 - bits)
-            };
-            IpAddr::V6((u128::from(a) & mask).into())
-        }
-    };
-    format!("{masked}/{}", c.prefix_len)
+    format!("{}/{}", c.network(), c.prefix_len)
 }
 
 #[cfg(test)]

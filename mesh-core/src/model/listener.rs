@@ -64,19 +64,13 @@ pub struct SocketListener {
     pub filter_chains: Box<[FilterChain]>,
     /// Chain used when none matches.
     pub default_filter_chain: Option<FilterChain>,
-}
-
-impl SocketListener {
-    /// The chain Envoy would choose for a connection ([`select`](super::select)): a chain
-    /// of `filter_chains`, else the default chain, else none (the connection is closed).
-    pub fn choose(&self, facts: &super::ConnectionFacts<'_>) -> Option<&FilterChain> {
-        let matches: Vec<&FilterChainMatch> =
-            self.filter_chains.iter().map(|c| &c.matcher).collect();
-        match super::select(&matches, facts) {
-            Some(i) => self.filter_chains.get(i),
-            None => self.default_filter_chain.as_ref(),
-        }
-    }
+    /// How long a connection may take to show what its chain is chosen on (its first bytes,
+    /// a whole TLS ClientHello): Envoy's `listener_filters_timeout`, 15 s by default; `None`
+    /// waits for ever (`0s`).
+    pub inspect_timeout: Option<Duration>,
+    /// On that timeout, choose the chain as for a plaintext connection instead of closing it,
+    /// when no byte has been read yet (`continue_on_listener_filters_timeout`).
+    pub continue_on_inspect_timeout: bool,
 }
 
 /// One filter chain.

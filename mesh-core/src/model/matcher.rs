@@ -510,32 +510,38 @@ impl Cidr {
     /// what a dual-stack socket reports for IPv4 peers) is the IPv4 address it carries, as
     /// Envoy reports it; otherwise IPv4 and IPv6 never match each other.
     pub fn contains(&self, ip: std::net::IpAddr) -> bool {
-        use std::net::IpAddr::{V4, V6};
-        let ip = match ip {
-            V6(v6) => v6.to_ipv4_mapped().map_or(ip, V4),
-            v4 => v4,
-        };
-        match (self.addr, ip) {
-            (V4(net), V4(ip)) => {
-                let bits = u32::from(self.prefix_len.min(32));
-                let mask = if bits == 0 {
-                    0
-                } else {
-                    u32::MAX << (32 - bits)
-                };
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (V6(net), V6(ip)) => {
-                let bits = u32::from(self.prefix_len.min(128));
-                let mask = if bits == 0 {
-                    0
-                } else {
-                    u128::MAX << (128 - bits)
-                };
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
+        let ip = unmapped(ip);
+        ip.is_ipv4() == self.addr.is_ipv4() && masked(ip, self.prefix_len) == self.network()
+    }
+
+    /// The network address: `addr` with its host bits cleared (`10.1.2.3/16` is `10.1.0.0`).
+    pub fn network(&self) -> std::net::IpAddr {
+        masked(self.addr, self.prefix_len)
+    }
+}
+
+/// `ip` with every bit past `prefix_len` cleared.
+fn masked(ip: std::net::IpAddr, prefix_len: u8) -> std::net::IpAddr {
+    use std::net::IpAddr::{V4, V6};
+    match ip {
+        V4(a) => {
+            let bits = u32::from(prefix_len.min(32));
+            let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+            V4((u32::from(a) & mask).into())
         }
+        V6(a) => {
+            let bits = u32::from(prefix_len.min(128));
+            let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+            V6((u128::from(a) & mask).into())
+        }
+    }
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it carries.
+pub(crate) fn unmapped(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+        v4 => v4,
     }
 }
 

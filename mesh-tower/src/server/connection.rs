@@ -45,11 +45,24 @@ pub(crate) async fn open(
         transport,
         alpn,
     };
-    let (chain, io) = if inbound.inspect && starts_tls(&tcp).await? {
+    // A peer that never shows its first bytes (or trickles a ClientHello) is closed after
+    // the listener's `listener_filters_timeout`, as Envoy closes it, rather than held open.
+    let tls = if inbound.inspect {
+        match bounded(inbound.inspect_timeout, starts_tls(&tcp)).await {
+            Some(first) => first?,
+            None if inbound.continue_on_inspect_timeout => false,
+            None => return Err("no first byte within the listener's filters timeout".into()),
+        }
+    } else {
+        false
+    };
+    let (chain, io) = if tls {
         // Read the ClientHello (as Envoy's TLS inspector does) to learn the server name and
         // the protocols offered, then finish the handshake with the chosen chain's config.
-        let hello =
-            tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
+        let hello = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
+        let hello = bounded(inbound.inspect_timeout, hello)
+            .await
+            .ok_or("no complete ClientHello within the listener's filters timeout")??;
         let sni = hello
             .client_hello()
             .server_name()
@@ -142,6 +155,17 @@ pub(crate) async fn open(
         identity,
         sni,
     })
+}
+
+/// `f`, unless it takes longer than `limit`.
+async fn bounded<F: std::future::Future>(
+    limit: Option<std::time::Duration>,
+    f: F,
+) -> Option<F::Output> {
+    match limit {
+        Some(limit) => tokio::time::timeout(limit, f).await.ok(),
+        None => Some(f.await),
+    }
 }
 
 /// The chain for a connection; closed unserved when there is none or it cannot serve.

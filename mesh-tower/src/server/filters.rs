@@ -32,6 +32,8 @@ pub(crate) struct HttpFilters {
     /// without a listener (no control plane).
     manager: Option<Manager>,
     filters: Box<[Filter]>,
+    /// Whether one of `filters` is RBAC (only RBAC reads the client address).
+    rbac: bool,
     routes: Option<Arc<RouteTable>>,
     /// Rate limits that routes configure for themselves, by route.
     route_limits: Box<[RouteLimit]>,
@@ -103,6 +105,7 @@ impl HttpFilters {
         Self {
             manager: None,
             filters: Box::new([]),
+            rbac: false,
             routes: None,
             route_limits: Box::new([]),
         }
@@ -147,6 +150,7 @@ impl HttpFilters {
                 client_address: hcm.client_address,
                 forward_client_cert: hcm.forward_client_cert,
             }),
+            rbac: filters.iter().any(|f| matches!(f.kind, Kind::Rbac(_))),
             filters,
             routes,
             route_limits: route_limits.into(),
@@ -168,9 +172,14 @@ impl HttpFilters {
                 if let Err(reply) = m.check(req, caller, grpc) {
                     return Verdict::Reply(reply);
                 }
-                // Decided once, before any filter can change x-forwarded-for.
-                m.client_address
-                    .client(req.headers(), caller.peer.addr.ip())
+                // Decided once, before any filter can change x-forwarded-for, and only when an
+                // RBAC filter can ask (it costs a header lookup).
+                if self.rbac {
+                    m.client_address
+                        .client(req.headers(), caller.peer.addr.ip())
+                } else {
+                    caller.peer.addr.ip()
+                }
             }
             None => caller.peer.addr.ip(),
         };

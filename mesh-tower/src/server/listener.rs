@@ -39,6 +39,10 @@ pub(crate) struct Inbound {
     /// Whether chains differ by transport protocol, server name or ALPN, so a connection's
     /// first bytes (a TLS ClientHello) must be read before its chain is chosen.
     pub(crate) inspect: bool,
+    /// How long that may take (`listener_filters_timeout`); `None`: for ever.
+    pub(crate) inspect_timeout: Option<std::time::Duration>,
+    /// On that timeout, with no byte read, take the connection as plaintext.
+    pub(crate) continue_on_inspect_timeout: bool,
 }
 
 impl Inbound {
@@ -62,6 +66,8 @@ impl Inbound {
                 fingerprint: 0,
             }),
             inspect: false,
+            inspect_timeout: None,
+            continue_on_inspect_timeout: false,
         }
     }
 
@@ -117,6 +123,8 @@ impl ServerShared {
                 chains: Vec::new(),
                 default: None,
                 inspect: false,
+                inspect_timeout: None,
+                continue_on_inspect_timeout: false,
             };
         };
         let client = || self.client();
@@ -142,6 +150,8 @@ impl ServerShared {
                 .map(|fc| self.chain(fc, &cx, true)),
             chains,
             inspect,
+            inspect_timeout: s.inspect_timeout,
+            continue_on_inspect_timeout: s.continue_on_inspect_timeout,
         }
     }
 

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::config::listener::v3 as pb;
@@ -82,6 +83,15 @@ pub fn listener(l: &pb::Listener) -> Result<Listener, FieldError> {
                 .map(filter_chain)
                 .transpose()
                 .at("default_filter_chain")?,
+            inspect_timeout: match opt_duration(
+                l.listener_filters_timeout.as_ref(),
+                "listener_filters_timeout",
+            )? {
+                None => Some(Duration::from_secs(15)),
+                Some(d) if d.is_zero() => None,
+                Some(d) => Some(d),
+            },
+            continue_on_inspect_timeout: l.continue_on_listener_filters_timeout,
         }))
     };
     Ok(Listener {
