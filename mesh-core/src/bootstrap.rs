@@ -442,10 +442,7 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let bad = || format!("{s:?} is not a duration like \"600s\" or \"0.5s\"");
     let secs = s.strip_suffix('s').ok_or_else(bad)?;
     let v: f64 = secs.parse().map_err(|_| bad())?;
-    if !(v.is_finite() && v >= 0.0) {
-        return Err(bad());
-    }
-    Ok(Duration::from_secs_f64(v))
+    crate::model::duration_from_secs_f64(v).map_err(|why| format!("{s:?} {why}"))
 }
 
 #[cfg(test)]

@@ -64,6 +64,10 @@ flags! {
     LOCAL_RESET = 16, "LR";
     /// `DC`: the caller went away.
     DOWNSTREAM_CONNECTION_TERMINATION = 17, "DC";
+    /// `SI`: the stream saw no activity for the connection manager's `stream_idle_timeout`.
+    STREAM_IDLE_TIMEOUT = 18, "SI";
+    /// `DT`: the stream outlived the connection manager's `max_stream_duration`.
+    DURATION_TIMEOUT = 19, "DT";
 }
 
 impl ResponseFlags {

@@ -215,3 +215,125 @@ async fn remote_jwks_are_fetched_once_and_cached() {
     let other = Issuer::new(ISSUER).token(ISSUER, serde_json::json!({}));
     assert_eq!(curl(&sleep, Some(&other)).await.0, 401);
 }
+
+/// Serves a JWKS document over TLS with `cert`, counting the requests that got through and
+/// the handshakes a client abandoned with an alert (it refused the certificate).
+async fn https_jwks_server(
+    doc: String,
+    cert: &mesh_test_support::CertifiedKey,
+) -> (std::net::SocketAddr, Arc<AtomicU32>, Arc<AtomicU32>) {
+    use rustls::pki_types::pem::PemObject;
+    let chain: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(cert.cert_pem.as_bytes())
+        .map(Result::unwrap)
+        .collect();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let fetches = Arc::new(AtomicU32::new(0));
+    let refusals = Arc::new(AtomicU32::new(0));
+    let (counted, refused) = (fetches.clone(), refusals.clone());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (doc, counted, acceptor) = (doc.clone(), counted.clone(), acceptor.clone());
+            let refused = refused.clone();
+            tokio::spawn(async move {
+                let tls = match acceptor.accept(stream).await {
+                    Ok(tls) => tls,
+                    Err(e) => {
+                        if e.to_string().contains("alert") {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                        return;
+                    }
+                };
+                let svc = hyper::service::service_fn(move |_req| {
+                    counted.fetch_add(1, Ordering::Relaxed);
+                    let doc = doc.clone();
+                    async move { Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(doc)))) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, fetches, refusals)
+}
+
+/// A remote JWKS over `https` is fetched over TLS the mesh verifies: through the cluster a
+/// DestinationRule gives TLS (`SIMPLE` with `caCertificates`), the server must hold a
+/// certificate from that CA valid for the JWKS host; one that does not (another CA, another
+/// name), or a host outside the mesh whose certificate the system's roots do not vouch for,
+/// is refused, and the request fails closed (401), as no key can be trusted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_jwks_are_fetched_only_from_a_verified_server() {
+    let issuer = Issuer::new(ISSUER);
+    let ca = mesh_test_support::TestCa::new("jwks");
+    let files = mesh_test_support::TempFiles::new();
+    let ca_file = files.write("ca.pem", &ca.root_pem);
+    let token = issuer.token(ISSUER, serde_json::json!({}));
+
+    // (server certificate, JWKS host, expected answer)
+    let cases = [
+        (ca.server(&["jwks.test"]), "jwks.test", 200),
+        (ca.server(&["other.test"]), "jwks.test", 401),
+        (
+            mesh_test_support::TestCa::new("rogue").server(&["jwks.test"]),
+            "jwks.test",
+            401,
+        ),
+        // Outside the mesh (no ServiceEntry): the system's roots do not know the test CA.
+        (ca.server(&["jwks.test"]), "127.0.0.1", 401),
+    ];
+    for (cert, host, expected) in cases {
+        let (jwks, fetches, refusals) = https_jwks_server(issuer.jwks(), &cert).await;
+        let port = jwks.port();
+        let entry = format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: jwks, namespace: foo}}\nspec:\n  hosts: [jwks.test]\n  location: MESH_EXTERNAL\n  resolution: STATIC\n  ports: [{{number: {port}, name: http, protocol: HTTP}}]\n  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]\n---\n\
+             apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: jwks, namespace: foo}}\nspec:\n  host: jwks.test\n  trafficPolicy: {{tls: {{mode: SIMPLE, caCertificates: {}}}}}\n---\n",
+            ca_file.display()
+        );
+        let addr = free_port();
+        let mesh = TestMesh::start(&format!(
+            "{entry}{}{}",
+            service(HTTPBIN, 8000, addr),
+            request_authentication(&format!("jwksUri: \"https://{host}:{port}/jwks.json\""))
+        ))
+        .await;
+        mesh.serve(HTTPBIN, addr, tower::service_fn(httpbin)).await;
+        let sleep = MeshClient::new(&mesh.mesh(SLEEP).await);
+        if expected == 200 {
+            eventually(
+                "verified with keys fetched over verified TLS",
+                || curl(&sleep, Some(&token)),
+                |(s, _)| *s == 200,
+            )
+            .await;
+        } else {
+            // Served (a token-less request passes), but no key is ever fetched.
+            eventually("serving", || curl(&sleep, None), |(s, _)| *s == 200).await;
+            for _ in 0..3 {
+                assert_eq!(curl(&sleep, Some(&token)).await.0, 401, "{host}");
+                tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+            }
+            assert_eq!(
+                fetches.load(Ordering::Relaxed),
+                0,
+                "no request reached an unverified server"
+            );
+            assert!(
+                refusals.load(Ordering::Relaxed) > 0,
+                "{host}: the mesh spoke TLS and refused the certificate (not plaintext)"
+            );
+        }
+    }
+}

@@ -16,13 +16,13 @@ use mesh_test_support::TestCa;
 use mesh_test_support::backend::echo;
 use serde_json::{Value, json};
 
-fn tls_socket() -> Value {
+pub(super) fn tls_socket() -> Value {
     json!({"name": "envoy.transport_sockets.tls", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
         "common_tls_context": {"tls_certificate_provider_instance": {"instance_name": "default"}}}})
 }
 
-fn hcm(deny_all: bool) -> Value {
+pub(super) fn hcm(deny_all: bool) -> Value {
     let mut filters = Vec::new();
     if deny_all {
         filters.push(json!({"name": "rbac", "typed_config": {
@@ -39,14 +39,14 @@ fn hcm(deny_all: bool) -> Value {
         "http_filters": filters}})
 }
 
-fn inbound(addr: SocketAddr, chains: Value) -> Value {
+pub(super) fn inbound(addr: SocketAddr, chains: Value) -> Value {
     json!({"static_resources": {"listeners": [{
         "name": format!("inbound|{addr}"),
         "address": {"socket_address": {"address": addr.ip().to_string(), "port_value": addr.port()}},
         "filter_chains": chains}]}})
 }
 
-fn mesh_builder(doc: &Value, ca: &TestCa) -> Result<mesh_core::MeshBuilder, String> {
+pub(super) fn mesh_builder(doc: &Value, ca: &TestCa) -> Result<mesh_core::MeshBuilder, String> {
     let server = ca.server(&["a.example.com", "b.example.com"]);
     let identity = Identity::from_pem(
         Some(server.cert_pem.as_bytes()),
@@ -290,7 +290,7 @@ async fn a_wildcard_bind_matches_on_the_connections_destination() {
 
 /// How long the peer at the other end of `tcp` keeps it open after sending `first`: the
 /// connection closes (EOF or reset) within `limit`, or `None`.
-async fn closes_within(
+pub(super) async fn closes_within(
     tcp: &mut tokio::net::TcpStream,
     first: &[u8],
     limit: std::time::Duration,

@@ -23,6 +23,7 @@ mod inbound_authz_tasks;
 mod inbound_differential;
 mod inbound_ext_authz;
 mod inbound_filter_chains;
+mod inbound_limits;
 mod inbound_server;
 mod inbound_serving;
 mod istio_dumps;

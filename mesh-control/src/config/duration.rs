@@ -11,6 +11,8 @@ use serde::{Deserialize, Deserializer};
 /// assert_eq!(mesh_control::config::parse_duration("1m30s"), Ok(Duration::from_secs(90)));
 /// assert_eq!(mesh_control::config::parse_duration("0.5s"), Ok(Duration::from_millis(500)));
 /// assert!(mesh_control::config::parse_duration("soon").is_err());
+/// // Beyond google.protobuf.Duration's range: an error, never a panic.
+/// assert!(mesh_control::config::parse_duration("99999999999999999999h").is_err());
 /// ```
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let bad = || format!("{s:?} is not a duration (use e.g. \"1s\", \"250ms\", \"1m30s\")");
@@ -46,7 +48,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         total += value * scale;
         rest = &rest[unit_len..];
     }
-    Ok(Duration::from_secs_f64(total))
+    mesh_core::model::duration_from_secs_f64(total).map_err(|why| format!("{s:?} {why}"))
 }
 
 /// A duration field in Istio YAML.

@@ -4,8 +4,9 @@
 //!
 //! Peers are verified the way Istio verifies them: the chain must lead to the mesh's roots,
 //! and a server must carry a SAN matching one of the cluster's matchers (for Istio, the
-//! SPIFFE IDs of the service's accounts). DNS names are not checked against the address
-//! dialled: mesh peers are named by SPIFFE ID, not by host name. webpki cannot match URI SANs
+//! SPIFFE IDs of the service's accounts). For mesh peers, DNS names are not checked against the
+//! address dialled: they are named by SPIFFE ID, not by host name. A server vouched for by a CA
+//! file or the system's roots is ([`client_config_checking_name`], [`system_client_config`]). webpki cannot match URI SANs
 //! (rustls#1194), so the chain check is rustls's and the SAN check is ours.
 
 use std::sync::{Arc, OnceLock};
@@ -35,19 +36,92 @@ pub fn client_config(
     sans: Arc<[SanMatcher]>,
     alpn: Vec<Vec<u8>>,
 ) -> rustls::ClientConfig {
+    provider_client_config(provider, sans, alpn, false)
+}
+
+/// [`client_config`] for a server named by host name rather than by SPIFFE ID (a
+/// DestinationRule's `SIMPLE` or `MUTUAL` with `caCertificates`): when `sans` is empty, the
+/// certificate must be valid for the name the client asks for (its SNI), as a browser checks
+/// it, so any other server the CA has signed is refused.
+pub fn client_config_checking_name(
+    provider: &CertificateProvider,
+    sans: Arc<[SanMatcher]>,
+    alpn: Vec<Vec<u8>>,
+) -> rustls::ClientConfig {
+    provider_client_config(provider, sans, alpn, true)
+}
+
+fn provider_client_config(
+    provider: &CertificateProvider,
+    sans: Arc<[SanMatcher]>,
+    alpn: Vec<Vec<u8>>,
+    check_name: bool,
+) -> rustls::ClientConfig {
     let crypto = crypto_provider();
     let mut config = rustls::ClientConfig::builder_with_provider(crypto.clone())
         .with_safe_default_protocol_versions()
         .expect("aws-lc-rs supports the default versions")
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(MeshServerVerifier {
-            provider: provider.clone(),
+            roots: Roots::Provider(provider.clone()),
             sans,
+            check_name,
             crypto,
         }))
         .with_client_cert_resolver(Arc::new(Resolver(provider.clone())));
     config.alpn_protocols = alpn;
     config
+}
+
+/// A client configuration trusting the system's roots ([`system_roots`]) and presenting no
+/// certificate: the certificate must be valid for the name asked for, and match `sans` when
+/// there are any (Envoy's `system_root_certs`, and what a `https` request to a host outside
+/// the mesh is verified with).
+pub fn system_client_config(
+    sans: Arc<[SanMatcher]>,
+    alpn: Vec<Vec<u8>>,
+) -> Result<rustls::ClientConfig, String> {
+    let crypto = crypto_provider();
+    let mut config = rustls::ClientConfig::builder_with_provider(crypto.clone())
+        .with_safe_default_protocol_versions()
+        .expect("aws-lc-rs supports the default versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(MeshServerVerifier {
+            roots: Roots::Fixed(system_roots()?),
+            sans,
+            check_name: true,
+            crypto,
+        }))
+        .with_no_client_auth();
+    config.alpn_protocols = alpn;
+    Ok(config)
+}
+
+/// The system's trust store, read once: the bundle `SSL_CERT_FILE` names (or the directory
+/// `SSL_CERT_DIR` names), else the platform's (on Linux, the distribution's CA bundle, as
+/// OpenSSL finds it). An error when it holds no usable certificate, so that nothing is
+/// ever trusted by default without roots.
+pub fn system_roots() -> Result<Arc<rustls::RootCertStore>, String> {
+    static ROOTS: OnceLock<Result<Arc<rustls::RootCertStore>, String>> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let found = rustls_native_certs::load_native_certs();
+            let mut roots = rustls::RootCertStore::empty();
+            let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                let why: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
+                return Err(format!(
+                    "the system trust store has no usable certificate (set SSL_CERT_FILE to a CA bundle){}",
+                    if why.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", why.join("; "))
+                    }
+                ));
+            }
+            Ok(Arc::new(roots))
+        })
+        .clone()
 }
 
 /// How a server treats client certificates.
@@ -109,9 +183,20 @@ impl rustls::server::ResolvesServerCert for Resolver {
 
 #[derive(Debug)]
 struct MeshServerVerifier {
-    provider: CertificateProvider,
+    roots: Roots,
     sans: Arc<[SanMatcher]>,
+    /// With no `sans`, whether the certificate must be valid for the server name asked for.
+    check_name: bool,
     crypto: Arc<CryptoProvider>,
+}
+
+/// Where a verifier's roots come from.
+#[derive(Debug)]
+enum Roots {
+    /// The provider's current ones (they rotate with it).
+    Provider(CertificateProvider),
+    /// A fixed set (the system's).
+    Fixed(Arc<rustls::RootCertStore>),
 }
 
 impl ServerCertVerifier for MeshServerVerifier {
@@ -119,19 +204,29 @@ impl ServerCertVerifier for MeshServerVerifier {
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
+        server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        let identity = self.provider.current();
         let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        let identity;
+        let roots = match &self.roots {
+            Roots::Provider(p) => {
+                identity = p.current();
+                identity.roots()
+            }
+            Roots::Fixed(roots) => roots,
+        };
         rustls::client::verify_server_cert_signed_by_trust_anchor(
             &cert,
-            identity.roots(),
+            roots,
             intermediates,
             now,
             self.crypto.signature_verification_algorithms.all,
         )?;
+        if self.sans.is_empty() && self.check_name {
+            rustls::client::verify_server_name(&cert, server_name)?;
+        }
         if !self.sans.is_empty() && !san_matches(end_entity, &self.sans) {
             return Err(Error::General(format!(
                 "peer certificate SANs {:?} match none of {:?}",

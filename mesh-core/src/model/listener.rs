@@ -86,7 +86,16 @@ pub struct FilterChain {
     pub network_filters: Box<[NetworkPolicy]>,
     /// The terminal network filter.
     pub filter: NetworkFilter,
+    /// How long the TLS handshake may take once the chain is chosen
+    /// (`transport_socket_connect_timeout`). Envoy waits for ever when it is unset; here an
+    /// unset value is [`DEFAULT_HANDSHAKE_TIMEOUT`], so a peer that stops halfway through a
+    /// handshake cannot hold a connection; `0s` waits for ever, as in Envoy.
+    pub handshake_timeout: Option<Duration>,
 }
+
+/// The TLS handshake's bound when the chain sets none: 15 s, what istiod sets on the chains
+/// where it sets one (outbound and gateway listeners); Envoy's default is unbounded.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A network filter that runs on each connection before its terminal filter.
 #[derive(Clone, Debug)]
@@ -94,6 +103,16 @@ pub enum NetworkPolicy {
     /// `envoy.filters.network.rbac`: evaluated once per connection, before any byte reaches
     /// the terminal filter; a denial closes the connection.
     Rbac(Arc<super::authz::RbacFilter>),
+    /// `envoy.filters.network.connection_limit`: at most `max_connections` open connections
+    /// on the chain; one more is closed (after `delay`, when set) before any byte of it is
+    /// read.
+    ConnectionLimit {
+        /// The chain's limit (at least 1).
+        max_connections: u64,
+        /// How long an overflowing connection is held before it is closed (`delay`), which
+        /// slows a client that reconnects in a loop.
+        delay: Option<Duration>,
+    },
 }
 
 /// The terminal network filter of a chain.
@@ -156,16 +175,79 @@ pub struct HttpConnectionManager {
     pub routes: RouteSource,
     /// Filters in order, ending with the router.
     pub http_filters: Box<[HttpFilter]>,
-    /// Max stream duration for every stream.
+    /// Max stream duration for every stream
+    /// (`common_http_protocol_options.max_stream_duration`; unset or `0s`: none).
     pub max_stream_duration: Option<Duration>,
-    /// Stream idle timeout (Envoy's default 5 min).
+    /// How long a stream may see no activity (`stream_idle_timeout`; Envoy's default 5 min;
+    /// `0s`: none).
     pub stream_idle_timeout: Option<Duration>,
+    /// The connection limits and timeouts of the inbound side.
+    pub limits: ConnectionLimits,
     /// How request paths are normalized before any filter and before routing.
     pub path_normalization: PathNormalization,
     /// Who the client is, for `remote_ip` rules and `x-forwarded-for`.
     pub client_address: ClientAddress,
     /// What becomes of a client's `x-forwarded-client-cert` header.
     pub forward_client_cert: ForwardClientCert,
+}
+
+/// What a downstream connection may take, from the HTTP connection manager, with Envoy's
+/// defaults. The inbound side applies them; a client API listener has no connections to
+/// apply them to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// How long a request's headers may take from their first byte
+    /// (`request_headers_timeout`). Envoy has none by default; here an unset value is
+    /// [`DEFAULT_REQUEST_HEADERS_TIMEOUT`], so a slow client cannot hold a connection with
+    /// half a request; `0s` means none, as in Envoy.
+    pub request_headers_timeout: Option<Duration>,
+    /// How long a connection with no stream stays open
+    /// (`common_http_protocol_options.idle_timeout`; Envoy's default 1 h; `0s`: for ever).
+    pub idle_timeout: Option<Duration>,
+    /// How long a connection may live before it is drained
+    /// (`common_http_protocol_options.max_connection_duration`; none by default).
+    pub max_connection_duration: Option<Duration>,
+    /// Headers a request may carry (`common_http_protocol_options.max_headers_count`;
+    /// Envoy's default 100); more answer 431.
+    pub max_headers_count: u32,
+    /// The size of a request's headers in KiB (`max_request_headers_kb`; Envoy's default 60);
+    /// more answer 431.
+    pub max_request_headers_kb: u32,
+    /// HTTP/2 settings (`http2_protocol_options`).
+    pub http2: Http2Limits,
+}
+
+/// The request-headers bound when the connection manager sets none: 60 s, Istio's value in its
+/// edge connection settings; Envoy's default is unbounded.
+pub const DEFAULT_REQUEST_HEADERS_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            request_headers_timeout: Some(DEFAULT_REQUEST_HEADERS_TIMEOUT),
+            idle_timeout: Some(Duration::from_secs(3600)),
+            max_connection_duration: None,
+            max_headers_count: 100,
+            max_request_headers_kb: 60,
+            http2: Http2Limits::default(),
+        }
+    }
+}
+
+/// `Http2ProtocolOptions`, as far as a server applies them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Http2Limits {
+    /// `max_concurrent_streams`; unset: 1024, Envoy's default since 1.36.
+    pub max_concurrent_streams: Option<u32>,
+    /// `connection_keepalive.interval`: how often a PING is sent (none when unset).
+    pub keepalive_interval: Option<Duration>,
+    /// `connection_keepalive.timeout` (required with the settings): how long a PING's answer
+    /// may take before the connection is closed.
+    pub keepalive_timeout: Option<Duration>,
+    /// `initial_stream_window_size`; unset: hyper's.
+    pub initial_stream_window_size: Option<u32>,
+    /// `initial_connection_window_size`; unset: hyper's.
+    pub initial_connection_window_size: Option<u32>,
 }
 
 /// `forward_client_cert_details`: whether a client's own `x-forwarded-client-cert` header

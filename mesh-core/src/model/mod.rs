@@ -25,3 +25,35 @@ pub use matcher::*;
 pub use path::*;
 pub use route::*;
 pub use tls::*;
+
+/// The longest duration a configuration may give: `google.protobuf.Duration`'s range,
+/// 315,576,000,000 s (10,000 years), as Envoy validates durations. Every duration from xDS,
+/// a bootstrap or Istio YAML is checked against it, so none can overflow a deadline.
+///
+/// ```
+/// assert_eq!(mesh_core::model::MAX_DURATION.as_secs(), 315_576_000_000);
+/// ```
+pub const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(315_576_000_000);
+
+/// A duration given in seconds as a float (proto3 JSON, Istio's Go syntax), checked against
+/// [`MAX_DURATION`]: never a panic on a huge, negative or not-a-number value.
+///
+/// ```
+/// use mesh_core::model::duration_from_secs_f64;
+/// assert_eq!(duration_from_secs_f64(1.5), Ok(std::time::Duration::from_millis(1500)));
+/// assert!(duration_from_secs_f64(1e30).is_err());
+/// assert!(duration_from_secs_f64(-1.0).is_err());
+/// assert!(duration_from_secs_f64(f64::NAN).is_err());
+/// ```
+pub fn duration_from_secs_f64(secs: f64) -> Result<std::time::Duration, String> {
+    if secs.is_nan() || secs < 0.0 {
+        return Err("must be a non-negative number of seconds".into());
+    }
+    match std::time::Duration::try_from_secs_f64(secs) {
+        Ok(d) if d <= MAX_DURATION => Ok(d),
+        _ => Err(format!(
+            "is too large (at most {}s, 10,000 years)",
+            MAX_DURATION.as_secs()
+        )),
+    }
+}

@@ -32,6 +32,12 @@ use tokio::sync::watch;
 
 pub use circuit_breaker::RetryBudget;
 
+/// Marks a request the mesh itself sends over `https` (a JWKS fetch): a cluster it is routed
+/// to must originate TLS or the request is refused (503 `UF`); a host outside the mesh is
+/// reached over TLS verified against the system's roots. Never sent in plaintext.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RequireTls;
+
 use crate::body::{BoxError, DEFAULT_REPLAY_CAP, RspBody};
 use crate::error::Error;
 use crate::flags::ResponseFlags;

@@ -20,10 +20,14 @@ use crate::respond::{self, RESET_BEFORE_HEADERS, ResponseInfo};
 /// Istio's connect timeout for the passthrough cluster.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Direct connections to hosts outside the mesh, pooled per resolved address.
+/// Direct connections to hosts outside the mesh, pooled per resolved address. An `https`
+/// request is sent over TLS verified against the system's roots and for its host name:
+/// never in plaintext, never to a server that cannot prove it is that host.
 #[derive(Debug, Default)]
 pub(crate) struct Passthrough {
     hosts: ArcSwap<HashMap<Box<str>, Arc<Host>>>,
+    /// TLS settings per `host|alpn`, made once.
+    tls: ArcSwap<HashMap<Box<str>, Transport>>,
     counters: Arc<Counters>,
 }
 
@@ -39,7 +43,8 @@ impl Passthrough {
             cluster: Some(Arc::from("PassthroughCluster")),
             ..ResponseInfo::default()
         };
-        let host = match self.host(authority).await {
+        let https = req.uri().scheme_str() == Some("https");
+        let host = match self.host(authority, https).await {
             Ok(h) => h,
             Err(e) => {
                 info.flags |= ResponseFlags::UPSTREAM_CONNECTION_FAILURE;
@@ -94,7 +99,7 @@ impl Passthrough {
             Protocol::Http2 => {
                 let a = route::authority_host(&parts.uri, &parts.headers).unwrap_or(authority);
                 match http::Uri::builder()
-                    .scheme("http")
+                    .scheme(if https { "https" } else { "http" })
                     .authority(a)
                     .path_and_query(pq)
                     .build()
@@ -113,10 +118,15 @@ impl Passthrough {
             }
         };
         let req = Request::from_parts(parts, body);
+        let transport = if https {
+            self.tls(authority, protocol)
+        } else {
+            Transport::Plain
+        };
         let settings = ConnectSettings {
             connect_timeout: CONNECT_TIMEOUT,
             max_requests_per_connection: None,
-            transport: Transport::Plain,
+            transport,
         };
         match host
             .send(req, protocol, &settings, &self.counters, &limits)
@@ -139,8 +149,42 @@ impl Passthrough {
         }
     }
 
-    async fn host(&self, authority: &str) -> std::io::Result<Arc<Host>> {
-        if let Some(h) = self.hosts.load().get(authority) {
+    /// TLS to the authority's host, speaking `protocol` (ALPN); the reason it cannot be
+    /// had (no system roots) fails the connection.
+    fn tls(&self, authority: &str, protocol: Protocol) -> Transport {
+        let host = authority
+            .rsplit_once(':')
+            .filter(|(_, port)| port.parse::<u16>().is_ok())
+            .map_or(authority, |(h, _)| h);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let alpn: &[u8] = match protocol {
+            Protocol::Http2 => b"h2",
+            Protocol::Http1 => b"http/1.1",
+        };
+        let key = format!("{host}|{}", String::from_utf8_lossy(alpn));
+        if let Some(t) = self.tls.load().get(key.as_str()) {
+            return t.clone();
+        }
+        let made = match super::tls::Origination::system(host, alpn) {
+            Ok(o) => Transport::Tls(Arc::new(o)),
+            Err(why) => Transport::Broken(format!("TLS to {host}: {why}").into()),
+        };
+        self.tls.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            m.entry(key.as_str().into()).or_insert_with(|| made.clone());
+            m
+        });
+        made
+    }
+
+    /// The pool for `authority` (TLS and plaintext connections apart).
+    async fn host(&self, authority: &str, https: bool) -> std::io::Result<Arc<Host>> {
+        let key = if https {
+            std::borrow::Cow::Owned(format!("https://{authority}"))
+        } else {
+            std::borrow::Cow::Borrowed(authority)
+        };
+        if let Some(h) = self.hosts.load().get(&*key) {
             return Ok(h.clone());
         }
         let addr = tokio::net::lookup_host(authority)
@@ -150,9 +194,9 @@ impl Passthrough {
         let host = Arc::new(Host::new(addr));
         self.hosts.rcu(|m| {
             let mut m = HashMap::clone(m);
-            m.entry(authority.into()).or_insert_with(|| host.clone());
+            m.entry((*key).into()).or_insert_with(|| host.clone());
             m
         });
-        Ok(self.hosts.load().get(authority).cloned().unwrap_or(host))
+        Ok(self.hosts.load().get(&*key).cloned().unwrap_or(host))
     }
 }

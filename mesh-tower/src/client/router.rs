@@ -129,6 +129,20 @@ where
         return respond::local(fwd.cluster_not_found_status, "", grpc, info);
     };
     info.cluster = Some(cluster.name.clone());
+    if req.extensions().get::<super::RequireTls>().is_some() && cluster.state().config.tls.is_none()
+    {
+        // The mesh's own `https` fetch (a JWKS) must not go out in plaintext.
+        info.flags |= ResponseFlags::UPSTREAM_CONNECTION_FAILURE;
+        return respond::local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "an https request was routed to cluster {}, which has no TLS",
+                cluster.name
+            ),
+            grpc,
+            info,
+        );
+    }
 
     let hasher = if fwd.hash_policies.is_empty() {
         RequestHasher::default()

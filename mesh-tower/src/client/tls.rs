@@ -3,9 +3,11 @@
 //! peer against the trust bundle and the cluster's SAN matchers (SPIFFE IDs, for Istio).
 //!
 //! Certificates come from the mesh's certificate providers (the bootstrap's, gRFC A29) or
-//! from the files a DestinationRule names. What cannot be honoured (SDS secrets, the system
-//! trust store, no validation at all) makes the cluster fail closed: its requests get 503 `UF`
-//! naming the reason, never a plaintext or unverified connection.
+//! from the files a DestinationRule names, or the system trust store (`system_root_certs`);
+//! a server vouched for by a CA file or the system's roots must be valid for the name asked
+//! for when no SAN is given. What cannot be honoured (SDS secrets, no validation at all)
+//! makes the cluster fail closed: its requests get 503 `UF` naming the reason, never a
+//! plaintext or unverified connection.
 
 use std::io;
 use std::pin::Pin;
@@ -13,7 +15,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use mesh_core::Mesh;
-use mesh_core::identity::{CertificateProvider, tls::client_config};
+use mesh_core::identity::CertificateProvider;
+use mesh_core::identity::tls::{client_config, client_config_checking_name, system_client_config};
 use mesh_core::model::{CertSource, UpstreamTls};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -89,21 +92,44 @@ impl Origination {
                     "SDS secret {name:?}: proxyless clients take certificates from certificate providers, not SDS"
                 ));
             }
-            (_, CertSource::System) => {
-                return Err("the system trust store is not supported; name a CA".into());
+            (None, CertSource::System) => {
+                // Envoy's `system_root_certs` (a DestinationRule's SIMPLE without
+                // caCertificates): the platform's roots, and the server's name checked.
+                let alpn = t.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+                let config = system_client_config(validation.san_matchers.clone().into(), alpn)?;
+                return Ok(Self {
+                    connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+                    sni: sni(t, cluster)?,
+                });
+            }
+            (Some(_), CertSource::System) => {
+                return Err(
+                    "a client certificate with the system trust store is not supported; name a CA"
+                        .into(),
+                );
             }
         };
         let alpn = t.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-        let config = client_config(&provider, validation.san_matchers.clone().into(), alpn);
-        // The peer is checked by SAN, not by name; SNI only tells the server what is wanted.
-        let sni_text = t
-            .sni
-            .as_deref()
-            .map(str::to_owned)
-            .or_else(|| cluster.rsplit('|').next().map(str::to_owned))
-            .unwrap_or_else(|| "mesh.invalid".into());
-        let sni =
-            ServerName::try_from(sni_text.clone()).map_err(|e| format!("SNI {sni_text:?}: {e}"))?;
+        let sans = validation.san_matchers.clone().into();
+        // Mesh peers (a certificate provider's CA: ISTIO_MUTUAL) are named by SPIFFE ID, not
+        // by host name; a server a CA file vouches for (SIMPLE, MUTUAL) must be valid for the
+        // name asked for when no SAN is given, or any server of that CA would pass.
+        let config = if matches!(validation.ca, CertSource::Files { .. }) {
+            client_config_checking_name(&provider, sans, alpn)
+        } else {
+            client_config(&provider, sans, alpn)
+        };
+        Ok(Self {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            sni: sni(t, cluster)?,
+        })
+    }
+
+    /// TLS to `host`, a host outside the mesh, verified against the system's roots and for
+    /// that name (an `https` request through the passthrough).
+    pub(crate) fn system(host: &str, alpn: &[u8]) -> Result<Self, String> {
+        let config = system_client_config(Arc::new([]), vec![alpn.to_vec()])?;
+        let sni = ServerName::try_from(host.to_owned()).map_err(|e| format!("{host:?}: {e}"))?;
         Ok(Self {
             connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
             sni,
@@ -115,6 +141,17 @@ impl Origination {
         let tls = self.connector.connect(self.sni.clone(), tcp).await?;
         Ok(Io::Tls(Box::new(tls)))
     }
+}
+
+/// The name a cluster's connections ask for: the context's `sni`, else the cluster's host.
+fn sni(t: &UpstreamTls, cluster: &str) -> Result<ServerName<'static>, String> {
+    let text = t
+        .sni
+        .as_deref()
+        .map(str::to_owned)
+        .or_else(|| cluster.rsplit('|').next().map(str::to_owned))
+        .unwrap_or_else(|| "mesh.invalid".into());
+    ServerName::try_from(text.clone()).map_err(|e| format!("SNI {text:?}: {e}"))
 }
 
 /// A connection's byte stream: plain TCP or TLS over it.

@@ -12,7 +12,7 @@ use mesh_core::model::{ConnectionFacts, NetworkPolicy};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
-use super::listener::{Chain, Inbound};
+use super::listener::{Chain, ConnectionSlot, Inbound};
 use super::metadata::Metadata;
 use super::{PeerIdentity, rbac};
 use crate::body::BoxError;
@@ -29,6 +29,8 @@ pub(crate) struct Opened<'a> {
     pub(crate) io: Io,
     pub(crate) identity: PeerIdentity,
     pub(crate) sni: Option<Arc<str>>,
+    /// The connection's place under its chain's connection limit, given back when it closes.
+    pub(crate) slot: Option<ConnectionSlot>,
 }
 
 /// Chooses the connection's chain, runs its TLS handshake and its network filters.
@@ -56,6 +58,7 @@ pub(crate) async fn open(
     } else {
         false
     };
+    let slot;
     let (chain, io) = if tls {
         // Read the ClientHello (as Envoy's TLS inspector does) to learn the server name and
         // the protocols offered, then finish the handshake with the chosen chain's config.
@@ -74,6 +77,7 @@ pub(crate) async fn open(
             .unwrap_or_default();
         let alpn: Vec<&[u8]> = alpn.iter().map(Vec::as_slice).collect();
         let chain = chosen(inbound, &facts(sni.as_deref(), "tls", &alpn))?;
+        slot = admit(chain).await?;
         let Some(config) = &chain.tls else {
             // The handshake has begun and cannot be handed to a plaintext chain; Envoy's
             // HTTP codec would fail on it the same way.
@@ -83,7 +87,12 @@ pub(crate) async fn open(
             )
             .into());
         };
-        let tls = hello.into_stream(config.clone()).await?;
+        let tls = bounded(
+            chain.config.handshake_timeout,
+            hello.into_stream(config.clone()),
+        )
+        .await
+        .ok_or_else(|| BoxError::from(HANDSHAKE_TIMEOUT))??;
         (chain, Io::Tls(Box::new(tls)))
     } else {
         let transport = if inbound.inspect {
@@ -93,12 +102,14 @@ pub(crate) async fn open(
             ""
         };
         let chain = chosen(inbound, &facts(None, transport, &[]))?;
+        slot = admit(chain).await?;
         match &chain.tls {
             None => (chain, Io::Plain(tcp)),
             Some(config) => {
-                let tls = tokio_rustls::TlsAcceptor::from(config.clone())
-                    .accept(tcp)
-                    .await?;
+                let accept = tokio_rustls::TlsAcceptor::from(config.clone()).accept(tcp);
+                let tls = bounded(chain.config.handshake_timeout, accept)
+                    .await
+                    .ok_or_else(|| BoxError::from(HANDSHAKE_TIMEOUT))??;
                 (chain, Io::Tls(Box::new(tls)))
             }
         }
@@ -130,6 +141,8 @@ pub(crate) async fn open(
     };
     for policy in chain.config.network_filters.iter() {
         match policy {
+            // Taken before the handshake (`admit`).
+            NetworkPolicy::ConnectionLimit { .. } => {}
             NetworkPolicy::Rbac(filter) => {
                 let conn = rbac::Connection {
                     peer,
@@ -154,7 +167,42 @@ pub(crate) async fn open(
         io,
         identity,
         sni,
+        slot,
     })
+}
+
+/// Why a handshake was abandoned.
+const HANDSHAKE_TIMEOUT: &str =
+    "the TLS handshake did not finish within the chain's transport_socket_connect_timeout";
+
+/// A place for the connection under its chain's connection limit
+/// (`envoy.filters.network.connection_limit`), taken as Envoy takes it: when the chain is
+/// chosen, before the handshake, so connections over the limit cost no handshake.
+async fn admit(chain: &Chain) -> Result<Option<ConnectionSlot>, BoxError> {
+    let mut slot = None;
+    for policy in chain.config.network_filters.iter() {
+        if let NetworkPolicy::ConnectionLimit {
+            max_connections,
+            delay,
+        } = policy
+        {
+            match chain.connections.try_open(*max_connections) {
+                Some(s) => slot = Some(s),
+                None => {
+                    // Envoy holds an overflowing connection for `delay` without reading it
+                    // (slowing a client that reconnects in a loop), then closes it.
+                    if let Some(d) = delay {
+                        tokio::time::sleep(*d).await;
+                    }
+                    return Err(format!(
+                        "over the filter chain's connection limit ({max_connections})"
+                    )
+                    .into());
+                }
+            }
+        }
+    }
+    Ok(slot)
 }
 
 /// `f`, unless it takes longer than `limit`.

@@ -4,7 +4,10 @@
 //! A remote set is fetched when a request first needs it and kept for `cache_duration`; once
 //! stale, requests go on with the stale keys while one background fetch replaces them, so a
 //! JWKS server's hiccup never stalls authentication of tokens it already vouched for. A failed
-//! fetch is retried by the next request that needs the keys, at most once a second.
+//! fetch is retried by the next request that needs the keys, at most once a second. An
+//! `https` URI is fetched over TLS only, verified by the route's cluster (its TLS context) or,
+//! for a host outside the mesh, against the system's roots and for its name; a document over
+//! 1 MiB is refused.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -102,6 +105,9 @@ struct Fetched {
     keys: Result<Arc<KeySet>, String>,
     at: Instant,
 }
+
+/// The largest key set read (a server sending more is refused, not buffered).
+const MAX_JWKS_BYTES: usize = 1024 * 1024;
 
 /// How soon a failed fetch may be tried again.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
@@ -202,10 +208,15 @@ impl RemoteJwks {
     }
 
     async fn fetch(&self) -> Result<Arc<KeySet>, String> {
-        let req = http::Request::get(self.uri.clone())
+        let mut req = http::Request::get(self.uri.clone())
             .header(http::header::ACCEPT, "application/json")
             .body(http_body_util::Empty::<bytes::Bytes>::new())
             .map_err(|e| e.to_string())?;
+        if self.uri.scheme_str() == Some("https") {
+            // Keys that sign tokens must come from the server the URI names: over TLS that
+            // the cluster's context verifies, or the system's roots outside the mesh.
+            req.extensions_mut().insert(crate::client::RequireTls);
+        }
         let rsp = self
             .client
             .send(req)
@@ -214,8 +225,7 @@ impl RemoteJwks {
         if rsp.status() != http::StatusCode::OK {
             return Err(format!("fetching {}: status {}", self.uri, rsp.status()));
         }
-        let body = rsp
-            .into_body()
+        let body = http_body_util::Limited::new(rsp.into_body(), MAX_JWKS_BYTES)
             .collect()
             .await
             .map_err(|e| format!("fetching {}: {e}", self.uri))?

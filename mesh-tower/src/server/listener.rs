@@ -3,6 +3,7 @@
 //! ([`mesh_core::model::select`]).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
@@ -16,6 +17,7 @@ use mesh_core::model::{
 use super::filters::{FilterContext, HttpFilters};
 use super::jwks::RemoteJwks;
 use super::jwt::RemoteKeys;
+use super::limits::Limits;
 use crate::MeshClient;
 
 /// One filter chain, ready to serve connections.
@@ -30,6 +32,36 @@ pub(crate) struct Chain {
     /// A hash of everything about the chain but its HTTP filters: a connection accepted on
     /// it may take a new listener's filters only while this is unchanged.
     pub(crate) fingerprint: u64,
+    /// What bounds its connections (its connection manager's limits and timeouts).
+    pub(crate) limits: Limits,
+    /// Its open connections, for `envoy.filters.network.connection_limit`.
+    pub(crate) connections: Arc<OpenConnections>,
+}
+
+/// The connections open on a chain.
+#[derive(Debug, Default)]
+pub(crate) struct OpenConnections(AtomicU64);
+
+impl OpenConnections {
+    /// A place for one more connection, unless `max` are open.
+    pub(crate) fn try_open(self: &Arc<Self>, max: u64) -> Option<ConnectionSlot> {
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| ConnectionSlot(self.clone()))
+    }
+}
+
+/// One connection's place under its chain's limit.
+#[derive(Debug)]
+pub(crate) struct ConnectionSlot(Arc<OpenConnections>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// The inbound listener, ready to serve.
@@ -59,11 +91,14 @@ impl Inbound {
                     filter: NetworkFilter::Unsupported {
                         name: "passthrough".into(),
                     },
+                    handshake_timeout: None,
                 },
                 tls: None,
                 refuse: None,
                 filters: Arc::new(HttpFilters::none()),
                 fingerprint: 0,
+                limits: Limits::default(),
+                connections: Arc::default(),
             }),
             inspect: false,
             inspect_timeout: None,
@@ -98,6 +133,8 @@ pub(crate) struct ServerShared {
     mesh: Mesh,
     client: OnceLock<MeshClient>,
     jwks: ArcSwap<HashMap<Box<str>, Arc<RemoteJwks>>>,
+    /// Each chain's open connections, by fingerprint (configuration time only).
+    connections: ArcSwap<HashMap<u64, std::sync::Weak<OpenConnections>>>,
 }
 
 impl ServerShared {
@@ -106,6 +143,7 @@ impl ServerShared {
             mesh: mesh.clone(),
             client: OnceLock::new(),
             jwks: ArcSwap::default(),
+            connections: Default::default(),
         }
     }
 
@@ -212,15 +250,25 @@ impl ServerShared {
         if let Some(why) = &refuse {
             tracing::error!(chain = %fc.name, %why, "filter chain cannot serve; its connections are closed");
         }
-        // Made once per listener update, compared per request.
+        let limits = match &fc.filter {
+            NetworkFilter::Http(h) => Limits {
+                connection: h.limits.clone(),
+                stream_idle_timeout: h.stream_idle_timeout,
+                max_stream_duration: h.max_stream_duration,
+            },
+            _ => Limits::default(),
+        };
+        // Made once per listener update, compared per request. The limits are in it: they
+        // were set when a connection opened, so a change drains it (as Envoy drains the
+        // connections of a changed chain) and its client reconnects under the new ones.
         let fingerprint = {
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();
             // Overlapping matches are refused, so within a listener this tells chains apart
             // (the default chain by its flag).
             format!(
-                "{default}|{:?}|{:?}|{:?}|{:?}",
-                fc.matcher, fc.tls, fc.network_filters, refuse
+                "{default}|{:?}|{:?}|{:?}|{:?}|{:?}",
+                fc.matcher, fc.tls, fc.network_filters, refuse, limits
             )
             .hash(&mut h);
             h.finish()
@@ -231,7 +279,30 @@ impl ServerShared {
             refuse,
             filters: Arc::new(filters),
             fingerprint,
+            limits,
+            connections: self.open_connections(fingerprint),
         }
+    }
+
+    /// The open-connection count of the chain with this fingerprint, kept across listener
+    /// updates: connections still open on the chain as it was count against it as it is.
+    fn open_connections(&self, fingerprint: u64) -> Arc<OpenConnections> {
+        if let Some(c) = self
+            .connections
+            .load()
+            .get(&fingerprint)
+            .and_then(std::sync::Weak::upgrade)
+        {
+            return c;
+        }
+        let made = Arc::new(OpenConnections::default());
+        self.connections.rcu(|counts| {
+            let mut counts = HashMap::clone(counts);
+            counts.retain(|_, c| c.strong_count() > 0);
+            counts.insert(fingerprint, Arc::downgrade(&made));
+            counts
+        });
+        made
     }
 }
 

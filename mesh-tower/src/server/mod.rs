@@ -35,12 +35,16 @@
 //! | request authentication, JWKS inline or fetched | `envoy.filters.http.jwt_authn`; RequestAuthentication |
 //! | external authorization over HTTP and gRPC | `envoy.filters.http.ext_authz`; AuthorizationPolicy CUSTOM |
 //! | local rate limits, per listener or route | `envoy.filters.http.local_ratelimit` |
+//! | handshake, header, idle, stream and connection-age bounds; header count and size; HTTP/2 streams and keepalive | `transport_socket_connect_timeout`, `request_headers_timeout`, `stream_idle_timeout`, `common_http_protocol_options`, `max_request_headers_kb`, `http2_protocol_options` |
+//! | connections per filter chain | `envoy.filters.network.connection_limit` |
+//! | an application that panics answers 500 (counted: `mesh_application_panics_total`) | — |
 
 mod connection;
 mod ext_authz;
 mod filters;
 mod jwks;
 mod jwt;
+mod limits;
 mod listener;
 mod metadata;
 mod rate_limit;
@@ -59,7 +63,7 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use mesh_core::Mesh;
 use mesh_core::identity::{PeerCertificate, SpiffeId};
 use mesh_core::xds::Resource;
@@ -321,6 +325,7 @@ pub async fn serve_observed<S: App>(
     // Owned here, so dropping this future closes every connection it accepted.
     let mut connections = tokio::task::JoinSet::new();
     let mut signal = std::pin::pin!(signal);
+    let mut accept_backoff = ACCEPT_BACKOFF_MIN;
     loop {
         tokio::select! {
             biased;
@@ -342,9 +347,27 @@ pub async fn serve_observed<S: App>(
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => {
                 let (tcp, peer) = match accepted {
-                    Ok(a) => a,
+                    Ok(a) => {
+                        accept_backoff = ACCEPT_BACKOFF_MIN;
+                        a
+                    }
+                    Err(e) if connection_error(&e) => {
+                        tracing::debug!(%local, error = %e, "accept failed for one connection");
+                        continue;
+                    }
                     Err(e) => {
-                        tracing::debug!(%local, error = %e, "accept failed");
+                        // Out of file descriptors or memory: accepting again at once would
+                        // spin. Wait (doubling, up to a second), serving open connections.
+                        tracing::warn!(%local, error = %e, backoff = ?accept_backoff, "accept failed; backing off");
+                        let pause = tokio::time::sleep(accept_backoff);
+                        tokio::pin!(pause);
+                        loop {
+                            tokio::select! {
+                                () = &mut pause => break,
+                                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                            }
+                        }
+                        accept_backoff = (accept_backoff * 2).min(ACCEPT_BACKOFF_MAX);
                         continue;
                     }
                 };
@@ -369,6 +392,21 @@ pub async fn serve_observed<S: App>(
     tracing::info!(%local, connections = connections.len(), "draining");
     while connections.join_next().await.is_some() {}
     Ok(())
+}
+
+/// The first wait after an `accept` that failed for want of resources.
+const ACCEPT_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(5);
+/// The longest.
+const ACCEPT_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Whether an `accept` error concerns only the connection being accepted (it went away
+/// first), not the listener: then the next one is accepted at once.
+fn connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        e.kind(),
+        K::ConnectionAborted | K::ConnectionReset | K::ConnectionRefused | K::Interrupted
+    )
 }
 
 /// Waits for the watched listener to change; never, without one.
@@ -487,18 +525,51 @@ async fn serve_connection<S: App>(
         telemetry,
         labels: ArcSwapOption::empty(),
     };
-    let (identity, sni) = (opened.identity, opened.sni);
+    let (identity, sni, _slot) = (opened.identity, opened.sni, opened.slot);
+    let limits = opened.chain.limits.clone();
     match opened.io {
         connection::Io::Plain(tcp) => {
-            serve_http(TokioIo::new(tcp), identity, sni, conn, app, drained).await
+            let activity = limits::Activity::new(false);
+            let io = TokioIo::new(limits::Watched::new(tcp, activity.clone()));
+            serve_http(io, identity, sni, conn, app, drained, (limits, activity)).await
         }
         connection::Io::Tls(tls) => {
-            serve_http(TokioIo::new(*tls), identity, sni, conn, app, drained).await
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            let activity = limits::Activity::new(h2);
+            let io = TokioIo::new(limits::Watched::new(*tls, activity.clone()));
+            serve_http(io, identity, sni, conn, app, drained, (limits, activity)).await
         }
     }
 }
 
 type ServerBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// A response body that ends its stream (for the connection's idle and stream timers) when
+/// it is done or dropped.
+struct StreamBody {
+    body: ServerBody,
+    _stream: limits::StreamGuard,
+}
+
+impl http_body::Body for StreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
 
 /// What a connection's requests share.
 struct Connection {
@@ -535,6 +606,7 @@ async fn serve_http<I, S: App>(
     conn: Connection,
     app: S,
     mut drained: tokio::sync::watch::Receiver<u64>,
+    (limits, activity): (limits::Limits, Arc<limits::Activity>),
 ) -> Result<(), BoxError>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -547,14 +619,36 @@ where
     let identity = Arc::new(identity);
     let closing = conn.filters.closing.clone();
     let conn = Arc::new(conn);
+    let http = limits.http_builder();
+    let mut watchdog = limits::Watchdog::new(activity.clone(), &limits);
+    let limits = Arc::new(limits);
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let start = Instant::now();
+        let stream = activity.stream_started();
         // Policy is read per request: an AuthorizationPolicy change applies to open
         // connections too (unless the chain itself changed: then the connection drains).
         let current = conn.filters.current();
         let (identity, sni, conn) = (identity.clone(), sni.clone(), conn.clone());
+        let (activity, limits) = (activity.clone(), limits.clone());
         let mut app = app.clone();
         async move {
+            if req.version() == http::Version::HTTP_2
+                && limits::too_many_headers(req.headers(), &limits)
+            {
+                // hyper answers HTTP/1 with 431 itself; Envoy resets an HTTP/2 stream, which a
+                // service cannot ask hyper for, so it gets the same 431.
+                let rsp = Reply::new(
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "too many request headers",
+                    respond::is_grpc(req.headers()),
+                    ResponseFlags::NONE,
+                )
+                .0;
+                return Ok(rsp.map(|b| StreamBody {
+                    body: b.map_err(Into::into).boxed_unsync(),
+                    _stream: stream,
+                }));
+            }
             let labels = conn.labels(&identity, RequestView::from_request(&req).authority);
             let grpc = respond::is_grpc(req.headers());
             let size = http_body::Body::size_hint(req.body());
@@ -605,37 +699,78 @@ where
                         let flags = ResponseInfo::of(&rsp).map_or(ResponseFlags::NONE, |i| i.flags);
                         let x = observe(rsp.status(), rsp.headers(), flags);
                         rsp.body_mut().observe(x);
-                        return Ok::<_, Infallible>(
-                            rsp.map(|b| b.map_err(Into::into).boxed_unsync()),
-                        );
+                        return Ok::<_, Infallible>(rsp.map(|b| StreamBody {
+                            body: b.map_err(Into::into).boxed_unsync(),
+                            _stream: stream,
+                        }));
                     }
                     Verdict::Continue(headers) => extra = headers,
                 }
             }
             req.extensions_mut().insert(PeerIdentity::clone(&identity));
-            let rsp = match tower::ServiceExt::ready(&mut app).await {
-                Ok(app) => app.call(req).await,
-                Err(e) => Err(e),
+            // 408 while the request may still be arriving, 504 once it has (Envoy decides on
+            // whether the request has ended; a request without a body has at its start).
+            let timeout_status = if http_body::Body::is_end_stream(req.body()) {
+                StatusCode::GATEWAY_TIMEOUT
+            } else {
+                StatusCode::REQUEST_TIMEOUT
             };
-            let mut rsp: Response<ServerBody> = match rsp {
-                Ok(rsp) => {
+            let answer = async {
+                match tower::ServiceExt::ready(&mut app).await {
+                    Ok(app) => app.call(req).await,
+                    Err(e) => Err(e),
+                }
+            };
+            // A panic in the application answers 500 and is counted, as a reset would tell
+            // the caller nothing (and, on HTTP/1, lose the connection).
+            let answer =
+                futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(answer));
+            let mut local = |status, body: &'static str, flags| {
+                let mut rsp = Reply::new(status, body, grpc, flags).0;
+                let x = observe(rsp.status(), rsp.headers(), flags);
+                rsp.body_mut().observe(x);
+                rsp.map(|b| b.map_err(Into::into).boxed_unsync())
+            };
+            let mut rsp: Response<ServerBody> = match limits::bounded(
+                answer,
+                &activity,
+                &limits,
+                tokio::time::Instant::from_std(start),
+            )
+            .await
+            {
+                Ok(Ok(Ok(rsp))) => {
                     let x = observe(rsp.status(), rsp.headers(), ResponseFlags::NONE);
                     rsp.map(|b| Observed::new(b.map_err(Into::into), Some(x)).boxed_unsync())
                 }
-                Err(e) => {
+                Ok(Ok(Err(e))) => {
                     let e: BoxError = e.into();
                     tracing::warn!(error = %e, "application error");
-                    let mut rsp = Reply::new(
+                    local(
                         StatusCode::INTERNAL_SERVER_ERROR,
                         "application error",
-                        false,
                         ResponseFlags::NONE,
                     )
-                    .0;
-                    let x = observe(rsp.status(), rsp.headers(), ResponseFlags::NONE);
-                    rsp.body_mut().observe(x);
-                    rsp.map(|b| b.map_err(Into::into).boxed_unsync())
                 }
+                Ok(Err(_panic)) => {
+                    tracing::error!("the application panicked; answered 500");
+                    conn.telemetry.metrics.application_panicked();
+                    local(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "application panicked",
+                        ResponseFlags::NONE,
+                    )
+                }
+                Err(limits::StreamTimeout::Idle) => local(
+                    timeout_status,
+                    "stream timeout",
+                    ResponseFlags::STREAM_IDLE_TIMEOUT,
+                ),
+                Err(limits::StreamTimeout::Duration) => local(
+                    timeout_status,
+                    "downstream duration timeout",
+                    ResponseFlags::DURATION_TIMEOUT,
+                ),
             };
             for (name, value, append) in extra {
                 if append {
@@ -644,21 +779,37 @@ where
                     rsp.headers_mut().insert(name, value);
                 }
             }
-            Ok(rsp)
+            Ok(rsp.map(|body| StreamBody {
+                body,
+                _stream: stream,
+            }))
         }
     });
-    let http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let served = http.serve_connection(io, svc);
     let mut served = std::pin::pin!(served);
-    tokio::select! {
-        done = served.as_mut() => return done,
-        // Also when the server is gone: a connection does not outlive its server's drain.
-        _ = drained.changed() => served.as_mut().graceful_shutdown(),
-        // Its filter chain changed or went away: finish what was started, then close, as
-        // Envoy drains the connections of a chain it replaces.
-        () = closing.notified() => served.as_mut().graceful_shutdown(),
+    let mut draining = false;
+    loop {
+        let drain = tokio::select! {
+            // In this order: the watchdog reads what the connection's I/O just did.
+            biased;
+            done = served.as_mut() => return done,
+            // Also when the server is gone: a connection does not outlive its server's drain.
+            _ = drained.changed(), if !draining => "the server drains",
+            // Its filter chain changed or went away: finish what was started, then close, as
+            // Envoy drains the connections of a chain it replaces.
+            () = closing.notified(), if !draining => "its filter chain changed",
+            expired = std::future::poll_fn(|cx| watchdog.poll_expired(cx)) => match expired {
+                limits::Expired::Drain(why) => why,
+                limits::Expired::Close(why) => return Err(BoxError::from(why)),
+            },
+        };
+        if !draining {
+            tracing::debug!(why = drain, "connection draining");
+            draining = true;
+            watchdog.draining();
+            served.as_mut().graceful_shutdown();
+        }
     }
-    served.await
 }
 
 /// A connection's HTTP filters, looked up in the current listener.

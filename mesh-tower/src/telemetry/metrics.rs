@@ -157,6 +157,7 @@ pub(crate) struct Metrics {
     count: AtomicUsize,
     cap: usize,
     overflowed: AtomicU64,
+    panics: AtomicU64,
 }
 
 /// Default cap on the number of series.
@@ -170,15 +171,30 @@ impl Metrics {
             count: AtomicUsize::new(0),
             cap,
             overflowed: AtomicU64::new(0),
+            panics: AtomicU64::new(0),
         }
     }
 
     /// The shared copy of a label set (built off the request path: per cluster, per
-    /// connection).
+    /// connection). At most `cap` sets are kept: past that, every new set is the overflow
+    /// set, so a flood of new label values (a new `Host` per request) cannot grow memory, nor
+    /// the cost of the copy each new set makes.
     pub(crate) fn intern(&self, labels: Labels) -> Arc<Labels> {
-        if let Some((found, _)) = self.interned.load().get_key_value(&labels) {
+        let interned = self.interned.load();
+        if let Some((found, _)) = interned.get_key_value(&labels) {
             return found.clone();
         }
+        let labels = if interned.len() >= self.cap {
+            self.overflowed.fetch_add(1, Ordering::Relaxed);
+            let overflow = overflow_labels(labels.reporter);
+            if let Some((found, _)) = interned.get_key_value(&overflow) {
+                return found.clone();
+            }
+            overflow
+        } else {
+            labels
+        };
+        drop(interned);
         let made = Arc::new(labels);
         self.interned.rcu(|map| {
             let mut map = HashMap::clone(map);
@@ -189,6 +205,17 @@ impl Metrics {
             .load()
             .get_key_value(&*made)
             .map_or(made, |(k, _)| k.clone())
+    }
+
+    /// Label sets interned (for tests of the cap).
+    #[cfg(test)]
+    pub(crate) fn interned(&self) -> usize {
+        self.interned.load().len()
+    }
+
+    /// Counts an application that panicked while answering (it was answered 500).
+    pub(crate) fn application_panicked(&self) {
+        self.panics.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records one request.
@@ -307,6 +334,11 @@ impl Metrics {
             out,
             "# HELP mesh_metrics_overflow_total Requests counted in the overflow series (too many label sets).\n# TYPE mesh_metrics_overflow_total counter\nmesh_metrics_overflow_total {}",
             self.overflowed()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP mesh_application_panics_total Requests whose application panicked (answered 500).\n# TYPE mesh_application_panics_total counter\nmesh_application_panics_total {}",
+            self.panics.load(Ordering::Relaxed)
         );
     }
 }
@@ -525,5 +557,25 @@ mod tests {
         m.encode(&mut text);
         assert!(text.contains("response_code=\"overflow\""), "{text}");
         assert!(text.contains("mesh_metrics_overflow_total 2"));
+    }
+
+    #[test]
+    fn label_sets_past_the_cap_share_the_overflow_set() {
+        let m = Metrics::new(3);
+        let kept = labels(&m, "reviews");
+        let flood: Vec<_> = (0..1000)
+            .map(|i| labels(&m, &format!("host-{i}")))
+            .collect();
+        assert!(m.interned() <= 3 + 1, "{} label sets kept", m.interned());
+        assert!(Arc::ptr_eq(&flood[500], &flood[999]), "one overflow set");
+        assert_eq!(&*flood[999].destination_service_name, "overflow");
+        assert!(
+            Arc::ptr_eq(&kept, &labels(&m, "reviews")),
+            "known sets stay"
+        );
+        let mut text = String::new();
+        m.application_panicked();
+        m.encode(&mut text);
+        assert!(text.contains("mesh_application_panics_total 1"), "{text}");
     }
 }

@@ -169,7 +169,14 @@ pub(crate) fn http_connection_manager(
             "common_http_protocol_options.max_stream_duration",
         )?
         .filter(|d| !d.is_zero()),
-        stream_idle_timeout: opt_duration(h.stream_idle_timeout.as_ref(), "stream_idle_timeout")?,
+        stream_idle_timeout: match opt_duration(
+            h.stream_idle_timeout.as_ref(),
+            "stream_idle_timeout",
+        )? {
+            None => Some(Duration::from_secs(300)),
+            Some(d) => Some(d).filter(|d| !d.is_zero()),
+        },
+        limits: connection_limits(h)?,
         path_normalization: PathNormalization {
             // Envoy's default when unset (runtime `http_connection_manager.normalize_path`).
             normalize: h.normalize_path.as_ref().is_some_and(|b| b.value),
@@ -195,6 +202,106 @@ pub(crate) fn http_connection_manager(
                 }
             }
         },
+    })
+}
+
+/// The connection manager's limits and timeouts, with Envoy's defaults (and this library's
+/// bounded ones where Envoy has none: [`ConnectionLimits`]).
+fn connection_limits(h: &hcm::HttpConnectionManager) -> Result<ConnectionLimits, FieldError> {
+    let defaults = ConnectionLimits::default();
+    let common = h.common_http_protocol_options.as_ref();
+    // Unset: the default; `0s`: none, as Envoy reads these fields.
+    let timeout = |d: Option<&envoy_types::pb::google::protobuf::Duration>,
+                   field: &str,
+                   default: Option<Duration>| {
+        Ok::<_, FieldError>(match opt_duration(d, field)? {
+            None => default,
+            Some(d) if d.is_zero() => None,
+            Some(d) => Some(d),
+        })
+    };
+    let max_headers_count = match common.and_then(|c| c.max_headers_count.as_ref()) {
+        None => defaults.max_headers_count,
+        Some(n) if n.value >= 1 => n.value,
+        Some(_) => {
+            return Err(FieldError::new("must be at least 1")
+                .at("common_http_protocol_options.max_headers_count"));
+        }
+    };
+    // Envoy's bounds for the field (proto validation: 1..=8192 KiB).
+    let max_request_headers_kb = match &h.max_request_headers_kb {
+        None => defaults.max_request_headers_kb,
+        Some(n) if (1..=8192).contains(&n.value) => n.value,
+        Some(n) => {
+            return Err(
+                FieldError::new(format!("{} is not within 1..=8192", n.value))
+                    .at("max_request_headers_kb"),
+            );
+        }
+    };
+    let h2 = h.http2_protocol_options.as_ref();
+    let http2 = match h2 {
+        None => Http2Limits::default(),
+        Some(o) => {
+            let keepalive = o.connection_keepalive.as_ref();
+            let interval = timeout(
+                keepalive.and_then(|k| k.interval.as_ref()),
+                "http2_protocol_options.connection_keepalive.interval",
+                None,
+            )?;
+            Http2Limits {
+                max_concurrent_streams: match &o.max_concurrent_streams {
+                    None => None,
+                    Some(n) if n.value >= 1 => Some(n.value),
+                    Some(_) => {
+                        return Err(FieldError::new("must be at least 1")
+                            .at("http2_protocol_options.max_concurrent_streams"));
+                    }
+                },
+                keepalive_interval: interval,
+                // Envoy requires the timeout with the settings; a PING unanswered that long
+                // closes the connection.
+                keepalive_timeout: match keepalive {
+                    None => None,
+                    Some(k) => Some(
+                        opt_duration(
+                            k.timeout.as_ref(),
+                            "http2_protocol_options.connection_keepalive.timeout",
+                        )?
+                        .filter(|d| !d.is_zero())
+                        .ok_or_else(|| {
+                            FieldError::new("is required and must be positive")
+                                .at("http2_protocol_options.connection_keepalive.timeout")
+                        })?,
+                    ),
+                },
+                initial_stream_window_size: o.initial_stream_window_size.as_ref().map(|n| n.value),
+                initial_connection_window_size: o
+                    .initial_connection_window_size
+                    .as_ref()
+                    .map(|n| n.value),
+            }
+        }
+    };
+    Ok(ConnectionLimits {
+        request_headers_timeout: timeout(
+            h.request_headers_timeout.as_ref(),
+            "request_headers_timeout",
+            defaults.request_headers_timeout,
+        )?,
+        idle_timeout: timeout(
+            common.and_then(|c| c.idle_timeout.as_ref()),
+            "common_http_protocol_options.idle_timeout",
+            defaults.idle_timeout,
+        )?,
+        max_connection_duration: timeout(
+            common.and_then(|c| c.max_connection_duration.as_ref()),
+            "common_http_protocol_options.max_connection_duration",
+            None,
+        )?,
+        max_headers_count,
+        max_request_headers_kb,
+        http2,
     })
 }
 
@@ -245,20 +352,53 @@ fn filter_chain(fc: &pb::FilterChain) -> Result<FilterChain, FieldError> {
         Some(any) => NetworkFilter::Unsupported { name: any.type_url.as_str().into() },
         None => NetworkFilter::Unsupported { name: last.name.as_str().into() },
     };
+    let handshake_timeout = match opt_duration(
+        fc.transport_socket_connect_timeout.as_ref(),
+        "transport_socket_connect_timeout",
+    )? {
+        None => Some(DEFAULT_HANDSHAKE_TIMEOUT),
+        Some(d) if d.is_zero() => None,
+        Some(d) => Some(d),
+    };
     Ok(FilterChain {
         name: fc.name.as_str().into(),
         matcher,
         tls,
         network_filters,
         filter,
+        handshake_timeout,
     })
 }
 
-/// A network filter ahead of a chain's terminal filter: network RBAC is enforced; anything
-/// else refuses the listener.
+/// A network filter ahead of a chain's terminal filter: network RBAC and connection limits
+/// are enforced; anything else refuses the listener.
 fn network_policy(f: &pb::Filter) -> Result<NetworkPolicy, FieldError> {
+    use envoy_types::pb::envoy::extensions::filters::network::connection_limit::v3 as limit;
     use envoy_types::pb::envoy::extensions::filters::network::rbac::v3 as network_rbac;
     match &f.config_type {
+        Some(pb::filter::ConfigType::TypedConfig(any))
+            if any.type_url == limit::ConnectionLimit::type_url() =>
+        {
+            let c: limit::ConnectionLimit = unpack(any)?;
+            if c.runtime_enabled.is_some() {
+                // A runtime key could switch the limit off; there is no runtime here, and
+                // taking it as always on would differ from Envoy where it is off.
+                return Err(FieldError::new("is not supported (there is no runtime)")
+                    .at("typed_config.runtime_enabled"));
+            }
+            let max_connections = match &c.max_connections {
+                Some(n) if n.value >= 1 => n.value,
+                _ => {
+                    return Err(FieldError::new("is required and must be at least 1")
+                        .at("typed_config.max_connections"));
+                }
+            };
+            Ok(NetworkPolicy::ConnectionLimit {
+                max_connections,
+                delay: opt_duration(c.delay.as_ref(), "typed_config.delay")?
+                    .filter(|d| !d.is_zero()),
+            })
+        }
         Some(pb::filter::ConfigType::TypedConfig(any))
             if any.type_url == network_rbac::Rbac::type_url() =>
         {

@@ -23,6 +23,8 @@ mod route;
 mod tls;
 
 use std::fmt;
+
+use crate::model::MAX_DURATION;
 use std::time::Duration;
 
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
@@ -117,7 +119,9 @@ pub(crate) fn each<A, B>(
         .collect()
 }
 
-/// A protobuf duration as a `Duration`; negative values are errors.
+/// A protobuf duration as a `Duration`. As Envoy validates them, negative values and values
+/// beyond `google.protobuf.Duration`'s range (10,000 years, [`MAX_DURATION`]) are errors, so
+/// no configured duration can overflow a deadline or a timer later.
 pub(crate) fn duration(d: &PbDuration) -> Result<Duration, FieldError> {
     if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
         return Err(FieldError::new(format!(
@@ -125,7 +129,15 @@ pub(crate) fn duration(d: &PbDuration) -> Result<Duration, FieldError> {
             d.seconds, d.nanos
         )));
     }
-    Ok(Duration::new(d.seconds as u64, d.nanos as u32))
+    let value = Duration::new(d.seconds as u64, d.nanos as u32);
+    if value > MAX_DURATION {
+        return Err(FieldError::new(format!(
+            "duration {}s is too large (at most {}s)",
+            d.seconds,
+            MAX_DURATION.as_secs()
+        )));
+    }
+    Ok(value)
 }
 
 /// An optional duration field.
