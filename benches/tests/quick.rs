@@ -40,41 +40,12 @@ fn json(line: &str, prefix: &str) -> Value {
         .unwrap_or_else(|e| panic!("{prefix}line does not parse ({e}): {line}"))
 }
 
-/// The release binary, built now if it is missing or out of date.
-fn release_binary() -> std::path::PathBuf {
-    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "--quiet",
-            "-p",
-            "mesh-bench",
-        ])
-        .arg("--manifest-path")
-        .arg(&manifest)
-        .status()
-        .expect("run cargo");
-    assert!(
-        status.success(),
-        "cargo build --release -p mesh-bench failed"
-    );
-    // The debug binary cargo built for this test sits in <target>/debug; the release one in
-    // <target>/release.
-    let debug = std::path::Path::new(env!("CARGO_BIN_EXE_mesh-bench"));
-    let release = debug
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target dir")
-        .join("release/mesh-bench");
-    assert!(release.exists(), "no {}", release.display());
-    release
-}
+mod common;
+use common::release_binary;
 
 #[test]
 fn quick_mode_runs_every_scenario_without_errors() {
-    let out = Command::new(release_binary())
+    let out = Command::new(release_binary("mesh-bench"))
         .arg("--quick")
         .output()
         .expect("run mesh-bench");

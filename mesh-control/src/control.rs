@@ -137,9 +137,20 @@ impl ControlPlane {
         self: Arc<Self>,
         listener: tokio::net::TcpListener,
     ) -> std::io::Result<()> {
-        let svc = self.ads().into_service();
-        tonic::transport::Server::builder()
-            .add_service(svc)
+        self.serve_tcp_with(listener, &ServeOptions::default())
+            .await
+    }
+
+    /// [`serve_tcp`](Self::serve_tcp) with `options` (TLS, mTLS, a stream limit).
+    pub async fn serve_tcp_with(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        options: &ServeOptions,
+    ) -> std::io::Result<()> {
+        let local = listener.local_addr()?;
+        let server = self.server(options, Some(local))?;
+        info!(addr = %local, tls = options.tls.is_some(), "serving ADS");
+        server
             .serve_with_incoming(nodelay(listener))
             .await
             .map_err(std::io::Error::other)
@@ -147,24 +158,124 @@ impl ControlPlane {
 
     /// Serves ADS on `addr` until the future is dropped.
     pub async fn serve(self: Arc<Self>, addr: ListenAddr) -> std::io::Result<()> {
-        let svc = self.ads().into_service();
-        let server = tonic::transport::Server::builder().add_service(svc);
-        let result = match addr {
+        self.serve_with(addr, &ServeOptions::default()).await
+    }
+
+    /// [`serve`](Self::serve) with `options`.
+    pub async fn serve_with(
+        self: Arc<Self>,
+        addr: ListenAddr,
+        options: &ServeOptions,
+    ) -> std::io::Result<()> {
+        match addr {
             ListenAddr::Tcp(a) => {
                 let listener = tokio::net::TcpListener::bind(a).await?;
-                info!(addr = %listener.local_addr()?, "serving ADS");
-                server.serve_with_incoming(nodelay(listener)).await
+                self.serve_tcp_with(listener, options).await
             }
             ListenAddr::Unix(p) => {
+                if options.tls.is_some() {
+                    return Err(std::io::Error::other(
+                        "TLS is for TCP listeners; a Unix socket is protected by its file permissions",
+                    ));
+                }
+                let server = self.server(options, None)?;
                 let _ = std::fs::remove_file(&p);
                 let listener = tokio::net::UnixListener::bind(&p)?;
                 info!(path = %p.display(), "serving ADS");
                 server
                     .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
                     .await
+                    .map_err(std::io::Error::other)
             }
+        }
+    }
+
+    /// The gRPC server: TLS when asked; HTTP/2 keepalive so dead clients are found; a bound
+    /// on streams per connection and in all.
+    fn server(
+        &self,
+        options: &ServeOptions,
+        tcp: Option<std::net::SocketAddr>,
+    ) -> std::io::Result<tonic::transport::server::Router> {
+        let mut builder = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            // A client needs one ADS stream; a few more cover reconnect overlap.
+            .max_concurrent_streams(Some(16));
+        match &options.tls {
+            Some(tls) => {
+                builder = builder
+                    .tls_config(tls.config()?)
+                    .map_err(std::io::Error::other)?
+            }
+            None => {
+                if let Some(a) = tcp.filter(|a| !a.ip().is_loopback()) {
+                    tracing::warn!(addr = %a, "serving ADS in plaintext beyond the loopback: anyone on the network can read every workload's configuration; use --tls-cert and --tls-key");
+                }
+            }
+        }
+        let ads = self.ads().with_max_streams(options.max_streams);
+        Ok(builder.add_service(ads.into_service()))
+    }
+}
+
+/// How the control plane serves ADS.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ServeOptions {
+    /// TLS (and mTLS) for TCP listeners; plaintext without (the loopback default).
+    pub tls: Option<ServeTls>,
+    /// ADS streams served at once; more are refused with `RESOURCE_EXHAUSTED`.
+    pub max_streams: usize,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            tls: None,
+            max_streams: crate::server::DEFAULT_MAX_STREAMS,
+        }
+    }
+}
+
+impl ServeOptions {
+    /// Serves with `tls`.
+    pub fn tls(mut self, tls: ServeTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Serves at most `max` streams at once.
+    pub fn max_streams(mut self, max: usize) -> Self {
+        self.max_streams = max;
+        self
+    }
+}
+
+/// The control plane's TLS: its certificate and key (PEM files), and with `client_ca`, mTLS:
+/// clients must present a certificate that CA signed.
+#[derive(Clone, Debug)]
+pub struct ServeTls {
+    /// Certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
+    /// CA bundle client certificates must chain to (PEM); `None`: no client certificate.
+    pub client_ca: Option<PathBuf>,
+}
+
+impl ServeTls {
+    fn config(&self) -> std::io::Result<tonic::transport::ServerTlsConfig> {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let read = |p: &Path| {
+            std::fs::read(p).map_err(|e| std::io::Error::other(format!("{}: {e}", p.display())))
         };
-        result.map_err(std::io::Error::other)
+        let mut tls = ServerTlsConfig::new()
+            .identity(Identity::from_pem(read(&self.cert)?, read(&self.key)?));
+        if let Some(ca) = &self.client_ca {
+            tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
+        }
+        Ok(tls)
     }
 }
 

@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! mesh-control serve --config DIR [--listen ADDR]   serve ADS (ADDR: host:port or unix:///path)
+//!     [--tls-cert PEM --tls-key PEM [--client-ca PEM]] [--max-streams N]
+//!                                                   over TLS (mTLS with a client CA)
 //! mesh-control validate DIR|FILE...                 check configuration like `istioctl analyze`
 //! mesh-control dump --config DIR [--namespace NS] TARGET...
 //!                                                   the xDS a proxyless node would get, as JSON
@@ -13,9 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_control::config::{self, Severity};
-use mesh_control::control::{ControlPlane, ListenAddr};
+use mesh_control::control::{ControlPlane, ListenAddr, ServeOptions, ServeTls};
 
-const USAGE: &str = "usage:\n  mesh-control serve --config DIR [--listen ADDR]\n  mesh-control validate DIR|FILE...\n  mesh-control dump --config DIR [--namespace NS] TARGET...   (TARGET: host:port)";
+const USAGE: &str = "usage:\n  mesh-control serve --config DIR [--listen ADDR] [--tls-cert PEM --tls-key PEM [--client-ca PEM]] [--max-streams N]\n  mesh-control validate DIR|FILE...\n  mesh-control dump --config DIR [--namespace NS] TARGET...   (TARGET: host:port)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -103,6 +105,30 @@ fn serve(args: &[String]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let mut options = ServeOptions::default();
+    match (flag(args, "--tls-cert"), flag(args, "--tls-key")) {
+        (Some(cert), Some(key)) => {
+            options = options.tls(ServeTls {
+                cert: cert.into(),
+                key: key.into(),
+                client_ca: flag(args, "--client-ca").map(PathBuf::from),
+            });
+        }
+        (None, None) if flag(args, "--client-ca").is_none() => {}
+        _ => {
+            eprintln!("--tls-cert and --tls-key go together (and --client-ca needs them)");
+            return ExitCode::from(2);
+        }
+    }
+    if let Some(n) = flag(args, "--max-streams") {
+        match n.parse::<usize>() {
+            Ok(n) if n > 0 => options = options.max_streams(n),
+            _ => {
+                eprintln!("--max-streams: {n:?} is not a positive number");
+                return ExitCode::from(2);
+            }
+        }
+    }
     let cp = match ControlPlane::new(PathBuf::from(&dir)) {
         Ok(cp) => Arc::new(cp),
         Err(errors) => return fail(&errors),
@@ -114,7 +140,7 @@ fn serve(args: &[String]) -> ExitCode {
     runtime.block_on(async move {
         tokio::spawn(cp.clone().watch(Duration::from_millis(40)));
         tokio::select! {
-            r = cp.serve(listen) => match r {
+            r = cp.serve_with(listen, &options) => match r {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => { eprintln!("mesh-control: {e}"); ExitCode::FAILURE }
             },

@@ -26,7 +26,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use envoy_types::pb::google::protobuf::Any;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt;
-use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
@@ -104,7 +104,24 @@ pub struct Ads {
     nonce: Arc<AtomicU64>,
     nacks: Arc<AtomicU64>,
     sync: Arc<SyncState>,
+    /// Places for open streams: one more is refused (`RESOURCE_EXHAUSTED`), so clients that
+    /// open streams without end cannot starve the control plane.
+    streams: Arc<tokio::sync::Semaphore>,
 }
+
+/// How many ADS streams are served at once by default.
+pub const DEFAULT_MAX_STREAMS: usize = 4096;
+
+/// How many responses may wait for a slow client on one stream. State of the world needs
+/// few (one per type); a client that stops reading holds back only its own stream.
+const STREAM_QUEUE: usize = 16;
+
+/// The largest request a client may send (a subscription to every cluster of a large mesh
+/// is well under it).
+pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+
+/// The largest response sent (what the client decodes at most).
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
 /// What [`Ads::in_sync`] reads: responses not yet answered, and the snapshot version each
 /// stream has been served from. Copy-on-write: streams come and go rarely.
@@ -147,7 +164,14 @@ impl Ads {
             nonce: Arc::default(),
             nacks: Arc::default(),
             sync: Arc::default(),
+            streams: Arc::new(tokio::sync::Semaphore::new(DEFAULT_MAX_STREAMS)),
         }
+    }
+
+    /// Serves at most `max` streams at once (default [`DEFAULT_MAX_STREAMS`]).
+    pub fn with_max_streams(mut self, max: usize) -> Self {
+        self.streams = Arc::new(tokio::sync::Semaphore::new(max));
+        self
     }
 
     /// Whether every connected client has been served configuration `version` (or newer)
@@ -171,7 +195,9 @@ impl Ads {
 
     /// The tonic service.
     pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
-        AggregatedDiscoveryServiceServer::new(self).max_decoding_message_size(64 * 1024 * 1024)
+        AggregatedDiscoveryServiceServer::new(self)
+            .max_decoding_message_size(MAX_REQUEST_BYTES)
+            .max_encoding_message_size(MAX_RESPONSE_BYTES)
     }
 }
 
@@ -197,13 +223,18 @@ impl AggregatedDiscoveryService for Ads {
         req: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<RespStream>, Status> {
         let peer = req.remote_addr();
+        let Ok(place) = self.streams.clone().try_acquire_owned() else {
+            warn!(?peer, "ADS stream refused: too many streams");
+            return Err(Status::resource_exhausted("too many ADS streams"));
+        };
         let mut inbound = req.into_inner();
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let mut snapshots = self.snapshots.clone();
         let nonce = self.nonce.clone();
         let nacks = self.nacks.clone();
         let sync = self.sync.clone();
         tokio::spawn(async move {
+            let _place = place;
             let mut node: Option<NodeInfo> = None;
             let mut subs: HashMap<String, Subscription> = HashMap::new();
             // Nonces sent and not answered yet, and this stream's entry in `sync`.
@@ -230,7 +261,7 @@ impl AggregatedDiscoveryService for Ads {
                         }
                         if node.is_none() {
                             let Some(n) = req.node.as_ref() else {
-                                let _ = tx.send(Err(Status::invalid_argument("the first request must carry a node")));
+                                let _ = tx.send(Err(Status::invalid_argument("the first request must carry a node"))).await;
                                 break;
                             };
                             let info = NodeInfo::from_node(n);
@@ -252,7 +283,8 @@ impl AggregatedDiscoveryService for Ads {
                         if sub.names != names || sub.sent.is_none() {
                             sub.names = names;
                             let snap = snapshots.borrow().clone();
-                            sent(respond(&snap, node, &req.type_url, sub, &nonce, &tx, true), &mut unanswered);
+                            let n = respond(&snap, node, &req.type_url, sub, &nonce, &tx, true).await;
+                            sent(n, &mut unanswered);
                         }
                         if let Some(v) = first_version {
                             entry = Some(sync.register(v));
@@ -266,7 +298,8 @@ impl AggregatedDiscoveryService for Ads {
                         // endpoints exist before listeners and routes point at them.
                         for type_url in PUSH_ORDER {
                             if let Some(sub) = subs.get_mut(type_url) {
-                                sent(respond(&snap, node, type_url, sub, &nonce, &tx, false), &mut unanswered);
+                                let n = respond(&snap, node, type_url, sub, &nonce, &tx, false).await;
+                                sent(n, &mut unanswered);
                             }
                         }
                         // After the responses are counted: `in_sync` reads versions first.
@@ -283,7 +316,7 @@ impl AggregatedDiscoveryService for Ads {
                     .fetch_sub(unanswered.len() as i64, Ordering::AcqRel);
             }
         });
-        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn delta_aggregated_resources(
@@ -298,13 +331,14 @@ impl AggregatedDiscoveryService for Ads {
 
 /// Sends the resources for one subscription when they changed (or when `force`d by a new
 /// subscription list, which the protocol requires an answer to); the nonce of what it sent.
-fn respond(
+/// Waits while the stream's queue is full (the client reads slowly).
+async fn respond(
     snap: &Snapshot,
     node: &NodeInfo,
     type_url: &str,
     sub: &mut Subscription,
     nonce: &AtomicU64,
-    tx: &mpsc::UnboundedSender<Result<DiscoveryResponse, Status>>,
+    tx: &mpsc::Sender<Result<DiscoveryResponse, Status>>,
     force: bool,
 ) -> Option<u64> {
     let resources = snap.resources(node, type_url, &sub.names);
@@ -320,12 +354,14 @@ fn respond(
     sub.sent = Some(digest);
     let n = nonce.fetch_add(1, Ordering::Relaxed) + 1;
     debug!(node = %node.id, %type_url, count = resources.len(), version = snap.version, "push");
-    let _ = tx.send(Ok(DiscoveryResponse {
-        version_info: snap.version.to_string(),
-        resources,
-        type_url: type_url.to_owned(),
-        nonce: n.to_string(),
-        ..Default::default()
-    }));
+    let _ = tx
+        .send(Ok(DiscoveryResponse {
+            version_info: snap.version.to_string(),
+            resources,
+            type_url: type_url.to_owned(),
+            nonce: n.to_string(),
+            ..Default::default()
+        }))
+        .await;
     Some(n)
 }

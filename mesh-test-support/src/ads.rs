@@ -34,6 +34,8 @@ struct State {
     quiet: bool,
     /// Answer an empty listener or cluster subscription with every resource (Envoy's wildcard).
     wildcard: bool,
+    /// End every stream right after its first response (a flapping control plane).
+    flap: bool,
 }
 
 struct Shared {
@@ -250,6 +252,13 @@ impl AdsServer {
     }
 
     /// How many ADS streams have been opened.
+    /// From now on, ends every stream right after its first response, as a control plane
+    /// that crashes in a loop would.
+    pub fn flap(&self, on: bool) {
+        self.shared.state.lock().expect("state").flap = on;
+    }
+
+    /// Streams opened so far.
     pub fn streams_opened(&self) -> usize {
         self.shared.state.lock().expect("state").streams_opened
     }
@@ -363,6 +372,10 @@ impl AggregatedDiscoveryService for Ads {
                         if (names_changed || entry.1.is_none())
                             && let Some(resp) = respond(&shared, &url, entry) {
                                 let _ = tx.send(Ok(resp));
+                                if shared.state.lock().expect("state").flap {
+                                    let _ = tx.send(Err(Status::unavailable("flapping")));
+                                    return;
+                                }
                             }
                     }
                     url = push.recv() => {

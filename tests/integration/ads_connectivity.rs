@@ -89,3 +89,29 @@ async fn falls_back_when_primary_is_unreachable_and_returns_to_it() {
         .await;
     assert!(primary.streams_opened() >= 1);
 }
+
+/// A control plane that answers and then drops every stream (crashing in a loop) is dialled
+/// with a growing backoff, not every `routine_reconnect_delay`: the reconnect rate stays
+/// bounded, and the client still gets its configuration.
+#[tokio::test]
+async fn a_flapping_server_is_not_stormed() {
+    let server = AdsServer::start().await;
+    server.set(r::any(r::eds_cluster("c1")));
+    server.flap(true);
+    let mut config = super::fast_config();
+    config.backoff_max = std::time::Duration::from_millis(400);
+    let mesh = super::mesh_with(&server, &[], config).await;
+    let client = mesh.xds_client().unwrap();
+    let mut w = client.watch(ResourceType::Cluster, "c1").await.unwrap();
+    w.wait_for(|s| s.value.is_some()).await;
+    let start = server.streams_opened();
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let streams = server.streams_opened() - start;
+    // 50 ms growing ×1.6 to 400 ms: about 10 in 3 s. Reset after every response, the
+    // 10 ms routine delay would open well over a hundred.
+    assert!(
+        (2..=20).contains(&streams),
+        "{streams} streams in 3 s from a flapping server"
+    );
+    assert!(w.current().value.is_some(), "the configuration is kept");
+}

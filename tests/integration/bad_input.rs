@@ -180,3 +180,102 @@ async fn unusable_certificates_fail_the_mesh_at_start_up() {
         .expect_err("missing file");
     assert!(err.to_string().contains("missing.pem"), "{err}");
 }
+
+/// A cluster with this `UpstreamTlsContext` (YAML, indented for its place).
+fn tls_cluster(common_extra: &str) -> String {
+    format!(
+        r#"
+resources:
+- "@type": type.googleapis.com/envoy.config.cluster.v3.Cluster
+  name: c
+  type: EDS
+  eds_cluster_config: {{ eds_config: {{ ads: {{}} }} }}
+  transport_socket:
+    name: tls
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+      common_tls_context:
+{common_extra}
+"#
+    )
+}
+
+/// TLS settings this library cannot honour are refused with the field, never ignored: each
+/// would accept a peer Envoy refuses, or speak what the configuration forbids.
+#[test]
+fn tls_settings_that_cannot_be_honoured_are_refused() {
+    let ca = "        validation_context:\n          trusted_ca: { filename: /ca.pem }\n";
+    for (extra, field) in [
+        (
+            "          verify_certificate_spki: [\"NvqYIYSbgK2vCJpQhObf77vv+bQWtc5ek5RIOwPiC9A=\"]\n",
+            "verify_certificate_spki",
+        ),
+        (
+            "          verify_certificate_hash: [\"df6ff72fe9116521268f6f2dd4966f51df479883fe7037b39f75916ac3049d1a\"]\n",
+            "verify_certificate_hash",
+        ),
+        ("          crl: { filename: /crl.pem }\n", "crl"),
+        (
+            "          allow_expired_certificate: true\n",
+            "allow_expired_certificate",
+        ),
+        (
+            "          trust_chain_verification: ACCEPT_UNTRUSTED\n",
+            "trust_chain_verification",
+        ),
+        ("          max_verify_depth: 1\n", "max_verify_depth"),
+    ] {
+        let e = error(&tls_cluster(&format!("{ca}{extra}")));
+        assert!(e.contains("Cluster c"), "{e}");
+        assert!(
+            e.contains(&format!("validation_context.{field}")),
+            "{field}: {e}"
+        );
+        assert!(e.contains("not supported"), "{e}");
+    }
+    for (params, why) in [
+        (
+            "{ tls_maximum_protocol_version: TLSv1_1 }",
+            "nothing to speak",
+        ),
+        (
+            "{ tls_minimum_protocol_version: TLSv1_3, tls_maximum_protocol_version: TLSv1_2 }",
+            "above the maximum",
+        ),
+        (
+            "{ tls_maximum_protocol_version: TLSv1_2, cipher_suites: [AES128-SHA, ECDHE-RSA-AES128-SHA] }",
+            "none of the TLS 1.2 cipher suites",
+        ),
+        ("{ ecdh_curves: [P-521] }", "none of the curves"),
+        (
+            "{ signature_algorithms: [rsa_pss_rsae_sha256] }",
+            "not supported",
+        ),
+    ] {
+        let e = error(&tls_cluster(&format!("{ca}        tls_params: {params}\n")));
+        assert!(e.contains("common_tls_context.tls_params"), "{params}: {e}");
+        assert!(e.contains(why), "{params}: {e}");
+    }
+    // What istiod sends loads: an allow list whose RSA-key-exchange suites are not offered.
+    let istio = "        tls_params: { tls_minimum_protocol_version: TLSv1_2, tls_maximum_protocol_version: TLSv1_3, cipher_suites: [ECDHE-ECDSA-AES256-GCM-SHA384, ECDHE-RSA-AES256-GCM-SHA384, ECDHE-ECDSA-AES128-GCM-SHA256, ECDHE-RSA-AES128-GCM-SHA256, AES256-GCM-SHA384, AES128-GCM-SHA256] }\n";
+    StaticResources::from_str(&tls_cluster(&format!("{ca}{istio}")), "ok.yaml")
+        .expect("istiod's tls_params load");
+}
+
+/// Durations beyond `google.protobuf.Duration`'s range are refused, not overflowed (here by
+/// the JSON reader; over xDS, by the translation: `translate::tests`).
+#[test]
+fn durations_beyond_protobufs_range_are_refused() {
+    let e = error(
+        r#"
+resources:
+- "@type": type.googleapis.com/envoy.config.cluster.v3.Cluster
+  name: c
+  type: EDS
+  eds_cluster_config: { eds_config: { ads: {} } }
+  connect_timeout: 315576000001s
+"#,
+    );
+    assert!(e.contains("connect_timeout"), "{e}");
+    assert!(e.contains("out of range"), "{e}");
+}

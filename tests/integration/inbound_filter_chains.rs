@@ -374,3 +374,40 @@ async fn peers_that_never_show_their_first_bytes_are_closed() {
         String::from_utf8_lossy(&answer)
     );
 }
+
+/// A chain's `tls_params` are enforced: with a TLS 1.3 minimum (as istiod sets for some
+/// listeners), a client that offers only TLS 1.2 fails its handshake; one that offers 1.3 is
+/// served.
+#[tokio::test]
+async fn a_chains_tls_params_are_enforced() {
+    let ca = TestCa::new("params");
+    let mut socket = tls_socket();
+    socket["typed_config"]["common_tls_context"]["tls_params"] =
+        json!({"tls_minimum_protocol_version": "TLSv1_3"});
+    let addr = serve(
+        json!([{"transport_socket": socket, "filters": [hcm(false)]}]),
+        &ca,
+    )
+    .await;
+    assert_eq!(
+        tls_get(addr, "127.0.0.1".parse().unwrap(), "a.example.com", &ca).await,
+        Ok(200)
+    );
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca.root_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let only12 = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS12])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("a.example.com").unwrap();
+    let refused = tokio_rustls::TlsConnector::from(Arc::new(only12))
+        .connect(name, tcp)
+        .await;
+    assert!(refused.is_err(), "a TLS 1.2 client is refused");
+}

@@ -78,7 +78,11 @@ pub(crate) async fn mesh_with_long_timer(server: &AdsServer) -> Mesh {
     mesh_with(server, &[], config).await
 }
 
-async fn mesh_with(server: &AdsServer, features: &[&str], config: XdsClientConfig) -> Mesh {
+pub(crate) async fn mesh_with(
+    server: &AdsServer,
+    features: &[&str],
+    config: XdsClientConfig,
+) -> Mesh {
     mesh_test_support::trace_init();
     let bootstrap = Bootstrap::from_json(&server.bootstrap_json(features)).expect("bootstrap");
     Mesh::builder()

@@ -18,7 +18,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, Error, SignatureScheme};
 
 use super::CertificateProvider;
-use crate::model::{SanKind, SanMatcher};
+use crate::model::{SanKind, SanMatcher, TlsParams, TlsVersion};
 
 /// The crypto provider every configuration uses (aws-lc-rs, like tonic's and ztunnel's).
 pub fn crypto_provider() -> Arc<CryptoProvider> {
@@ -36,7 +36,8 @@ pub fn client_config(
     sans: Arc<[SanMatcher]>,
     alpn: Vec<Vec<u8>>,
 ) -> rustls::ClientConfig {
-    provider_client_config(provider, sans, alpn, false)
+    client_config_with(provider, sans, alpn, false, &TlsParams::default())
+        .expect("the default parameters are spoken")
 }
 
 /// [`client_config`] for a server named by host name rather than by SPIFFE ID (a
@@ -48,19 +49,23 @@ pub fn client_config_checking_name(
     sans: Arc<[SanMatcher]>,
     alpn: Vec<Vec<u8>>,
 ) -> rustls::ClientConfig {
-    provider_client_config(provider, sans, alpn, true)
+    client_config_with(provider, sans, alpn, true, &TlsParams::default())
+        .expect("the default parameters are spoken")
 }
 
-fn provider_client_config(
+/// [`client_config`] (or, with `check_name`, [`client_config_checking_name`]) speaking only
+/// what `params` allow ([`crypto_for`]).
+pub fn client_config_with(
     provider: &CertificateProvider,
     sans: Arc<[SanMatcher]>,
     alpn: Vec<Vec<u8>>,
     check_name: bool,
-) -> rustls::ClientConfig {
-    let crypto = crypto_provider();
+    params: &TlsParams,
+) -> Result<rustls::ClientConfig, String> {
+    let (crypto, versions) = crypto_for(params)?;
     let mut config = rustls::ClientConfig::builder_with_provider(crypto.clone())
-        .with_safe_default_protocol_versions()
-        .expect("aws-lc-rs supports the default versions")
+        .with_protocol_versions(&versions)
+        .map_err(|e| e.to_string())?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(MeshServerVerifier {
             roots: Roots::Provider(provider.clone()),
@@ -70,7 +75,7 @@ fn provider_client_config(
         }))
         .with_client_cert_resolver(Arc::new(Resolver(provider.clone())));
     config.alpn_protocols = alpn;
-    config
+    Ok(config)
 }
 
 /// A client configuration trusting the system's roots ([`system_roots`]) and presenting no
@@ -80,11 +85,12 @@ fn provider_client_config(
 pub fn system_client_config(
     sans: Arc<[SanMatcher]>,
     alpn: Vec<Vec<u8>>,
+    params: &TlsParams,
 ) -> Result<rustls::ClientConfig, String> {
-    let crypto = crypto_provider();
+    let (crypto, versions) = crypto_for(params)?;
     let mut config = rustls::ClientConfig::builder_with_provider(crypto.clone())
-        .with_safe_default_protocol_versions()
-        .expect("aws-lc-rs supports the default versions")
+        .with_protocol_versions(&versions)
+        .map_err(|e| e.to_string())?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(MeshServerVerifier {
             roots: Roots::Fixed(system_roots()?),
@@ -124,6 +130,122 @@ pub fn system_roots() -> Result<Arc<rustls::RootCertStore>, String> {
         .clone()
 }
 
+/// What a context's `tls_params` allow, as rustls takes it: the crypto provider (its TLS 1.2
+/// cipher suites and key-exchange groups filtered to the allowed ones) and the versions. An
+/// error names what leaves nothing to speak. Defaults share one provider.
+///
+/// ```
+/// use mesh_core::identity::tls::crypto_for;
+/// use mesh_core::model::{TlsParams, TlsVersion};
+/// let only13 = TlsParams { min_version: Some(TlsVersion::V1_3), ..TlsParams::default() };
+/// let (_, versions) = crypto_for(&only13).unwrap();
+/// assert_eq!(versions.len(), 1);
+/// let no_suite = TlsParams {
+///     max_version: Some(TlsVersion::V1_2),
+///     cipher_suites: vec!["AES128-SHA".into()].into(),
+///     ..TlsParams::default()
+/// };
+/// assert!(crypto_for(&no_suite).is_err());
+/// ```
+pub fn crypto_for(
+    params: &TlsParams,
+) -> Result<
+    (
+        Arc<CryptoProvider>,
+        Vec<&'static rustls::SupportedProtocolVersion>,
+    ),
+    String,
+> {
+    let min = params.min_version.unwrap_or(TlsVersion::V1_2);
+    let max = params.max_version.unwrap_or(TlsVersion::V1_3);
+    if min > max {
+        return Err(format!(
+            "the minimum version ({min:?}) is above the maximum ({max:?})"
+        ));
+    }
+    let mut tls12 = min <= TlsVersion::V1_2;
+    let tls13 = max >= TlsVersion::V1_3;
+    if params.cipher_suites.is_empty() && params.ecdh_curves.is_empty() {
+        let mut versions = Vec::new();
+        if tls13 {
+            versions.push(&rustls::version::TLS13);
+        }
+        if tls12 {
+            versions.push(&rustls::version::TLS12);
+        }
+        return Ok((crypto_provider(), versions));
+    }
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    if !params.cipher_suites.is_empty() {
+        // BoringSSL names, `[A|B]` equal-preference groups flattened.
+        let allowed: Vec<&str> = params
+            .cipher_suites
+            .iter()
+            .flat_map(|s| s.trim_matches(|c| c == '[' || c == ']').split('|'))
+            .filter_map(rustls_suite_name)
+            .collect();
+        provider.cipher_suites.retain(|s| match s {
+            rustls::SupportedCipherSuite::Tls13(_) => true,
+            rustls::SupportedCipherSuite::Tls12(_) => {
+                allowed.contains(&format!("{:?}", s.suite()).as_str())
+            }
+        });
+        let any12 = provider
+            .cipher_suites
+            .iter()
+            .any(|s| matches!(s, rustls::SupportedCipherSuite::Tls12(_)));
+        if tls12 && !any12 {
+            if !tls13 {
+                return Err(format!(
+                    "none of the TLS 1.2 cipher suites {:?} is implemented here (ECDHE with AES-GCM or CHACHA20-POLY1305 are)",
+                    params.cipher_suites
+                ));
+            }
+            tls12 = false;
+        }
+    }
+    if !params.ecdh_curves.is_empty() {
+        provider.kx_groups.retain(|g| {
+            let name = match g.name() {
+                rustls::NamedGroup::X25519 => "X25519",
+                rustls::NamedGroup::secp256r1 => "P-256",
+                rustls::NamedGroup::secp384r1 => "P-384",
+                rustls::NamedGroup::X25519MLKEM768 => "X25519MLKEM768",
+                _ => return false,
+            };
+            params.ecdh_curves.iter().any(|c| &**c == name)
+        });
+        if provider.kx_groups.is_empty() {
+            return Err(format!(
+                "none of the curves {:?} is implemented here (X25519, P-256, P-384, X25519MLKEM768 are)",
+                params.ecdh_curves
+            ));
+        }
+    }
+    let mut versions = Vec::new();
+    if tls13 {
+        versions.push(&rustls::version::TLS13);
+    }
+    if tls12 {
+        versions.push(&rustls::version::TLS12);
+    }
+    Ok((Arc::new(provider), versions))
+}
+
+/// rustls's name for a TLS 1.2 cipher suite Envoy names the BoringSSL way; `None` for suites
+/// rustls does not implement (RSA key exchange, CBC), which are then not offered.
+fn rustls_suite_name(boringssl: &str) -> Option<&'static str> {
+    Some(match boringssl {
+        "ECDHE-ECDSA-AES128-GCM-SHA256" => "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384" => "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305" => "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256" => "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+        "ECDHE-RSA-AES256-GCM-SHA384" => "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+        "ECDHE-RSA-CHACHA20-POLY1305" => "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+        _ => return None,
+    })
+}
+
 /// How a server treats client certificates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClientAuth {
@@ -140,18 +262,45 @@ pub fn server_config(
     client_auth: ClientAuth,
     alpn: Vec<Vec<u8>>,
 ) -> rustls::ServerConfig {
-    let crypto = crypto_provider();
+    let clients = ClientValidation {
+        roots: provider.clone(),
+        sans: Arc::new([]),
+    };
+    server_config_with(provider, &clients, client_auth, alpn, &TlsParams::default())
+        .expect("the default parameters are spoken")
+}
+
+/// How a server verifies client certificates (a chain's `validation_context`).
+#[derive(Clone, Debug)]
+pub struct ClientValidation {
+    /// The provider whose roots a client certificate must chain to.
+    pub roots: CertificateProvider,
+    /// A client certificate must carry a SAN matching one of these (empty: any).
+    pub sans: Arc<[SanMatcher]>,
+}
+
+/// [`server_config`] verifying clients as `clients` says and speaking only what `params`
+/// allow ([`crypto_for`]).
+pub fn server_config_with(
+    provider: &CertificateProvider,
+    clients: &ClientValidation,
+    client_auth: ClientAuth,
+    alpn: Vec<Vec<u8>>,
+    params: &TlsParams,
+) -> Result<rustls::ServerConfig, String> {
+    let (crypto, versions) = crypto_for(params)?;
     let mut config = rustls::ServerConfig::builder_with_provider(crypto.clone())
-        .with_safe_default_protocol_versions()
-        .expect("aws-lc-rs supports the default versions")
+        .with_protocol_versions(&versions)
+        .map_err(|e| e.to_string())?
         .with_client_cert_verifier(Arc::new(MeshClientVerifier {
-            provider: provider.clone(),
+            provider: clients.roots.clone(),
+            sans: clients.sans.clone(),
             mandatory: client_auth == ClientAuth::Required,
             crypto,
         }))
         .with_cert_resolver(Arc::new(Resolver(provider.clone())));
     config.alpn_protocols = alpn;
-    config
+    Ok(config)
 }
 
 /// Presents the provider's current certificate.
@@ -308,7 +457,10 @@ fn san_matches(der: &CertificateDer<'_>, matchers: &[SanMatcher]) -> bool {
 
 #[derive(Debug)]
 struct MeshClientVerifier {
+    /// Whose roots client certificates must chain to.
     provider: CertificateProvider,
+    /// A client certificate must carry a SAN matching one of these (empty: any).
+    sans: Arc<[SanMatcher]>,
     mandatory: bool,
     crypto: Arc<CryptoProvider>,
 }
@@ -339,7 +491,14 @@ impl ClientCertVerifier for MeshClientVerifier {
             rustls::server::WebPkiClientVerifier::builder_with_provider(roots, self.crypto.clone())
                 .build()
                 .map_err(|e| Error::General(format!("no usable trust roots: {e}")))?;
-        verifier.verify_client_cert(end_entity, intermediates, now)
+        let verified = verifier.verify_client_cert(end_entity, intermediates, now)?;
+        if !self.sans.is_empty() && !san_matches(end_entity, &self.sans) {
+            return Err(Error::General(format!(
+                "client certificate SANs {:?} match none of the chain's",
+                super::certificate_uri_sans(end_entity)
+            )));
+        }
+        Ok(verified)
     }
 
     fn verify_tls12_signature(

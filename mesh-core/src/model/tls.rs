@@ -72,6 +72,36 @@ pub struct UpstreamTls {
     pub validation: Option<CertValidation>,
     /// ALPN protocols to offer.
     pub alpn: Box<[Arc<str>]>,
+    /// Versions, cipher suites and curves allowed (`tls_params`).
+    pub params: TlsParams,
+}
+
+/// `TlsParameters`: the TLS versions a context allows and, for TLS 1.2, its cipher suites
+/// and key-exchange curves. Enforced as an allow list: names this library does not implement
+/// are not offered (never a weaker choice); a context left with nothing it can speak is
+/// refused when it loads.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TlsParams {
+    /// The lowest version (`tls_minimum_protocol_version`); unset: TLS 1.2, the lowest this
+    /// library speaks.
+    pub min_version: Option<TlsVersion>,
+    /// The highest version (`tls_maximum_protocol_version`); unset: TLS 1.3.
+    pub max_version: Option<TlsVersion>,
+    /// TLS 1.2 cipher suites by their BoringSSL names (`cipher_suites`, `[A|B]` groups
+    /// allowed); empty: the defaults. TLS 1.3's suites are not configurable, as in Envoy.
+    pub cipher_suites: Box<[Box<str>]>,
+    /// Key-exchange groups (`ecdh_curves`: `X25519`, `P-256`, `P-384`, `X25519MLKEM768`);
+    /// empty: the defaults.
+    pub ecdh_curves: Box<[Box<str>]>,
+}
+
+/// A TLS version this library speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TlsVersion {
+    /// TLS 1.2.
+    V1_2,
+    /// TLS 1.3.
+    V1_3,
 }
 
 /// `DownstreamTlsContext`.
@@ -85,4 +115,6 @@ pub struct DownstreamTls {
     pub require_client_certificate: bool,
     /// ALPN protocols to accept.
     pub alpn: Box<[Arc<str>]>,
+    /// Versions, cipher suites and curves allowed (`tls_params`).
+    pub params: TlsParams,
 }

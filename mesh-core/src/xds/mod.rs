@@ -50,6 +50,11 @@ pub struct XdsClientConfig {
     pub backoff_max: Duration,
     /// Delay before reconnecting after a stream that worked ends (default 100 ms).
     pub routine_reconnect_delay: Duration,
+    /// How long a stream must have lasted for its end to be routine (default 30 s). One that
+    /// ends sooner, even after responses, is a failure for the backoff (which is reset only
+    /// by a stream that lasted), so a server that accepts and drops streams in a loop is
+    /// dialled less and less often, not every `routine_reconnect_delay`.
+    pub stable_after: Duration,
     /// Connect timeout per attempt (default 5 s).
     pub connect_timeout: Duration,
     /// `node.user_agent_name` (default `mesh`).
@@ -63,6 +68,7 @@ impl Default for XdsClientConfig {
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(30),
             routine_reconnect_delay: Duration::from_millis(100),
+            stable_after: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             user_agent_name: "mesh".into(),
         }

@@ -62,8 +62,12 @@ pub(crate) struct Worker {
 
 /// How a session ended.
 enum End {
-    /// The stream ended after at least one response: reconnect soon, to the same server.
+    /// The stream lasted (`stable_after`) and had responses: reconnect soon, to the same
+    /// server.
     Routine(String),
+    /// The stream had responses but ended soon after it opened: reconnect to the same server
+    /// after a backoff.
+    Unstable(String),
     /// No response was received: the server is unreachable or broken.
     Failed(String),
     /// The primary is reachable again while we were on a fallback.
@@ -106,6 +110,15 @@ impl Worker {
                     debug!(server = %server.server_uri, %why, "ADS stream ended; reconnecting");
                     backoff.reset();
                     if !self.wait(self.config.routine_reconnect_delay).await {
+                        return;
+                    }
+                }
+                End::Unstable(why) => {
+                    // The server answered, then dropped the stream soon after: no failover
+                    // (it works), but no reset either, so a flapping server is not stormed.
+                    let delay = backoff.next();
+                    warn!(server = %server.server_uri, %why, ?delay, "ADS stream ended soon after it opened; reconnecting after a backoff");
+                    if !self.wait(delay).await {
                         return;
                     }
                 }
@@ -183,6 +196,7 @@ impl Worker {
             Err(s) => return End::Failed(format!("ADS stream refused: {}", s.message())),
         };
         info!(server = %server.server_uri, "ADS stream open");
+        let opened = Instant::now();
         self.start_dne_timers();
         let mut got_response = false;
         let mut sweep = tokio::time::interval(Duration::from_secs(1));
@@ -257,10 +271,10 @@ impl Worker {
                 s.dne_deadline = None;
             }
         }
-        if got_response {
-            End::Routine(end)
-        } else {
-            End::Failed(end)
+        match (got_response, opened.elapsed() >= self.config.stable_after) {
+            (true, true) => End::Routine(end),
+            (true, false) => End::Unstable(end),
+            (false, _) => End::Failed(end),
         }
     }
 

@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 
 use mesh_core::Mesh;
 use mesh_core::identity::CertificateProvider;
-use mesh_core::identity::tls::{client_config, client_config_checking_name, system_client_config};
+use mesh_core::identity::tls::{client_config_with, system_client_config};
 use mesh_core::model::{CertSource, UpstreamTls};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -96,7 +96,8 @@ impl Origination {
                 // Envoy's `system_root_certs` (a DestinationRule's SIMPLE without
                 // caCertificates): the platform's roots, and the server's name checked.
                 let alpn = t.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-                let config = system_client_config(validation.san_matchers.clone().into(), alpn)?;
+                let config =
+                    system_client_config(validation.san_matchers.clone().into(), alpn, &t.params)?;
                 return Ok(Self {
                     connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
                     sni: sni(t, cluster)?,
@@ -114,11 +115,8 @@ impl Origination {
         // Mesh peers (a certificate provider's CA: ISTIO_MUTUAL) are named by SPIFFE ID, not
         // by host name; a server a CA file vouches for (SIMPLE, MUTUAL) must be valid for the
         // name asked for when no SAN is given, or any server of that CA would pass.
-        let config = if matches!(validation.ca, CertSource::Files { .. }) {
-            client_config_checking_name(&provider, sans, alpn)
-        } else {
-            client_config(&provider, sans, alpn)
-        };
+        let check_name = matches!(validation.ca, CertSource::Files { .. });
+        let config = client_config_with(&provider, sans, alpn, check_name, &t.params)?;
         Ok(Self {
             connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
             sni: sni(t, cluster)?,
@@ -128,7 +126,11 @@ impl Origination {
     /// TLS to `host`, a host outside the mesh, verified against the system's roots and for
     /// that name (an `https` request through the passthrough).
     pub(crate) fn system(host: &str, alpn: &[u8]) -> Result<Self, String> {
-        let config = system_client_config(Arc::new([]), vec![alpn.to_vec()])?;
+        let config = system_client_config(
+            Arc::new([]),
+            vec![alpn.to_vec()],
+            &mesh_core::model::TlsParams::default(),
+        )?;
         let sni = ServerName::try_from(host.to_owned()).map_err(|e| format!("{host:?}: {e}"))?;
         Ok(Self {
             connector: tokio_rustls::TlsConnector::from(Arc::new(config)),

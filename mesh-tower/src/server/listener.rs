@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use mesh_core::Mesh;
-use mesh_core::identity::tls::{ClientAuth, server_config};
+use mesh_core::identity::tls::{ClientAuth, ClientValidation, server_config_with};
 use mesh_core::model::{
     CertSource, ConnectionFacts, FilterChain, FilterChainMatch, JwksSource, ListenerKind,
     NetworkFilter,
@@ -230,7 +230,13 @@ impl ServerShared {
                                     alpn.push(p.as_bytes().to_vec());
                                 }
                             }
-                            (Some(Arc::new(server_config(p, auth, alpn))), None)
+                            match self.client_validation(t, p).and_then(|clients| {
+                                server_config_with(p, &clients, auth, alpn, &t.params)
+                                    .map_err(|why| format!("tls_params: {why}"))
+                            }) {
+                                Ok(c) => (Some(Arc::new(c)), None),
+                                Err(why) => (None, Some(why)),
+                            }
                         }
                         None => (
                             None,
@@ -282,6 +288,41 @@ impl ServerShared {
             limits,
             connections: self.open_connections(fingerprint),
         }
+    }
+
+    /// How the chain verifies client certificates: its `validation_context`'s CA (a
+    /// certificate provider of the bootstrap; without a context, the serving provider's
+    /// roots) and SAN matchers. A CA this server cannot use refuses the chain rather than
+    /// verify clients against other roots.
+    fn client_validation(
+        &self,
+        t: &mesh_core::model::DownstreamTls,
+        serving: &mesh_core::identity::CertificateProvider,
+    ) -> Result<ClientValidation, String> {
+        let Some(v) = &t.validation else {
+            return Ok(ClientValidation {
+                roots: serving.clone(),
+                sans: Arc::new([]),
+            });
+        };
+        let roots = match &v.ca {
+            CertSource::Provider { instance, .. } => self
+                .mesh
+                .certificate_provider(instance)
+                .cloned()
+                .ok_or_else(|| {
+                    format!("validation_context: certificate provider {instance:?} is not in the bootstrap")
+                })?,
+            other => {
+                return Err(format!(
+                    "validation_context: client certificates verified by {other:?} are not supported (use a certificate provider instance)"
+                ));
+            }
+        };
+        Ok(ClientValidation {
+            roots,
+            sans: v.san_matchers.clone().into(),
+        })
     }
 
     /// The open-connection count of the chain with this fingerprint, kept across listener

@@ -210,3 +210,18 @@ pub(crate) fn percent(
     }
     Ok(crate::model::Fraction::from_percent(p.value))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_beyond_protobufs_range_are_refused() {
+        let at = |seconds| duration(&PbDuration { seconds, nanos: 0 });
+        assert_eq!(at(315_576_000_000).unwrap(), MAX_DURATION);
+        let e = at(315_576_000_001).unwrap_err().to_string();
+        assert!(e.contains("too large"), "{e}");
+        assert!(at(i64::MAX).is_err());
+        assert!(at(-1).is_err());
+    }
+}

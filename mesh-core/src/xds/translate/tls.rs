@@ -35,7 +35,10 @@ pub(crate) fn upstream_transport_socket(
     let ctx: pb::UpstreamTlsContext = unpack(any).at("typed_config")?;
     let common = ctx.common_tls_context.unwrap_or_default();
     let (identity, validation) = common_tls(&common).at("typed_config.common_tls_context")?;
+    let params =
+        tls_params(common.tls_params.as_ref()).at("typed_config.common_tls_context.tls_params")?;
     Ok(Some(UpstreamTls {
+        params,
         sni: (!ctx.sni.is_empty()).then(|| ctx.sni.as_str().into()),
         identity,
         validation,
@@ -60,10 +63,13 @@ pub(crate) fn downstream_transport_socket(
     let ctx: pb::DownstreamTlsContext = unpack(any).at("typed_config")?;
     let common = ctx.common_tls_context.unwrap_or_default();
     let (identity, validation) = common_tls(&common).at("typed_config.common_tls_context")?;
+    let params =
+        tls_params(common.tls_params.as_ref()).at("typed_config.common_tls_context.tls_params")?;
     let identity = identity.ok_or_else(|| {
         FieldError::new("a server certificate is required").at("typed_config.common_tls_context")
     })?;
     Ok(Some(DownstreamTls {
+        params,
         identity,
         validation,
         require_client_certificate: ctx
@@ -166,10 +172,80 @@ fn provider(p: &pb::CertificateProviderPluginInstance) -> Result<CertSource, Fie
     })
 }
 
+/// `tls_params`, checked against what this library can speak: a context it would have to
+/// weaken, or could not speak at all, is refused.
+fn tls_params(p: Option<&pb::TlsParameters>) -> Result<TlsParams, FieldError> {
+    use pb::tls_parameters::TlsProtocol as P;
+    let Some(p) = p else {
+        return Ok(TlsParams::default());
+    };
+    let version = |v: i32, field: &str, max: bool| -> Result<Option<TlsVersion>, FieldError> {
+        match P::try_from(v) {
+            Ok(P::TlsAuto) => Ok(None),
+            // Below 1.2 is not spoken here: as a minimum it means 1.2 (stricter); as a
+            // maximum there would be nothing to speak.
+            Ok(P::TlSv10 | P::TlSv11) if !max => Ok(Some(TlsVersion::V1_2)),
+            Ok(P::TlSv10 | P::TlSv11) => Err(FieldError::new(
+                "TLS below 1.2 is not supported; a maximum below 1.2 leaves nothing to speak",
+            )
+            .at(field.to_owned())),
+            Ok(P::TlSv12) => Ok(Some(TlsVersion::V1_2)),
+            Ok(P::TlSv13) => Ok(Some(TlsVersion::V1_3)),
+            Err(_) => Err(FieldError::new(format!("unknown TLS version {v}")).at(field.to_owned())),
+        }
+    };
+    if !p.signature_algorithms.is_empty() {
+        return Err(FieldError::new("is not supported").at("signature_algorithms"));
+    }
+    if !p.compliance_policies.is_empty() {
+        return Err(FieldError::new("is not supported").at("compliance_policies"));
+    }
+    let params = TlsParams {
+        min_version: version(
+            p.tls_minimum_protocol_version,
+            "tls_minimum_protocol_version",
+            false,
+        )?,
+        max_version: version(
+            p.tls_maximum_protocol_version,
+            "tls_maximum_protocol_version",
+            true,
+        )?,
+        cipher_suites: p.cipher_suites.iter().map(|s| s.as_str().into()).collect(),
+        ecdh_curves: p.ecdh_curves.iter().map(|s| s.as_str().into()).collect(),
+    };
+    crate::identity::tls::crypto_for(&params).map_err(FieldError::new)?;
+    Ok(params)
+}
+
 fn validation_context(
     v: &pb::CertificateValidationContext,
     ca_override: Option<CertSource>,
 ) -> Result<CertValidation, FieldError> {
+    // Checks this library does not make: ignoring them would accept peers Envoy refuses.
+    let refused = |what: &str| Err(FieldError::new("is not supported").at(what.to_owned()));
+    if !v.verify_certificate_spki.is_empty() {
+        return refused("verify_certificate_spki");
+    }
+    if !v.verify_certificate_hash.is_empty() {
+        return refused("verify_certificate_hash");
+    }
+    if v.crl.is_some() {
+        return refused("crl");
+    }
+    if v.custom_validator_config.is_some() {
+        return refused("custom_validator_config");
+    }
+    if v.max_verify_depth.is_some() {
+        return refused("max_verify_depth");
+    }
+    if v.allow_expired_certificate {
+        return refused("allow_expired_certificate");
+    }
+    if v.trust_chain_verification != 0 {
+        // ACCEPT_UNTRUSTED: no verification at all.
+        return refused("trust_chain_verification");
+    }
     let ca = if let Some(ca) = ca_override {
         ca
     } else if let Some(p) = &v.ca_certificate_provider_instance {
