@@ -13,6 +13,7 @@
 //! | `pushes` | configuration pushes (weights, endpoints, routes) under load through `MeshClient` and meshed servers | no request fails |
 //! | `control-plane-down` | the control plane stopped under load, then back | no request fails while it is gone; the client resyncs |
 //! | `flapping` | a control plane that drops every stream after its first answer | reconnects stay under 20 a minute |
+//! | `rotation` | both sides' workload certificates replaced every 20 ms while every request makes a new mTLS connection | no handshake or request fails |
 //!
 //! Each scenario prints one line, `reliability {json}`, with its figures; the exit status is
 //! non-zero when one fails. `--quick` runs small sizes (the suite runs it:
@@ -41,6 +42,7 @@ struct Size {
     pushes: usize,
     down_for: Duration,
     flapping_for: Duration,
+    rotating_for: Duration,
 }
 
 impl Size {
@@ -51,6 +53,7 @@ impl Size {
             pushes: 200,
             down_for: Duration::from_secs(2),
             flapping_for: Duration::from_secs(20),
+            rotating_for: Duration::from_secs(3),
         }
     }
 
@@ -61,6 +64,7 @@ impl Size {
             pushes: 1000,
             down_for: Duration::from_secs(10),
             flapping_for: Duration::from_secs(60),
+            rotating_for: Duration::from_secs(15),
         }
     }
 }
@@ -77,6 +81,7 @@ const SCENARIOS: &[&str] = &[
     "pushes",
     "control-plane-down",
     "flapping",
+    "rotation",
 ];
 
 fn main() -> ExitCode {
@@ -106,6 +111,7 @@ fn main() -> ExitCode {
                 "pushes" => pushes(&size).await,
                 "control-plane-down" => control_plane_down(&size).await,
                 "flapping" => flapping(&size).await,
+                "rotation" => rotation(&size).await,
                 _ => unreachable!(),
             }
         });
@@ -164,6 +170,30 @@ async fn meshed_server(
     extra: serde_json::Value,
     ca: &TestCa,
 ) -> SocketAddr {
+    let cert = ca.server(&[]);
+    let identity = Identity::from_pem(
+        Some(cert.cert_pem.as_bytes()),
+        Some(cert.key_pem.as_bytes()),
+        Some(ca.root_pem.as_bytes()),
+        name,
+    )
+    .expect("identity");
+    meshed_server_with(
+        name,
+        chains,
+        extra,
+        CertificateProvider::from_identity("default", identity),
+    )
+    .await
+}
+
+/// [`meshed_server`] presenting the certificates `provider` holds (they may rotate).
+async fn meshed_server_with(
+    name: &'static str,
+    chains: serde_json::Value,
+    extra: serde_json::Value,
+    provider: CertificateProvider,
+) -> SocketAddr {
     let socket = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -174,14 +204,6 @@ async fn meshed_server(
         "filter_chains": chains});
     mesh_test_support::static_json::merge(&mut listener, extra);
     let doc = json!({"static_resources": {"listeners": [listener]}});
-    let cert = ca.server(&[]);
-    let identity = Identity::from_pem(
-        Some(cert.cert_pem.as_bytes()),
-        Some(cert.key_pem.as_bytes()),
-        Some(ca.root_pem.as_bytes()),
-        name,
-    )
-    .expect("identity");
     let mesh = mesh_core::Mesh::builder()
         .bootstrap(
             mesh_core::Bootstrap::from_json(
@@ -192,10 +214,7 @@ async fn meshed_server(
         .static_resources(
             mesh_core::StaticResources::from_value(&doc, "reliability").expect("listener"),
         )
-        .certificate_provider(
-            "default",
-            CertificateProvider::from_identity("default", identity),
-        )
+        .certificate_provider("default", provider)
         .build()
         .await
         .expect("mesh");
@@ -597,6 +616,96 @@ async fn flapping(size: &Size) -> Outcome {
             "observed_s": size.flapping_for.as_secs_f64(),
             "reconnects": reconnects,
             "reconnects_per_minute": (per_minute * 10.0).round() / 10.0,
+        }),
+    }
+}
+
+/// A workload identity from `ca` for `spiffe_id`, freshly keyed.
+fn workload_identity(ca: &TestCa, spiffe_id: &str) -> Identity {
+    let cert = ca.workload(spiffe_id);
+    Identity::from_pem(
+        Some(cert.cert_pem.as_bytes()),
+        Some(cert.key_pem.as_bytes()),
+        Some(ca.root_pem.as_bytes()),
+        spiffe_id,
+    )
+    .expect("identity")
+}
+
+/// Both sides' certificates rotate under load, every request on a new mTLS connection (one
+/// request per connection): no handshake may fail.
+async fn rotation(size: &Size) -> Outcome {
+    const SERVER: &str = "spiffe://cluster.local/ns/default/sa/server";
+    const CLIENT: &str = "spiffe://cluster.local/ns/default/sa/client";
+    let ca = TestCa::new("reliability");
+    let server_certs =
+        CertificateProvider::from_identity("default", workload_identity(&ca, SERVER));
+    let client_certs =
+        CertificateProvider::from_identity("default", workload_identity(&ca, CLIENT));
+    let mtls = json!({"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        "require_client_certificate": true,
+        "common_tls_context": {
+            "tls_certificate_provider_instance": {"instance_name": "default"},
+            "validation_context": {"ca_certificate_provider_instance": {"instance_name": "default"}}}}});
+    let server = meshed_server_with(
+        "rotation",
+        json!([{"transport_socket": mtls, "filters": [manager(json!({}))]}]),
+        json!({}),
+        server_certs.clone(),
+    )
+    .await;
+    let upstream_tls = json!({"transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "common_tls_context": {
+            "tls_certificate_provider_instance": {"instance_name": "default"},
+            "validation_context": {
+                "ca_certificate_provider_instance": {"instance_name": "default"},
+                "match_subject_alt_names": [{"exact": SERVER}]}}}},
+        "max_requests_per_connection": 1});
+    let doc = mesh_test_support::static_json::resources(
+        &[mesh_test_support::static_json::listener(
+            "svc:80",
+            json!([{"match": {"prefix": "/"}, "route": {"cluster": "server"}}]),
+            json!([]),
+        )],
+        &[mesh_test_support::static_json::cluster(
+            "server",
+            &[server],
+            upstream_tls,
+        )],
+    );
+    let mesh = mesh_core::Mesh::builder()
+        .static_resources(
+            mesh_core::StaticResources::from_value(&doc, "reliability").expect("resources"),
+        )
+        .certificate_provider("default", client_certs.clone())
+        .build()
+        .await
+        .expect("mesh");
+    let client = mesh_tower::MeshClient::new(&mesh);
+    until_served(&client).await;
+    let rotations = Arc::new(AtomicU64::new(0));
+    let rotating_for = size.rotating_for;
+    let rotate = {
+        let rotations = rotations.clone();
+        async move {
+            let end = Instant::now() + rotating_for;
+            while Instant::now() < end {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                server_certs.set(workload_identity(&ca, SERVER));
+                client_certs.set(workload_identity(&ca, CLIENT));
+                rotations.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    };
+    let (sent, failed) = load_until(&client, rotate).await;
+    Outcome {
+        pass: failed == 0 && sent > 0,
+        figures: json!({
+            "rotations": rotations.load(Ordering::Relaxed),
+            "connections": sent,
+            "failed": failed,
         }),
     }
 }

@@ -1,6 +1,7 @@
 //! `reliability --quick`: the reliability suite's short form (issue 17) passes, every
 //! scenario prints its figures, and each figure the issue asks for is there. Sizes are small
-//! (300 slow connections, 200 pushes, a 2 s outage, 20 s of flapping); the long form prints
+//! (300 slow connections, 200 pushes, a 2 s outage, 20 s of flapping, 3 s of certificate
+//! rotation); the long form prints
 //! the issue's (`cargo run --release -p mesh-bench --bin reliability`).
 //!
 //! nextest runs it alone (`.config/nextest.toml`): it loads both CPUs.
@@ -48,6 +49,9 @@ fn the_quick_reliability_suite_passes_with_its_figures() {
     let down = scenario("control-plane-down");
     assert_eq!(down["failed"], 0, "{down}");
     assert_eq!(down["resynced"], true, "{down}");
+    let rotation = scenario("rotation");
+    assert_eq!(rotation["failed"], 0, "{rotation}");
+    assert!(rotation["rotations"].as_u64().unwrap() > 10, "{rotation}");
     let flapping = scenario("flapping");
     assert!(
         flapping["reconnects_per_minute"].as_f64().unwrap() < 20.0,

@@ -26,6 +26,7 @@ mod inbound_filter_chains;
 mod inbound_limits;
 mod inbound_server;
 mod inbound_serving;
+mod ipv6;
 mod istio_dumps;
 mod mesh_control_outbound;
 mod meshed;
@@ -100,6 +101,17 @@ pub(crate) async fn serve_control_plane(
     std::sync::Arc<mesh_control::control::ControlPlane>,
     std::net::SocketAddr,
 ) {
+    serve_control_plane_on(dir, std::net::Ipv4Addr::LOCALHOST.into()).await
+}
+
+/// [`serve_control_plane`] on `ip` (`::1` for single-stack IPv6).
+pub(crate) async fn serve_control_plane_on(
+    dir: &std::path::Path,
+    ip: std::net::IpAddr,
+) -> (
+    std::sync::Arc<mesh_control::control::ControlPlane>,
+    std::net::SocketAddr,
+) {
     mesh_test_support::trace_init();
     let cp = std::sync::Arc::new(
         mesh_control::control::ControlPlane::new(dir).unwrap_or_else(|e| {
@@ -112,7 +124,7 @@ pub(crate) async fn serve_control_plane(
             )
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    let listener = tokio::net::TcpListener::bind(std::net::SocketAddr::new(ip, 0))
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");

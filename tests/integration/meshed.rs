@@ -52,9 +52,14 @@ pub(crate) const RATINGS: Workload<'static> =
 impl TestMesh {
     /// mesh-control serving `yaml` (one file, `mesh.yaml`).
     pub(crate) async fn start(yaml: &str) -> Self {
+        Self::start_on(yaml, std::net::Ipv4Addr::LOCALHOST.into()).await
+    }
+
+    /// [`TestMesh::start`] with mesh-control listening on `ip` (`::1` for single-stack IPv6).
+    pub(crate) async fn start_on(yaml: &str, ip: std::net::IpAddr) -> Self {
         let dir = tempfile::tempdir().expect("config dir");
         std::fs::write(dir.path().join("mesh.yaml"), yaml).expect("write config");
-        let (cp, xds) = super::serve_control_plane(dir.path()).await;
+        let (cp, xds) = super::serve_control_plane_on(dir.path(), ip).await;
         Self {
             cp,
             xds,
