@@ -337,3 +337,77 @@ async fn https_jwks_are_fetched_only_from_a_verified_server() {
         }
     }
 }
+
+/// How stale remote keys may get is bounded: with a 1 s `cache_duration`, keys serve while
+/// fresh, then while stale (one more `cache_duration`, refresh failing), and then no longer:
+/// tokens fail closed (401) until the JWKS server answers again, and then pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_keys_stop_verifying_after_a_second_cache_duration() {
+    use super::inbound_filter_chains::{inbound, mesh_builder};
+    use std::sync::atomic::AtomicBool;
+    let issuer = Issuer::new(ISSUER);
+    let healthy = Arc::new(AtomicBool::new(true));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let jwks = listener.local_addr().unwrap();
+    let (doc, up) = (issuer.jwks(), healthy.clone());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (doc, up) = (doc.clone(), up.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| {
+                    let mut rsp = http::Response::new(Full::new(Bytes::from(doc.clone())));
+                    if !up.load(Ordering::Relaxed) {
+                        *rsp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                    async move { Ok::<_, Infallible>(rsp) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    let jwt = serde_json::json!({"name": "envoy.filters.http.jwt_authn", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+        "providers": {"p": {"issuer": ISSUER, "remote_jwks": {
+            "http_uri": {"uri": format!("http://{jwks}/jwks.json"), "cluster": "jwks", "timeout": "1s"},
+            "cache_duration": "1s"}}},
+        "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "p"}}]}});
+    let hcm = serde_json::json!({"name": "hcm", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "inbound",
+        "route_config": {"name": "r", "virtual_hosts": [{"name": "all", "domains": ["*"],
+            "routes": [{"match": {"prefix": "/"}, "non_forwarding_action": {}}]}]},
+        "http_filters": [jwt, {"name": "router", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}});
+    let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let ca = mesh_test_support::TestCa::new("stale");
+    let mesh = mesh_builder(&inbound(addr, serde_json::json!([{"filters": [hcm]}])), &ca)
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        mesh_tower::serve_listener(&mesh, socket, tower::service_fn(httpbin)).await
+    });
+    let bearer = format!("Bearer {}", issuer.token(ISSUER, serde_json::json!({})));
+    let get = || async {
+        mesh_test_support::http::get(addr, "/", &[("host", "app"), ("authorization", &bearer)])
+            .await
+            .map(|(s, _)| s)
+    };
+    assert_eq!(get().await, Ok(200), "fresh keys");
+    healthy.store(false, Ordering::Relaxed);
+    tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
+    assert_eq!(
+        get().await,
+        Ok(200),
+        "stale keys serve while the refresh fails"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    assert_eq!(get().await, Ok(401), "keys too old to use: fail closed");
+    healthy.store(true, Ordering::Relaxed);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(get().await, Ok(200), "fetched again");
+}

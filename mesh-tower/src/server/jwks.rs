@@ -3,8 +3,11 @@
 //!
 //! A remote set is fetched when a request first needs it and kept for `cache_duration`; once
 //! stale, requests go on with the stale keys while one background fetch replaces them, so a
-//! JWKS server's hiccup never stalls authentication of tokens it already vouched for. A failed
-//! fetch is retried by the next request that needs the keys, at most once a second. An
+//! JWKS server's hiccup never stalls authentication of tokens it already vouched for. Keys
+//! that could not be refreshed within a second `cache_duration` are no longer used: tokens
+//! then fail (401) until a fetch succeeds, so how stale keys get is bounded by the
+//! configuration. A failed fetch is retried by the next request that needs the keys, at most
+//! once a second. An
 //! `https` URI is fetched over TLS only, verified by the route's cluster (its TLS context) or,
 //! for a host outside the mesh, against the system's roots and for its name; a document over
 //! 1 MiB is refused.
@@ -103,7 +106,32 @@ pub(crate) struct RemoteJwks {
 #[derive(Clone)]
 struct Fetched {
     keys: Result<Arc<KeySet>, String>,
-    at: Instant,
+    /// When these keys (or this error) were fetched: a failed refresh keeps good keys with
+    /// their own time, so their age, and how stale they may get, is never reset.
+    fetched: Instant,
+    /// The last attempt, to pace retries after a failure.
+    tried: Instant,
+}
+
+/// What a cached key set may still be used for.
+#[derive(Debug, PartialEq, Eq)]
+enum Freshness {
+    /// Within `cache_duration`.
+    Fresh,
+    /// Expired, within one more `cache_duration`: used while a refresh runs.
+    Stale,
+    /// Older: not used; a request waits for a fetch, and fails closed without one.
+    TooOld,
+}
+
+fn freshness(age: Duration, cache_duration: Duration) -> Freshness {
+    if age < cache_duration {
+        Freshness::Fresh
+    } else if age < cache_duration.saturating_mul(2) {
+        Freshness::Stale
+    } else {
+        Freshness::TooOld
+    }
 }
 
 /// The largest key set read (a server sending more is refused, not buffered).
@@ -137,38 +165,60 @@ impl RemoteJwks {
         }))
     }
 
-    /// The current keys, fetching them first if there are none yet.
+    /// The current keys, fetching them first if there are none (or only too old ones).
+    /// Keys are fresh for `cache_duration`; after that they stay in use for one more
+    /// `cache_duration` while a refresh runs (a JWKS server's hiccup does not fail tokens it
+    /// vouched for), and then no longer: keys that could not be refreshed for that long no
+    /// longer verify anything, so a revoked key cannot serve for ever.
     pub(crate) async fn keys(self: &Arc<Self>) -> Result<Arc<KeySet>, String> {
         let current = self.state.borrow().clone();
-        match current {
-            Some(f) if f.keys.is_ok() => {
-                if f.at.elapsed() >= self.cache_duration {
-                    self.refresh();
-                }
-                f.keys
-            }
-            Some(f) if f.at.elapsed() < RETRY_AFTER_FAILURE => f.keys,
-            _ => {
-                let mut rx = self.state.subscribe();
-                rx.borrow_and_update();
-                self.refresh();
-                // The fetch runs in its own task, so a caller that goes away does not cancel
-                // it; this only bounds how long this request waits.
-                let wait = async {
-                    loop {
-                        if rx.changed().await.is_err() {
-                            return Err("JWKS fetcher stopped".to_owned());
-                        }
-                        if let Some(f) = rx.borrow_and_update().clone() {
-                            return f.keys;
-                        }
+        if let Some(f) = &current {
+            let retry_ok = f.tried.elapsed() >= RETRY_AFTER_FAILURE;
+            match (&f.keys, freshness(f.fetched.elapsed(), self.cache_duration)) {
+                (Ok(keys), Freshness::Fresh) => return Ok(keys.clone()),
+                (Ok(keys), Freshness::Stale) => {
+                    if retry_ok {
+                        self.refresh();
                     }
-                };
-                tokio::time::timeout(self.timeout + Duration::from_millis(100), wait)
-                    .await
-                    .unwrap_or_else(|_| Err(format!("fetching {} timed out", self.uri)))
+                    return Ok(keys.clone());
+                }
+                (Ok(_), Freshness::TooOld) if !retry_ok => {
+                    return Err(format!(
+                        "the keys of {} are older than twice their cache duration and could not be refreshed",
+                        self.uri
+                    ));
+                }
+                (Err(e), _) if !retry_ok => return Err(e.clone()),
+                _ => {}
             }
         }
+        let mut rx = self.state.subscribe();
+        rx.borrow_and_update();
+        self.refresh();
+        // The fetch runs in its own task, so a caller that goes away does not cancel it;
+        // this only bounds how long this request waits.
+        let cache_duration = self.cache_duration;
+        let wait = async {
+            loop {
+                if rx.changed().await.is_err() {
+                    return Err("JWKS fetcher stopped".to_owned());
+                }
+                if let Some(f) = rx.borrow_and_update().clone() {
+                    return match f.keys {
+                        Ok(_)
+                            if freshness(f.fetched.elapsed(), cache_duration)
+                                == Freshness::TooOld =>
+                        {
+                            Err(format!("the keys of {} could not be refreshed", self.uri))
+                        }
+                        keys => keys,
+                    };
+                }
+            }
+        };
+        tokio::time::timeout(self.timeout + Duration::from_millis(100), wait)
+            .await
+            .unwrap_or_else(|_| Err(format!("fetching {} timed out", self.uri)))
     }
 
     /// Starts one background fetch unless one is running.
@@ -189,20 +239,26 @@ impl RemoteJwks {
                 Ok(k) => tracing::debug!(uri = %this.uri, keys = ?k, "JWKS fetched"),
                 Err(e) => tracing::warn!(uri = %this.uri, error = %e, "JWKS fetch failed"),
             }
-            // A failure keeps the last good keys serving.
-            let keep = this
-                .state
-                .borrow()
-                .as_ref()
-                .and_then(|f| f.keys.as_ref().ok().cloned());
-            let keys = match (keys, keep) {
-                (Err(_), Some(good)) => Ok(good),
-                (k, _) => k,
+            // A failure keeps the last good keys, with their own age (they stay usable only
+            // while stale, not too old).
+            let now = Instant::now();
+            let keep = this.state.borrow().as_ref().and_then(|f| match &f.keys {
+                Ok(k) => Some((k.clone(), f.fetched)),
+                Err(_) => None,
+            });
+            let fetched = match (keys, keep) {
+                (Err(_), Some((good, fetched))) => Fetched {
+                    keys: Ok(good),
+                    fetched,
+                    tried: now,
+                },
+                (keys, _) => Fetched {
+                    keys,
+                    fetched: now,
+                    tried: now,
+                },
             };
-            this.state.send_replace(Some(Fetched {
-                keys,
-                at: Instant::now(),
-            }));
+            this.state.send_replace(Some(fetched));
             this.fetching.store(false, Ordering::Release);
         });
     }
@@ -238,6 +294,19 @@ impl RemoteJwks {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_are_fresh_then_stale_then_too_old() {
+        let cache = Duration::from_secs(300);
+        assert_eq!(freshness(Duration::from_secs(299), cache), Freshness::Fresh);
+        assert_eq!(freshness(Duration::from_secs(300), cache), Freshness::Stale);
+        assert_eq!(freshness(Duration::from_secs(599), cache), Freshness::Stale);
+        assert_eq!(
+            freshness(Duration::from_secs(600), cache),
+            Freshness::TooOld
+        );
+        assert_eq!(freshness(Duration::MAX, Duration::MAX), Freshness::Fresh);
+    }
 
     #[test]
     fn unusable_documents_are_refused_with_the_reason() {
