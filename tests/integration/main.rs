@@ -39,6 +39,7 @@ mod outbound_outlier;
 mod outbound_retries;
 mod outbound_routing;
 mod outbound_timeouts;
+mod outbound_tls;
 mod outbound_unknown_hosts;
 mod snapshots;
 mod static_config;

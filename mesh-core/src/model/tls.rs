@@ -74,6 +74,9 @@ pub struct UpstreamTls {
     pub alpn: Box<[Arc<str>]>,
     /// Versions, cipher suites and curves allowed (`tls_params`).
     pub params: TlsParams,
+    /// With no SAN matcher, the server's certificate must be valid for the SNI
+    /// (`auto_san_validation`; always so for a CA from files or the system's roots).
+    pub verify_server_name: bool,
 }
 
 /// `TlsParameters`: the TLS versions a context allows and, for TLS 1.2, its cipher suites

@@ -115,7 +115,7 @@ impl Origination {
         // Mesh peers (a certificate provider's CA: ISTIO_MUTUAL) are named by SPIFFE ID, not
         // by host name; a server a CA file vouches for (SIMPLE, MUTUAL) must be valid for the
         // name asked for when no SAN is given, or any server of that CA would pass.
-        let check_name = matches!(validation.ca, CertSource::Files { .. });
+        let check_name = t.verify_server_name || matches!(validation.ca, CertSource::Files { .. });
         let config = client_config_with(&provider, sans, alpn, check_name, &t.params)?;
         Ok(Self {
             connector: tokio_rustls::TlsConnector::from(Arc::new(config)),

@@ -128,6 +128,17 @@ pub fn cluster(c: &pb::Cluster) -> Result<Cluster, FieldError> {
             found
         }
     };
+    // `auto_san_validation`: the server's certificate must be valid for the name asked for
+    // (the SNI: the context's `sni`, else the cluster's host, which is what `auto_sni` would
+    // send for requests to that host).
+    let tls = match (tls, upstream_http_options(c)?) {
+        (Some(t), Some(o)) if o.auto_san_validation && !t.verify_server_name => {
+            let mut t = UpstreamTls::clone(&t);
+            t.verify_server_name = true;
+            Some(Arc::new(t))
+        }
+        (t, _) => t,
+    };
     Ok(Cluster {
         name: c.name.as_str().into(),
         discovery,
@@ -432,6 +443,29 @@ fn outlier_detection(o: &pb::OutlierDetection) -> Result<OutlierDetection, Field
             d.failure_percentage_request_volume,
         ),
     })
+}
+
+/// `upstream_http_protocol_options` of the cluster's `HttpProtocolOptions`, if any. An SNI
+/// taken from a request header is refused (connections are not pooled per request name).
+fn upstream_http_options(
+    c: &pb::Cluster,
+) -> Result<Option<envoy_types::pb::envoy::config::core::v3::UpstreamHttpProtocolOptions>, FieldError>
+{
+    const KEY: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+    let Some(any) = c.typed_extension_protocol_options.get(KEY) else {
+        return Ok(None);
+    };
+    let o: HttpProtocolOptions =
+        unpack(any).at(format!("typed_extension_protocol_options[{KEY:?}]"))?;
+    let Some(u) = o.upstream_http_protocol_options else {
+        return Ok(None);
+    };
+    if !u.override_auto_sni_header.is_empty() {
+        return Err(FieldError::new("is not supported").at(format!(
+            "typed_extension_protocol_options[{KEY:?}].upstream_http_protocol_options.override_auto_sni_header"
+        )));
+    }
+    Ok(Some(u))
 }
 
 fn protocol(c: &pb::Cluster) -> Result<UpstreamProtocol, FieldError> {

@@ -39,6 +39,7 @@ pub(crate) fn upstream_transport_socket(
         tls_params(common.tls_params.as_ref()).at("typed_config.common_tls_context.tls_params")?;
     Ok(Some(UpstreamTls {
         params,
+        verify_server_name: false,
         sni: (!ctx.sni.is_empty()).then(|| ctx.sni.as_str().into()),
         identity,
         validation,
