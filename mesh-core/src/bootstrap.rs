@@ -339,9 +339,20 @@ fn validate(raw: RawBootstrap) -> Result<Bootstrap, Invalid> {
                 {
                     return Err((format!("{at}.config"), "names no file: set certificate_file/private_key_file and/or ca_certificate_file".into()));
                 }
+                if fw.spiffe_trust_bundle_map_file.is_some() {
+                    // Trusting the CA file for every trust domain instead would accept peers
+                    // the bundle map does not vouch for.
+                    return Err((
+                        format!("{at}.config.spiffe_trust_bundle_map_file"),
+                        "SPIFFE trust bundle maps (gRFC A87) are not supported yet; use ca_certificate_file".into(),
+                    ));
+                }
                 let refresh_interval = match fw.refresh_interval {
+                    // A floor, so a zero or tiny value cannot make the watcher re-read the
+                    // files in a loop.
                     Some(s) => parse_duration(&s)
-                        .map_err(|m| (format!("{at}.config.refresh_interval"), m))?,
+                        .map_err(|m| (format!("{at}.config.refresh_interval"), m))?
+                        .max(MIN_REFRESH_INTERVAL),
                     None => Duration::from_secs(600),
                 };
                 CertificateProviderConfig::FileWatcher {
@@ -436,6 +447,9 @@ fn servers(raw: Vec<RawServer>, at: &str) -> Result<Vec<XdsServer>, Invalid> {
         })
         .collect()
 }
+
+/// The shortest `refresh_interval` a certificate provider is given (shorter ones are raised).
+pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Parses a proto3 JSON duration (`"1.5s"`).
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {

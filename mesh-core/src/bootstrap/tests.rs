@@ -139,3 +139,23 @@ fn environment_path_wins_over_inline_config() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn refresh_interval_has_a_floor_and_trust_bundle_maps_are_refused() {
+    let b = Bootstrap::from_json(
+        r#"{"xds_servers": [], "certificate_providers": {"default": {"plugin_name": "file_watcher",
+            "config": {"ca_certificate_file": "ca.pem", "refresh_interval": "0s"}}}}"#,
+    )
+    .unwrap();
+    assert!(matches!(
+        &b.certificate_providers["default"],
+        CertificateProviderConfig::FileWatcher { refresh_interval, .. } if *refresh_interval == MIN_REFRESH_INTERVAL
+    ));
+    let e = Bootstrap::from_json(
+        r#"{"xds_servers": [], "certificate_providers": {"default": {"plugin_name": "file_watcher",
+            "config": {"ca_certificate_file": "ca.pem", "spiffe_trust_bundle_map_file": "map.json"}}}}"#,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("spiffe_trust_bundle_map_file"), "{e}");
+}
