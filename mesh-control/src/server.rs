@@ -116,6 +116,16 @@ pub const DEFAULT_MAX_STREAMS: usize = 4096;
 /// few (one per type); a client that stops reading holds back only its own stream.
 const STREAM_QUEUE: usize = 16;
 
+/// How long a new stream may take to send its first request (with its node).
+const FIRST_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How long a response may wait for room in a stream's queue: a client that reads nothing
+/// for that long is dropped, and its place freed.
+const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A client stopped reading its responses.
+struct Stalled;
+
 /// The largest request a client may send (a subscription to every cluster of a large mesh
 /// is well under it).
 pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
@@ -246,8 +256,16 @@ impl AggregatedDiscoveryService for Ads {
                     sync.unanswered.fetch_add(1, Ordering::AcqRel);
                 }
             };
+            // A stream that never says who it is holds a place for nothing.
+            let mut stalled = false;
+            let first_request = tokio::time::sleep(FIRST_REQUEST_TIMEOUT);
+            tokio::pin!(first_request);
             loop {
                 tokio::select! {
+                    () = &mut first_request, if node.is_none() => {
+                        debug!(?peer, "no first request in time; closing the stream");
+                        break;
+                    }
                     msg = inbound.next() => {
                         let req = match msg {
                             Some(Ok(r)) => r,
@@ -283,7 +301,10 @@ impl AggregatedDiscoveryService for Ads {
                         if sub.names != names || sub.sent.is_none() {
                             sub.names = names;
                             let snap = snapshots.borrow().clone();
-                            let n = respond(&snap, node, &req.type_url, sub, &nonce, &tx, true).await;
+                            let Ok(n) = respond(&snap, node, &req.type_url, sub, &nonce, &tx, true).await else {
+                                warn!(node = %node.id, "client does not read its responses; closing the stream");
+                                break;
+                            };
                             sent(n, &mut unanswered);
                         }
                         if let Some(v) = first_version {
@@ -298,9 +319,16 @@ impl AggregatedDiscoveryService for Ads {
                         // endpoints exist before listeners and routes point at them.
                         for type_url in PUSH_ORDER {
                             if let Some(sub) = subs.get_mut(type_url) {
-                                let n = respond(&snap, node, type_url, sub, &nonce, &tx, false).await;
+                                let Ok(n) = respond(&snap, node, type_url, sub, &nonce, &tx, false).await else {
+                                    stalled = true;
+                                    break;
+                                };
                                 sent(n, &mut unanswered);
                             }
+                        }
+                        if stalled {
+                            warn!(node = %node.id, "client does not read its responses; closing the stream");
+                            break;
                         }
                         // After the responses are counted: `in_sync` reads versions first.
                         if let Some((_, served)) = &entry {
@@ -331,7 +359,8 @@ impl AggregatedDiscoveryService for Ads {
 
 /// Sends the resources for one subscription when they changed (or when `force`d by a new
 /// subscription list, which the protocol requires an answer to); the nonce of what it sent.
-/// Waits while the stream's queue is full (the client reads slowly).
+/// Waits while the stream's queue is full (the client reads slowly), at most
+/// [`SEND_TIMEOUT`]: `Err` when the client has stopped reading.
 async fn respond(
     snap: &Snapshot,
     node: &NodeInfo,
@@ -340,7 +369,7 @@ async fn respond(
     nonce: &AtomicU64,
     tx: &mpsc::Sender<Result<DiscoveryResponse, Status>>,
     force: bool,
-) -> Option<u64> {
+) -> Result<Option<u64>, Stalled> {
     let resources = snap.resources(node, type_url, &sub.names);
     let mut h = DefaultHasher::new();
     for r in &resources {
@@ -349,19 +378,21 @@ async fn respond(
     }
     let digest = h.finish();
     if !force && sub.sent == Some(digest) {
-        return None;
+        return Ok(None);
     }
     sub.sent = Some(digest);
     let n = nonce.fetch_add(1, Ordering::Relaxed) + 1;
     debug!(node = %node.id, %type_url, count = resources.len(), version = snap.version, "push");
-    let _ = tx
-        .send(Ok(DiscoveryResponse {
-            version_info: snap.version.to_string(),
-            resources,
-            type_url: type_url.to_owned(),
-            nonce: n.to_string(),
-            ..Default::default()
-        }))
-        .await;
-    Some(n)
+    let response = DiscoveryResponse {
+        version_info: snap.version.to_string(),
+        resources,
+        type_url: type_url.to_owned(),
+        nonce: n.to_string(),
+        ..Default::default()
+    };
+    match tokio::time::timeout(SEND_TIMEOUT, tx.send(Ok(response))).await {
+        // A closed stream is noticed by the next read.
+        Ok(_) => Ok(Some(n)),
+        Err(_) => Err(Stalled),
+    }
 }

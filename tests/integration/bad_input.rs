@@ -279,3 +279,28 @@ resources:
     assert!(e.contains("connect_timeout"), "{e}");
     assert!(e.contains("out of range"), "{e}");
 }
+
+/// HTTP/2 windows outside the protocol's range are refused (hyper would panic on them), as
+/// Envoy's validation refuses them.
+#[test]
+fn http2_windows_outside_the_protocols_range_are_refused() {
+    let doc = serde_json::json!({"static_resources": {"listeners": [{
+        "name": "inbound",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 8080}},
+        "filter_chains": [{"filters": [{"name": "hcm", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "inbound",
+            "http2_protocol_options": {"initial_connection_window_size": 4294967295u64},
+            "route_config": {"name": "r", "virtual_hosts": [{"name": "all", "domains": ["*"],
+                "routes": [{"match": {"prefix": "/"}, "non_forwarding_action": {}}]}]},
+            "http_filters": [{"name": "router", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}]}]}]}});
+    let e = StaticResources::from_value(&doc, "bad.json")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("http2_protocol_options.initial_connection_window_size"),
+        "{e}"
+    );
+    assert!(e.contains("65535..=2147483647"), "{e}");
+}

@@ -320,10 +320,13 @@ async fn http2_keepalive_closes_a_dead_peer_and_streams_are_bounded() {
 /// before a byte is read, and a place freed is taken again.
 #[tokio::test]
 async fn connection_limit_closes_connections_over_the_limit() {
-    let limit = json!({"name": "envoy.filters.network.connection_limit", "typed_config": {
+    let limit = |max: u32| {
+        json!({"name": "envoy.filters.network.connection_limit", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit",
-        "stat_prefix": "limit", "max_connections": 2}});
-    let addr = serve(json!([{"filters": [limit, manager(json!({}))]}])).await;
+        "stat_prefix": "limit", "max_connections": max}})
+    };
+    // Two limits on the chain: each counts, the tighter one binds.
+    let addr = serve(json!([{"filters": [limit(2), limit(5), manager(json!({}))]}])).await;
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();

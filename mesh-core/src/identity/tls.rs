@@ -221,6 +221,20 @@ pub fn crypto_for(
                 params.ecdh_curves
             ));
         }
+        // A post-quantum group alone is TLS 1.3's only: TLS 1.2 would fail every handshake.
+        let any12 = provider
+            .kx_groups
+            .iter()
+            .any(|g| g.usable_for_version(rustls::ProtocolVersion::TLSv1_2));
+        if tls12 && !any12 {
+            if !tls13 {
+                return Err(format!(
+                    "the curves {:?} leave TLS 1.2 nothing to agree keys with",
+                    params.ecdh_curves
+                ));
+            }
+            tls12 = false;
+        }
     }
     let mut versions = Vec::new();
     if tls13 {

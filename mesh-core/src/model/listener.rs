@@ -215,6 +215,9 @@ pub struct ConnectionLimits {
     pub max_request_headers_kb: u32,
     /// HTTP/2 settings (`http2_protocol_options`).
     pub http2: Http2Limits,
+    /// How long a draining connection with no stream left may wait for its peer to finish
+    /// the drain before it is closed (`drain_timeout`; Envoy's default 5 s).
+    pub drain_timeout: Duration,
 }
 
 /// The request-headers bound when the connection manager sets none: 60 s, Istio's value in its
@@ -230,6 +233,7 @@ impl Default for ConnectionLimits {
             max_headers_count: 100,
             max_request_headers_kb: 60,
             http2: Http2Limits::default(),
+            drain_timeout: Duration::from_secs(5),
         }
     }
 }

@@ -29,8 +29,9 @@ pub(crate) struct Opened<'a> {
     pub(crate) io: Io,
     pub(crate) identity: PeerIdentity,
     pub(crate) sni: Option<Arc<str>>,
-    /// The connection's place under its chain's connection limit, given back when it closes.
-    pub(crate) slot: Option<ConnectionSlot>,
+    /// The connection's places under its chain's connection limits, given back when it
+    /// closes.
+    pub(crate) slots: Vec<ConnectionSlot>,
 }
 
 /// Chooses the connection's chain, runs its TLS handshake and its network filters.
@@ -58,7 +59,7 @@ pub(crate) async fn open(
     } else {
         false
     };
-    let slot;
+    let slots;
     let (chain, io) = if tls {
         // Read the ClientHello (as Envoy's TLS inspector does) to learn the server name and
         // the protocols offered, then finish the handshake with the chosen chain's config.
@@ -77,7 +78,7 @@ pub(crate) async fn open(
             .unwrap_or_default();
         let alpn: Vec<&[u8]> = alpn.iter().map(Vec::as_slice).collect();
         let chain = chosen(inbound, &facts(sni.as_deref(), "tls", &alpn))?;
-        slot = admit(chain).await?;
+        slots = admit(chain).await?;
         let Some(config) = &chain.tls else {
             // The handshake has begun and cannot be handed to a plaintext chain; Envoy's
             // HTTP codec would fail on it the same way.
@@ -102,7 +103,7 @@ pub(crate) async fn open(
             ""
         };
         let chain = chosen(inbound, &facts(None, transport, &[]))?;
-        slot = admit(chain).await?;
+        slots = admit(chain).await?;
         match &chain.tls {
             None => (chain, Io::Plain(tcp)),
             Some(config) => {
@@ -167,7 +168,7 @@ pub(crate) async fn open(
         io,
         identity,
         sni,
-        slot,
+        slots,
     })
 }
 
@@ -178,16 +179,17 @@ const HANDSHAKE_TIMEOUT: &str =
 /// A place for the connection under its chain's connection limit
 /// (`envoy.filters.network.connection_limit`), taken as Envoy takes it: when the chain is
 /// chosen, before the handshake, so connections over the limit cost no handshake.
-async fn admit(chain: &Chain) -> Result<Option<ConnectionSlot>, BoxError> {
-    let mut slot = None;
-    for policy in chain.config.network_filters.iter() {
+async fn admit(chain: &Chain) -> Result<Vec<ConnectionSlot>, BoxError> {
+    let mut slots = Vec::new();
+    for (i, policy) in chain.config.network_filters.iter().enumerate() {
         if let NetworkPolicy::ConnectionLimit {
             max_connections,
             delay,
         } = policy
         {
-            match chain.connections.try_open(*max_connections) {
-                Some(s) => slot = Some(s),
+            // Each limit filter counts on its own.
+            match chain.connections[i].try_open(*max_connections) {
+                Some(s) => slots.push(s),
                 None => {
                     // Envoy holds an overflowing connection for `delay` without reading it
                     // (slowing a client that reconnects in a loop), then closes it.
@@ -202,7 +204,7 @@ async fn admit(chain: &Chain) -> Result<Option<ConnectionSlot>, BoxError> {
             }
         }
     }
-    Ok(slot)
+    Ok(slots)
 }
 
 /// `f`, unless it takes longer than `limit`.

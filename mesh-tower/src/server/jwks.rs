@@ -134,6 +134,15 @@ fn freshness(age: Duration, cache_duration: Duration) -> Freshness {
     }
 }
 
+/// Clears the one-fetch-at-a-time latch when dropped (after a fetch, or if it panics).
+struct Unlatch<'a>(&'a AtomicBool);
+
+impl Drop for Unlatch<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 /// The largest key set read (a server sending more is refused, not buffered).
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
 
@@ -158,7 +167,8 @@ impl RemoteJwks {
         Ok(Arc::new(Self {
             uri,
             timeout,
-            cache_duration,
+            // A floor: with none, keys just fetched would already be too old to use.
+            cache_duration: cache_duration.max(RETRY_AFTER_FAILURE),
             client,
             state: watch::channel(None).0,
             fetching: AtomicBool::new(false),
@@ -228,6 +238,8 @@ impl RemoteJwks {
         }
         let this = self.clone();
         tokio::spawn(async move {
+            // Should the fetch panic, the next request may fetch again.
+            let unlatch = Unlatch(&this.fetching);
             let keys = match tokio::time::timeout(this.timeout, this.fetch()).await {
                 Ok(r) => r,
                 Err(_) => Err(format!(
@@ -258,8 +270,10 @@ impl RemoteJwks {
                     tried: now,
                 },
             };
+            // Unlatched first: a request that finds the new value unusable, or subscribed
+            // just before it, may start the next fetch instead of waiting for nothing.
+            drop(unlatch);
             this.state.send_replace(Some(fetched));
-            this.fetching.store(false, Ordering::Release);
         });
     }
 

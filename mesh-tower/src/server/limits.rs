@@ -7,6 +7,7 @@
 //! | a request's headers, from their first byte | `request_headers_timeout` | [`Watchdog`]: closed |
 //! | no stream open | `common_http_protocol_options.idle_timeout` | [`Watchdog`]: drained |
 //! | connection age | `common_http_protocol_options.max_connection_duration` | [`Watchdog`]: drained |
+//! | a drain the peer does not finish | `drain_timeout` | [`Watchdog`]: closed once no stream is left |
 //! | no activity on a stream | `stream_idle_timeout` | [`bounded`] (408/504), then [`Watchdog`]: closed |
 //! | stream age before its response | `common_http_protocol_options.max_stream_duration` | [`bounded`] (408/504) |
 //! | header count and size | `max_headers_count`, `max_request_headers_kb` | hyper (HTTP/1: 431; HTTP/2 header size: reset), [`too_many_headers`] (HTTP/2 count: 431) |
@@ -28,7 +29,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -74,8 +75,10 @@ impl Limits {
             h1.max_buf_size(header_bytes.max(8192));
             // hyper's own limit is Envoy's default (100); setting it moves hyper's header
             // array from the stack to the heap, so only a different value is set.
+            // hyper allocates room for that many headers on every parse: no more than the
+            // header bytes can hold (a header line takes at least 4), whatever is configured.
             if c.max_headers_count != 100 {
-                h1.max_headers(c.max_headers_count as usize);
+                h1.max_headers((c.max_headers_count as usize).min(header_bytes / 4));
             }
         }
         {
@@ -115,8 +118,10 @@ pub(crate) struct Activity {
     /// HTTP/2 has no request heads to time on the connection: its streams' headers come in
     /// frames, bounded by the stream and keepalive timers.
     http2: AtomicBool,
-    /// Whether the first read has been seen (to tell HTTP/2's preface).
-    first_read: AtomicBool,
+    /// How many bytes of HTTP/2's preface the connection has sent so far; [`NOT_HTTP2`]
+    /// once a byte differs. The connection is HTTP/2 only once all of it has come (as
+    /// hyper decides), so a client cannot dodge the head timer by starting with `PRI`.
+    preface: AtomicU8,
     /// The watchdog, woken when the last stream ends: that can happen outside the
     /// connection's task (HTTP/2 streams run in their own), and it may bring the idle
     /// deadline forward.
@@ -125,6 +130,8 @@ pub(crate) struct Activity {
 
 /// The HTTP/2 connection preface.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// [`Activity::preface`] once the connection's bytes are not HTTP/2's preface.
+const NOT_HTTP2: u8 = u8::MAX;
 
 impl Activity {
     /// A connection opened now; `http2` when ALPN already said so.
@@ -136,7 +143,7 @@ impl Activity {
             head_since: AtomicU64::new(0),
             in_flight: AtomicU32::new(0),
             http2: AtomicBool::new(http2),
-            first_read: AtomicBool::new(false),
+            preface: AtomicU8::new(if http2 { H2_PREFACE.len() as u8 } else { 0 }),
             watchdog: AtomicWaker::new(),
         })
     }
@@ -152,10 +159,21 @@ impl Activity {
     fn read(&self, bytes: &[u8]) {
         let now = self.now();
         self.last_io.store(now, Ordering::Relaxed);
-        if !self.first_read.swap(true, Ordering::Relaxed) {
-            let n = bytes.len().min(H2_PREFACE.len());
-            if n >= 3 && H2_PREFACE.starts_with(&bytes[..n]) {
-                self.http2.store(true, Ordering::Relaxed);
+        // Reads are the connection task's alone: a plain load and store suffice.
+        let matched = self.preface.load(Ordering::Relaxed);
+        if (matched as usize) < H2_PREFACE.len() {
+            let rest = &H2_PREFACE[matched as usize..];
+            let n = bytes.len().min(rest.len());
+            if bytes[..n] == rest[..n] {
+                let matched = matched as usize + n;
+                self.preface.store(matched as u8, Ordering::Relaxed);
+                if matched == H2_PREFACE.len() {
+                    self.http2.store(true, Ordering::Relaxed);
+                    self.head_since.store(0, Ordering::Relaxed);
+                    return;
+                }
+            } else {
+                self.preface.store(NOT_HTTP2, Ordering::Relaxed);
             }
         }
         if self.in_flight.load(Ordering::Relaxed) == 0
@@ -276,8 +294,10 @@ pub(crate) struct Watchdog {
     activity: Arc<Activity>,
     limits: ConnectionLimits,
     stream_idle: Option<Duration>,
-    /// Set once the connection drains: the drain's own bounds no longer apply.
-    draining: bool,
+    /// When the connection began to drain: the idle and age bounds no longer apply, but
+    /// with no stream left it is closed `drain_timeout` later, even if the peer never
+    /// acknowledges the drain (an HTTP/2 peer that does not answer the final PING).
+    draining: Option<Instant>,
     sleep: Pin<Box<Sleep>>,
 }
 
@@ -292,14 +312,14 @@ impl Watchdog {
             activity,
             limits: limits.connection.clone(),
             stream_idle: limits.stream_idle_timeout,
-            draining: false,
+            draining: None,
             sleep,
         }
     }
 
     /// The connection has begun to drain for another reason (shutdown, a changed chain).
     pub(crate) fn draining(&mut self) {
-        self.draining = true;
+        self.draining.get_or_insert_with(Instant::now);
     }
 
     /// The earliest bound, and what it asks for.
@@ -314,11 +334,20 @@ impl Watchdog {
         };
         let head = a.head_since.load(Ordering::Relaxed);
         let in_flight = a.in_flight.load(Ordering::Relaxed);
-        if let (true, Some(t)) = (head != 0, l.request_headers_timeout) {
-            consider(
-                a.at(head - 1) + t,
-                Expired::Close("request headers timeout"),
-            );
+        if head != 0 {
+            // A head on its way: its own timeout; without one, the stream's idle timeout
+            // (Envoy's stream exists from the head's first byte), else the idle timeout, so
+            // a head trickled in byte by byte is always bounded.
+            if let Some(t) = l.request_headers_timeout {
+                consider(
+                    a.at(head - 1) + t,
+                    Expired::Close("request headers timeout"),
+                );
+            } else if let Some(t) = self.stream_idle {
+                consider(a.last_io() + t, Expired::Close("stream idle timeout"));
+            } else if let Some(t) = l.idle_timeout {
+                consider(a.at(head - 1) + t, Expired::Close("idle timeout"));
+            }
         }
         if in_flight > 0 {
             if let Some(t) = self.stream_idle {
@@ -327,8 +356,9 @@ impl Watchdog {
                     Expired::Close("stream idle timeout"),
                 );
             }
-        } else if !self.draining
-            && head == 0
+        } else if let Some(since) = self.draining {
+            consider(since + l.drain_timeout, Expired::Close("drain timeout"));
+        } else if head == 0
             && let Some(t) = l.idle_timeout
         {
             consider(
@@ -336,7 +366,7 @@ impl Watchdog {
                 Expired::Drain("idle timeout"),
             );
         }
-        if let (false, Some(t)) = (self.draining, l.max_connection_duration) {
+        if let (None, Some(t)) = (self.draining, l.max_connection_duration) {
             consider(a.opened + t, Expired::Drain("max connection duration"));
         }
         next
@@ -354,7 +384,7 @@ impl Watchdog {
             };
             if at <= Instant::now() {
                 if matches!(why, Expired::Drain(_)) {
-                    self.draining = true;
+                    self.draining();
                 }
                 return Poll::Ready(why);
             }
@@ -495,6 +525,51 @@ mod tests {
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(expiry(&mut w), Poll::Ready(Expired::Drain("idle timeout")));
         assert_eq!(expiry(&mut w), Poll::Pending, "a drain is asked for once");
+        // A peer that never finishes the drain (an HTTP/2 peer silent to the final PING).
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(expiry(&mut w), Poll::Ready(Expired::Close("drain timeout")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_starting_like_the_http2_preface_is_still_timed() {
+        let a = Activity::new(false);
+        let l = limits(|l| l.connection.request_headers_timeout = Some(Duration::from_secs(10)));
+        let mut w = Watchdog::new(a.clone(), &l);
+        a.read(b"PRI");
+        a.read(b" / HTTP/1.1\r\nhost: a");
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(
+            expiry(&mut w),
+            Poll::Ready(Expired::Close("request headers timeout"))
+        );
+        // The preface in pieces is HTTP/2 once whole: its later frames start no head timer.
+        let h2 = Activity::new(false);
+        let mut w = Watchdog::new(h2.clone(), &l);
+        h2.read(&H2_PREFACE[..2]);
+        h2.read(&H2_PREFACE[2..]);
+        h2.read(&[0, 0, 8, 6, 0, 0, 0, 0, 0]);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(expiry(&mut w), Poll::Pending);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_headers_timeout_a_trickled_head_is_bounded_by_the_stream_idle_timeout() {
+        let a = Activity::new(false);
+        let l = limits(|l| {
+            l.connection.request_headers_timeout = None;
+            l.stream_idle_timeout = Some(Duration::from_secs(20));
+        });
+        let mut w = Watchdog::new(a.clone(), &l);
+        a.read(b"GET / HTTP/1.1\r\n");
+        tokio::time::advance(Duration::from_secs(19)).await;
+        a.read(b"x");
+        tokio::time::advance(Duration::from_secs(19)).await;
+        assert_eq!(expiry(&mut w), Poll::Pending, "each byte is activity");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(
+            expiry(&mut w),
+            Poll::Ready(Expired::Close("stream idle timeout"))
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -34,8 +34,9 @@ pub(crate) struct Chain {
     pub(crate) fingerprint: u64,
     /// What bounds its connections (its connection manager's limits and timeouts).
     pub(crate) limits: Limits,
-    /// Its open connections, for `envoy.filters.network.connection_limit`.
-    pub(crate) connections: Arc<OpenConnections>,
+    /// Its open connections, for each `envoy.filters.network.connection_limit` (by the
+    /// filter's position among the network filters).
+    pub(crate) connections: Box<[Arc<OpenConnections>]>,
 }
 
 /// The connections open on a chain.
@@ -98,7 +99,7 @@ impl Inbound {
                 filters: Arc::new(HttpFilters::none()),
                 fingerprint: 0,
                 limits: Limits::default(),
-                connections: Arc::default(),
+                connections: Box::new([]),
             }),
             inspect: false,
             inspect_timeout: None,
@@ -133,8 +134,9 @@ pub(crate) struct ServerShared {
     mesh: Mesh,
     client: OnceLock<MeshClient>,
     jwks: ArcSwap<HashMap<Box<str>, Arc<RemoteJwks>>>,
-    /// Each chain's open connections, by fingerprint (configuration time only).
-    connections: ArcSwap<HashMap<u64, std::sync::Weak<OpenConnections>>>,
+    /// Each chain's open connections, by fingerprint and network filter (configuration time
+    /// only).
+    connections: ArcSwap<HashMap<(u64, usize), std::sync::Weak<OpenConnections>>>,
 }
 
 impl ServerShared {
@@ -286,7 +288,9 @@ impl ServerShared {
             filters: Arc::new(filters),
             fingerprint,
             limits,
-            connections: self.open_connections(fingerprint),
+            connections: (0..fc.network_filters.len())
+                .map(|i| self.open_connections(fingerprint, i))
+                .collect(),
         }
     }
 
@@ -327,11 +331,12 @@ impl ServerShared {
 
     /// The open-connection count of the chain with this fingerprint, kept across listener
     /// updates: connections still open on the chain as it was count against it as it is.
-    fn open_connections(&self, fingerprint: u64) -> Arc<OpenConnections> {
+    fn open_connections(&self, fingerprint: u64, filter: usize) -> Arc<OpenConnections> {
+        let key = (fingerprint, filter);
         if let Some(c) = self
             .connections
             .load()
-            .get(&fingerprint)
+            .get(&key)
             .and_then(std::sync::Weak::upgrade)
         {
             return c;
@@ -340,7 +345,7 @@ impl ServerShared {
         self.connections.rcu(|counts| {
             let mut counts = HashMap::clone(counts);
             counts.retain(|_, c| c.strong_count() > 0);
-            counts.insert(fingerprint, Arc::downgrade(&made));
+            counts.insert(key, Arc::downgrade(&made));
             counts
         });
         made

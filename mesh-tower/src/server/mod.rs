@@ -525,7 +525,7 @@ async fn serve_connection<S: App>(
         telemetry,
         labels: ArcSwapOption::empty(),
     };
-    let (identity, sni, _slot) = (opened.identity, opened.sni, opened.slot);
+    let (identity, sni, _slots) = (opened.identity, opened.sni, opened.slots);
     let limits = opened.chain.limits.clone();
     match opened.io {
         connection::Io::Plain(tcp) => {

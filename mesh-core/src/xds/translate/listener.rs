@@ -275,15 +275,20 @@ fn connection_limits(h: &hcm::HttpConnectionManager) -> Result<ConnectionLimits,
                         })?,
                     ),
                 },
-                initial_stream_window_size: o.initial_stream_window_size.as_ref().map(|n| n.value),
-                initial_connection_window_size: o
-                    .initial_connection_window_size
-                    .as_ref()
-                    .map(|n| n.value),
+                initial_stream_window_size: window(
+                    o.initial_stream_window_size.as_ref(),
+                    "http2_protocol_options.initial_stream_window_size",
+                )?,
+                initial_connection_window_size: window(
+                    o.initial_connection_window_size.as_ref(),
+                    "http2_protocol_options.initial_connection_window_size",
+                )?,
             }
         }
     };
     Ok(ConnectionLimits {
+        drain_timeout: opt_duration(h.drain_timeout.as_ref(), "drain_timeout")?
+            .unwrap_or(defaults.drain_timeout),
         request_headers_timeout: timeout(
             h.request_headers_timeout.as_ref(),
             "request_headers_timeout",
@@ -303,6 +308,21 @@ fn connection_limits(h: &hcm::HttpConnectionManager) -> Result<ConnectionLimits,
         max_request_headers_kb,
         http2,
     })
+}
+
+/// An HTTP/2 window size, within the protocol's bounds (Envoy validates the same range).
+fn window(
+    v: Option<&envoy_types::pb::google::protobuf::UInt32Value>,
+    field: &str,
+) -> Result<Option<u32>, FieldError> {
+    match v {
+        None => Ok(None),
+        Some(n) if (65_535..=2_147_483_647).contains(&n.value) => Ok(Some(n.value)),
+        Some(n) => Err(
+            FieldError::new(format!("{} is not within 65535..=2147483647", n.value))
+                .at(field.to_owned()),
+        ),
+    }
 }
 
 fn filter_chain(fc: &pb::FilterChain) -> Result<FilterChain, FieldError> {
