@@ -149,9 +149,10 @@ pub enum CertificateProviderConfig {
         private_key_file: Option<PathBuf>,
         /// CA bundle.
         ca_certificate_file: Option<PathBuf>,
-        /// SPIFFE trust bundle map (gRFC A87).
+        /// SPIFFE trust bundle map (gRFC A87): when set, each peer is verified against its
+        /// own trust domain's bundle from it, not the CA bundle.
         spiffe_trust_bundle_map_file: Option<PathBuf>,
-        /// Re-read period (default 10 minutes).
+        /// Re-read period (default 10 minutes; at least [`MIN_REFRESH_INTERVAL`]).
         refresh_interval: Duration,
     },
     /// A plugin this library does not know; an error only if a resource names the instance.
@@ -338,14 +339,6 @@ fn validate(raw: RawBootstrap) -> Result<Bootstrap, Invalid> {
                     && fw.spiffe_trust_bundle_map_file.is_none()
                 {
                     return Err((format!("{at}.config"), "names no file: set certificate_file/private_key_file and/or ca_certificate_file".into()));
-                }
-                if fw.spiffe_trust_bundle_map_file.is_some() {
-                    // Trusting the CA file for every trust domain instead would accept peers
-                    // the bundle map does not vouch for.
-                    return Err((
-                        format!("{at}.config.spiffe_trust_bundle_map_file"),
-                        "SPIFFE trust bundle maps (gRFC A87) are not supported yet; use ca_certificate_file".into(),
-                    ));
                 }
                 let refresh_interval = match fw.refresh_interval {
                     // A floor, so a zero or tiny value cannot make the watcher re-read the

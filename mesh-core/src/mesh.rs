@@ -271,15 +271,16 @@ impl MeshBuilder {
                 certificate_file,
                 private_key_file,
                 ca_certificate_file,
+                spiffe_trust_bundle_map_file,
                 refresh_interval,
-                ..
             } = config
             {
-                let provider = CertificateProvider::file_watcher(
+                let provider = CertificateProvider::file_watcher_with_bundle_map(
                     name,
                     certificate_file.as_deref(),
                     private_key_file.as_deref(),
                     ca_certificate_file.as_deref(),
+                    spiffe_trust_bundle_map_file.as_deref(),
                     *refresh_interval,
                 )
                 .await

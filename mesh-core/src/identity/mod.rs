@@ -159,6 +159,9 @@ pub enum IdentityError {
 pub struct Identity {
     certified: Option<Arc<rustls::sign::CertifiedKey>>,
     roots: Arc<rustls::RootCertStore>,
+    /// gRFC A87: roots per SPIFFE trust domain; when set, a peer is verified against its own
+    /// trust domain's bundle, never `roots`.
+    trust_bundles: Option<Arc<std::collections::HashMap<String, Arc<rustls::RootCertStore>>>>,
     spiffe_id: Option<SpiffeId>,
     not_after: Option<SystemTime>,
 }
@@ -238,9 +241,88 @@ impl Identity {
         Ok(Self {
             certified,
             roots: Arc::new(store),
+            trust_bundles: None,
             spiffe_id,
             not_after,
         })
+    }
+
+    /// Verifies peers with a SPIFFE trust bundle map (gRFC A87) instead of the CA bundle: the
+    /// JSON of SPIFFE bundles by trust domain (`{"trust_domains": {"TD": {"keys": [{"use":
+    /// "x509-svid", "x5c": ["<base64 DER>"]}]}}}`). A peer must then carry one SPIFFE ID,
+    /// and chain to its own trust domain's bundle; a trust domain not in the map is refused.
+    pub fn with_spiffe_bundle_map(
+        mut self,
+        json: &[u8],
+        origin: &str,
+    ) -> Result<Self, IdentityError> {
+        use base64::Engine;
+        let invalid = |why: String| IdentityError::Invalid {
+            what: format!("{origin}: SPIFFE trust bundle map"),
+            why,
+        };
+        let doc: serde_json::Value =
+            serde_json::from_slice(json).map_err(|e| invalid(e.to_string()))?;
+        let domains = doc["trust_domains"]
+            .as_object()
+            .ok_or_else(|| invalid("no trust_domains object".into()))?;
+        let mut map = std::collections::HashMap::new();
+        for (domain, bundle) in domains {
+            let mut store = rustls::RootCertStore::empty();
+            for key in bundle["keys"].as_array().into_iter().flatten() {
+                // Only X.509 SVID keys verify certificates (JWT ones are for tokens).
+                if key["use"] != "x509-svid" {
+                    continue;
+                }
+                let Some(der) = key["x5c"].get(0).and_then(serde_json::Value::as_str) else {
+                    return Err(invalid(format!("{domain}: an x509-svid key without x5c")));
+                };
+                let der = base64::engine::general_purpose::STANDARD
+                    .decode(der)
+                    .map_err(|e| invalid(format!("{domain}: x5c: {e}")))?;
+                store
+                    .add(CertificateDer::from(der))
+                    .map_err(|e| invalid(format!("{domain}: {e}")))?;
+            }
+            if !store.is_empty() {
+                map.insert(domain.clone(), Arc::new(store));
+            }
+        }
+        if map.is_empty() {
+            return Err(invalid(
+                "no trust domain has an x509-svid certificate".into(),
+            ));
+        }
+        self.trust_bundles = Some(Arc::new(map));
+        Ok(self)
+    }
+
+    /// The roots a peer presenting `leaf` must chain to: its trust domain's bundle when a
+    /// SPIFFE bundle map is set (gRFC A87), else the CA bundle.
+    pub fn roots_for(
+        &self,
+        leaf: &CertificateDer<'_>,
+    ) -> Result<Arc<rustls::RootCertStore>, String> {
+        let Some(bundles) = &self.trust_bundles else {
+            return Ok(self.roots.clone());
+        };
+        let sans = certificate_uri_sans(leaf);
+        let spiffe: Vec<&String> = sans.iter().filter(|s| s.starts_with("spiffe://")).collect();
+        let [id] = spiffe.as_slice() else {
+            return Err(format!(
+                "a peer verified with a SPIFFE bundle map must carry exactly one SPIFFE ID, not {}",
+                spiffe.len()
+            ));
+        };
+        let domain = id
+            .parse::<SpiffeId>()
+            .map_err(|e| e.to_string())?
+            .trust_domain()
+            .to_owned();
+        bundles
+            .get(&domain)
+            .cloned()
+            .ok_or_else(|| format!("trust domain {domain:?} is not in the SPIFFE bundle map"))
     }
 
     /// The workload's SPIFFE ID (the leaf's URI SAN), if it has a certificate with one.

@@ -64,10 +64,33 @@ impl CertificateProvider {
         ca_certificate_file: Option<&Path>,
         refresh_interval: Duration,
     ) -> Result<Self, IdentityError> {
+        Self::file_watcher_with_bundle_map(
+            name,
+            certificate_file,
+            private_key_file,
+            ca_certificate_file,
+            None,
+            refresh_interval,
+        )
+        .await
+    }
+
+    /// [`file_watcher`](Self::file_watcher) with gRFC A87's `spiffe_trust_bundle_map_file`:
+    /// peers are verified against their own trust domain's bundle from that file
+    /// ([`Identity::with_spiffe_bundle_map`]), which is watched like the others.
+    pub async fn file_watcher_with_bundle_map(
+        name: &str,
+        certificate_file: Option<&Path>,
+        private_key_file: Option<&Path>,
+        ca_certificate_file: Option<&Path>,
+        spiffe_trust_bundle_map_file: Option<&Path>,
+        refresh_interval: Duration,
+    ) -> Result<Self, IdentityError> {
         let files = Files {
             cert: certificate_file.map(Path::to_path_buf),
             key: private_key_file.map(Path::to_path_buf),
             ca: ca_certificate_file.map(Path::to_path_buf),
+            bundle_map: spiffe_trust_bundle_map_file.map(Path::to_path_buf),
         };
         let identity = files.read().await?;
         let provider = Self::from_identity(name, identity);
@@ -127,6 +150,7 @@ struct Files {
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     ca: Option<PathBuf>,
+    bundle_map: Option<PathBuf>,
 }
 
 type Stamp = Vec<Option<(SystemTime, u64)>>;
@@ -152,17 +176,26 @@ impl Files {
             .filter_map(|p| p.as_ref().map(|p| p.display().to_string()))
             .collect::<Vec<_>>()
             .join(", ");
-        Identity::from_pem(
+        let identity = Identity::from_pem(
             read(&self.cert).await?.as_deref(),
             read(&self.key).await?.as_deref(),
             read(&self.ca).await?.as_deref(),
             &origin,
-        )
+        )?;
+        match (&self.bundle_map, read(&self.bundle_map).await?) {
+            (Some(path), Some(json)) => {
+                identity.with_spiffe_bundle_map(&json, &path.display().to_string())
+            }
+            _ => Ok(identity),
+        }
     }
 
     async fn stamp(&self) -> Stamp {
         let mut out = Vec::with_capacity(3);
-        for p in [&self.cert, &self.key, &self.ca].into_iter().flatten() {
+        for p in [&self.cert, &self.key, &self.ca, &self.bundle_map]
+            .into_iter()
+            .flatten()
+        {
             out.push(
                 tokio::fs::metadata(p)
                     .await

@@ -3,6 +3,7 @@ use std::time::Duration;
 
 use mesh_test_support::{CertifiedKey, TestCa};
 use rustls::pki_types::ServerName;
+use rustls::pki_types::pem::PemObject;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::tls::{ClientAuth, client_config, peer_spiffe_id, server_config};
@@ -289,4 +290,127 @@ async fn an_expired_peer_certificate_is_refused() {
     let client = client_config(&provider(&ca, CLIENT), expect_san(SERVER), vec![]);
     let (c, _) = handshake(server, client).await.expect_err("refused");
     assert!(c.contains("certificate expired"), "{c}");
+}
+
+/// A SPIFFE bundle map (gRFC A87) holding each CA's root under its trust domain.
+fn bundle_map(domains: &[(&str, &TestCa)]) -> Vec<u8> {
+    use base64::Engine;
+    let mut map = serde_json::Map::new();
+    for (domain, ca) in domains {
+        let der =
+            rustls::pki_types::CertificateDer::from_pem_slice(ca.root_pem.as_bytes()).unwrap();
+        let x5c = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+        map.insert(
+            (*domain).to_owned(),
+            serde_json::json!({"keys": [{"use": "x509-svid", "kty": "EC", "x5c": [x5c]}]}),
+        );
+    }
+    serde_json::to_vec(&serde_json::json!({"trust_domains": map})).unwrap()
+}
+
+/// A workload of `ca` for `id`, verifying peers with `map`.
+fn federated(ca: &TestCa, id: &str, map: &[u8]) -> CertificateProvider {
+    let key = ca.workload(id);
+    let identity = Identity::from_pem(
+        Some(key.cert_pem.as_bytes()),
+        Some(key.key_pem.as_bytes()),
+        None,
+        "test",
+    )
+    .unwrap()
+    .with_spiffe_bundle_map(map, "map.json")
+    .unwrap();
+    CertificateProvider::from_identity("default", identity)
+}
+
+/// gRFC A87: with a SPIFFE bundle map, each peer chains to its own trust domain's bundle:
+/// two meshes with their own CAs speak mTLS; a certificate from one CA claiming the other's
+/// trust domain, or from a trust domain the map lacks, is refused.
+#[tokio::test]
+async fn a_spiffe_bundle_map_verifies_each_peer_against_its_trust_domain() {
+    let east = TestCa::new("east root");
+    let west = TestCa::new("west root");
+    let map = bundle_map(&[("east.example", &east), ("west.example", &west)]);
+    let server_id = "spiffe://east.example/ns/default/sa/details";
+    let client_id = "spiffe://west.example/ns/default/sa/productpage";
+    let server = || {
+        server_config(
+            &federated(&east, server_id, &map),
+            ClientAuth::Required,
+            vec![],
+        )
+    };
+    let client = client_config(
+        &federated(&west, client_id, &map),
+        expect_san(server_id),
+        vec![],
+    );
+    let peer = handshake(server(), client).await.expect("federated mTLS");
+    assert_eq!(peer.map(|p| p.to_string()).as_deref(), Some(client_id));
+
+    // West's CA signing an east identity: not east's bundle, refused.
+    let forged = client_config(
+        &federated(
+            &west,
+            "spiffe://east.example/ns/default/sa/productpage",
+            &map,
+        ),
+        expect_san(server_id),
+        vec![],
+    );
+    let (_, s) = handshake(server(), forged)
+        .await
+        .expect_err("forged trust domain");
+    assert!(s.contains("UnknownIssuer"), "{s}");
+
+    // A trust domain the map does not hold.
+    let north = TestCa::new("north root");
+    let stranger = client_config(
+        &federated(&north, "spiffe://north.example/ns/default/sa/x", &map),
+        expect_san(server_id),
+        vec![],
+    );
+    let (_, s) = handshake(server(), stranger)
+        .await
+        .expect_err("unknown trust domain");
+    assert!(s.contains("not in the SPIFFE bundle map"), "{s}");
+
+    let e = Identity::from_pem(None, None, None, "x")
+        .unwrap()
+        .with_spiffe_bundle_map(br#"{"trust_domains": {}}"#, "map.json")
+        .unwrap_err();
+    assert!(e.to_string().contains("map.json"), "{e}");
+}
+
+#[tokio::test]
+async fn the_file_watcher_reads_the_spiffe_bundle_map() {
+    let east = TestCa::new("east root");
+    let west = TestCa::new("west root");
+    let files = mesh_test_support::TempFiles::new();
+    let key = east.workload("spiffe://east.example/ns/default/sa/details");
+    let cert = files.write("cert.pem", &key.cert_pem);
+    let private = files.write("key.pem", &key.key_pem);
+    let map = files.path("map.json");
+    std::fs::write(&map, bundle_map(&[("west.example", &west)])).unwrap();
+    let provider = CertificateProvider::file_watcher_with_bundle_map(
+        "default",
+        Some(&cert),
+        Some(&private),
+        None,
+        Some(&map),
+        Duration::from_secs(600),
+    )
+    .await
+    .unwrap();
+    let west_leaf = west.workload("spiffe://west.example/ns/default/sa/x");
+    let der =
+        rustls::pki_types::CertificateDer::from_pem_slice(west_leaf.cert_pem.as_bytes()).unwrap();
+    assert!(provider.current().roots_for(&der).is_ok());
+    let east_leaf = east.workload("spiffe://east.example/ns/default/sa/y");
+    let der =
+        rustls::pki_types::CertificateDer::from_pem_slice(east_leaf.cert_pem.as_bytes()).unwrap();
+    assert!(
+        provider.current().roots_for(&der).is_err(),
+        "east is not in this map"
+    );
 }

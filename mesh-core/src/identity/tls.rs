@@ -372,17 +372,14 @@ impl ServerCertVerifier for MeshServerVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
         let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
-        let identity;
         let roots = match &self.roots {
-            Roots::Provider(p) => {
-                identity = p.current();
-                identity.roots()
-            }
-            Roots::Fixed(roots) => roots,
+            // The provider's roots, or the peer's trust domain's with a SPIFFE bundle map.
+            Roots::Provider(p) => p.current().roots_for(end_entity).map_err(Error::General)?,
+            Roots::Fixed(roots) => roots.clone(),
         };
         rustls::client::verify_server_cert_signed_by_trust_anchor(
             &cert,
-            roots,
+            &roots,
             intermediates,
             now,
             self.crypto.signature_verification_algorithms.all,
@@ -500,7 +497,11 @@ impl ClientCertVerifier for MeshClientVerifier {
     ) -> Result<ClientCertVerified, Error> {
         // webpki's client verifier checks the chain and the clientAuth usage; it is cheap to
         // build, and building it per handshake follows root rotation with no cache to expire.
-        let roots = self.provider.current().roots().clone();
+        let roots = self
+            .provider
+            .current()
+            .roots_for(end_entity)
+            .map_err(Error::General)?;
         let verifier =
             rustls::server::WebPkiClientVerifier::builder_with_provider(roots, self.crypto.clone())
                 .build()
