@@ -17,6 +17,27 @@ pub struct CertifiedKey {
     pub key_pem: String,
 }
 
+impl CertifiedKey {
+    /// A rustls server configuration presenting this certificate, asking no client
+    /// certificate: for plain TLS servers in tests (a JWKS host, an external API).
+    pub fn server_config(&self) -> rustls::ServerConfig {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let chain = CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("certificate PEM");
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).expect("key PEM");
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("default versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("certificate and key")
+    }
+}
+
 /// A root CA that issues leaf certificates.
 pub struct TestCa {
     issuer: Issuer<'static, KeyPair>,

@@ -222,20 +222,7 @@ async fn https_jwks_server(
     doc: String,
     cert: &mesh_test_support::CertifiedKey,
 ) -> (std::net::SocketAddr, Arc<AtomicU32>, Arc<AtomicU32>) {
-    use rustls::pki_types::pem::PemObject;
-    let chain: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(cert.cert_pem.as_bytes())
-        .map(Result::unwrap)
-        .collect();
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cert.server_config()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let fetches = Arc::new(AtomicU32::new(0));

@@ -270,23 +270,10 @@ async fn a_peer_of_another_trust_domain_is_refused() {
 
 #[tokio::test]
 async fn an_expired_peer_certificate_is_refused() {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     // Our providers never load an expired certificate; a peer may still present one.
     let ca = TestCa::new("root");
     let expired = ca.expired_workload(SERVER);
-    let chain = CertificateDer::pem_slice_iter(expired.cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_slice(expired.key_pem.as_bytes()).unwrap();
-    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .unwrap();
+    let server = expired.server_config();
     let client = client_config(&provider(&ca, CLIENT), expect_san(SERVER), vec![]);
     let (c, _) = handshake(server, client).await.expect_err("refused");
     assert!(c.contains("certificate expired"), "{c}");

@@ -6,7 +6,7 @@
 //! and a server must carry a SAN matching one of the cluster's matchers (for Istio, the
 //! SPIFFE IDs of the service's accounts). For mesh peers, DNS names are not checked against the
 //! address dialled: they are named by SPIFFE ID, not by host name. A server vouched for by a CA
-//! file or the system's roots is ([`client_config_checking_name`], [`system_client_config`]). webpki cannot match URI SANs
+//! file or the system's roots is ([`client_config_with`] with `check_name`, [`system_client_config`]). webpki cannot match URI SANs
 //! (rustls#1194), so the chain check is rustls's and the SAN check is ours.
 
 use std::sync::{Arc, OnceLock};
@@ -40,21 +40,11 @@ pub fn client_config(
         .expect("the default parameters are spoken")
 }
 
-/// [`client_config`] for a server named by host name rather than by SPIFFE ID (a
-/// DestinationRule's `SIMPLE` or `MUTUAL` with `caCertificates`): when `sans` is empty, the
-/// certificate must be valid for the name the client asks for (its SNI), as a browser checks
-/// it, so any other server the CA has signed is refused.
-pub fn client_config_checking_name(
-    provider: &CertificateProvider,
-    sans: Arc<[SanMatcher]>,
-    alpn: Vec<Vec<u8>>,
-) -> rustls::ClientConfig {
-    client_config_with(provider, sans, alpn, true, &TlsParams::default())
-        .expect("the default parameters are spoken")
-}
-
-/// [`client_config`] (or, with `check_name`, [`client_config_checking_name`]) speaking only
-/// what `params` allow ([`crypto_for`]).
+/// [`client_config`] speaking only what `params` allow ([`crypto_for`]). With `check_name`,
+/// for a server named by host name rather than by SPIFFE ID (a DestinationRule's `SIMPLE` or
+/// `MUTUAL` with `caCertificates`, or `auto_san_validation`): when `sans` is empty, the
+/// certificate must be valid for the name the client asks for (its SNI), so any other server
+/// the CA has signed is refused.
 pub fn client_config_with(
     provider: &CertificateProvider,
     sans: Arc<[SanMatcher]>,
