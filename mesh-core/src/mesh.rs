@@ -85,6 +85,7 @@ struct Inner {
     bootstrap: Arc<Bootstrap>,
     source: Source,
     targets: ArcSwap<HashMap<Arc<str>, Target>>,
+    cluster_targets: ArcSwap<HashMap<Arc<str>, Target>>,
     certificates: HashMap<String, CertificateProvider>,
     extensions: ArcSwap<Vec<Arc<dyn Any + Send + Sync>>>,
     serve_without_inbound_policy: bool,
@@ -130,6 +131,32 @@ impl Mesh {
             let t = map
                 .entry(Arc::from(authority))
                 .or_insert_with(|| Target::spawn(self.inner.source.clone(), listener.clone()))
+                .clone();
+            result = Some(t);
+            map
+        });
+        result.expect("rcu ran at least once")
+    }
+
+    /// A target that sends every request to the cluster named `cluster`, whatever the
+    /// request's authority: how a filter's own requests reach the cluster their configuration
+    /// names (a remote JWKS' `http_uri.cluster`, an authorization service's cluster), as
+    /// Envoy's asynchronous client sends them. A cluster that does not exist makes its requests
+    /// fail (503 `NC`); nothing falls back to routing by authority. The first call starts
+    /// watching the cluster; later calls return the same handle.
+    pub fn cluster_target(&self, cluster: &str) -> Target {
+        if let Some(t) = self.inner.cluster_targets.load().get(cluster) {
+            return t.clone();
+        }
+        let mut result = None;
+        // Rare (once per cluster), as in `target`.
+        self.inner.cluster_targets.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            let t = map
+                .entry(Arc::from(cluster))
+                .or_insert_with(|| {
+                    Target::spawn_cluster(self.inner.source.clone(), Arc::from(cluster))
+                })
                 .clone();
             result = Some(t);
             map
@@ -303,6 +330,7 @@ impl MeshBuilder {
                 bootstrap,
                 source,
                 targets: ArcSwap::default(),
+                cluster_targets: ArcSwap::default(),
                 certificates: self.certificates,
                 extensions: ArcSwap::default(),
                 serve_without_inbound_policy: self.serve_without_inbound_policy,

@@ -72,8 +72,29 @@ struct TargetShared {
     status: watch::Receiver<TargetStatus>,
 }
 
+/// Where a target's listener comes from.
+enum ListenerSource {
+    /// A client listener resource, watched (`reviews:9080`).
+    Watched(Arc<str>),
+    /// Fixed at creation: a cluster target's listener, whose one route sends every request
+    /// to the cluster.
+    Fixed(Arc<Listener>),
+}
+
 impl Target {
     pub(crate) fn spawn(source: Source, name: Arc<str>) -> Self {
+        Self::start(source, name.clone(), ListenerSource::Watched(name))
+    }
+
+    /// A target that sends every request to `cluster`, whatever its authority: what Envoy's
+    /// asynchronous client does for a filter's own requests (a remote JWKS' `http_uri`, an
+    /// authorization service), which name a cluster and not a route.
+    pub(crate) fn spawn_cluster(source: Source, cluster: Arc<str>) -> Self {
+        let listener = Arc::new(cluster_listener(&cluster));
+        Self::start(source, cluster, ListenerSource::Fixed(listener))
+    }
+
+    fn start(source: Source, name: Arc<str>, listener: ListenerSource) -> Self {
         let (tx, rx) = watch::channel(TargetStatus::default());
         let shared = Arc::new(TargetShared {
             name: name.clone(),
@@ -83,14 +104,14 @@ impl Target {
         let weak = Arc::downgrade(&shared);
         tokio::spawn(async move {
             tokio::select! {
-                _ = assemble(source, name, weak, &tx) => {}
+                _ = assemble(source, name, listener, weak, &tx) => {}
                 _ = tx.closed() => {}
             }
         });
         Self { shared }
     }
 
-    /// The listener name.
+    /// The listener name (the cluster's, for a cluster target).
     pub fn name(&self) -> &str {
         &self.shared.name
     }
@@ -137,14 +158,83 @@ impl Target {
     }
 }
 
+/// A cluster target's listener: an API listener whose one route sends everything to
+/// `cluster`, with no route timeout (the caller bounds its own request) and no retries.
+/// Built as the Envoy resource and translated, so it is exactly what that resource means.
+fn cluster_listener(cluster: &str) -> Listener {
+    use envoy_types::pb::envoy::config::listener::v3 as listener;
+    use envoy_types::pb::envoy::config::route::v3 as route;
+    use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+    use prost::Name;
+    fn any<T: prost::Message + Name>(m: &T) -> envoy_types::pb::google::protobuf::Any {
+        envoy_types::pb::google::protobuf::Any {
+            type_url: T::type_url(),
+            value: m.encode_to_vec(),
+        }
+    }
+    let routes = route::RouteConfiguration {
+        name: format!("cluster:{cluster}"),
+        virtual_hosts: vec![route::VirtualHost {
+            name: "cluster".into(),
+            domains: vec!["*".into()],
+            routes: vec![route::Route {
+                r#match: Some(route::RouteMatch {
+                    path_specifier: Some(route::route_match::PathSpecifier::Prefix("/".into())),
+                    ..Default::default()
+                }),
+                action: Some(route::route::Action::Route(route::RouteAction {
+                    cluster_specifier: Some(route::route_action::ClusterSpecifier::Cluster(
+                        cluster.into(),
+                    )),
+                    timeout: Some(Default::default()),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let manager = hcm::HttpConnectionManager {
+        route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(
+            routes,
+        )),
+        http_filters: vec![hcm::HttpFilter {
+            name: "envoy.filters.http.router".into(),
+            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(any(
+                &Router::default(),
+            ))),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let resource = listener::Listener {
+        name: format!("cluster:{cluster}"),
+        api_listener: Some(listener::ApiListener {
+            api_listener: Some(any(&manager)),
+        }),
+        ..Default::default()
+    };
+    crate::xds::translate::listener(&resource)
+        .expect("a listener routing to one cluster is always valid")
+}
+
 async fn assemble(
     source: Source,
     name: Arc<str>,
+    listener: ListenerSource,
     shared: std::sync::Weak<TargetShared>,
     status: &watch::Sender<TargetStatus>,
 ) {
-    let Ok(mut lw) = source.watch(ResourceType::Listener, &name).await else {
-        return;
+    let mut lw = match listener {
+        ListenerSource::Watched(name) => {
+            let Ok(w) = source.watch(ResourceType::Listener, &name).await else {
+                return;
+            };
+            Watched::Listener(w)
+        }
+        ListenerSource::Fixed(l) => Watched::Fixed(l),
     };
     let mut rw: Option<(Arc<str>, ResourceWatch)> = None;
     let mut cws: HashMap<Arc<str>, ResourceWatch> = HashMap::new();
@@ -183,14 +273,27 @@ async fn assemble(
             Step::Stopped => return,
         }
         // Wait for any watched resource to change.
-        let mut futs = vec![lw.changed().boxed()];
+        let mut futs = Vec::new();
+        if let Watched::Listener(w) = &mut lw {
+            futs.push(w.changed().boxed());
+        }
         if let Some((_, w)) = rw.as_mut() {
             futs.push(w.changed().boxed());
         }
         futs.extend(cws.values_mut().map(|w| w.changed().boxed()));
         futs.extend(ews.values_mut().map(|w| w.changed().boxed()));
+        if futs.is_empty() {
+            // A fixed listener whose routes name nothing: nothing can change.
+            std::future::pending::<()>().await;
+        }
         select_all(futs).await;
     }
+}
+
+/// The listener as the assembler holds it.
+enum Watched {
+    Listener(ResourceWatch),
+    Fixed(Arc<Listener>),
 }
 
 enum Step {
@@ -220,21 +323,26 @@ fn same_config(a: &TargetSnapshot, b: &TargetSnapshot) -> bool {
 async fn evaluate(
     source: &Source,
     name: &Arc<str>,
-    lw: &ResourceWatch,
+    lw: &Watched,
     rw: &mut Option<(Arc<str>, ResourceWatch)>,
     cws: &mut HashMap<Arc<str>, ResourceWatch>,
     ews: &mut HashMap<Arc<str>, ResourceWatch>,
 ) -> Step {
-    let l = lw.current();
-    let listener = match l.value {
-        Some(Resource::Listener(l)) => l,
-        _ if l.does_not_exist() => {
-            return Step::Failed {
-                why: format!("listener {name:?} does not exist"),
-                unknown: true,
-            };
+    let listener = match lw {
+        Watched::Fixed(l) => l.clone(),
+        Watched::Listener(w) => {
+            let l = w.current();
+            match l.value {
+                Some(Resource::Listener(l)) => l,
+                _ if l.does_not_exist() => {
+                    return Step::Failed {
+                        why: format!("listener {name:?} does not exist"),
+                        unknown: true,
+                    };
+                }
+                _ => return Step::Waiting,
+            }
         }
-        _ => return Step::Waiting,
     };
     let http = match &listener.kind {
         ListenerKind::Api(h) => h.clone(),

@@ -325,23 +325,25 @@ async fn https_jwks_are_fetched_only_from_a_verified_server() {
     }
 }
 
-/// How stale remote keys may get is bounded: with a 1 s `cache_duration`, keys serve while
-/// fresh, then while stale (one more `cache_duration`, refresh failing), and then no longer:
-/// tokens fail closed (401) until the JWKS server answers again, and then pass.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stale_keys_stop_verifying_after_a_second_cache_duration() {
-    use super::inbound_filter_chains::{inbound, mesh_builder};
-    use std::sync::atomic::AtomicBool;
-    let issuer = Issuer::new(ISSUER);
-    let healthy = Arc::new(AtomicBool::new(true));
+/// A JWKS server on loopback: answers with `doc` while `healthy`, 503 otherwise, and sends
+/// the `Host` of every request it gets.
+async fn jwks_origin(
+    doc: String,
+    healthy: Arc<std::sync::atomic::AtomicBool>,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let jwks = listener.local_addr().unwrap();
-    let (doc, up) = (issuer.jwks(), healthy.clone());
+    let addr = listener.local_addr().unwrap();
+    let (seen, hosts) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let (doc, up) = (doc.clone(), up.clone());
+            let (doc, up, seen) = (doc.clone(), healthy.clone(), seen.clone());
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |_req| {
+                let svc = hyper::service::service_fn(move |req: http::Request<_>| {
+                    let host = req.headers().get("host").and_then(|h| h.to_str().ok());
+                    let _ = seen.send(host.unwrap_or("").to_owned());
                     let mut rsp = http::Response::new(Full::new(Bytes::from(doc.clone())));
                     if !up.load(Ordering::Relaxed) {
                         *rsp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
@@ -354,11 +356,19 @@ async fn stale_keys_stop_verifying_after_a_second_cache_duration() {
             });
         }
     });
+    (addr, hosts)
+}
+
+/// Serves httpbin behind an Envoy inbound listener whose one provider fetches keys as
+/// `remote_jwks` says, with `clusters` as the static clusters; returns its address.
+async fn serve_with_remote_jwks(
+    remote_jwks: serde_json::Value,
+    clusters: serde_json::Value,
+) -> std::net::SocketAddr {
+    use super::inbound_filter_chains::{inbound, mesh_builder};
     let jwt = serde_json::json!({"name": "envoy.filters.http.jwt_authn", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
-        "providers": {"p": {"issuer": ISSUER, "remote_jwks": {
-            "http_uri": {"uri": format!("http://{jwks}/jwks.json"), "cluster": "jwks", "timeout": "1s"},
-            "cache_duration": "1s"}}},
+        "providers": {"p": {"issuer": ISSUER, "remote_jwks": remote_jwks}},
         "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "p"}}]}});
     let hcm = serde_json::json!({"name": "hcm", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
@@ -369,8 +379,10 @@ async fn stale_keys_stop_verifying_after_a_second_cache_duration() {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}});
     let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = socket.local_addr().unwrap();
-    let ca = mesh_test_support::TestCa::new("stale");
-    let mesh = mesh_builder(&inbound(addr, serde_json::json!([{"filters": [hcm]}])), &ca)
+    let mut resources = inbound(addr, serde_json::json!([{"filters": [hcm]}]));
+    resources["static_resources"]["clusters"] = clusters;
+    let ca = mesh_test_support::TestCa::new("jwks");
+    let mesh = mesh_builder(&resources, &ca)
         .unwrap()
         .build()
         .await
@@ -378,12 +390,42 @@ async fn stale_keys_stop_verifying_after_a_second_cache_duration() {
     tokio::spawn(async move {
         mesh_tower::serve_listener(&mesh, socket, tower::service_fn(httpbin)).await
     });
-    let bearer = format!("Bearer {}", issuer.token(ISSUER, serde_json::json!({})));
-    let get = || async {
-        mesh_test_support::http::get(addr, "/", &[("host", "app"), ("authorization", &bearer)])
-            .await
-            .map(|(s, _)| s)
-    };
+    addr
+}
+
+/// A STATIC cluster `name` with one endpoint, `addr`.
+fn static_cluster(name: &str, addr: std::net::SocketAddr) -> serde_json::Value {
+    serde_json::json!({"name": name, "type": "STATIC",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {
+            "address": {"socket_address": {"address": addr.ip().to_string(), "port_value": addr.port()}}}}]}]}})
+}
+
+/// `GET /` with a bearer token; the status.
+async fn get_with_token(addr: std::net::SocketAddr, token: &str) -> Result<u16, String> {
+    let bearer = format!("Bearer {token}");
+    mesh_test_support::http::get(addr, "/", &[("host", "app"), ("authorization", &bearer)])
+        .await
+        .map(|(s, _)| s)
+}
+
+/// How stale remote keys may get is bounded: with a 1 s `cache_duration`, keys serve while
+/// fresh, then while stale (one more `cache_duration`, refresh failing), and then no longer:
+/// tokens fail closed (401) until the JWKS server answers again, and then pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_keys_stop_verifying_after_a_second_cache_duration() {
+    use std::sync::atomic::AtomicBool;
+    let issuer = Issuer::new(ISSUER);
+    let healthy = Arc::new(AtomicBool::new(true));
+    let (jwks, _) = jwks_origin(issuer.jwks(), healthy.clone()).await;
+    let addr = serve_with_remote_jwks(
+        serde_json::json!({
+            "http_uri": {"uri": format!("http://{jwks}/jwks.json"), "cluster": "jwks", "timeout": "1s"},
+            "cache_duration": "1s"}),
+        serde_json::json!([static_cluster("jwks", jwks)]),
+    )
+    .await;
+    let token = issuer.token(ISSUER, serde_json::json!({}));
+    let get = || get_with_token(addr, &token);
     assert_eq!(get().await, Ok(200), "fresh keys");
     healthy.store(false, Ordering::Relaxed);
     tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
@@ -397,4 +439,39 @@ async fn stale_keys_stop_verifying_after_a_second_cache_duration() {
     healthy.store(true, Ordering::Relaxed);
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     assert_eq!(get().await, Ok(200), "fetched again");
+}
+
+/// Keys come from the cluster `http_uri.cluster` names, as Envoy fetches them, whatever host
+/// the URI names (which only becomes the request's `Host`); a cluster that does not exist
+/// fails closed, and nothing falls back to reaching the URI's host, even when that host would
+/// serve the keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_jwks_are_fetched_from_the_cluster_http_uri_names() {
+    use std::sync::atomic::AtomicBool;
+    let issuer = Issuer::new(ISSUER);
+    let token = issuer.token(ISSUER, serde_json::json!({}));
+    let up = Arc::new(AtomicBool::new(true));
+    let (named, mut named_hosts) = jwks_origin(issuer.jwks(), up.clone()).await;
+    let (direct, mut direct_hosts) = jwks_origin(issuer.jwks(), up).await;
+
+    // The URI names a host no resolver knows; the cluster reaches the keys.
+    let addr = serve_with_remote_jwks(
+        serde_json::json!({"http_uri": {"uri": "http://keys.invalid/jwks.json", "cluster": "idp", "timeout": "1s"}}),
+        serde_json::json!([static_cluster("idp", named)]),
+    )
+    .await;
+    assert_eq!(get_with_token(addr, &token).await, Ok(200));
+    assert_eq!(named_hosts.try_recv().as_deref(), Ok("keys.invalid"));
+    assert!(named_hosts.try_recv().is_err(), "fetched once");
+
+    // The URI names a server with good keys, but the cluster does not exist: no fetch.
+    let addr = serve_with_remote_jwks(
+        serde_json::json!({"http_uri": {"uri": format!("http://{direct}/jwks.json"), "cluster": "missing", "timeout": "1s"}}),
+        serde_json::json!([]),
+    )
+    .await;
+    for _ in 0..3 {
+        assert_eq!(get_with_token(addr, &token).await, Ok(401));
+    }
+    assert!(direct_hosts.try_recv().is_err(), "never fetched");
 }

@@ -390,7 +390,13 @@ impl<'a> Generator<'a> {
     /// The cluster `outbound|port|subset|fqdn`.
     pub fn cluster(&self, node: &NodeInfo, name: &str) -> Option<Any> {
         let n = OutboundName::parse(name)?;
-        let svc = self.registry.resolve(n.host, &node.namespace)?;
+        let Some(svc) = self.registry.resolve(n.host, &node.namespace) else {
+            return self
+                .external_jwks_clusters(node)
+                .into_iter()
+                .find(|c| c.name == name)
+                .map(pack_any);
+        };
         let port = svc.ports.iter().find(|p| p.number == n.port)?;
         if !n.subset.is_empty() && self.subset(svc, n.subset).is_none() {
             return None;
@@ -690,9 +696,24 @@ impl<'a> Generator<'a> {
         })
     }
 
-    /// Every cluster (whole services and DestinationRule subsets), for wildcard CDS.
+    /// The clusters that reach JWKS hosts outside the registry, for the RequestAuthentications
+    /// of every workload (any of them may fetch keys through one).
+    fn external_jwks_clusters(
+        &self,
+        node: &NodeInfo,
+    ) -> Vec<envoy_types::pb::envoy::config::cluster::v3::Cluster> {
+        authn::external_jwks_clusters(
+            self.policies.request_authentications.iter().map(|(_, p)| p),
+            self.registry,
+            &node.namespace,
+        )
+    }
+
+    /// Every cluster (whole services, DestinationRule subsets, and JWKS hosts outside the
+    /// registry), for wildcard CDS.
     pub fn all_clusters(&self, node: &NodeInfo) -> Vec<Any> {
         let mut out: Vec<Any> = self.envoy_inbound_cluster(node).into_iter().collect();
+        out.extend(self.external_jwks_clusters(node).into_iter().map(pack_any));
         for svc in self.registry.services() {
             let subsets: Vec<&str> = self
                 .destination_rule(svc)

@@ -32,9 +32,8 @@ use tokio::sync::watch;
 
 pub use circuit_breaker::RetryBudget;
 
-/// Marks a request the mesh itself sends over `https` (a JWKS fetch): a cluster it is routed
-/// to must originate TLS or the request is refused (503 `UF`); a host outside the mesh is
-/// reached over TLS verified against the system's roots. Never sent in plaintext.
+/// Marks a request the mesh itself sends over `https` (a JWKS fetch): the cluster it is sent
+/// to must originate TLS or the request is refused (503 `UF`). Never sent in plaintext.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct RequireTls;
 
@@ -151,6 +150,7 @@ impl MeshClientBuilder {
             mesh: self.mesh,
             config: self.config,
             targets: ArcSwap::default(),
+            cluster_targets: ArcSwap::default(),
             clusters: ClusterStore::default(),
             passthrough: passthrough::Passthrough::default(),
             telemetry: telemetry.clone(),
@@ -197,6 +197,8 @@ pub(crate) struct Outbound {
     pub(crate) mesh: Mesh,
     pub(crate) config: ClientConfig,
     targets: ArcSwap<HashMap<Arc<str>, Arc<TargetRuntime>>>,
+    /// Targets that send every request to one cluster ([`MeshClient::send_to_cluster`]).
+    cluster_targets: ArcSwap<HashMap<Arc<str>, Arc<TargetRuntime>>>,
     pub(crate) clusters: ClusterStore,
     passthrough: passthrough::Passthrough,
     telemetry: Arc<Telemetry>,
@@ -233,36 +235,70 @@ impl MeshClient {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        self.inner.clone().handle(req).await
+        self.inner.clone().handle(req, None).await
+    }
+
+    /// Sends one request to the cluster named `cluster`, whatever its authority, with that
+    /// cluster's balancing, circuit breaking, outlier detection and TLS, and no route policy:
+    /// how Envoy's filters reach the cluster their configuration names (a remote JWKS'
+    /// `http_uri.cluster`). The request keeps its authority (the upstream's `Host`). A cluster
+    /// that does not exist answers 503 with response flag `NC`.
+    ///
+    /// ```no_run
+    /// # async fn run(client: mesh_tower::MeshClient) -> Result<(), Box<dyn std::error::Error>> {
+    /// let req = http::Request::get("http://idp.example.com/keys")
+    ///     .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+    /// let rsp = client.send_to_cluster("outbound|80||idp.example.com", req).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn send_to_cluster<B>(
+        &self,
+        cluster: &str,
+        req: Request<B>,
+    ) -> Result<Response<RspBody>, Error>
+    where
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        self.inner.clone().handle(req, Some(cluster)).await
     }
 }
 
 impl Outbound {
-    fn target(self: &Arc<Self>, authority: &str) -> Arc<TargetRuntime> {
-        if let Some(t) = self.targets.load().get(authority) {
+    /// The live plan of the target `key` in `map`, started by `make` the first time.
+    fn runtime(
+        self: &Arc<Self>,
+        map: &ArcSwap<HashMap<Arc<str>, Arc<TargetRuntime>>>,
+        key: &str,
+        make: impl Fn() -> mesh_core::Target,
+    ) -> Arc<TargetRuntime> {
+        if let Some(t) = map.load().get(key) {
             return t.clone();
         }
         let mut found = None;
-        // Rare (once per authority); copy-on-write keeps the lookup above lock-free.
-        self.targets.rcu(|map| {
-            if let Some(t) = map.get(authority) {
+        // Rare (once per target); copy-on-write keeps the lookup above lock-free.
+        map.rcu(|map| {
+            if let Some(t) = map.get(key) {
                 found = Some(t.clone());
                 return Arc::clone(map);
             }
             let mut map = HashMap::clone(map);
-            let t = TargetRuntime::spawn(
-                Arc::downgrade(self),
-                self.mesh.target(authority),
-                self.shutdown.subscribe(),
-            );
-            map.insert(Arc::from(authority), t.clone());
+            let t = TargetRuntime::spawn(Arc::downgrade(self), make(), self.shutdown.subscribe());
+            map.insert(Arc::from(key), t.clone());
             found = Some(t);
             Arc::new(map)
         });
         found.expect("rcu ran")
     }
 
-    async fn handle<B>(self: Arc<Self>, mut req: Request<B>) -> Result<Response<RspBody>, Error>
+    /// `cluster`: send to that cluster ([`MeshClient::send_to_cluster`]); `None`: route by
+    /// the request's authority.
+    async fn handle<B>(
+        self: Arc<Self>,
+        mut req: Request<B>,
+        cluster: Option<&str>,
+    ) -> Result<Response<RspBody>, Error>
     where
         B: Body + Send + 'static,
         B::Data: Send,
@@ -277,19 +313,24 @@ impl Outbound {
         });
         let seen = Seen::of(&req);
         let log = self.telemetry.log_entry(&req, true, || None);
-        let rsp = self.clone().dispatch(req).await?;
+        let rsp = self.clone().dispatch(req, cluster).await?;
         Ok(self.observe(seen, start, rsp, span, log))
     }
 
-    async fn dispatch<B>(self: Arc<Self>, req: Request<B>) -> Result<Response<RspBody>, Error>
+    async fn dispatch<B>(
+        self: Arc<Self>,
+        req: Request<B>,
+        cluster: Option<&str>,
+    ) -> Result<Response<RspBody>, Error>
     where
         B: Body + Send + 'static,
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        let rt = match route::authority(&req) {
-            Some(authority) => self.target(&authority),
-            None => return Err(Error::NoAuthority),
+        let rt = match (cluster, route::authority(&req)) {
+            (Some(c), _) => self.runtime(&self.cluster_targets, c, || self.mesh.cluster_target(c)),
+            (None, Some(a)) => self.runtime(&self.targets, &a, || self.mesh.target(&a)),
+            (None, None) => return Err(Error::NoAuthority),
         };
         let plan = match rt.plan() {
             Some(p) => p,
@@ -354,7 +395,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        Box::pin(self.inner.clone().handle(req))
+        Box::pin(self.inner.clone().handle(req, None))
     }
 }
 

@@ -37,6 +37,8 @@ use crate::respond::{ResponseInfo, grpc_status};
 pub(crate) struct ExtAuthzFilter {
     config: Arc<ExtAuthz>,
     client: MeshClient,
+    /// The cluster every check is sent to (`server_uri.cluster`, `envoy_grpc.cluster_name`).
+    cluster: Arc<str>,
     service: Service,
 }
 
@@ -64,6 +66,11 @@ pub(crate) struct Changes {
 impl ExtAuthzFilter {
     /// Prepares the filter; `Err` names what makes it unusable (its requests are then denied).
     pub(crate) fn new(config: Arc<ExtAuthz>, client: MeshClient) -> Result<Self, String> {
+        let cluster = match &config.service {
+            ExtAuthzService::Http { cluster, .. } | ExtAuthzService::Grpc { cluster, .. } => {
+                cluster.clone()
+            }
+        };
         let service = match &config.service {
             ExtAuthzService::Http { cluster, uri, .. } => {
                 let authority = authority_of_cluster(cluster)
@@ -101,6 +108,7 @@ impl ExtAuthzFilter {
         Ok(Self {
             config,
             client,
+            cluster,
             service,
         })
     }
@@ -177,7 +185,11 @@ impl ExtAuthzFilter {
             .header(http::header::CONTENT_LENGTH, "0")
             .body(http_body_util::Empty::<Bytes>::new())
             .map_err(|e| format!("building the check: {e}"))?;
-        let rsp = self.client.send(check).await.map_err(|e| e.to_string())?;
+        let rsp = self
+            .client
+            .send_to_cluster(&self.cluster, check)
+            .await
+            .map_err(|e| e.to_string())?;
         if let Some(info) = ResponseInfo::of(&rsp)
             && local_failure(info.flags)
         {
@@ -288,7 +300,11 @@ impl ExtAuthzFilter {
         for (k, v) in c.headers_to_add.iter() {
             call.headers_mut().append(k.clone(), v.clone());
         }
-        let rsp = self.client.send(call).await.map_err(|e| e.to_string())?;
+        let rsp = self
+            .client
+            .send_to_cluster(&self.cluster, call)
+            .await
+            .map_err(|e| e.to_string())?;
         if rsp.status() != StatusCode::OK {
             return Err(format!(
                 "authorization service answered HTTP {}",
@@ -431,7 +447,7 @@ fn convert(list: &[HeaderToSet]) -> Vec<(HeaderName, HeaderValue, bool)> {
 }
 
 /// `outbound|PORT|SUBSET|HOST` (istiod's and mesh-control's cluster names) → `HOST:PORT`,
-/// the authority the mesh routes to that cluster.
+/// the authority a check carries (it is sent to the cluster whatever its authority).
 fn authority_of_cluster(cluster: &str) -> Option<String> {
     let mut parts = cluster.split('|');
     match (parts.next()?, parts.next()?, parts.next()?, parts.next()?) {

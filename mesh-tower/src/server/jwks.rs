@@ -8,9 +8,9 @@
 //! then fail (401) until a fetch succeeds, so how stale keys get is bounded by the
 //! configuration. A failed fetch is retried by the next request that needs the keys, at most
 //! once a second. An
-//! `https` URI is fetched over TLS only, verified by the route's cluster (its TLS context) or,
-//! for a host outside the mesh, against the system's roots and for its name; a document over
-//! 1 MiB is refused.
+//! The keys are fetched from the cluster `http_uri.cluster` names, as Envoy fetches them
+//! (never by routing the URI's host: a route could send them elsewhere); an `https` URI only
+//! over TLS that cluster's context verifies; a document over 1 MiB is refused.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -96,6 +96,8 @@ fn key(jwk: &Jwk) -> Option<Key> {
 /// A key set fetched over HTTP, shared by every configuration that names the same URI.
 pub(crate) struct RemoteJwks {
     uri: http::Uri,
+    /// The cluster the keys are fetched through (`http_uri.cluster`).
+    cluster: Arc<str>,
     timeout: Duration,
     cache_duration: Duration,
     client: MeshClient,
@@ -150,10 +152,11 @@ const MAX_JWKS_BYTES: usize = 1024 * 1024;
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
 impl RemoteJwks {
-    /// A remote set at `uri`, fetched through `client` (the URI's authority is routed like any
-    /// outbound request: a mesh service, or a direct connection for hosts outside the mesh).
+    /// A remote set at `uri`, fetched by `client` from `cluster` (whatever the URI's host:
+    /// its authority is only the request's `Host`).
     pub(crate) fn new(
         uri: &str,
+        cluster: &Arc<str>,
         timeout: Duration,
         cache_duration: Duration,
         client: MeshClient,
@@ -166,6 +169,7 @@ impl RemoteJwks {
         }
         Ok(Arc::new(Self {
             uri,
+            cluster: cluster.clone(),
             timeout,
             // A floor: with none, keys just fetched would already be too old to use.
             cache_duration: cache_duration.max(RETRY_AFTER_FAILURE),
@@ -283,17 +287,27 @@ impl RemoteJwks {
             .body(http_body_util::Empty::<bytes::Bytes>::new())
             .map_err(|e| e.to_string())?;
         if self.uri.scheme_str() == Some("https") {
-            // Keys that sign tokens must come from the server the URI names: over TLS that
-            // the cluster's context verifies, or the system's roots outside the mesh.
+            // Keys that sign tokens must come from the server the URI names, over TLS that
+            // the cluster's context verifies.
             req.extensions_mut().insert(crate::client::RequireTls);
         }
         let rsp = self
             .client
-            .send(req)
+            .send_to_cluster(&self.cluster, req)
             .await
-            .map_err(|e| format!("fetching {}: {e}", self.uri))?;
+            .map_err(|e| format!("fetching {} from cluster {}: {e}", self.uri, self.cluster))?;
         if rsp.status() != http::StatusCode::OK {
-            return Err(format!("fetching {}: status {}", self.uri, rsp.status()));
+            let flags = crate::respond::ResponseInfo::of(&rsp).map(|i| i.flags);
+            return Err(format!(
+                "fetching {} from cluster {}: status {}{}",
+                self.uri,
+                self.cluster,
+                rsp.status(),
+                flags
+                    .filter(|f| !f.is_empty())
+                    .map(|f| format!(" ({f})"))
+                    .unwrap_or_default()
+            ));
         }
         let body = http_body_util::Limited::new(rsp.into_body(), MAX_JWKS_BYTES)
             .collect()

@@ -128,12 +128,16 @@ impl Inbound {
     }
 }
 
+/// A fetched key set's identity: its URI and the cluster it is fetched through.
+type JwksKey = (Box<str>, Arc<str>);
+
 /// What outlives one listener configuration: the client that reaches authorization services
-/// and JWKS servers, and the fetched key sets (by URI), so an update does not refetch them.
+/// and JWKS servers, and the fetched key sets (by URI and cluster), so an update does not
+/// refetch them.
 pub(crate) struct ServerShared {
     mesh: Mesh,
     client: OnceLock<MeshClient>,
-    jwks: ArcSwap<HashMap<Box<str>, Arc<RemoteJwks>>>,
+    jwks: ArcSwap<HashMap<JwksKey, Arc<RemoteJwks>>>,
     /// Each chain's open connections, by fingerprint and network filter (configuration time
     /// only).
     connections: ArcSwap<HashMap<(u64, usize), std::sync::Weak<OpenConnections>>>,
@@ -355,6 +359,7 @@ impl ServerShared {
 impl RemoteKeys for ServerShared {
     fn remote(&self, uri: &str, source: &JwksSource) -> Result<Arc<RemoteJwks>, String> {
         let JwksSource::Remote {
+            cluster,
             timeout,
             cache_duration,
             ..
@@ -362,16 +367,17 @@ impl RemoteKeys for ServerShared {
         else {
             return Err("not a remote key set".into());
         };
-        if let Some(found) = self.jwks.load().get(uri) {
+        let key = (Box::<str>::from(uri), cluster.clone());
+        if let Some(found) = self.jwks.load().get(&key) {
             return Ok(found.clone());
         }
-        let made = RemoteJwks::new(uri, *timeout, *cache_duration, self.client())?;
+        let made = RemoteJwks::new(uri, cluster, *timeout, *cache_duration, self.client())?;
         // Off the request path (configuration time): copy-on-write keeps lookups lock-free.
         self.jwks.rcu(|map| {
             let mut map = HashMap::clone(map);
-            map.entry(uri.into()).or_insert_with(|| made.clone());
+            map.entry(key.clone()).or_insert_with(|| made.clone());
             map
         });
-        Ok(self.jwks.load().get(uri).cloned().unwrap_or(made))
+        Ok(self.jwks.load().get(&key).cloned().unwrap_or(made))
     }
 }

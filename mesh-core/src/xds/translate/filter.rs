@@ -783,13 +783,17 @@ fn jwt_provider(p: &jwt::JwtProvider) -> Result<JwtProvider, FieldError> {
                 .http_uri
                 .as_ref()
                 .ok_or_else(|| FieldError::new("is required").at("remote_jwks.http_uri"))?;
+            // As in Envoy, the cluster is required: the keys are fetched through it (its
+            // endpoints and its TLS), never by routing the URI's host.
             let cluster = match &uri.http_upstream_type {
                 Some(
                     envoy_types::pb::envoy::config::core::v3::http_uri::HttpUpstreamType::Cluster(
                         c,
                     ),
-                ) => c.as_str().into(),
-                None => Arc::from(""),
+                ) if !c.is_empty() => c.as_str().into(),
+                _ => {
+                    return Err(FieldError::new("is required").at("remote_jwks.http_uri.cluster"));
+                }
             };
             JwksSource::Remote {
                 uri: uri.uri.as_str().into(),
@@ -970,5 +974,35 @@ mod tests {
         assert!(rbac_config(&deny_principal(metadata("istio_authn"))).is_ok());
         let e = rbac_config(&deny_principal(metadata("envoy.filters.http.lua"))).unwrap_err();
         assert!(e.to_string().contains("no filter here publishes"), "{e}");
+    }
+
+    /// As in Envoy, keys are fetched through a named cluster; a URI alone would have them
+    /// fetched from wherever its host routes.
+    #[test]
+    fn remote_jwks_need_a_cluster() {
+        use envoy_types::pb::envoy::config::core::v3 as core;
+        let provider = |cluster: Option<&str>| jwt::JwtProvider {
+            issuer: "i".into(),
+            jwks_source_specifier: Some(jwt::jwt_provider::JwksSourceSpecifier::RemoteJwks(
+                jwt::RemoteJwks {
+                    http_uri: Some(core::HttpUri {
+                        uri: "https://idp.example.com/keys".into(),
+                        http_upstream_type: cluster
+                            .map(|c| core::http_uri::HttpUpstreamType::Cluster(c.into())),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        };
+        for missing in [None, Some("")] {
+            let e = jwt_provider(&provider(missing)).unwrap_err();
+            assert_eq!(e.to_string(), "remote_jwks.http_uri.cluster: is required");
+        }
+        let p = jwt_provider(&provider(Some("outbound|443||idp.example.com"))).unwrap();
+        assert!(
+            matches!(p.jwks, JwksSource::Remote { cluster, .. } if &*cluster == "outbound|443||idp.example.com")
+        );
     }
 }
