@@ -18,19 +18,41 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::inbound_filter_chains::{closes_within, hcm, inbound, mesh_builder, tls_socket};
 
-/// The application: `/sleep?MS` answers after MS milliseconds, `/panic` panics, anything else
-/// echoes.
+type AppBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
+
+/// The application: `/sleep?MS` answers after MS milliseconds, `/panic` panics, `/drip`
+/// streams a chunk every 100 ms for ever, `/stall` sends one chunk and then nothing, anything
+/// else echoes.
 async fn app(
     req: http::Request<hyper::body::Incoming>,
-) -> Result<http::Response<Full<Bytes>>, Infallible> {
+) -> Result<http::Response<AppBody>, Infallible> {
+    let streamed = |drip: bool| {
+        let (mut tx, body) = http_body_util::channel::Channel::<Bytes>::new(1);
+        tokio::spawn(async move {
+            loop {
+                if tx.send_data(Bytes::from_static(b"x")).await.is_err() || !drip {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            // A stalled body: the sender lives on, sending nothing.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            drop(tx);
+        });
+        Ok(http::Response::new(body.boxed_unsync()))
+    };
     match req.uri().path() {
         "/sleep" => {
             let ms = req.uri().query().and_then(|q| q.parse().ok()).unwrap_or(0);
             tokio::time::sleep(Duration::from_millis(ms)).await;
-            Ok(http::Response::new(Full::new(Bytes::from_static(b"slept"))))
+            Ok(http::Response::new(
+                Full::new(Bytes::from_static(b"slept")).boxed_unsync(),
+            ))
         }
         "/panic" => panic!("the application panicked on purpose"),
-        _ => Ok(echo("app", &req)),
+        "/drip" => streamed(true),
+        "/stall" => streamed(false),
+        _ => Ok(echo("app", &req).map(BodyExt::boxed_unsync)),
     }
 }
 
@@ -260,6 +282,96 @@ async fn stream_idle_timeout_and_max_stream_duration_answer_a_stalled_stream() {
             .unwrap();
         assert_eq!(status, 200);
     }
+}
+
+/// The same fields once the response has started: a response body that stalls resets its
+/// own stream after `stream_idle_timeout` while a busy stream on the same HTTP/2 connection
+/// goes on, and a body still streaming at `max_stream_duration` is reset then, as Envoy resets
+/// such streams (over HTTP/1, the connection is closed before the body ends).
+#[tokio::test]
+async fn response_bodies_are_bounded_per_stream() {
+    let addr = serve_plain(json!({"stream_idle_timeout": "0.3s"})).await;
+    let h2 = h2_client(addr).await;
+    let body = |path: &'static str| {
+        let mut h2 = h2.clone();
+        async move {
+            let started = Instant::now();
+            h2.ready().await.unwrap();
+            let req = http::Request::get(format!("http://app{path}"))
+                .body(http_body_util::Empty::new())
+                .unwrap();
+            let mut body = h2.send_request(req).await.unwrap().into_body();
+            let mut chunks = 0;
+            loop {
+                match body.frame().await {
+                    Some(Ok(_)) => chunks += 1,
+                    Some(Err(e)) => return (chunks, started.elapsed(), Some(e.to_string())),
+                    None => return (chunks, started.elapsed(), None),
+                }
+            }
+        }
+    };
+    let drip = tokio::spawn(body("/drip"));
+    let (chunks, took, error) = tokio::time::timeout(LIMIT, body("/stall"))
+        .await
+        .expect("the stalled stream is reset, not left open");
+    assert_eq!(chunks, 1, "the first chunk arrived");
+    assert!(error.is_some(), "the stalled stream was reset: {error:?}");
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+    assert!(!drip.is_finished(), "the busy stream goes on");
+    drip.abort();
+
+    let addr = serve_plain(json!({
+        "common_http_protocol_options": {"max_stream_duration": "0.5s"}}))
+    .await;
+    let h2 = h2_client(addr).await;
+    let (chunks, took, error) = {
+        let mut h2 = h2.clone();
+        let started = Instant::now();
+        h2.ready().await.unwrap();
+        let req = http::Request::get("http://app/drip")
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        let mut body = h2.send_request(req).await.unwrap().into_body();
+        let mut chunks = 0;
+        let error = loop {
+            match tokio::time::timeout(LIMIT, body.frame())
+                .await
+                .expect("bounded")
+            {
+                Some(Ok(_)) => chunks += 1,
+                Some(Err(e)) => break Some(e.to_string()),
+                None => break None,
+            }
+        };
+        (chunks, started.elapsed(), error)
+    };
+    assert!(error.is_some(), "reset at max_stream_duration");
+    assert!(chunks >= 3, "streamed until then: {chunks}");
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+    assert_eq!(
+        h2_get(&mut h2.clone(), "/", 0).await,
+        Ok(200),
+        "the connection serves on"
+    );
+
+    // HTTP/1: the connection is closed before the chunked body ends.
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET /drip HTTP/1.1\r\nhost: app\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let closed = tokio::time::timeout(LIMIT, tcp.read_to_end(&mut seen)).await;
+    assert!(closed.is_ok(), "closed");
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(!text.ends_with("0\r\n\r\n"), "the body never ended: {text}");
 }
 
 /// `http2_protocol_options.connection_keepalive`: a peer that stops answering PINGs is

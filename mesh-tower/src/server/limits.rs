@@ -8,8 +8,8 @@
 //! | no stream open | `common_http_protocol_options.idle_timeout` | [`Watchdog`]: drained |
 //! | connection age | `common_http_protocol_options.max_connection_duration` | [`Watchdog`]: drained |
 //! | a drain the peer does not finish | `drain_timeout` | [`Watchdog`]: closed once no stream is left |
-//! | no activity on a stream | `stream_idle_timeout` | [`bounded`] (408/504), then [`Watchdog`]: closed |
-//! | stream age before its response | `common_http_protocol_options.max_stream_duration` | [`bounded`] (408/504) |
+//! | no activity on a stream | `stream_idle_timeout` | before the response: [`bounded`] (408/504); during its body: [`BodyTimers`] (stream reset); a peer that reads nothing: [`Watchdog`] (closed) |
+//! | stream age | `common_http_protocol_options.max_stream_duration` | before the response: [`bounded`] (408/504); during its body: [`BodyTimers`] (stream reset) |
 //! | header count and size | `max_headers_count`, `max_request_headers_kb` | hyper (HTTP/1: 431; HTTP/2 header size: reset), [`too_many_headers`] (HTTP/2 count: 431) |
 //! | HTTP/2 streams, windows, keepalive | `http2_protocol_options` | hyper's HTTP/2 settings |
 //!
@@ -19,7 +19,9 @@
 //! armed only if its response is not ready at once.
 //!
 //! Where the bounds differ from Envoy's, they are never looser for a peer that does nothing:
-//! - On HTTP/2, a stream's idle timer is reset by any activity on its connection.
+//! - On HTTP/2, until a stream's response starts, its idle timer is reset by any activity on
+//!   its connection (the application reads hyper's request body, which this library cannot
+//!   observe per stream); the response body's idle timer is the stream's own.
 //! - An HTTP/1 request head that arrives while the previous request is still being answered
 //!   (pipelining) is bounded by the idle timeout, not the request-headers timeout.
 //! - The 408/504 choice is made on whether the request had a body when it started (Envoy: on
@@ -450,6 +452,85 @@ pub(crate) async fn bounded<F: Future>(
     }
 }
 
+/// A response body's own timers, once its headers are sent: the stream's max duration
+/// (counted from the request's start) and its idle timeout (reset by each frame the body
+/// yields). When one passes, the body fails and hyper resets the stream (HTTP/2) or closes the
+/// connection (HTTP/1), as Envoy resets a stream whose response stalls or outlives
+/// `max_stream_duration`. The sleep is allocated only once the body has to wait.
+///
+/// A peer that stops reading stops hyper from polling the body, and so these timers; the
+/// connection's [`Watchdog`] closes such a connection, as it sees no I/O.
+pub(crate) struct BodyTimers {
+    idle: Option<Duration>,
+    ends_at: Option<Instant>,
+    /// When the stream was last seen active; `None` when it was active just before the
+    /// current wait (set then, so a body that never waits never reads the clock).
+    last_frame: Option<Instant>,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl BodyTimers {
+    /// The timers of a response to a request that started at `started`; `None` when the
+    /// connection manager sets neither.
+    pub(crate) fn new(limits: &Limits, started: Instant) -> Option<Self> {
+        if limits.stream_idle_timeout.is_none() && limits.max_stream_duration.is_none() {
+            return None;
+        }
+        Some(Self {
+            idle: limits.stream_idle_timeout,
+            ends_at: limits.max_stream_duration.map(|d| started + d),
+            last_frame: None,
+            sleep: None,
+        })
+    }
+
+    fn deadline(&mut self) -> Option<(Instant, StreamTimeout)> {
+        let idle = self.idle.map(|t| {
+            let last = *self.last_frame.get_or_insert_with(Instant::now);
+            (last + t, StreamTimeout::Idle)
+        });
+        let age = self.ends_at.map(|t| (t, StreamTimeout::Duration));
+        match (idle, age) {
+            (Some(a), Some(b)) => Some(if b.0 <= a.0 { b } else { a }),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The body yielded a frame (or its headers went): the stream is not idle.
+    pub(crate) fn frame_sent(&mut self) {
+        self.last_frame = None;
+    }
+
+    /// Called while the body waits: ready with the reason once a bound has passed.
+    pub(crate) fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<StreamTimeout> {
+        let Some((at, why)) = self.deadline() else {
+            return Poll::Pending;
+        };
+        match &mut self.sleep {
+            Some(sleep) if sleep.deadline() != at => sleep.as_mut().reset(at),
+            Some(_) => {}
+            None => self.sleep = Some(Box::pin(tokio::time::sleep_until(at))),
+        }
+        let sleep = self.sleep.as_mut().expect("just set");
+        sleep.as_mut().poll(cx).map(|()| why)
+    }
+}
+
+/// The error a response body fails with when one of its [`BodyTimers`] passes.
+#[derive(Debug)]
+pub(crate) struct BodyTimedOut(pub(crate) StreamTimeout);
+
+impl std::fmt::Display for BodyTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            StreamTimeout::Idle => "the response stream was idle for stream_idle_timeout",
+            StreamTimeout::Duration => "the stream reached max_stream_duration",
+        })
+    }
+}
+
+impl std::error::Error for BodyTimedOut {}
+
 /// Whether an HTTP/2 request carries more headers than `max_headers_count` (hyper enforces
 /// it on HTTP/1 itself, answering 431).
 pub(crate) fn too_many_headers(headers: &http::HeaderMap, limits: &Limits) -> bool {
@@ -640,6 +721,50 @@ mod tests {
             bounded(async { 7 }, &a, &l, Instant::now()).await,
             Ok(7),
             "a ready response arms no timer"
+        );
+    }
+
+    fn body_expiry(t: &mut BodyTimers) -> Poll<StreamTimeout> {
+        let waker = futures_util::task::noop_waker();
+        t.poll_expired(&mut Context::from_waker(&waker))
+    }
+
+    /// A response body's idle timer restarts with each frame; its max duration counts from
+    /// the request's start, whatever the frames.
+    #[tokio::test(start_paused = true)]
+    async fn a_response_body_times_out_when_idle_or_too_old() {
+        let idle = limits(|l| l.stream_idle_timeout = Some(Duration::from_millis(300)));
+        let mut t = BodyTimers::new(&idle, Instant::now()).expect("armed");
+        assert_eq!(body_expiry(&mut t), Poll::Pending, "the first wait");
+        for _ in 0..5 {
+            tokio::time::advance(Duration::from_millis(250)).await;
+            t.frame_sent();
+            assert_eq!(body_expiry(&mut t), Poll::Pending, "a wait after a frame");
+        }
+        tokio::time::advance(Duration::from_millis(299)).await;
+        assert_eq!(body_expiry(&mut t), Poll::Pending);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(body_expiry(&mut t), Poll::Ready(StreamTimeout::Idle));
+
+        let aged = limits(|l| {
+            l.stream_idle_timeout = Some(Duration::from_millis(300));
+            l.max_stream_duration = Some(Duration::from_secs(1));
+        });
+        let started = Instant::now();
+        tokio::time::advance(Duration::from_millis(400)).await;
+        let mut t = BodyTimers::new(&aged, started).expect("armed");
+        for _ in 0..2 {
+            tokio::time::advance(Duration::from_millis(250)).await;
+            t.frame_sent();
+            assert_eq!(body_expiry(&mut t), Poll::Pending);
+        }
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert_eq!(body_expiry(&mut t), Poll::Ready(StreamTimeout::Duration));
+
+        let none = limits(|l| l.stream_idle_timeout = None);
+        assert!(
+            BodyTimers::new(&none, Instant::now()).is_none(),
+            "nothing to time"
         );
     }
 }

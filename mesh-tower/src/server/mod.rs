@@ -545,10 +545,26 @@ async fn serve_connection<S: App>(
 type ServerBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
 /// A response body that ends its stream (for the connection's idle and stream timers) when
-/// it is done or dropped.
+/// it is done or dropped, and fails (resetting the stream) when its own timers pass.
 struct StreamBody {
     body: ServerBody,
+    timers: Option<limits::BodyTimers>,
     _stream: limits::StreamGuard,
+}
+
+impl StreamBody {
+    fn new(
+        body: ServerBody,
+        stream: limits::StreamGuard,
+        limits: &limits::Limits,
+        started: Instant,
+    ) -> Self {
+        Self {
+            body,
+            timers: limits::BodyTimers::new(limits, tokio::time::Instant::from_std(started)),
+            _stream: stream,
+        }
+    }
 }
 
 impl http_body::Body for StreamBody {
@@ -559,7 +575,24 @@ impl http_body::Body for StreamBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
-        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+        use std::task::Poll;
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(t) = &mut this.timers {
+                    t.frame_sent();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Pending => match this.timers.as_mut().map(|t| t.poll_expired(cx)) {
+                Some(Poll::Ready(why)) => {
+                    tracing::debug!(?why, "response stream timed out; resetting it");
+                    Poll::Ready(Some(Err(limits::BodyTimedOut(why).into())))
+                }
+                _ => Poll::Pending,
+            },
+            done => done,
+        }
     }
 
     fn is_end_stream(&self) -> bool {
@@ -644,9 +677,8 @@ where
                     ResponseFlags::NONE,
                 )
                 .0;
-                return Ok(rsp.map(|b| StreamBody {
-                    body: b.map_err(Into::into).boxed_unsync(),
-                    _stream: stream,
+                return Ok(rsp.map(|b| {
+                    StreamBody::new(b.map_err(Into::into).boxed_unsync(), stream, &limits, start)
                 }));
             }
             let labels = conn.labels(&identity, RequestView::from_request(&req).authority);
@@ -699,9 +731,9 @@ where
                         let flags = ResponseInfo::of(&rsp).map_or(ResponseFlags::NONE, |i| i.flags);
                         let x = observe(rsp.status(), rsp.headers(), flags);
                         rsp.body_mut().observe(x);
-                        return Ok::<_, Infallible>(rsp.map(|b| StreamBody {
-                            body: b.map_err(Into::into).boxed_unsync(),
-                            _stream: stream,
+                        return Ok::<_, Infallible>(rsp.map(|b| {
+                            let body = b.map_err(Into::into).boxed_unsync();
+                            StreamBody::new(body, stream, &limits, start)
                         }));
                     }
                     Verdict::Continue(headers) => extra = headers,
@@ -779,10 +811,7 @@ where
                     rsp.headers_mut().insert(name, value);
                 }
             }
-            Ok(rsp.map(|body| StreamBody {
-                body,
-                _stream: stream,
-            }))
+            Ok(rsp.map(|body| StreamBody::new(body, stream, &limits, start)))
         }
     });
     let served = http.serve_connection(io, svc);
