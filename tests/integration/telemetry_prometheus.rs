@@ -175,3 +175,43 @@ async fn prometheus_scrapes_istio_standard_metrics_from_both_sides() {
         200
     );
 }
+
+/// The destination service of the server's series comes from configuration (the services its
+/// listener says the workload serves), never from the caller's `Host`: requests naming the
+/// service in each of its spellings, and a flood of invented hosts, all count for the one
+/// service, so a caller cannot add series.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_destination_service_comes_from_configuration_not_the_host_header() {
+    let addr = free_port();
+    let mesh = TestMesh::start(&service(DETAILS, 9080, addr)).await;
+    let server = mesh.serve(DETAILS, addr, tower::service_fn(details)).await;
+    let get = |host: String| async move {
+        mesh_test_support::http::get(addr, "/", &[("host", &host)])
+            .await
+            .map(|(s, _)| s)
+    };
+    let _ = eventually("serving", || get("details:9080".into()), |s| *s == Ok(200)).await;
+    let mut hosts: Vec<String> = [
+        "details",
+        "details.default",
+        "details.default.svc",
+        "details.default.svc.cluster.local:9080",
+    ]
+    .map(String::from)
+    .into();
+    hosts.extend((0..200).map(|i| format!("invented-{i}.example:{i}")));
+    for host in hosts {
+        assert_eq!(get(host.clone()).await, Ok(200), "{host}");
+    }
+    let text = mesh_tower::telemetry::Telemetry::of(&server).prometheus();
+    let mut services: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("istio_requests_total{") && l.contains("reporter=\"destination\"")
+        })
+        .filter_map(|l| l.split("destination_service=\"").nth(1)?.split('"').next())
+        .collect();
+    services.sort();
+    services.dedup();
+    assert_eq!(services, ["details.default.svc.cluster.local"], "{text}");
+}

@@ -476,8 +476,58 @@ impl<'a> Generator<'a> {
             name: name.to_owned(),
             address: Some(address),
             filter_chains,
+            metadata: Some(self.served_services(node, addr)),
             ..Default::default()
         }))
+    }
+
+    /// The services a workload serves at `addr` (those with an endpoint there, in the
+    /// workload's namespace), as istiod writes them in an inbound cluster's metadata
+    /// (`istio.services`): the workload's metrics name them as `destination_service`.
+    fn served_services(&self, node: &NodeInfo, addr: std::net::SocketAddr) -> core::Metadata {
+        use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
+        let text = |s: &str| Value {
+            kind: Some(Kind::StringValue(s.into())),
+        };
+        let services = self
+            .registry
+            .services()
+            .filter(|svc| {
+                svc.endpoints.iter().any(|e| {
+                    e.namespace == node.namespace
+                        && (addr.ip().is_unspecified() || e.address == addr.ip())
+                        && svc.ports.iter().any(|p| {
+                            e.ports.get(&p.number).copied().unwrap_or(p.target_port) == addr.port()
+                        })
+                })
+            })
+            .map(|svc| Value {
+                kind: Some(Kind::StructValue(Struct {
+                    fields: [
+                        ("host".to_owned(), text(&svc.hostname)),
+                        (
+                            "name".to_owned(),
+                            text(svc.hostname.split('.').next().unwrap_or(&svc.hostname)),
+                        ),
+                        ("namespace".to_owned(), text(&svc.namespace)),
+                    ]
+                    .into(),
+                })),
+            })
+            .collect();
+        let istio = Struct {
+            fields: [(
+                "services".to_owned(),
+                Value {
+                    kind: Some(Kind::ListValue(ListValue { values: services })),
+                },
+            )]
+            .into(),
+        };
+        core::Metadata {
+            filter_metadata: [("istio".to_owned(), istio)].into(),
+            ..Default::default()
+        }
     }
 
     /// The HTTP filters in front of a workload: JWT first (RBAC reads the principal and claims

@@ -71,6 +71,22 @@ pub struct SocketListener {
     /// On that timeout, choose the chain as for a plaintext connection instead of closing it,
     /// when no byte has been read yet (`continue_on_listener_filters_timeout`).
     pub continue_on_inspect_timeout: bool,
+    /// The services the listener's workload serves, from the listener's Istio metadata
+    /// (`metadata.filter_metadata.istio.services`, as istiod sets it on inbound clusters): the
+    /// only values the inbound side's metrics name as `destination_service`, so a caller's
+    /// `Host` header cannot add series.
+    pub services: Box<[ServiceRef]>,
+}
+
+/// A service a workload serves, as Istio's `istio.services` metadata names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceRef {
+    /// Its host (`reviews.default.svc.cluster.local`).
+    pub host: Arc<str>,
+    /// Its short name (`reviews`).
+    pub name: Arc<str>,
+    /// Its namespace (`default`).
+    pub namespace: Arc<str>,
 }
 
 /// One filter chain.

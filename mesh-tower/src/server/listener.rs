@@ -11,7 +11,7 @@ use mesh_core::Mesh;
 use mesh_core::identity::tls::{ClientAuth, ClientValidation, server_config_with};
 use mesh_core::model::{
     CertSource, ConnectionFacts, FilterChain, FilterChainMatch, JwksSource, ListenerKind,
-    NetworkFilter,
+    NetworkFilter, ServiceRef,
 };
 
 use super::filters::{FilterContext, HttpFilters};
@@ -76,6 +76,9 @@ pub(crate) struct Inbound {
     pub(crate) inspect_timeout: Option<std::time::Duration>,
     /// On that timeout, with no byte read, take the connection as plaintext.
     pub(crate) continue_on_inspect_timeout: bool,
+    /// The services the workload serves (the listener's Istio metadata), which name the
+    /// inbound metrics' `destination_service`.
+    pub(crate) services: Arc<[ServiceRef]>,
 }
 
 impl Inbound {
@@ -104,6 +107,7 @@ impl Inbound {
             inspect: false,
             inspect_timeout: None,
             continue_on_inspect_timeout: false,
+            services: Arc::new([]),
         }
     }
 
@@ -169,6 +173,7 @@ impl ServerShared {
                 inspect: false,
                 inspect_timeout: None,
                 continue_on_inspect_timeout: false,
+                services: Arc::new([]),
             };
         };
         let client = || self.client();
@@ -196,6 +201,7 @@ impl ServerShared {
             inspect,
             inspect_timeout: s.inspect_timeout,
             continue_on_inspect_timeout: s.continue_on_inspect_timeout,
+            services: s.services.iter().cloned().collect(),
         }
     }
 

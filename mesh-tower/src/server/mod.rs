@@ -523,6 +523,7 @@ async fn serve_connection<S: App>(
         local,
         filters,
         telemetry,
+        services: inbound.services.clone(),
         labels: ArcSwapOption::empty(),
     };
     let (identity, sni, _slots) = (opened.identity, opened.sni, opened.slots);
@@ -609,6 +610,8 @@ struct Connection {
     local: SocketAddr,
     filters: LiveFilters,
     telemetry: Arc<Telemetry>,
+    /// The services the workload serves, as its listener names them (metric labels).
+    services: Arc<[mesh_core::model::ServiceRef]>,
     /// The metric labels of the authority this connection's requests used last (a
     /// connection almost always serves one).
     labels: ArcSwapOption<(Box<str>, Arc<Labels>)>,
@@ -625,7 +628,9 @@ impl Connection {
             .spiffe_id
             .as_ref()
             .map_or_else(Peer::unknown, Peer::from_principal);
-        let labels = self.telemetry.inbound_labels(caller, authority);
+        let labels = self
+            .telemetry
+            .inbound_labels(caller, &self.services, authority);
         self.labels
             .store(Some(Arc::new((authority.into(), labels.clone()))));
         labels

@@ -25,7 +25,7 @@ use std::sync::{Arc, Weak};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use mesh_core::Mesh;
-use mesh_core::model::authority_of;
+use mesh_core::model::{ServiceRef, authority_of};
 
 pub use access_log::AccessLog;
 pub(crate) use access_log::{Entry as LogEntry, Logger as AccessLogger};
@@ -165,22 +165,63 @@ impl Telemetry {
     }
 
     /// The label set of requests this process serves, from `caller`, for `authority`.
-    pub(crate) fn inbound_labels(&self, caller: Peer, authority: &str) -> Arc<Labels> {
+    ///
+    /// The destination service is one the configuration names, never the authority itself (a
+    /// caller would add a series with each `Host` it invents): among the workload's
+    /// `services` (the listener's Istio metadata), the one the authority names, else the
+    /// first, as Istio's stats take the first service of the inbound cluster; with none, the
+    /// workload's canonical service in its namespace.
+    pub(crate) fn inbound_labels(
+        &self,
+        caller: Peer,
+        services: &[ServiceRef],
+        authority: &str,
+    ) -> Arc<Labels> {
         let host = host_of(authority);
-        let (name, namespace) = service_parts(host, Some(&self.local.namespace));
-        let fqdn: Arc<str> = if host.contains('.') || host == UNKNOWN {
-            host.into()
-        } else {
-            format!("{host}.{namespace}.svc.cluster.local").into()
+        let (fqdn, name, namespace): (Arc<str>, Arc<str>, Arc<str>) = match services
+            .iter()
+            .find(|s| names(s, host))
+            .or(services.first())
+        {
+            Some(s) => (s.host.clone(), s.name.clone(), s.namespace.clone()),
+            None if &*self.local.canonical_service == UNKNOWN => {
+                (UNKNOWN.into(), UNKNOWN.into(), self.local.namespace.clone())
+            }
+            None => (
+                format!(
+                    "{}.{}.svc.cluster.local",
+                    self.local.canonical_service, self.local.namespace
+                )
+                .into(),
+                self.local.canonical_service.clone(),
+                self.local.namespace.clone(),
+            ),
         };
         self.metrics.intern(Labels {
             reporter: Reporter::Destination,
             source: caller,
             destination: self.local.clone(),
             destination_service: fqdn,
-            destination_service_name: name.into(),
-            destination_service_namespace: namespace.into(),
+            destination_service_name: name,
+            destination_service_namespace: namespace,
         })
+    }
+}
+
+/// Whether `host` (an authority's host) names `service`: its host, or its name alone, with
+/// its namespace, or with `.svc` after that, as Kubernetes' search domains resolve them.
+fn names(service: &ServiceRef, host: &str) -> bool {
+    if host.eq_ignore_ascii_case(&service.host) {
+        return true;
+    }
+    let Some(rest) = host.strip_prefix(&*service.name) else {
+        return false;
+    };
+    match rest.strip_prefix('.') {
+        None => rest.is_empty(),
+        Some(ns) => {
+            ns == &*service.namespace || ns.strip_suffix(".svc") == Some(&service.namespace)
+        }
     }
 }
 
@@ -250,6 +291,33 @@ fn service_parts<'a>(host: &'a str, local_ns: Option<&'a str>) -> (&'a str, &'a 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_names_a_service_in_each_kubernetes_spelling_and_no_other() {
+        let svc = ServiceRef {
+            host: "reviews.default.svc.cluster.local".into(),
+            name: "reviews".into(),
+            namespace: "default".into(),
+        };
+        for host in [
+            "reviews",
+            "reviews.default",
+            "reviews.default.svc",
+            "reviews.default.svc.cluster.local",
+            "Reviews.Default.svc.cluster.local",
+        ] {
+            assert!(names(&svc, host), "{host}");
+        }
+        for host in [
+            "reviewsx",
+            "reviews.other",
+            "reviews.default.svcx",
+            "ratings",
+            "",
+        ] {
+            assert!(!names(&svc, host), "{host}");
+        }
+    }
 
     #[test]
     fn services_are_named_as_istio_names_them() {

@@ -76,6 +76,7 @@ pub fn listener(l: &pb::Listener) -> Result<Listener, FieldError> {
         }
         ListenerKind::Socket(Arc::new(SocketListener {
             address,
+            services: istio_services(l.metadata.as_ref()).at("metadata")?,
             filter_chains,
             default_filter_chain: l
                 .default_filter_chain
@@ -530,5 +531,104 @@ pub(crate) fn socket_address(a: &core::Address) -> Result<SocketAddr, FieldError
                 .at("envoy_internal_address"))
         }
         None => Err(FieldError::new("socket_address is required")),
+    }
+}
+
+/// `filter_metadata.istio.services`: `[{host, name, namespace}]`, as istiod writes it. Other
+/// metadata is Envoy's opaque data and is left alone.
+fn istio_services(metadata: Option<&core::Metadata>) -> Result<Box<[ServiceRef]>, FieldError> {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    let Some(istio) = metadata.and_then(|m| m.filter_metadata.get("istio")) else {
+        return Ok(Box::new([]));
+    };
+    let Some(list) = istio.fields.get("services") else {
+        return Ok(Box::new([]));
+    };
+    let Some(Kind::ListValue(list)) = &list.kind else {
+        return Err(FieldError::new("must be a list").at("filter_metadata.istio.services"));
+    };
+    each("filter_metadata.istio.services", &list.values, |v| {
+        let Some(Kind::StructValue(s)) = &v.kind else {
+            return Err(FieldError::new("must be a struct"));
+        };
+        let text = |k: &str| match s.fields.get(k).and_then(|v| v.kind.as_ref()) {
+            Some(Kind::StringValue(t)) if !t.is_empty() => Some(t.as_str()),
+            _ => None,
+        };
+        let host = text("host").ok_or_else(|| FieldError::new("is required").at("host"))?;
+        let name = text("name").unwrap_or_else(|| host.split('.').next().unwrap_or(host));
+        let namespace = text("namespace")
+            .or_else(|| host.split('.').nth(1))
+            .ok_or_else(|| FieldError::new("is required (the host names none)").at("namespace"))?;
+        Ok(ServiceRef {
+            host: host.into(),
+            name: name.into(),
+            namespace: namespace.into(),
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
+
+    use super::*;
+
+    fn metadata(services: Vec<Value>) -> core::Metadata {
+        let list = Value {
+            kind: Some(Kind::ListValue(ListValue { values: services })),
+        };
+        core::Metadata {
+            filter_metadata: [(
+                "istio".to_owned(),
+                Struct {
+                    fields: [("services".to_owned(), list)].into(),
+                },
+            )]
+            .into(),
+            ..Default::default()
+        }
+    }
+
+    fn service(fields: &[(&str, &str)]) -> Value {
+        Value {
+            kind: Some(Kind::StructValue(Struct {
+                fields: fields
+                    .iter()
+                    .map(|(k, v)| {
+                        let v = Value {
+                            kind: Some(Kind::StringValue((*v).into())),
+                        };
+                        ((*k).to_owned(), v)
+                    })
+                    .collect(),
+            })),
+        }
+    }
+
+    /// istiod's `istio.services` metadata names the services; the name and namespace default
+    /// to the host's first labels; an entry without a host is refused with its place.
+    #[test]
+    fn istio_services_metadata_names_the_workloads_services() {
+        let m = metadata(vec![
+            service(&[
+                ("host", "reviews.default.svc.cluster.local"),
+                ("name", "reviews"),
+                ("namespace", "default"),
+            ]),
+            service(&[("host", "ratings.bookinfo.svc.cluster.local")]),
+        ]);
+        let got = istio_services(Some(&m)).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(
+            (&*got[1].host, &*got[1].name, &*got[1].namespace),
+            ("ratings.bookinfo.svc.cluster.local", "ratings", "bookinfo")
+        );
+        assert!(istio_services(None).unwrap().is_empty());
+        let e = istio_services(Some(&metadata(vec![service(&[("name", "x")])]))).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "filter_metadata.istio.services[0].host: is required"
+        );
     }
 }
