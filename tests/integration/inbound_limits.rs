@@ -253,6 +253,23 @@ async fn max_request_headers_kb_refuses_larger_heads() {
         .await
         .unwrap();
     assert_eq!(answer.status, 431, "Envoy's default, 60 KiB");
+
+    // Under hyper's 8 KiB floor, the bound still holds.
+    let small = serve_plain(json!({"max_request_headers_kb": 2})).await;
+    let request = |bytes: usize| {
+        format!(
+            "GET / HTTP/1.1\r\nhost: app\r\nx-big: {}\r\nconnection: close\r\n\r\n",
+            "a".repeat(bytes)
+        )
+    };
+    let answer = mesh_test_support::http::raw(small, None, request(1500).as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200);
+    let answer = mesh_test_support::http::raw(small, None, request(3000).as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 431, "2 KiB");
 }
 
 /// `stream_idle_timeout` and `common_http_protocol_options.max_stream_duration`: a request

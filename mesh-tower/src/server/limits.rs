@@ -10,7 +10,7 @@
 //! | a drain the peer does not finish | `drain_timeout` | [`Watchdog`]: closed once no stream is left |
 //! | no activity on a stream | `stream_idle_timeout` | before the response: [`bounded`] (408/504); during its body: [`BodyTimers`] (stream reset); a peer that reads nothing: [`Watchdog`] (closed) |
 //! | stream age | `common_http_protocol_options.max_stream_duration` | before the response: [`bounded`] (408/504); during its body: [`BodyTimers`] (stream reset) |
-//! | header count and size | `max_headers_count`, `max_request_headers_kb` | hyper (HTTP/1: 431; HTTP/2 header size: reset), [`too_many_headers`] (HTTP/2 count: 431) |
+//! | header count and size | `max_headers_count`, `max_request_headers_kb` | hyper (HTTP/1: 431; HTTP/2 header size: reset), [`too_many_headers`] (HTTP/2 count: 431), [`small_headers_exceeded`] (HTTP/1 size under 8 KiB: 431) |
 //! | HTTP/2 streams, windows, keepalive | `http2_protocol_options` | hyper's HTTP/2 settings |
 //!
 //! One timer per connection does the connection's bounds ([`Watchdog`]): it is polled with the
@@ -73,7 +73,8 @@ impl Limits {
             // idle keep-alive connection waits, which Envoy's does not).
             h1.timer(TokioTimer::new()).header_read_timeout(None);
             // hyper answers 431 when a request head does not fit its read buffer (the request
-            // line counts, as in Envoy); the buffer cannot be smaller than 8 KiB.
+            // line counts, as in Envoy); the buffer cannot be smaller than 8 KiB, so smaller
+            // bounds are checked per request (`small_headers_exceeded`).
             h1.max_buf_size(header_bytes.max(8192));
             // hyper's own limit is Envoy's default (100); setting it moves hyper's header
             // array from the stack to the heap, so only a different value is set.
@@ -530,6 +531,24 @@ impl std::fmt::Display for BodyTimedOut {
 }
 
 impl std::error::Error for BodyTimedOut {}
+
+/// Whether an HTTP/1 request's headers exceed a `max_request_headers_kb` under 8 KiB, which
+/// hyper cannot hold to (its read buffer has an 8 KiB floor). Counted as Envoy sizes a header
+/// map: the method, the path and every header's name and value. Larger bounds are hyper's.
+pub(crate) fn small_headers_exceeded<B>(req: &http::Request<B>, limits: &Limits) -> bool {
+    let kb = limits.connection.max_request_headers_kb as usize;
+    if kb >= 8 || req.version() == http::Version::HTTP_2 {
+        return false;
+    }
+    let size = req.method().as_str().len()
+        + req.uri().path_and_query().map_or(0, |p| p.as_str().len())
+        + req
+            .headers()
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len())
+            .sum::<usize>();
+    size > kb * 1024
+}
 
 /// Whether an HTTP/2 request carries more headers than `max_headers_count` (hyper enforces
 /// it on HTTP/1 itself, answering 431).

@@ -670,14 +670,19 @@ where
         let (activity, limits) = (activity.clone(), limits.clone());
         let mut app = app.clone();
         async move {
-            if req.version() == http::Version::HTTP_2
-                && limits::too_many_headers(req.headers(), &limits)
-            {
-                // hyper answers HTTP/1 with 431 itself; Envoy resets an HTTP/2 stream, which a
-                // service cannot ask hyper for, so it gets the same 431.
+            let too_many = req.version() == http::Version::HTTP_2
+                && limits::too_many_headers(req.headers(), &limits);
+            if too_many || limits::small_headers_exceeded(&req, &limits) {
+                // hyper answers HTTP/1 with 431 itself (but for bounds under its 8 KiB
+                // floor); Envoy resets an HTTP/2 stream, which a service cannot ask hyper
+                // for, so it gets the same 431.
                 let rsp = Reply::new(
                     StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                    "too many request headers",
+                    if too_many {
+                        "too many request headers"
+                    } else {
+                        "request headers too large"
+                    },
                     respond::is_grpc(req.headers()),
                     ResponseFlags::NONE,
                 )
