@@ -170,7 +170,9 @@ impl Telemetry {
     /// caller would add a series with each `Host` it invents): among the workload's
     /// `services` (the listener's Istio metadata), the one the authority names, else the
     /// first, as Istio's stats take the first service of the inbound cluster; with none, the
-    /// workload's canonical service in its namespace.
+    /// workload's canonical service in its namespace (Istio's sidecars, whose inbound clusters
+    /// always name their services, say `unknown` there: they disable the host header fallback
+    /// for the same reason).
     pub(crate) fn inbound_labels(
         &self,
         caller: Peer,
