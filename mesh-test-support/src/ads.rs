@@ -36,6 +36,9 @@ struct State {
     wildcard: bool,
     /// End every stream right after its first response (a flapping control plane).
     flap: bool,
+    /// Before answering a changed subscription, push what the previous one named, as a
+    /// server does when a push crosses the client's request; then answer after this delay.
+    cross_pushes: Option<std::time::Duration>,
 }
 
 struct Shared {
@@ -258,6 +261,14 @@ impl AdsServer {
         self.shared.state.lock().expect("state").flap = on;
     }
 
+    /// From now on (`Some`), answers each changed subscription `delay` after a push of what
+    /// the stream named before: the order a client sees when the server pushed just before it
+    /// read the client's request (a response that lacks the names just asked for, yet
+    /// follows them), on a slow path.
+    pub fn cross_pushes(&self, delay: Option<std::time::Duration>) {
+        self.shared.state.lock().expect("state").cross_pushes = delay;
+    }
+
     /// Streams opened so far.
     pub fn streams_opened(&self) -> usize {
         self.shared.state.lock().expect("state").streams_opened
@@ -367,6 +378,14 @@ impl AggregatedDiscoveryService for Ads {
                         names.sort();
                         let entry = subs.entry(url.clone()).or_insert((Vec::new(), None));
                         let names_changed = entry.0 != names;
+                        let crossing = shared.state.lock().expect("state").cross_pushes;
+                        if let Some(delay) = crossing.filter(|_| names_changed && entry.1.is_some()) {
+                            let mut before = (entry.0.clone(), None);
+                            if let Some(resp) = respond(&shared, &url, &mut before) {
+                                let _ = tx.send(Ok(resp));
+                            }
+                            tokio::time::sleep(delay).await;
+                        }
                         entry.0 = names;
                         // Answer new or changed subscriptions; ACKs and NACKs get no answer.
                         if (names_changed || entry.1.is_none())

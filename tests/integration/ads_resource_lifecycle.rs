@@ -57,6 +57,48 @@ async fn a_missing_listener_is_known_at_once_from_an_lds_response() {
 }
 
 #[tokio::test]
+async fn a_push_crossing_a_new_subscription_does_not_make_its_listener_absent() {
+    // The server pushed what we named before just as it read our request for one more
+    // listener: that push lacks it, yet arrives after our request. Its absence proves nothing
+    // until the server's answer (300 ms later here), which has it.
+    let server = AdsServer::start().await;
+    server.set(r::any(r::api_listener("other:80", "rc")));
+    server.set(r::any(r::api_listener("new:80", "rc")));
+    let mesh = super::mesh_with_long_timer(&server).await;
+    let client = mesh.xds_client().unwrap();
+    let mut other = client
+        .watch(ResourceType::Listener, "other:80")
+        .await
+        .unwrap();
+    other.wait_for(|s| s.value.is_some()).await;
+    server.cross_pushes(Some(Duration::from_millis(300)));
+    let mut new = client
+        .watch(ResourceType::Listener, "new:80")
+        .await
+        .unwrap();
+    let st = new
+        .wait_for(|s| s.status != ResourceStatus::Requested)
+        .await;
+    assert!(st.value.is_some(), "served, never absent: {:?}", st.status);
+
+    // A listener the answer lacks too is absent, without waiting for the timer.
+    let started = Instant::now();
+    let mut absent = client
+        .watch(ResourceType::Listener, "absent:80")
+        .await
+        .unwrap();
+    let st = absent
+        .wait_for(|s| s.status != ResourceStatus::Requested)
+        .await;
+    assert!(st.does_not_exist());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
 async fn a_missing_cluster_waits_for_the_timer() {
     // Routes name new clusters while pushes are in flight; an answer crossing our request
     // lacks them without meaning they do not exist (gRPC's client reasons the same way).

@@ -501,17 +501,13 @@ impl<'a> Generator<'a> {
                         })
                 })
             })
+            // The host alone (the name and namespace are its first labels): protobuf maps
+            // are encoded in hash order, so a struct of one field is the only one encoded the
+            // same way each time, and an unchanged listener must not look changed (it would be
+            // pushed with every snapshot).
             .map(|svc| Value {
                 kind: Some(Kind::StructValue(Struct {
-                    fields: [
-                        ("host".to_owned(), text(&svc.hostname)),
-                        (
-                            "name".to_owned(),
-                            text(svc.hostname.split('.').next().unwrap_or(&svc.hostname)),
-                        ),
-                        ("namespace".to_owned(), text(&svc.namespace)),
-                    ]
-                    .into(),
+                    fields: [("host".to_owned(), text(&svc.hostname))].into(),
                 })),
             })
             .collect();

@@ -36,7 +36,16 @@ struct Sub {
     tx: watch::Sender<ResourceState>,
     /// When the does-not-exist timer fires; set only while connected and nothing is cached.
     dne_deadline: Option<Instant>,
+    /// A listener never received was missing from a response that seemed to answer our
+    /// latest subscription (see [`ABSENT_LISTENER_GRACE`]).
+    seen_absent: bool,
 }
+
+/// How long a listener never received, missing from a response that seems to answer our
+/// latest subscription, waits for another response before it is concluded absent. A push the
+/// server sent before it read our request looks the same as its answer; its real answer
+/// follows within a round trip, and a second response without the name concludes at once.
+const ABSENT_LISTENER_GRACE: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct TypeState {
@@ -180,6 +189,9 @@ impl Worker {
         for t in &mut self.types {
             t.sent_names.clear();
             t.changes_in_flight = 0;
+            for s in t.subs.values_mut() {
+                s.seen_absent = false;
+            }
         }
         for ty in ResourceType::ALL {
             if !self.types[ty.index()].subs.is_empty() {
@@ -296,7 +308,14 @@ impl Worker {
                     return None;
                 }
                 let (tx, rx) = watch::channel(ResourceState::requested());
-                t.subs.insert(name, Sub { tx, dne_deadline });
+                t.subs.insert(
+                    name,
+                    Sub {
+                        tx,
+                        dne_deadline,
+                        seen_absent: false,
+                    },
+                );
                 let _ = reply.send(rx);
                 Some(ty)
             }
@@ -392,7 +411,11 @@ impl Worker {
             for (name, s) in &mut self.types[ty.index()].subs {
                 if s.dne_deadline.is_some_and(|d| d <= now) {
                     s.dne_deadline = None;
-                    warn!(resource_type = %ty, %name, timeout = ?self.config.does_not_exist_timeout, "resource does not exist (no response in time)");
+                    if s.seen_absent {
+                        info!(resource_type = %ty, %name, "resource does not exist (absent from the answer to our subscription)");
+                    } else {
+                        warn!(resource_type = %ty, %name, timeout = ?self.config.does_not_exist_timeout, "resource does not exist (no response in time)");
+                    }
                     s.tx.send_modify(|st| st.status = ResourceStatus::DoesNotExist);
                 }
             }
@@ -447,6 +470,7 @@ impl Worker {
                 continue;
             };
             sub.dne_deadline = None;
+            sub.seen_absent = false;
             match decoded.result {
                 Ok(value) => {
                     let raw = decoded.raw;
@@ -496,14 +520,20 @@ impl Worker {
                         st.status == ResourceStatus::DoesNotExist,
                     )
                 };
-                // A name never received is concluded absent at once only for listeners, and
-                // only from a response to our latest subscription (so an unknown host is
-                // answered quickly); otherwise the does-not-exist timer decides, as in gRPC's
+                // A name never received is concluded absent early only for listeners, from
+                // responses to our latest subscription (so an unknown host is answered
+                // quickly): the second such response without it, or `ABSENT_LISTENER_GRACE`
+                // after the first; otherwise the does-not-exist timer decides, as in gRPC's
                 // client. Clusters always wait for the timer: routes name new clusters while
                 // pushes are in flight, and a false "does not exist" would fail requests.
-                let conclusive =
-                    had_value || known_missing || (ty == ResourceType::Listener && settled);
+                let early = ty == ResourceType::Listener && settled;
+                let conclusive = had_value || known_missing || (early && sub.seen_absent);
                 if !conclusive {
+                    if early {
+                        sub.seen_absent = true;
+                        let grace = Instant::now() + ABSENT_LISTENER_GRACE;
+                        sub.dne_deadline = Some(sub.dne_deadline.map_or(grace, |d| d.min(grace)));
+                    }
                     continue;
                 }
                 sub.dne_deadline = None;

@@ -534,8 +534,9 @@ pub(crate) fn socket_address(a: &core::Address) -> Result<SocketAddr, FieldError
     }
 }
 
-/// `filter_metadata.istio.services`: `[{host, name, namespace}]`, as istiod writes it. Other
-/// metadata is Envoy's opaque data and is left alone.
+/// `filter_metadata.istio.services`: `[{host, name, namespace}]`, as istiod writes it (the
+/// name and namespace default to the host's first two labels). Other metadata is Envoy's
+/// opaque data and is left alone.
 fn istio_services(metadata: Option<&core::Metadata>) -> Result<Box<[ServiceRef]>, FieldError> {
     use envoy_types::pb::google::protobuf::value::Kind;
     let Some(istio) = metadata.and_then(|m| m.filter_metadata.get("istio")) else {
@@ -557,9 +558,10 @@ fn istio_services(metadata: Option<&core::Metadata>) -> Result<Box<[ServiceRef]>
         };
         let host = text("host").ok_or_else(|| FieldError::new("is required").at("host"))?;
         let name = text("name").unwrap_or_else(|| host.split('.').next().unwrap_or(host));
+        // Istio's telemetry says `unknown` for what it cannot tell.
         let namespace = text("namespace")
             .or_else(|| host.split('.').nth(1))
-            .ok_or_else(|| FieldError::new("is required (the host names none)").at("namespace"))?;
+            .unwrap_or("unknown");
         Ok(ServiceRef {
             host: host.into(),
             name: name.into(),
@@ -617,9 +619,14 @@ mod tests {
                 ("namespace", "default"),
             ]),
             service(&[("host", "ratings.bookinfo.svc.cluster.local")]),
+            service(&[("host", "localhost")]),
         ]);
         let got = istio_services(Some(&m)).unwrap();
-        assert_eq!(got.len(), 2);
+        assert_eq!(got.len(), 3);
+        assert_eq!(
+            (&*got[2].name, &*got[2].namespace),
+            ("localhost", "unknown")
+        );
         assert_eq!(
             (&*got[1].host, &*got[1].name, &*got[1].namespace),
             ("ratings.bookinfo.svc.cluster.local", "ratings", "bookinfo")
