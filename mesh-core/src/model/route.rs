@@ -23,6 +23,11 @@ impl RouteTable {
     /// domain matches the authority with its port, the port is stripped and matching retried
     /// (Istio lists both `reviews` and `reviews:9080`, but other control planes list one).
     pub fn virtual_host(&self, authority: &str) -> Option<&VirtualHost> {
+        self.virtual_host_at(authority).map(|(_, vh)| vh)
+    }
+
+    /// [`RouteTable::virtual_host`], with its position in the table.
+    fn virtual_host_at(&self, authority: &str) -> Option<(usize, &VirtualHost)> {
         self.pick_vhost(authority).or_else(|| {
             let (host, port) = authority.rsplit_once(':')?;
             let is_port = !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit());
@@ -30,28 +35,41 @@ impl RouteTable {
         })
     }
 
-    fn pick_vhost(&self, authority: &str) -> Option<&VirtualHost> {
-        let mut best: Option<(&VirtualHost, DomainRank)> = None;
-        for vh in self.virtual_hosts.iter() {
+    fn pick_vhost(&self, authority: &str) -> Option<(usize, &VirtualHost)> {
+        let mut best: Option<(usize, DomainRank)> = None;
+        for (i, vh) in self.virtual_hosts.iter().enumerate() {
             for d in vh.domains.iter() {
                 if let Some(rank) = d.rank(authority)
                     && best.as_ref().is_none_or(|(_, r)| rank > *r)
                 {
-                    best = Some((vh, rank));
+                    best = Some((i, rank));
                 }
             }
         }
-        best.map(|(vh, _)| vh)
+        best.map(|(i, _)| (i, &self.virtual_hosts[i]))
     }
 
     /// The virtual host and first matching route for a request, with `sample` a uniform random
     /// number in `0..1_000_000` for runtime fractions.
     pub fn find(&self, req: &RequestView<'_>, sample: u32) -> Option<(&VirtualHost, &Route)> {
-        let vh = self.virtual_host(req.authority)?;
-        vh.routes
+        self.find_indexed(req, sample).map(|f| (f.host, f.route))
+    }
+
+    /// [`RouteTable::find`], with where the virtual host and route are in the table, for
+    /// state built alongside the table and indexed the same way.
+    pub fn find_indexed(&self, req: &RequestView<'_>, sample: u32) -> Option<FoundRoute<'_>> {
+        let (host_index, host) = self.virtual_host_at(req.authority)?;
+        let (route_index, route) = host
+            .routes
             .iter()
-            .find(|r| r.matcher.matches(req, sample))
-            .map(|r| (vh, r))
+            .enumerate()
+            .find(|(_, r)| r.matcher.matches(req, sample))?;
+        Some(FoundRoute {
+            host_index,
+            route_index,
+            host,
+            route,
+        })
     }
 
     /// Every cluster name a route in this table can send to, without duplicates
@@ -147,6 +165,19 @@ impl DomainMatcher {
             .then_some(DomainRank::Prefix(p.len())),
         }
     }
+}
+
+/// A route [`RouteTable::find_indexed`] found, with its place in the table.
+#[derive(Clone, Copy, Debug)]
+pub struct FoundRoute<'a> {
+    /// The virtual host's position in [`RouteTable::virtual_hosts`].
+    pub host_index: usize,
+    /// The route's position in the virtual host's [`VirtualHost::routes`].
+    pub route_index: usize,
+    /// The virtual host.
+    pub host: &'a VirtualHost,
+    /// The route.
+    pub route: &'a Route,
 }
 
 /// A validated `VirtualHost`.
@@ -257,15 +288,21 @@ pub struct WeightedClusters {
 impl WeightedClusters {
     /// The cluster for a uniform sample in `0..total`.
     pub fn pick(&self, sample: u32) -> &ClusterWeight {
+        &self.clusters[self.pick_index(sample)]
+    }
+
+    /// The position in [`WeightedClusters::clusters`] of the cluster for a uniform sample in
+    /// `0..total`.
+    pub fn pick_index(&self, sample: u32) -> usize {
         let mut acc = 0u32;
-        for c in self.clusters.iter() {
+        for (i, c) in self.clusters.iter().enumerate() {
             acc += c.weight;
             if sample < acc {
-                return c;
+                return i;
             }
         }
         // Unreachable when sample < total; the last is the safe answer.
-        &self.clusters[self.clusters.len() - 1]
+        self.clusters.len() - 1
     }
 }
 

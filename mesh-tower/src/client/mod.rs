@@ -9,6 +9,7 @@ mod hedge;
 pub(crate) mod host;
 pub(crate) mod outlier;
 mod passthrough;
+mod policy;
 mod retry;
 mod route;
 mod router;

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! path normalization (when the listener asks for it)
-//!  → route (virtual host by authority, first matching route)
+//!  → route (virtual host by authority, first matching route, and its policy as the plan
+//!    resolved it: retry, hedge, mirrors, clusters; see [`policy`](super::policy))
 //!  → split (weighted cluster, chosen once)
 //!  → fault (delay, then abort)
 //!  → rewrites and header mutations
@@ -31,6 +32,7 @@ use mesh_core::model::{
 use super::Outbound;
 use super::attempt::{self, AttemptCtx};
 use super::balance::RequestHasher;
+use super::cluster::ClusterRuntime;
 use super::fault::{self, Abort};
 use super::route::{self, mutate_request, mutate_response};
 use super::target::{RoutePlan, TargetRuntime};
@@ -70,10 +72,12 @@ where
 
     // Route: the virtual host by authority, then the first route that matches.
     let view = RequestView::from_request(&req);
-    let Some((vh, route)) = table.find(&view, fastrand::u32(0..1_000_000)) else {
+    let Some(found) = table.find_indexed(&view, fastrand::u32(0..1_000_000)) else {
         info.flags |= ResponseFlags::NO_ROUTE_FOUND;
         return respond::local(StatusCode::NOT_FOUND, "", grpc, info);
     };
+    let (vh, route) = (found.host, found.route);
+    let policy = plan.policies.get(found.host_index, found.route_index);
     if !route.name.is_empty() {
         info.route = Some(route.name.clone());
     }
@@ -108,25 +112,33 @@ where
         }
     };
 
-    // Split: the cluster is chosen once per request; retries stay in it.
-    let (cluster_name, weight): (Arc<str>, Option<&ClusterWeight>) = match &fwd.cluster {
-        ClusterSpecifier::Cluster(c) => (c.clone(), None),
+    // Split: the cluster is chosen once per request; retries stay in it. Named clusters
+    // were resolved with the plan; only `cluster_header` is looked up per request.
+    let (resolved, weight): (
+        Result<&Arc<ClusterRuntime>, Arc<str>>,
+        Option<&ClusterWeight>,
+    ) = match &fwd.cluster {
+        ClusterSpecifier::Cluster(c) => (resolved_or(&policy.clusters, 0, c), None),
         ClusterSpecifier::Weighted(w) => {
-            let c = w.pick(fastrand::u32(0..w.total));
-            (c.name.clone(), Some(c))
+            let i = w.pick_index(fastrand::u32(0..w.total));
+            let c = &w.clusters[i];
+            (resolved_or(&policy.clusters, i, &c.name), Some(c))
         }
         ClusterSpecifier::Header(h) => match view.headers.get(h).and_then(|v| v.to_str().ok()) {
-            Some(name) => (Arc::from(name), None),
+            Some(name) => (plan.clusters.get(name).ok_or_else(|| name.into()), None),
             None => {
                 info.flags |= ResponseFlags::NO_CLUSTER_FOUND;
                 return respond::local(fwd.cluster_not_found_status, "", grpc, info);
             }
         },
     };
-    let Some(cluster) = plan.clusters.get(&cluster_name) else {
-        info.cluster = Some(cluster_name);
-        info.flags |= ResponseFlags::NO_CLUSTER_FOUND;
-        return respond::local(fwd.cluster_not_found_status, "", grpc, info);
+    let cluster = match resolved {
+        Ok(c) => c,
+        Err(name) => {
+            info.cluster = Some(name);
+            info.flags |= ResponseFlags::NO_CLUSTER_FOUND;
+            return respond::local(fwd.cluster_not_found_status, "", grpc, info);
+        }
     };
     info.cluster = Some(cluster.name.clone());
     if req.extensions().get::<super::RequireTls>().is_some() && cluster.state().config.tls.is_none()
@@ -166,17 +178,12 @@ where
             &rt.active_faults,
         )
     };
-    let retry = fwd
+    let retry = policy
         .retry
         .as_ref()
-        .or(vh.retry.as_ref())
-        .filter(|p| p.num_retries > 0 && super::retry::request_allows(p, &view))
+        .filter(|p| super::retry::request_allows(p, &view))
         .cloned();
-    let mirrors = if fwd.mirrors.is_empty() {
-        &vh.mirrors
-    } else {
-        &fwd.mirrors
-    };
+    let mirrors = &policy.mirrors;
     let deadline = timeout::deadline(fwd, view.headers);
     let raw_authority = view.authority;
     let host_rewrite = weight
@@ -262,7 +269,7 @@ where
         authority,
         auto_host,
         version: parts.version,
-        hedge_on_per_try_timeout: fwd.hedge.or(vh.hedge).is_some_and(|h| h.on_per_try_timeout),
+        hedge_on_per_try_timeout: policy.hedge_on_per_try_timeout,
         retry,
         hash: hasher.hash(),
         attempt_count_header: vh.include_attempt_count,
@@ -272,13 +279,13 @@ where
 
     // Mirror: copies go out on their own, and never affect this request's answer.
     for m in mirrors.iter() {
-        if !m.fraction.hit(fastrand::u32(0..1_000_000)) {
+        if !m.policy.fraction.hit(fastrand::u32(0..1_000_000)) {
             continue;
         }
-        let (Some(target), Some(copy)) = (plan.clusters.get(&m.cluster), body.duplicate()) else {
+        let (Some(target), Some(copy)) = (&m.cluster, body.duplicate()) else {
             continue;
         };
-        let authority = if m.disable_shadow_host_suffix {
+        let authority = if m.policy.disable_shadow_host_suffix {
             ctx.authority.clone()
         } else {
             match route::shadow_authority(ctx.authority.as_str()).parse() {
@@ -329,6 +336,19 @@ where
     }
     rsp.extensions_mut().insert(info);
     rsp
+}
+
+/// The runtime the plan resolved for the `i`th cluster a route names, or that cluster's name
+/// when it does not exist.
+fn resolved_or<'a>(
+    resolved: &'a [Option<Arc<ClusterRuntime>>],
+    i: usize,
+    name: &Arc<str>,
+) -> Result<&'a Arc<ClusterRuntime>, Arc<str>> {
+    resolved
+        .get(i)
+        .and_then(Option::as_ref)
+        .ok_or_else(|| name.clone())
 }
 
 static EMPTY_MUTATIONS: std::sync::LazyLock<HeaderMutations> =

@@ -3,7 +3,8 @@
 //!
 //! The request path loads the current [`Plan`] with one atomic load and never waits for a
 //! rebuild; a task per target turns each new snapshot into a plan (resolving each cluster name
-//! to its [`ClusterRuntime`], collecting the listener's fault filters) and swaps it in.
+//! to its [`ClusterRuntime`], each route's policy ([`RoutePolicies`]), collecting the
+//! listener's fault filters) and swaps it in.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU32;
@@ -18,6 +19,7 @@ use tokio::sync::watch;
 use super::Outbound;
 use super::cluster::ClusterRuntime;
 use super::fault::FaultFilter;
+use super::policy::RoutePolicies;
 
 /// What the data path does for one authority.
 #[derive(Debug)]
@@ -35,6 +37,8 @@ pub(crate) enum Plan {
 pub(crate) struct RoutePlan {
     pub(crate) snapshot: Arc<TargetSnapshot>,
     pub(crate) clusters: HashMap<Arc<str>, Arc<ClusterRuntime>>,
+    /// Each route's policy, resolved against `clusters`.
+    pub(crate) policies: RoutePolicies,
     pub(crate) faults: Box<[FaultFilter]>,
 }
 
@@ -137,6 +141,7 @@ async fn build(ob: &Outbound, snapshot: Arc<TargetSnapshot>) -> RoutePlan {
         })
         .collect();
     RoutePlan {
+        policies: RoutePolicies::build(&snapshot.routes, &clusters),
         snapshot,
         clusters,
         faults,

@@ -1,0 +1,201 @@
+//! Each route's policy, resolved when a target's plan is built (when its configuration
+//! changes), so that the request path only looks it up.
+//!
+//! What a route does is spread over the route, its virtual host and the clusters it names:
+//! a route without a retry or hedge policy or mirrors takes its virtual host's, and its
+//! clusters are names until they are resolved to their runtimes. [`RoutePolicies`] settles
+//! all of that once per plan, one [`RoutePolicy`] per route, indexed as the table is
+//! ([`RouteTable::find_indexed`]). What depends on the request itself (a retry policy's
+//! method and header conditions, the weighted choice, `cluster_header`) is still decided per
+//! request.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use mesh_core::model::{Action, ClusterSpecifier, MirrorPolicy, RetryPolicy, RouteTable};
+
+use super::cluster::ClusterRuntime;
+
+/// Every route's policy, by virtual host and route position.
+#[derive(Debug, Default)]
+pub(crate) struct RoutePolicies {
+    hosts: Box<[Box<[RoutePolicy]>]>,
+}
+
+/// One route's policy, resolved.
+#[derive(Debug, Default)]
+pub(crate) struct RoutePolicy {
+    /// The retry policy in force: the route's, else its virtual host's; `None` when it allows
+    /// no retry.
+    pub(crate) retry: Option<Arc<RetryPolicy>>,
+    /// Send another attempt when the per-try timeout fires (the route's hedge policy, else
+    /// its virtual host's).
+    pub(crate) hedge_on_per_try_timeout: bool,
+    /// Shadow copies: the route's mirrors, else its virtual host's.
+    pub(crate) mirrors: Box<[Mirror]>,
+    /// The runtime of each cluster the route names: its `cluster`, or each weighted choice in
+    /// order (`None` where the cluster does not exist); empty for `cluster_header` and for
+    /// routes that do not forward.
+    pub(crate) clusters: Box<[Option<Arc<ClusterRuntime>>]>,
+}
+
+/// A mirror policy with its cluster resolved.
+#[derive(Debug)]
+pub(crate) struct Mirror {
+    pub(crate) policy: MirrorPolicy,
+    /// `None` when the cluster does not exist (no copy is sent).
+    pub(crate) cluster: Option<Arc<ClusterRuntime>>,
+}
+
+impl RoutePolicies {
+    /// Resolves every route of `table` against the plan's `clusters`.
+    pub(crate) fn build(
+        table: &RouteTable,
+        clusters: &HashMap<Arc<str>, Arc<ClusterRuntime>>,
+    ) -> Self {
+        let hosts = table
+            .virtual_hosts
+            .iter()
+            .map(|vh| {
+                vh.routes
+                    .iter()
+                    .map(|route| {
+                        let Action::Forward(fwd) = &route.action else {
+                            return RoutePolicy::default();
+                        };
+                        let mirrors = if fwd.mirrors.is_empty() {
+                            &vh.mirrors
+                        } else {
+                            &fwd.mirrors
+                        };
+                        RoutePolicy {
+                            retry: fwd
+                                .retry
+                                .as_ref()
+                                .or(vh.retry.as_ref())
+                                .filter(|p| p.num_retries > 0)
+                                .cloned(),
+                            hedge_on_per_try_timeout: fwd
+                                .hedge
+                                .or(vh.hedge)
+                                .is_some_and(|h| h.on_per_try_timeout),
+                            mirrors: mirrors
+                                .iter()
+                                .map(|m| Mirror {
+                                    policy: m.clone(),
+                                    cluster: clusters.get(&m.cluster).cloned(),
+                                })
+                                .collect(),
+                            clusters: match &fwd.cluster {
+                                ClusterSpecifier::Cluster(c) => {
+                                    Box::new([clusters.get(c).cloned()])
+                                }
+                                ClusterSpecifier::Weighted(w) => w
+                                    .clusters
+                                    .iter()
+                                    .map(|c| clusters.get(&c.name).cloned())
+                                    .collect(),
+                                ClusterSpecifier::Header(_) => Box::new([]),
+                            },
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        Self { hosts }
+    }
+
+    /// The policy of route `route` of virtual host `host`.
+    pub(crate) fn get(&self, host: usize, route: usize) -> &RoutePolicy {
+        &self.hosts[host][route]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mesh_core::snapshot::ClusterEntry;
+    use mesh_core::static_config::parse_typed;
+    use mesh_core::xds::{Resource, ResourceType};
+    use serde_json::json;
+
+    use super::*;
+    use crate::client::cluster::ClusterStore;
+
+    fn table(doc: serde_json::Value) -> Arc<RouteTable> {
+        match parse_typed(&doc, Some(ResourceType::RouteConfiguration)) {
+            Ok((_, _, Resource::RouteConfiguration(t))) => t,
+            other => panic!("a route configuration: {other:?}"),
+        }
+    }
+
+    fn runtimes(names: &[&str]) -> HashMap<Arc<str>, Arc<ClusterRuntime>> {
+        let store = ClusterStore::default();
+        names
+            .iter()
+            .map(|n| {
+                let doc = json!({"name": n, "type": "EDS",
+                    "eds_cluster_config": {"eds_config": {"ads": {}}}});
+                let Ok((_, _, Resource::Cluster(cluster))) =
+                    parse_typed(&doc, Some(ResourceType::Cluster))
+                else {
+                    panic!("a cluster");
+                };
+                let entry = ClusterEntry {
+                    cluster,
+                    endpoints: None,
+                };
+                (Arc::from(*n), store.get_or_create(&entry))
+            })
+            .collect()
+    }
+
+    /// A route's own retry, hedge and mirror policies win over its virtual host's, which
+    /// apply to the routes that carry none; a policy that allows no retry is none; each
+    /// cluster is resolved in the order of its weighted choice, and a missing one is `None`.
+    #[test]
+    fn routes_take_their_own_policy_else_their_virtual_hosts() {
+        let t = table(json!({"name": "r", "virtual_hosts": [{
+        "name": "vh", "domains": ["*"],
+        "retry_policy": {"retry_on": "5xx", "num_retries": 2},
+        "hedge_policy": {"hedge_on_per_try_timeout": true},
+        "request_mirror_policies": [{"cluster": "shadow"}],
+        "routes": [
+            {"match": {"prefix": "/own"}, "route": {"cluster": "a",
+                "retry_policy": {"retry_on": "reset", "num_retries": 0},
+                "hedge_policy": {},
+                "request_mirror_policies": [{"cluster": "missing"}]}},
+            {"match": {"prefix": "/split"}, "route": {"weighted_clusters": {"clusters": [
+                {"name": "b", "weight": 1}, {"name": "gone", "weight": 1}, {"name": "a", "weight": 1}]}}},
+            {"match": {"prefix": "/"}, "direct_response": {"status": 200}}
+        ]}]}));
+        let clusters = runtimes(&["a", "b", "shadow"]);
+        let p = RoutePolicies::build(&t, &clusters);
+
+        let own = p.get(0, 0);
+        assert!(
+            own.retry.is_none(),
+            "the route's own policy allows no retry"
+        );
+        assert!(!own.hedge_on_per_try_timeout);
+        assert_eq!(own.mirrors.len(), 1);
+        assert!(
+            own.mirrors[0].cluster.is_none(),
+            "the route's mirror, unresolved"
+        );
+        assert_eq!(&*own.clusters[0].as_ref().unwrap().name, "a");
+
+        let split = p.get(0, 1);
+        assert_eq!(split.retry.as_ref().map(|r| r.num_retries), Some(2));
+        assert!(split.hedge_on_per_try_timeout);
+        assert_eq!(&*split.mirrors[0].cluster.as_ref().unwrap().name, "shadow");
+        let names: Vec<Option<&str>> = split
+            .clusters
+            .iter()
+            .map(|c| c.as_ref().map(|c| &*c.name))
+            .collect();
+        assert_eq!(names, [Some("b"), None, Some("a")]);
+
+        let direct = p.get(0, 2);
+        assert!(direct.clusters.is_empty() && direct.retry.is_none());
+    }
+}
