@@ -36,17 +36,7 @@ use crate::generate::{
 use crate::registry::Registry;
 
 /// Type URLs served.
-pub mod urls {
-    /// LDS.
-    pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
-    /// RDS.
-    pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
-    /// CDS.
-    pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
-    /// EDS.
-    pub const ENDPOINTS: &str =
-        "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
-}
+pub use mesh_core::xds::type_urls as urls;
 
 /// The order a configuration change is pushed in.
 const PUSH_ORDER: [&str; 4] = [urls::CLUSTER, urls::ENDPOINTS, urls::LISTENER, urls::ROUTE];

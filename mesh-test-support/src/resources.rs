@@ -11,7 +11,8 @@ use envoy_types::pb::google::protobuf::Any;
 use envoy_types::util::pack_any;
 use prost::{Message, Name};
 
-/// Type URLs.
+/// Type URLs: the same as `mesh_core::xds::type_urls` (this crate cannot depend on mesh-core,
+/// whose tests use it; a test there checks that they agree).
 pub mod urls {
     /// LDS.
     pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";

@@ -33,7 +33,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub(crate) use resource::decode_any;
-pub use resource::{Resource, ResourceType};
+pub use resource::{Resource, ResourceType, type_urls};
 pub use state::{ResourceError, ResourceState, ResourceStatus};
 
 use crate::bootstrap::Bootstrap;

@@ -39,14 +39,10 @@ impl ResourceType {
     /// The v3 type URL.
     pub fn type_url(self) -> &'static str {
         match self {
-            Self::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
-            Self::RouteConfiguration => {
-                "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
-            }
-            Self::Cluster => "type.googleapis.com/envoy.config.cluster.v3.Cluster",
-            Self::ClusterLoadAssignment => {
-                "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
-            }
+            Self::Listener => type_urls::LISTENER,
+            Self::RouteConfiguration => type_urls::ROUTE,
+            Self::Cluster => type_urls::CLUSTER,
+            Self::ClusterLoadAssignment => type_urls::ENDPOINTS,
         }
     }
 
@@ -189,6 +185,22 @@ pub(crate) fn decode_any(any: &Any) -> Result<(ResourceType, Decoded), String> {
 
 #[cfg(test)]
 mod tests {
+
+    /// The test support's table (which cannot use this crate's) says the same.
+    #[test]
+    fn the_test_supports_type_urls_agree() {
+        use mesh_test_support::resources::urls;
+        assert_eq!(
+            [urls::LISTENER, urls::ROUTE, urls::CLUSTER, urls::ENDPOINTS],
+            [
+                type_urls::LISTENER,
+                type_urls::ROUTE,
+                type_urls::CLUSTER,
+                type_urls::ENDPOINTS
+            ]
+        );
+    }
+
     use super::*;
     use prost::Name;
 
@@ -205,4 +217,18 @@ mod tests {
             ClusterLoadAssignment::type_url()
         );
     }
+}
+
+/// The type URLs of the four resource types, for the crates that speak xDS with this one
+/// (mesh-control, the test support): defined once, here.
+pub mod type_urls {
+    /// LDS: `envoy.config.listener.v3.Listener`.
+    pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+    /// RDS: `envoy.config.route.v3.RouteConfiguration`.
+    pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+    /// CDS: `envoy.config.cluster.v3.Cluster`.
+    pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+    /// EDS: `envoy.config.endpoint.v3.ClusterLoadAssignment`.
+    pub const ENDPOINTS: &str =
+        "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 }
