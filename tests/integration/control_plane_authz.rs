@@ -309,3 +309,40 @@ async fn custom_policies_become_marking_rbac_then_ext_authz() {
     assert_eq!(&*m.filter, "envoy.filters.http.rbac");
     assert_eq!(&*m.path[0], "istio_ext_authz_shadow_effective_policy_id");
 }
+
+/// The same configuration generates the same bytes each time: prost writes a protobuf map
+/// (RBAC `policies`, JWT `providers`) in its `HashMap`'s order, and a listener whose bytes
+/// changed with every snapshot would be pushed to every workload with every snapshot.
+#[test]
+fn an_unchanged_inbound_listener_encodes_the_same_bytes_each_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let services = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../mesh-control/testdata/bookinfo/services.yaml");
+    std::fs::copy(services, dir.path().join("services.yaml")).unwrap();
+    let jwt = "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: { name: jwt, namespace: default }\nspec:\n  jwtRules:\n  - { issuer: a, jwks: '{\"keys\":[]}' }\n  - { issuer: b, jwks: '{\"keys\":[]}' }\n  - { issuer: c, jwks: '{\"keys\":[]}' }\n";
+    std::fs::write(
+        dir.path().join("policies.yaml"),
+        format!("{POLICIES}---\n{jwt}"),
+    )
+    .unwrap();
+    let node = mesh_control::generate::NodeInfo {
+        id: "details".into(),
+        namespace: "default".into(),
+        labels: [("app".to_owned(), "details".to_owned())].into(),
+        ..Default::default()
+    };
+    let names = [INBOUND.to_owned()];
+    let generate = |version| {
+        let snapshot = mesh_control::control::load(dir.path(), version).expect("loads");
+        let listeners = snapshot.resources(&node, mesh_core::xds::type_urls::LISTENER, &names);
+        assert_eq!(listeners.len(), 1);
+        listeners[0].value.clone()
+    };
+    let first = generate(1);
+    for version in 2..6 {
+        assert!(
+            generate(version) == first,
+            "snapshot {version} encodes differently"
+        );
+    }
+}

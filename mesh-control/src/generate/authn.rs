@@ -20,7 +20,7 @@ pub(crate) fn filter(policies: &[&RequestAuthentication]) -> Option<jwt::JwtAuth
     if rules.is_empty() {
         return None;
     }
-    let mut providers = std::collections::HashMap::new();
+    let mut providers = super::stable_map([]);
     let mut any_of = Vec::new();
     for (i, r) in rules.iter().enumerate() {
         let name = format!("origins-{i}");

@@ -87,7 +87,7 @@ fn custom_filters<'a>(
         let deny = rbac_filter::Rbac {
             rules: Some(rbac::Rbac {
                 action: rbac::rbac::Action::Deny as i32,
-                policies: rules.into_iter().collect(),
+                policies: super::stable_map(rules),
                 ..Default::default()
             }),
             ..Default::default()
@@ -97,7 +97,7 @@ fn custom_filters<'a>(
     let mark = rbac_filter::Rbac {
         shadow_rules: Some(rbac::Rbac {
             action: rbac::rbac::Action::Deny as i32,
-            policies: rules.into_iter().collect(),
+            policies: super::stable_map(rules),
             ..Default::default()
         }),
         shadow_rules_stat_prefix: EXT_AUTHZ_STAT_PREFIX.into(),
@@ -271,7 +271,7 @@ fn rbac_filters(
             let config = rbac_filter::Rbac {
                 rules: Some(rbac::Rbac {
                     action: action as i32,
-                    policies: policies.into_iter().collect(),
+                    policies: super::stable_map(policies),
                     ..Default::default()
                 }),
                 ..Default::default()

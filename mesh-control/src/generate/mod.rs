@@ -928,6 +928,20 @@ fn http_filter(name: &str, config: Any) -> hcm::HttpFilter {
 }
 
 /// Protobuf duration.
+/// A protobuf map field's value that encodes the same way for the same entries in the same
+/// order. prost writes a map in its `HashMap`'s iteration order, which depends on the map's
+/// hasher, random per map: every map built here shares one hasher instead, so an unchanged
+/// resource keeps its bytes, and its digest (it is not pushed again with every snapshot).
+pub(crate) fn stable_map<K: std::hash::Hash + Eq, V>(
+    entries: impl IntoIterator<Item = (K, V)>,
+) -> std::collections::HashMap<K, V> {
+    static HASHER: std::sync::LazyLock<std::hash::RandomState> =
+        std::sync::LazyLock::new(std::hash::RandomState::new);
+    let mut map = std::collections::HashMap::with_hasher(HASHER.clone());
+    map.extend(entries);
+    map
+}
+
 pub(crate) fn pb_duration(d: std::time::Duration) -> envoy_types::pb::google::protobuf::Duration {
     envoy_types::pb::google::protobuf::Duration {
         seconds: d.as_secs() as i64,
