@@ -325,27 +325,8 @@ async fn stream_idle_timeout_and_max_stream_duration_answer_a_stalled_stream() {
 async fn response_bodies_are_bounded_per_stream() {
     let addr = serve_plain(json!({"stream_idle_timeout": "0.3s"})).await;
     let h2 = h2_client(addr).await;
-    let body = |path: &'static str| {
-        let mut h2 = h2.clone();
-        async move {
-            let started = Instant::now();
-            h2.ready().await.unwrap();
-            let req = http::Request::get(format!("http://app{path}"))
-                .body(http_body_util::Empty::new())
-                .unwrap();
-            let mut body = h2.send_request(req).await.unwrap().into_body();
-            let mut chunks = 0;
-            loop {
-                match body.frame().await {
-                    Some(Ok(_)) => chunks += 1,
-                    Some(Err(e)) => return (chunks, started.elapsed(), Some(e.to_string())),
-                    None => return (chunks, started.elapsed(), None),
-                }
-            }
-        }
-    };
-    let drip = tokio::spawn(body("/drip"));
-    let (chunks, took, error) = tokio::time::timeout(LIMIT, body("/stall"))
+    let drip = tokio::spawn(read_stream(h2.clone(), "/drip"));
+    let (chunks, took, error) = tokio::time::timeout(LIMIT, read_stream(h2, "/stall"))
         .await
         .expect("the stalled stream is reset, not left open");
     assert_eq!(chunks, 1, "the first chunk arrived");
@@ -361,27 +342,9 @@ async fn response_bodies_are_bounded_per_stream() {
         "common_http_protocol_options": {"max_stream_duration": "0.5s"}}))
     .await;
     let h2 = h2_client(addr).await;
-    let (chunks, took, error) = {
-        let mut h2 = h2.clone();
-        let started = Instant::now();
-        h2.ready().await.unwrap();
-        let req = http::Request::get("http://app/drip")
-            .body(http_body_util::Empty::new())
-            .unwrap();
-        let mut body = h2.send_request(req).await.unwrap().into_body();
-        let mut chunks = 0;
-        let error = loop {
-            match tokio::time::timeout(LIMIT, body.frame())
-                .await
-                .expect("bounded")
-            {
-                Some(Ok(_)) => chunks += 1,
-                Some(Err(e)) => break Some(e.to_string()),
-                None => break None,
-            }
-        };
-        (chunks, started.elapsed(), error)
-    };
+    let (chunks, took, error) = tokio::time::timeout(LIMIT, read_stream(h2.clone(), "/drip"))
+        .await
+        .expect("bounded");
     assert!(error.is_some(), "reset at max_stream_duration");
     assert!(chunks >= 3, "streamed until then: {chunks}");
     assert!(
@@ -405,6 +368,25 @@ async fn response_bodies_are_bounded_per_stream() {
     let text = String::from_utf8_lossy(&seen);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(!text.ends_with("0\r\n\r\n"), "the body never ended: {text}");
+}
+
+/// GETs `path` over HTTP/2 and reads its body to the end: the chunks read, the time from
+/// the request, and the stream's error if it was reset.
+async fn read_stream(mut h2: H2, path: &str) -> (usize, Duration, Option<String>) {
+    let started = Instant::now();
+    h2.ready().await.unwrap();
+    let req = http::Request::get(format!("http://app{path}"))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let mut body = h2.send_request(req).await.unwrap().into_body();
+    let mut chunks = 0;
+    loop {
+        match body.frame().await {
+            Some(Ok(_)) => chunks += 1,
+            Some(Err(e)) => return (chunks, started.elapsed(), Some(e.to_string())),
+            None => return (chunks, started.elapsed(), None),
+        }
+    }
 }
 
 /// `http2_protocol_options.connection_keepalive`: a peer that stops answering PINGs is
