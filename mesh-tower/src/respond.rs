@@ -9,7 +9,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::combinators::{BoxBody, UnsyncBoxBody};
+use http_body_util::{BodyExt, Full};
 
 use crate::body::RspBody;
 use crate::flags::ResponseFlags;
@@ -45,22 +48,66 @@ impl ResponseInfo {
     pub fn of<B>(rsp: &Response<B>) -> Option<&ResponseInfo> {
         rsp.extensions().get::<ResponseInfo>()
     }
+
+    /// The info of `rsp`, inserted empty when a service that is not the mesh's answered (a
+    /// layer around a user's own client).
+    pub fn of_mut<B>(rsp: &mut Response<B>) -> &mut ResponseInfo {
+        rsp.extensions_mut().get_or_insert_default::<ResponseInfo>()
+    }
 }
 
 /// Envoy's body for failures before response headers.
 pub(crate) const RESET_BEFORE_HEADERS: &str =
     "upstream connect error or disconnect/reset before headers. reset reason: ";
 
+/// A response body the mesh can write its own replies in (a timeout, an injected abort, an
+/// overflow), so that the [layers](crate::layer) can answer for the service they wrap.
+///
+/// Implemented for the mesh's [`RspBody`] and for `http-body-util`'s [`Full`] and boxed
+/// bodies; a client whose body is hyper's `Incoming` can map it into a boxed body first.
+///
+/// [`Full`]: http_body_util::Full
+pub trait LocalBody: Sized {
+    /// A complete body holding `text` (empty `text` for an empty body).
+    fn local(text: Bytes) -> Self;
+}
+
+impl LocalBody for RspBody {
+    fn local(text: Bytes) -> Self {
+        RspBody::full(text)
+    }
+}
+
+impl LocalBody for Full<Bytes> {
+    fn local(text: Bytes) -> Self {
+        Full::new(text)
+    }
+}
+
+impl<E: 'static> LocalBody for UnsyncBoxBody<Bytes, E> {
+    fn local(text: Bytes) -> Self {
+        Full::new(text)
+            .map_err(|never| match never {})
+            .boxed_unsync()
+    }
+}
+
+impl<E: 'static> LocalBody for BoxBody<Bytes, E> {
+    fn local(text: Bytes) -> Self {
+        Full::new(text).map_err(|never| match never {}).boxed()
+    }
+}
+
 /// A local reply.
-pub(crate) fn local(
+pub(crate) fn local<B: LocalBody>(
     status: StatusCode,
-    body: impl Into<bytes::Bytes>,
+    body: impl Into<Bytes>,
     grpc: bool,
     info: ResponseInfo,
-) -> Response<RspBody> {
+) -> Response<B> {
     let body = body.into();
     let mut rsp = if grpc {
-        let mut rsp = Response::new(RspBody::empty());
+        let mut rsp = Response::new(B::local(Bytes::new()));
         let h = rsp.headers_mut();
         h.insert(
             header::CONTENT_TYPE,
@@ -72,7 +119,7 @@ pub(crate) fn local(
         }
         rsp
     } else {
-        let mut rsp = Response::new(RspBody::full(body.clone()));
+        let mut rsp = Response::new(B::local(body.clone()));
         *rsp.status_mut() = status;
         if !body.is_empty() {
             rsp.headers_mut()
@@ -158,7 +205,7 @@ mod tests {
             flags: ResponseFlags::NO_HEALTHY_UPSTREAM,
             ..ResponseInfo::default()
         };
-        let rsp = local(
+        let rsp: Response<RspBody> = local(
             StatusCode::SERVICE_UNAVAILABLE,
             "no healthy upstream",
             true,
@@ -176,7 +223,7 @@ mod tests {
             flags: ResponseFlags::UPSTREAM_OVERFLOW,
             ..ResponseInfo::default()
         };
-        let rsp = local(StatusCode::SERVICE_UNAVAILABLE, "x", false, info);
+        let rsp: Response<RspBody> = local(StatusCode::SERVICE_UNAVAILABLE, "x", false, info);
         assert_eq!(rsp.headers()["x-envoy-overloaded"], "true");
         assert_eq!(percent_encode("a%b\n".as_bytes()), b"a%25b%0A");
     }

@@ -4,7 +4,6 @@ mod attempt;
 pub(crate) mod balance;
 pub(crate) mod circuit_breaker;
 mod cluster;
-mod fault;
 mod hedge;
 pub(crate) mod host;
 pub(crate) mod outlier;
@@ -13,9 +12,10 @@ mod policy;
 mod retry;
 mod route;
 mod router;
+mod stack;
 mod target;
-mod timeout;
 mod tls;
+mod upstream;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -344,7 +344,7 @@ impl Outbound {
                 })?,
         };
         if let Plan::Routes(p) = &*plan {
-            return Ok(router::forward(&self, &rt, p, req).await);
+            return Ok(router::forward(&self, p, req).await);
         }
         let authority = route::authority(&req).unwrap_or_default().into_owned();
         let grpc = respond::is_grpc(req.headers());

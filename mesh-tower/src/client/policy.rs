@@ -5,9 +5,9 @@
 //! a route without a retry or hedge policy or mirrors takes its virtual host's, and its
 //! clusters are names until they are resolved to their runtimes. [`RoutePolicies`] settles
 //! all of that once per plan, one [`RoutePolicy`] per route, indexed as the table is
-//! ([`RouteTable::find_indexed`]). What depends on the request itself (a retry policy's
-//! method and header conditions, the weighted choice, `cluster_header`) is still decided per
-//! request.
+//! ([`RouteTable::find_indexed`]), with the stack of each cluster the route sends to
+//! ([`stack`](super::stack)). What depends on the request itself (a retry policy's method and
+//! header conditions, the weighted choice, `cluster_header`) is still decided per request.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,6 +15,7 @@ use std::sync::Arc;
 use mesh_core::model::{Action, ClusterSpecifier, MirrorPolicy, RetryPolicy, RouteTable};
 
 use super::cluster::ClusterRuntime;
+use super::stack::{self, Backend, RouteRef, StackEnv};
 
 /// Every route's policy, by virtual host and route position.
 #[derive(Debug, Default)]
@@ -32,11 +33,11 @@ pub(crate) struct RoutePolicy {
     /// its virtual host's).
     pub(crate) hedge_on_per_try_timeout: bool,
     /// Shadow copies: the route's mirrors, else its virtual host's.
-    pub(crate) mirrors: Box<[Mirror]>,
-    /// The runtime of each cluster the route names: its `cluster`, or each weighted choice in
+    pub(crate) mirrors: Arc<[Mirror]>,
+    /// The backend of each cluster the route names: its `cluster`, or each weighted choice in
     /// order (`None` where the cluster does not exist); empty for `cluster_header` and for
     /// routes that do not forward.
-    pub(crate) clusters: Box<[Option<Arc<ClusterRuntime>>]>,
+    pub(crate) backends: Box<[Option<Backend>]>,
 }
 
 /// A mirror policy with its cluster resolved.
@@ -48,10 +49,12 @@ pub(crate) struct Mirror {
 }
 
 impl RoutePolicies {
-    /// Resolves every route of `table` against the plan's `clusters`.
+    /// Resolves every route of `table` against the plan's `clusters`, building each backend's
+    /// stack in `env`.
     pub(crate) fn build(
         table: &RouteTable,
         clusters: &HashMap<Arc<str>, Arc<ClusterRuntime>>,
+        env: &StackEnv,
     ) -> Self {
         let hosts = table
             .virtual_hosts
@@ -68,7 +71,7 @@ impl RoutePolicies {
                         } else {
                             &fwd.mirrors
                         };
-                        RoutePolicy {
+                        let mut policy = RoutePolicy {
                             retry: fwd
                                 .retry
                                 .as_ref()
@@ -86,18 +89,32 @@ impl RoutePolicies {
                                     cluster: clusters.get(&m.cluster).cloned(),
                                 })
                                 .collect(),
-                            clusters: match &fwd.cluster {
-                                ClusterSpecifier::Cluster(c) => {
-                                    Box::new([clusters.get(c).cloned()])
-                                }
-                                ClusterSpecifier::Weighted(w) => w
-                                    .clusters
-                                    .iter()
-                                    .map(|c| clusters.get(&c.name).cloned())
-                                    .collect(),
-                                ClusterSpecifier::Header(_) => Box::new([]),
-                            },
-                        }
+                            backends: Box::new([]),
+                        };
+                        let at = RouteRef {
+                            table,
+                            host: vh,
+                            route,
+                            forward: fwd,
+                        };
+                        let backend = |name: &Arc<str>, weight| {
+                            clusters
+                                .get(name)
+                                .map(|c| stack::backend(env, at, &policy, c, weight))
+                        };
+                        let backends = match &fwd.cluster {
+                            ClusterSpecifier::Cluster(c) => {
+                                Box::new([backend(c, None)]) as Box<[_]>
+                            }
+                            ClusterSpecifier::Weighted(w) => w
+                                .clusters
+                                .iter()
+                                .map(|c| backend(&c.name, Some(c)))
+                                .collect(),
+                            ClusterSpecifier::Header(_) => Box::new([]),
+                        };
+                        policy.backends = backends;
+                        policy
                     })
                     .collect()
             })
@@ -169,7 +186,7 @@ mod tests {
             {"match": {"prefix": "/"}, "direct_response": {"status": 200}}
         ]}]}));
         let clusters = runtimes(&["a", "b", "shadow"]);
-        let p = RoutePolicies::build(&t, &clusters);
+        let p = RoutePolicies::build(&t, &clusters, &StackEnv::default());
 
         let own = p.get(0, 0);
         assert!(
@@ -182,20 +199,20 @@ mod tests {
             own.mirrors[0].cluster.is_none(),
             "the route's mirror, unresolved"
         );
-        assert_eq!(&*own.clusters[0].as_ref().unwrap().name, "a");
+        assert_eq!(&*own.backends[0].as_ref().unwrap().cluster.name, "a");
 
         let split = p.get(0, 1);
         assert_eq!(split.retry.as_ref().map(|r| r.num_retries), Some(2));
         assert!(split.hedge_on_per_try_timeout);
         assert_eq!(&*split.mirrors[0].cluster.as_ref().unwrap().name, "shadow");
         let names: Vec<Option<&str>> = split
-            .clusters
+            .backends
             .iter()
-            .map(|c| c.as_ref().map(|c| &*c.name))
+            .map(|b| b.as_ref().map(|b| &*b.cluster.name))
             .collect();
         assert_eq!(names, [Some("b"), None, Some("a")]);
 
         let direct = p.get(0, 2);
-        assert!(direct.clusters.is_empty() && direct.retry.is_none());
+        assert!(direct.backends.is_empty() && direct.retry.is_none());
     }
 }

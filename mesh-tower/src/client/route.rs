@@ -9,9 +9,7 @@ use std::borrow::Cow;
 use http::header::{HOST, LOCATION};
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
-use mesh_core::model::{
-    AppendAction, HeaderMutations, PathMatch, Redirect, RedirectPath, RegexRewrite,
-};
+use mesh_core::model::{PathMatch, Redirect, RedirectPath, RegexRewrite};
 
 use crate::body::RspBody;
 
@@ -50,57 +48,6 @@ pub(crate) fn authority_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> 
     uri.authority()
         .map(Authority::as_str)
         .or_else(|| headers.get(HOST).and_then(|h| h.to_str().ok()))
-}
-
-/// Applies header mutations, most specific level first (Envoy's default order, so a less
-/// specific level's overwrite wins). Removals of a level run before its additions.
-pub(crate) fn mutate_request(headers: &mut HeaderMap, levels: &[&HeaderMutations]) {
-    for m in levels {
-        for name in m.request_remove.iter() {
-            headers.remove(name);
-        }
-        for add in m.request_add.iter() {
-            apply_add(headers, &add.name, &add.value, add.append);
-        }
-    }
-}
-
-/// The response counterpart of [`mutate_request`].
-pub(crate) fn mutate_response(headers: &mut HeaderMap, levels: &[&HeaderMutations]) {
-    for m in levels {
-        for name in m.response_remove.iter() {
-            headers.remove(name);
-        }
-        for add in m.response_add.iter() {
-            apply_add(headers, &add.name, &add.value, add.append);
-        }
-    }
-}
-
-fn apply_add(
-    headers: &mut HeaderMap,
-    name: &http::HeaderName,
-    value: &HeaderValue,
-    how: AppendAction,
-) {
-    match how {
-        AppendAction::AppendIfExistsOrAdd => {
-            headers.append(name.clone(), value.clone());
-        }
-        AppendAction::AddIfAbsent => {
-            if !headers.contains_key(name) {
-                headers.insert(name.clone(), value.clone());
-            }
-        }
-        AppendAction::OverwriteIfExistsOrAdd => {
-            headers.insert(name.clone(), value.clone());
-        }
-        AppendAction::OverwriteIfExists => {
-            if headers.contains_key(name) {
-                headers.insert(name.clone(), value.clone());
-            }
-        }
-    }
 }
 
 /// The rewritten path and query, if the route rewrites the path.
@@ -222,7 +169,6 @@ pub(crate) fn shadow_authority(authority: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mesh_core::model::HeaderAdd;
 
     #[test]
     fn authority_gets_the_default_port() {
@@ -241,37 +187,6 @@ mod tests {
         assert_eq!(authority(&r).unwrap(), "[::1]:443");
         let r = http::Request::get("/x").body(()).unwrap();
         assert!(authority(&r).is_none());
-    }
-
-    fn add(name: &'static str, value: &'static str, append: AppendAction) -> HeaderAdd {
-        HeaderAdd {
-            name: http::HeaderName::from_static(name),
-            value: HeaderValue::from_static(value),
-            append,
-        }
-    }
-
-    #[test]
-    fn header_mutations_follow_envoy_append_actions() {
-        let mut h = HeaderMap::new();
-        h.insert("a", "1".parse().unwrap());
-        h.insert("gone", "x".parse().unwrap());
-        let m = HeaderMutations {
-            request_add: Box::new([
-                add("a", "2", AppendAction::AppendIfExistsOrAdd),
-                add("b", "1", AppendAction::AddIfAbsent),
-                add("c", "1", AppendAction::OverwriteIfExists),
-                add("d", "1", AppendAction::OverwriteIfExistsOrAdd),
-            ]),
-            request_remove: Box::new([http::HeaderName::from_static("gone")]),
-            ..HeaderMutations::default()
-        };
-        mutate_request(&mut h, &[&m]);
-        assert_eq!(h.get_all("a").iter().count(), 2);
-        assert_eq!(h["b"], "1");
-        assert!(!h.contains_key("c"));
-        assert_eq!(h["d"], "1");
-        assert!(!h.contains_key("gone"));
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //!
 //! The request path loads the current [`Plan`] with one atomic load and never waits for a
 //! rebuild; a task per target turns each new snapshot into a plan (resolving each cluster name
-//! to its [`ClusterRuntime`], each route's policy ([`RoutePolicies`]), collecting the
-//! listener's fault filters) and swaps it in.
+//! to its [`ClusterRuntime`], each route's policy and backend stacks ([`RoutePolicies`]))
+//! and swaps it in.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU32;
@@ -18,8 +18,8 @@ use tokio::sync::watch;
 
 use super::Outbound;
 use super::cluster::ClusterRuntime;
-use super::fault::FaultFilter;
 use super::policy::RoutePolicies;
+use super::stack::{FaultFilter, StackEnv};
 
 /// What the data path does for one authority.
 #[derive(Debug)]
@@ -37,9 +37,10 @@ pub(crate) enum Plan {
 pub(crate) struct RoutePlan {
     pub(crate) snapshot: Arc<TargetSnapshot>,
     pub(crate) clusters: HashMap<Arc<str>, Arc<ClusterRuntime>>,
-    /// Each route's policy, resolved against `clusters`.
+    /// Each route's policy and backends, resolved against `clusters`.
     pub(crate) policies: RoutePolicies,
-    pub(crate) faults: Box<[FaultFilter]>,
+    /// What the route stacks share (also for those built per request).
+    pub(crate) env: StackEnv,
 }
 
 /// One authority's live plan.
@@ -103,7 +104,9 @@ async fn drive(
                 return;
             };
             let plan = match (target.snapshot(), &st.error) {
-                (Some(snapshot), None) => Some(Plan::Routes(build(&ob, snapshot).await)),
+                (Some(snapshot), None) => Some(Plan::Routes(
+                    build(&ob, snapshot, rt.active_faults.clone()).await,
+                )),
                 (_, Some(e)) if st.unknown => Some(Plan::Unknown(e.clone())),
                 (_, Some(e)) => Some(Plan::Failed(e.clone())),
                 (None, None) => None,
@@ -120,7 +123,11 @@ async fn drive(
     }
 }
 
-async fn build(ob: &Outbound, snapshot: Arc<TargetSnapshot>) -> RoutePlan {
+async fn build(
+    ob: &Outbound,
+    snapshot: Arc<TargetSnapshot>,
+    active_faults: Arc<AtomicU32>,
+) -> RoutePlan {
     let mut clusters = HashMap::with_capacity(snapshot.clusters.len());
     for (name, entry) in &snapshot.clusters {
         let runtime = ob.clusters.get_or_create(entry);
@@ -140,10 +147,15 @@ async fn build(ob: &Outbound, snapshot: Arc<TargetSnapshot>) -> RoutePlan {
             _ => None,
         })
         .collect();
+    let env = StackEnv {
+        faults,
+        active_faults,
+        retry_budget: ob.config.retry_budget,
+    };
     RoutePlan {
-        policies: RoutePolicies::build(&snapshot.routes, &clusters),
+        policies: RoutePolicies::build(&snapshot.routes, &clusters, &env),
         snapshot,
         clusters,
-        faults,
+        env,
     }
 }

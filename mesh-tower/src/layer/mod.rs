@@ -1,0 +1,65 @@
+//! Envoy's HTTP policies as Tower layers, one concern each, usable around any
+//! `tower::Service<http::Request<B>>`: a user who only wants Envoy-style fault injection or a
+//! route timeout on their own client can have it without the rest of the mesh.
+//!
+//! [`MeshClient`](crate::MeshClient) assembles the same layers for each route, when the route's
+//! configuration arrives, in Envoy's order (see `client/stack.rs`):
+//!
+//! ```text
+//! FaultLayer            delay, then abort (an aborted request never reaches the upstream)
+//!  → HeaderMutationLayer request headers on the way in, response headers on the way out
+//!  → RouteTimeoutLayer  one deadline over every attempt (route timeout, grpc-timeout)
+//!  → the route's upstream: mirrors, retries, circuit breaker, balancer, connection
+//! ```
+//!
+//! A layer that answers for the service it wraps (a timeout, an injected abort) writes the
+//! answer Envoy would, gRPC-shaped for gRPC requests, into a body of the inner service's type,
+//! which must implement [`LocalBody`]; and it records its [`ResponseFlags`] in the response's
+//! [`ResponseInfo`](crate::ResponseInfo). None of them boxes a future.
+//!
+//! Two of them around a plain hyper client:
+//!
+//! ```
+//! # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! use std::time::Duration;
+//! use http_body_util::{BodyExt, Empty, combinators::BoxBody};
+//! use hyper_util::client::legacy::Client;
+//! use hyper_util::rt::TokioExecutor;
+//! use mesh_core::model::{AppendAction, HeaderAdd, HeaderMutations};
+//! use mesh_tower::layer::{HeaderMutationLayer, RouteTimeoutLayer};
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! let hyper = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+//! let tag = HeaderMutations {
+//!     request_add: Box::new([HeaderAdd {
+//!         name: http::HeaderName::from_static("x-team"),
+//!         value: http::HeaderValue::from_static("checkout"),
+//!         append: AppendAction::OverwriteIfExistsOrAdd,
+//!     }]),
+//!     ..HeaderMutations::default()
+//! };
+//! let client = ServiceBuilder::new()
+//!     .layer(HeaderMutationLayer::new([tag]))
+//!     .layer(RouteTimeoutLayer::new(Duration::from_secs(2)))
+//!     // The layers answer in the inner service's body type: box hyper's `Incoming`.
+//!     .map_response(|rsp: http::Response<hyper::body::Incoming>| rsp.map(|b| b.boxed()))
+//!     .service(hyper);
+//! let req = http::Request::get("http://127.0.0.1:1/").body(Empty::new())?;
+//! // Nothing listens on port 1: the client's error comes back as is. A server slower than
+//! // two seconds would get a 504 `upstream request timeout` instead, with flag `UT`.
+//! let answer: Result<http::Response<BoxBody<_, _>>, _> = client.oneshot(req).await;
+//! assert!(answer.is_err());
+//! # Ok(()) }
+//! # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+//! ```
+//!
+//! [`ResponseFlags`]: crate::ResponseFlags
+
+pub mod fault;
+pub mod headers;
+pub mod timeout;
+
+pub use crate::respond::LocalBody;
+pub use fault::{Fault, FaultLayer};
+pub use headers::{HeaderMutation, HeaderMutationLayer};
+pub use timeout::{RouteTimeout, RouteTimeoutLayer};
