@@ -49,7 +49,7 @@ pub(crate) async fn mesh(path: &Path, sampling: f64, otlp: Option<SocketAddr>) -
 
 /// One caller per connection the mode asks for (each has its own pool, so HTTP/2 modes get
 /// that many connections); one for the open-loop modes.
-async fn callers(args: &ClientArgs) -> Vec<Caller> {
+pub(crate) async fn callers(args: &ClientArgs) -> Vec<Caller> {
     let s = args.scenario;
     let n = args
         .mode

@@ -9,8 +9,10 @@
 //! The same binary plays the roles of one run, as separate processes so that each side's CPU
 //! and memory are its own: `serve` (the application server, pinned to CPU 1) and `load` (the
 //! application client and load generator, pinned to CPU 0), started by the orchestrator.
+//! `cost` runs both sides in one process for callgrind (`scripts/cost`, see [`cost`]).
 
 mod client;
+mod cost;
 mod envoy_pair;
 mod load;
 mod mesh_config;
@@ -107,6 +109,21 @@ fn main() {
                 bootstrap,
                 otlp,
             }));
+        }
+        Some("cost") => {
+            let requests = flags
+                .parse("--requests")
+                .unwrap_or_else(|| fail("--requests is required"));
+            // One thread: callgrind counts are most repeatable when nothing runs in parallel.
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(cost::run(cost::CostArgs {
+                    scenario: flags.scenario(),
+                    mode: flags.parse("--mode").unwrap_or(Mode::MaxH1),
+                    requests,
+                }));
         }
         Some("load") => {
             let secs = |name: &str| Duration::from_secs(flags.parse(name).unwrap_or(1));

@@ -50,6 +50,18 @@ impl Authorization for Check {
 
 /// Serves until stdin closes.
 pub(crate) async fn run(args: ServerArgs) {
+    start(&args).await;
+    println!("READY");
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if line.trim() == "cpu" {
+            println!("CPU {}", crate::sys::own_cpu().as_micros());
+        }
+    }
+}
+
+/// Starts serving, in tasks of the current runtime.
+pub(crate) async fn start(args: &ServerArgs) {
     let s = args.scenario;
     let addrs: Vec<SocketAddr> = args
         .ports
@@ -93,13 +105,6 @@ pub(crate) async fn run(args: ServerArgs) {
                 let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
                 tokio::spawn(serve_hyper(listener, s.fail_per_mille));
             }
-        }
-    }
-    println!("READY");
-    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        if line.trim() == "cpu" {
-            println!("CPU {}", crate::sys::own_cpu().as_micros());
         }
     }
 }
