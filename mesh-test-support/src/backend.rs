@@ -135,7 +135,9 @@ fn seen<B>(req: &Request<B>) -> http::HeaderMap {
         seen.insert("x-version", v);
     }
     for (name, value) in req.headers() {
-        if name.as_str().starts_with("x-")
+        // Hop-by-hop headers too, so tests can check a proxy removed them.
+        let hop_by_hop = matches!(name.as_str(), "keep-alive" | "proxy-connection" | "te");
+        if (name.as_str().starts_with("x-") || hop_by_hop)
             && let Ok(n) = http::HeaderName::from_bytes(format!("x-echo-{name}").as_bytes())
         {
             seen.append(n, value.clone());
@@ -156,7 +158,8 @@ pub fn echo<B>(name: &str, req: &Request<B>) -> Response<Full<Bytes>> {
 }
 
 /// What the backend saw, echoed in response headers so tests can check what was sent
-/// ([`seen`]), with `x-body-len`.
+/// ([`seen`]: the path, authority and version, every `x-` header and the hop-by-hop
+/// `keep-alive`, `proxy-connection` and `te` as `x-echo-<name>`), with `x-body-len`.
 async fn handle(
     s: Arc<Shared>,
     req: Request<hyper::body::Incoming>,

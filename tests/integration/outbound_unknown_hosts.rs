@@ -51,6 +51,43 @@ async fn allow_any_connects_directly() {
     assert_eq!(a.header("x-path"), "/direct");
 }
 
+/// Hop-by-hop headers are the caller's connection's business: neither the routed path nor
+/// the passthrough forwards them (`te` only as `trailers`, which gRPC needs).
+#[tokio::test]
+async fn hop_by_hop_headers_never_travel_upstream() {
+    let b = Backend::start("b").await;
+    let client = static_client_with(config(&b), |c| c).await;
+    let hop = [
+        ("keep-alive", "timeout=5"),
+        ("proxy-connection", "keep-alive"),
+        ("te", "gzip"),
+        ("x-kept", "yes"),
+    ];
+    for uri in ["http://known/".to_owned(), format!("http://{}/", b.addr())] {
+        let a = get(&client, &uri, &hop).await;
+        assert_eq!(a.status, 200, "{uri}");
+        assert_eq!(
+            a.header("x-echo-x-kept"),
+            "yes",
+            "{uri}: end-to-end headers pass"
+        );
+        for (name, _) in &hop[..3] {
+            assert_eq!(
+                a.header(&format!("x-echo-{name}")),
+                "",
+                "{uri}: {name} was forwarded"
+            );
+        }
+    }
+    let a = get(
+        &client,
+        &format!("http://{}/", b.addr()),
+        &[("te", "trailers")],
+    )
+    .await;
+    assert_eq!(a.header("x-echo-te"), "trailers");
+}
+
 #[tokio::test]
 async fn requests_wait_for_config_then_fail_clearly() {
     mesh_test_support::trace_init();

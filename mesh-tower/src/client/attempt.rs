@@ -315,8 +315,8 @@ const HOP_BY_HOP: [&str; 5] = [
     "upgrade",
 ];
 
-/// The upstream request of one attempt: origin-form URI and `Host` for HTTP/1.1, absolute
-/// URI (so `:authority` is the service's name, not the endpoint's) for HTTP/2.
+/// The upstream request of one attempt: the attempt's own headers, then
+/// [`upstream_request`].
 fn build(
     ctx: &AttemptCtx,
     n: u32,
@@ -330,6 +330,42 @@ fn build(
     } else {
         ctx.authority.clone()
     };
+    if ctx.attempt_count_header {
+        headers.insert("x-envoy-attempt-count", HeaderValue::from(n));
+    }
+    // gRFC A6: a gRPC retry tells the server how many attempts went before it, so servers
+    // (and the interop suite's `succeed-on-retry-attempt-N`) can tell retries apart.
+    if n > 1 && ctx.grpc {
+        headers.insert("grpc-previous-rpc-attempts", HeaderValue::from(n - 1));
+    }
+    let target = UpstreamTarget {
+        method: ctx.method.clone(),
+        pq: ctx.pq.clone(),
+        authority,
+        scheme: Scheme::HTTP,
+    };
+    upstream_request(target, headers, body, protocol)
+}
+
+/// Where an upstream request goes, as its request line and `Host` say it.
+pub(super) struct UpstreamTarget {
+    pub(super) method: Method,
+    pub(super) pq: PathAndQuery,
+    pub(super) authority: Authority,
+    /// The scheme of an HTTP/2 request's `:scheme`.
+    pub(super) scheme: Scheme,
+}
+
+/// An upstream request as every path out of the client sends it (routed attempts, mirrors
+/// and the passthrough): hop-by-hop headers removed (and `TE` but for `trailers`), then
+/// origin-form URI and `Host` for HTTP/1.1, or an absolute URI (so `:authority` is the
+/// service's name, not the endpoint's) and no `Host` for HTTP/2.
+pub(super) fn upstream_request(
+    target: UpstreamTarget,
+    mut headers: HeaderMap,
+    body: ReqBody,
+    protocol: Protocol,
+) -> Request<ReqBody> {
     for h in HOP_BY_HOP {
         headers.remove(h);
     }
@@ -339,34 +375,26 @@ fn build(
     {
         headers.remove(header::TE);
     }
-    if ctx.attempt_count_header {
-        headers.insert("x-envoy-attempt-count", HeaderValue::from(n));
-    }
-    // gRFC A6: a gRPC retry tells the server how many attempts went before it, so servers
-    // (and the interop suite's `succeed-on-retry-attempt-N`) can tell retries apart.
-    if n > 1 && ctx.grpc {
-        headers.insert("grpc-previous-rpc-attempts", HeaderValue::from(n - 1));
-    }
     let (uri, version) = match protocol {
         Protocol::Http1 => {
-            if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+            if let Ok(v) = HeaderValue::from_str(target.authority.as_str()) {
                 headers.insert(HOST, v);
             }
-            (Uri::from(ctx.pq.clone()), Version::HTTP_11)
+            (Uri::from(target.pq), Version::HTTP_11)
         }
         Protocol::Http2 => {
             headers.remove(HOST);
             let uri = Uri::builder()
-                .scheme(Scheme::HTTP)
-                .authority(authority)
-                .path_and_query(ctx.pq.clone())
+                .scheme(target.scheme)
+                .authority(target.authority)
+                .path_and_query(target.pq)
                 .build()
                 .expect("scheme, authority and path are valid parts");
             (uri, Version::HTTP_2)
         }
     };
     let mut req = Request::new(body);
-    *req.method_mut() = ctx.method.clone();
+    *req.method_mut() = target.method;
     *req.uri_mut() = uri;
     *req.version_mut() = version;
     *req.headers_mut() = headers;

@@ -6,10 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode};
 use http_body::Body;
 use mesh_core::model::CircuitBreakers;
 
+use super::attempt::{UpstreamTarget, upstream_request};
 use super::circuit_breaker::{Counters, Inflight};
 use super::host::{ConnectSettings, Host, Protocol, Transport};
 use super::route;
@@ -73,7 +75,7 @@ impl Passthrough {
         } else {
             Protocol::Http1
         };
-        let (mut parts, body) = req.into_parts();
+        let (parts, body) = req.into_parts();
         let mut body = BodySource::new(body, 0).await;
         let Some(body) = body.lend() else {
             info.flags |= ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR;
@@ -84,40 +86,24 @@ impl Passthrough {
                 info,
             );
         };
-        let pq = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| "/".parse().expect("valid"));
-        parts.uri = match protocol {
-            Protocol::Http1 => {
-                if let Ok(v) = authority.parse() {
-                    parts.headers.entry(http::header::HOST).or_insert(v);
-                }
-                http::Uri::from(pq)
-            }
-            Protocol::Http2 => {
-                let a = route::authority_host(&parts.uri, &parts.headers).unwrap_or(authority);
-                match http::Uri::builder()
-                    .scheme(if https { "https" } else { "http" })
-                    .authority(a)
-                    .path_and_query(pq)
-                    .build()
-                {
-                    Ok(u) => u,
-                    Err(_) => {
-                        info.flags |= ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR;
-                        return respond::local(
-                            StatusCode::BAD_REQUEST,
-                            "invalid authority",
-                            grpc,
-                            info,
-                        );
-                    }
-                }
-            }
+        // The authority as the caller wrote it (without the default port the lookup added).
+        let Some(target_authority) = route::authority_host(&parts.uri, &parts.headers)
+            .and_then(|a| a.parse::<Authority>().ok())
+        else {
+            info.flags |= ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR;
+            return respond::local(StatusCode::BAD_REQUEST, "invalid authority", grpc, info);
         };
-        let req = Request::from_parts(parts, body);
+        let target = UpstreamTarget {
+            method: parts.method,
+            pq: parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            authority: target_authority,
+            scheme: if https { Scheme::HTTPS } else { Scheme::HTTP },
+        };
+        let req = upstream_request(target, parts.headers, body, protocol);
         let transport = if https {
             self.tls(authority, protocol)
         } else {
