@@ -156,13 +156,15 @@ where
                 // leave a clone in its place (tower's idiom for calling later).
                 let clone = self.inner.clone();
                 State::Delayed {
-                    sleep: tokio::time::sleep(delay),
-                    svc: Some(std::mem::replace(&mut self.inner, clone)),
-                    grpc: respond::is_grpc(req.headers()),
-                    req: Some(req),
-                    abort,
-                    delay,
-                    _active,
+                    delayed: Box::pin(Delayed {
+                        sleep: tokio::time::sleep(delay),
+                        svc: Some(std::mem::replace(&mut self.inner, clone)),
+                        grpc: respond::is_grpc(req.headers()),
+                        req: Some(req),
+                        abort,
+                        delay,
+                        _active,
+                    }),
                 }
             }
         };
@@ -188,18 +190,25 @@ pin_project_lite::pin_project! {
         S: tower::Service<Request<B>>,
     {
         Inner { #[pin] fut: S::Future, delay: Option<Duration> },
-        Delayed {
-            #[pin]
-            sleep: Sleep,
-            svc: Option<S>,
-            req: Option<Request<B>>,
-            abort: Option<Abort>,
-            delay: Duration,
-            grpc: bool,
-            // Counts against `max_active_faults` while the request is delayed.
-            _active: Option<ActiveFault>,
-        },
+        // Boxed: only a delayed request pays for the room its request takes, not every
+        // request's future.
+        Delayed { delayed: Pin<Box<Delayed<S, B>>> },
         Aborted { rsp: Option<Response<RB>> },
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request held back by an injected delay.
+    struct Delayed<S, B> {
+        #[pin]
+        sleep: Sleep,
+        svc: Option<S>,
+        req: Option<Request<B>>,
+        abort: Option<Abort>,
+        delay: Duration,
+        grpc: bool,
+        // Counts against `max_active_faults` while the request is delayed.
+        _active: Option<ActiveFault>,
     }
 }
 
@@ -226,24 +235,17 @@ where
                 StateProj::Aborted { rsp } => {
                     return Poll::Ready(Ok(rsp.take().expect("polled after completion")));
                 }
-                StateProj::Delayed {
-                    sleep,
-                    svc,
-                    req,
-                    abort,
-                    delay,
-                    grpc,
-                    ..
-                } => {
-                    ready!(sleep.poll(cx));
-                    if let Some(a) = abort.take() {
-                        return Poll::Ready(Ok(abort_reply(a, *grpc, Some(*delay))));
+                StateProj::Delayed { delayed } => {
+                    let d = delayed.as_mut().project();
+                    ready!(d.sleep.poll(cx));
+                    if let Some(a) = d.abort.take() {
+                        return Poll::Ready(Ok(abort_reply(a, *d.grpc, Some(*d.delay))));
                     }
-                    let mut svc = svc.take().expect("polled after completion");
-                    let req = req.take().expect("polled after completion");
+                    let mut svc = d.svc.take().expect("polled after completion");
+                    let req = d.req.take().expect("polled after completion");
                     State::Inner {
                         fut: svc.call(req),
-                        delay: Some(*delay),
+                        delay: Some(*d.delay),
                     }
                 }
             };
