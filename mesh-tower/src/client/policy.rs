@@ -12,10 +12,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use mesh_core::model::{Action, ClusterSpecifier, MirrorPolicy, RetryPolicy, RouteTable};
+use mesh_core::model::{Action, ClusterSpecifier, HostRewrite, RetryPolicy, RouteTable};
 
 use super::cluster::ClusterRuntime;
 use super::stack::{self, Backend, RouteRef, StackEnv};
+use super::upstream::{Upstream, UpstreamRoute};
+use crate::layer::mirror::{MirrorLayer, MirrorTarget};
 
 /// Every route's policy, by virtual host and route position.
 #[derive(Debug, Default)]
@@ -32,20 +34,13 @@ pub(crate) struct RoutePolicy {
     /// Send another attempt when the per-try timeout fires (the route's hedge policy, else
     /// its virtual host's).
     pub(crate) hedge_on_per_try_timeout: bool,
-    /// Shadow copies: the route's mirrors, else its virtual host's.
-    pub(crate) mirrors: Arc<[Mirror]>,
+    /// Shadow copies: the route's mirrors, else its virtual host's (those whose cluster
+    /// exists).
+    pub(crate) mirror: MirrorLayer<Upstream>,
     /// The backend of each cluster the route names: its `cluster`, or each weighted choice in
     /// order (`None` where the cluster does not exist); empty for `cluster_header` and for
     /// routes that do not forward.
     pub(crate) backends: Box<[Option<Backend>]>,
-}
-
-/// A mirror policy with its cluster resolved.
-#[derive(Debug)]
-pub(crate) struct Mirror {
-    pub(crate) policy: MirrorPolicy,
-    /// `None` when the cluster does not exist (no copy is sent).
-    pub(crate) cluster: Option<Arc<ClusterRuntime>>,
 }
 
 impl RoutePolicies {
@@ -82,13 +77,24 @@ impl RoutePolicies {
                                 .hedge
                                 .or(vh.hedge)
                                 .is_some_and(|h| h.on_per_try_timeout),
-                            mirrors: mirrors
-                                .iter()
-                                .map(|m| Mirror {
-                                    policy: m.clone(),
-                                    cluster: clusters.get(&m.cluster).cloned(),
+                            mirror: MirrorLayer::new(mirrors.iter().filter_map(|m| {
+                                let cluster = clusters.get(&m.cluster)?;
+                                Some(MirrorTarget {
+                                    service: Upstream::new(UpstreamRoute {
+                                        cluster: cluster.clone(),
+                                        retry: None,
+                                        hedge_on_per_try_timeout: false,
+                                        auto_host: matches!(
+                                            fwd.host_rewrite,
+                                            Some(HostRewrite::Auto)
+                                        ),
+                                        attempt_count_header: vh.include_attempt_count,
+                                        retry_budget: env.retry_budget,
+                                    }),
+                                    fraction: m.fraction,
+                                    shadow_host_suffix: !m.disable_shadow_host_suffix,
                                 })
-                                .collect(),
+                            })),
                             backends: Box::new([]),
                         };
                         let at = RouteRef {
@@ -194,17 +200,16 @@ mod tests {
             "the route's own policy allows no retry"
         );
         assert!(!own.hedge_on_per_try_timeout);
-        assert_eq!(own.mirrors.len(), 1);
         assert!(
-            own.mirrors[0].cluster.is_none(),
-            "the route's mirror, unresolved"
+            own.mirror.is_empty(),
+            "the route's own mirror, to a cluster that does not exist"
         );
         assert_eq!(&*own.backends[0].as_ref().unwrap().cluster.name, "a");
 
         let split = p.get(0, 1);
         assert_eq!(split.retry.as_ref().map(|r| r.num_retries), Some(2));
         assert!(split.hedge_on_per_try_timeout);
-        assert_eq!(&*split.mirrors[0].cluster.as_ref().unwrap().name, "shadow");
+        assert_eq!(split.mirror.len(), 1, "the virtual host's mirror");
         let names: Vec<Option<&str>> = split
             .backends
             .iter()

@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use http::header::{HOST, LOCATION};
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
-use mesh_core::model::{PathMatch, Redirect, RedirectPath, RegexRewrite};
+use mesh_core::model::{PathMatch, Redirect, RedirectPath};
 
 use crate::body::RspBody;
 
@@ -48,40 +48,6 @@ pub(crate) fn authority_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> 
     uri.authority()
         .map(Authority::as_str)
         .or_else(|| headers.get(HOST).and_then(|h| h.to_str().ok()))
-}
-
-/// The rewritten path and query, if the route rewrites the path.
-pub(crate) fn rewrite_path(
-    pq: &PathAndQuery,
-    matcher: &PathMatch,
-    prefix: Option<&str>,
-    regex: Option<&RegexRewrite>,
-) -> Option<PathAndQuery> {
-    let path = pq.path();
-    let new_path: String = if let Some(p) = prefix {
-        let matched = match matcher {
-            PathMatch::Prefix(m) | PathMatch::SeparatedPrefix(m) => m.len(),
-            PathMatch::Exact(_) => path.len(),
-            _ => 0,
-        };
-        let rest = path.get(matched.min(path.len())..).unwrap_or("");
-        let mut s = String::with_capacity(p.len() + rest.len());
-        s.push_str(p);
-        s.push_str(rest);
-        if s.is_empty() || !s.starts_with('/') {
-            s.insert(0, '/');
-        }
-        s
-    } else if let Some(r) = regex {
-        r.pattern.replace_all(path, &*r.substitution).into_owned()
-    } else {
-        return None;
-    };
-    let full = match pq.query() {
-        Some(q) => format!("{new_path}?{q}"),
-        None => new_path,
-    };
-    full.parse().ok()
 }
 
 /// The redirect response for a request.
@@ -158,14 +124,6 @@ fn split_port(authority: &str) -> (&str, Option<&str>) {
     }
 }
 
-/// `host-shadow:port` for a mirrored request (Envoy's shadow host suffix).
-pub(crate) fn shadow_authority(authority: &str) -> String {
-    match split_port(authority) {
-        (h, Some(p)) => format!("{h}-shadow:{p}"),
-        (h, None) => format!("{h}-shadow"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,33 +148,6 @@ mod tests {
     }
 
     #[test]
-    fn prefix_and_regex_rewrites() {
-        let pq = PathAndQuery::from_static("/v1/items/7?x=1");
-        let m = PathMatch::Prefix("/v1/".into());
-        assert_eq!(
-            rewrite_path(&pq, &m, Some("/api/"), None).unwrap().as_str(),
-            "/api/items/7?x=1"
-        );
-        let re = RegexRewrite {
-            pattern: regex::Regex::new("^/v1/items/([0-9]+)$").unwrap(),
-            substitution: "/items?id=${1}".into(),
-        };
-        let any = PathMatch::Prefix("/".into());
-        assert_eq!(
-            rewrite_path(
-                &PathAndQuery::from_static("/v1/items/7"),
-                &any,
-                None,
-                Some(&re)
-            )
-            .unwrap()
-            .as_str(),
-            "/items?id=7"
-        );
-        assert!(rewrite_path(&pq, &m, None, None).is_none());
-    }
-
-    #[test]
     fn redirects_build_the_location() {
         let r = Redirect {
             scheme: Some("https".into()),
@@ -235,6 +166,5 @@ mod tests {
         );
         assert_eq!(rsp.status(), 301);
         assert_eq!(rsp.headers()[LOCATION], "https://new.example/v2/a?q=1");
-        assert_eq!(shadow_authority("reviews:9080"), "reviews-shadow:9080");
     }
 }

@@ -6,21 +6,21 @@
 //!  → route (virtual host by authority, first matching route, and its policy as the plan
 //!    resolved it; see [`policy`](super::policy))
 //!  → split (weighted cluster, chosen once; retries stay in it)
-//!  → what the router decides for the upstream request: the hash, the rewritten path and
-//!    authority, whether the request may be retried; the body taken in for replay
-//!  → the backend's stack (see [`stack`](super::stack)): fault → header mutations → route
-//!    timeout → mirrors → retry → [per attempt] circuit breaker → balance → per-try timeout
-//!    → connection
+//!  → what the router decides from the request as it came: the hash, whether the request may
+//!    be retried; the body taken in for replay
+//!  → the backend's stack (see [`stack`](super::stack)): fault → header mutations → rewrites
+//!    → mirrors → route timeout → retry → [per attempt] circuit breaker → balance → per-try
+//!    timeout → connection
 //! ```
 //!
 //! Direct responses, redirects and routing failures are answered here.
 
 use std::sync::Arc;
 
-use http::uri::{Authority, PathAndQuery};
+use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
-use mesh_core::model::{Action, ClusterSpecifier, ClusterWeight, HostRewrite, RequestView};
+use mesh_core::model::{Action, ClusterSpecifier, RequestView};
 use tower::Service;
 
 use super::Outbound;
@@ -106,14 +106,11 @@ where
     // Split: the cluster is chosen once per request; retries stay in it. Named clusters'
     // stacks were built with the plan; only `cluster_header` is looked up per request.
     let header_backend;
-    let (resolved, weight): (Result<&Backend, Arc<str>>, Option<&ClusterWeight>) = match &fwd
-        .cluster
-    {
-        ClusterSpecifier::Cluster(c) => (resolved_or(&policy.backends, 0, c), None),
+    let resolved: Result<&Backend, Arc<str>> = match &fwd.cluster {
+        ClusterSpecifier::Cluster(c) => resolved_or(&policy.backends, 0, c),
         ClusterSpecifier::Weighted(w) => {
             let i = w.pick_index(fastrand::u32(0..w.total));
-            let c = &w.clusters[i];
-            (resolved_or(&policy.backends, i, &c.name), Some(c))
+            resolved_or(&policy.backends, i, &w.clusters[i].name)
         }
         ClusterSpecifier::Header(h) => match view.headers.get(h).and_then(|v| v.to_str().ok()) {
             Some(name) => match plan.clusters.get(name) {
@@ -125,9 +122,9 @@ where
                         forward: fwd,
                     };
                     header_backend = stack::backend(&plan.env, at, policy, c, None);
-                    (Ok(&header_backend), None)
+                    Ok(&header_backend)
                 }
-                None => (Err(name.into()), None),
+                None => Err(name.into()),
             },
             None => {
                 info.flags |= ResponseFlags::NO_CLUSTER_FOUND;
@@ -169,52 +166,13 @@ where
         .retry
         .as_ref()
         .is_some_and(|p| super::retry::request_allows(p, &view));
-    let raw_authority = view.authority;
-    let host_rewrite = weight
-        .and_then(|w| w.host_rewrite.as_ref())
-        .or(fwd.host_rewrite.as_ref());
-    let (authority, auto_host) = match host_rewrite {
-        Some(HostRewrite::Literal(h)) => (h.parse::<Authority>().ok(), false),
-        Some(HostRewrite::Header(name)) => (
-            view.headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok()),
-            false,
-        ),
-        Some(HostRewrite::Auto) => (None, true),
-        None => (None, false),
-    };
-    // The URI's own authority is reused as is (a reference count, no copy).
-    let authority = match authority
-        .or_else(|| req.uri().authority().cloned())
-        .or_else(|| raw_authority.parse().ok())
-    {
-        Some(a) => a,
-        None => {
-            info.flags |= ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR;
-            return respond::local(StatusCode::BAD_REQUEST, "invalid authority", grpc, info);
-        }
-    };
-    let pq = req
-        .uri()
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let pq = route::rewrite_path(
-        &pq,
-        &route.matcher.path,
-        fwd.prefix_rewrite.as_deref(),
-        fwd.regex_rewrite.as_ref(),
-    )
-    .unwrap_or(pq);
     let set_cookie = hasher
         .set_cookie
         .as_deref()
         .and_then(|c| HeaderValue::from_str(c).ok());
 
     // The body: recorded for replay only when a retry or a mirror may need it.
-    let cap = if retriable || !policy.mirrors.is_empty() {
+    let cap = if retriable || !policy.mirror.is_empty() {
         ob.config.replay_cap
     } else {
         0
@@ -222,9 +180,6 @@ where
     let (parts, body) = req.into_parts();
     let routed = Routed {
         body: BodySource::new(body, cap).await,
-        authority,
-        auto_host,
-        pq,
         hash: hasher.hash(),
         set_cookie,
         retriable,

@@ -4,9 +4,11 @@
 //! ```text
 //! FaultLayer              the listener's fault filters, as this route overrides them
 //!  → HeaderMutationLayer  weighted cluster, route, virtual host, route configuration
+//!  → RewriteLayer         path and host rewrites
+//!  → MirrorLayer          the route's mirrors (each an Upstream of its own, no retries)
 //!  → RouteTimeoutLayer    route timeout, grpc-timeout, max_stream_duration
-//!  → Upstream             mirrors, then attempts: retry → circuit breaker → balancer
-//!                         → per-try timeout → connection
+//!  → Upstream             attempts: retry → circuit breaker → balancer → per-try timeout
+//!                         → connection
 //! ```
 //!
 //! What comes before (path normalization, route matching, the weighted choice) is the
@@ -19,7 +21,7 @@ use std::sync::atomic::AtomicU32;
 
 use mesh_core::model::{
     ClusterWeight, FaultConfig, FilterConfig, FilterOverride, FilterOverrides, ForwardAction,
-    Route, RouteTable, VirtualHost,
+    HostRewrite, RouteTable, VirtualHost,
 };
 use tower::ServiceBuilder;
 
@@ -29,10 +31,15 @@ use super::policy::RoutePolicy;
 use super::upstream::{Upstream, UpstreamRoute};
 use crate::layer::fault::{Fault, FaultLayer};
 use crate::layer::headers::{HeaderMutation, HeaderMutationLayer};
+use crate::layer::mirror::{Mirror, MirrorLayer};
+use crate::layer::rewrite::{Rewrite, RewriteLayer};
 use crate::layer::timeout::{RouteTimeout, RouteTimeoutLayer, Timeout};
 
 /// A route backend's stack.
-pub(crate) type RouteStack = Fault<HeaderMutation<Timeout<Upstream>>>;
+pub(crate) type RouteStack = Stack<Upstream, Upstream>;
+
+/// The route's layers around `S`, mirroring to `M`s.
+type Stack<S, M> = Fault<HeaderMutation<Rewrite<Mirror<Timeout<S>, M>>>>;
 
 /// A route backend: the cluster, and the stack that sends to it.
 #[derive(Clone, Debug)]
@@ -65,7 +72,7 @@ pub(crate) struct FaultFilter {
 pub(crate) struct RouteRef<'a> {
     pub(crate) table: &'a RouteTable,
     pub(crate) host: &'a VirtualHost,
-    pub(crate) route: &'a Route,
+    pub(crate) route: &'a mesh_core::model::Route,
     pub(crate) forward: &'a ForwardAction,
 }
 
@@ -101,28 +108,61 @@ pub(crate) fn backend(
             .filter(|m| !m.is_empty())
             .cloned(),
     );
-    let timeout = RouteTimeoutLayer::from_config(RouteTimeout::of_route(route.forward));
+    let fwd = route.forward;
+    let host_rewrite = weight
+        .and_then(|w| w.host_rewrite.as_ref())
+        .or(fwd.host_rewrite.as_ref());
+    let mut rewrite = RewriteLayer::new();
+    if let Some(to) = &fwd.prefix_rewrite {
+        rewrite = rewrite.prefix(route.route.matcher.path.clone(), to.clone());
+    } else if let Some(r) = &fwd.regex_rewrite {
+        rewrite = rewrite.regex(r.clone());
+    }
+    if let Some(h) = host_rewrite {
+        rewrite = rewrite.host(h.clone());
+    }
+    let timeout = RouteTimeoutLayer::from_config(RouteTimeout::of_route(fwd));
     let upstream = Upstream::new(UpstreamRoute {
         cluster: cluster.clone(),
         retry: policy.retry.clone(),
         hedge_on_per_try_timeout: policy.hedge_on_per_try_timeout,
-        mirrors: policy.mirrors.clone(),
+        auto_host: matches!(host_rewrite, Some(HostRewrite::Auto)),
         attempt_count_header: route.host.include_attempt_count,
         retry_budget: env.retry_budget,
     });
     Backend {
         cluster: cluster.clone(),
-        stack: assemble(faults, headers, timeout, upstream),
+        stack: assemble(
+            Route {
+                faults,
+                headers,
+                rewrite,
+                mirror: policy.mirror.clone(),
+                timeout,
+            },
+            upstream,
+        ),
     }
 }
 
-/// The order of the route's layers, in one place.
-fn assemble<S>(
+/// A route backend's layers, before they are assembled.
+struct Route<M> {
     faults: FaultLayer,
     headers: HeaderMutationLayer,
+    rewrite: RewriteLayer,
+    mirror: MirrorLayer<M>,
     timeout: RouteTimeoutLayer,
-    upstream: S,
-) -> Fault<HeaderMutation<Timeout<S>>> {
+}
+
+/// The order of the route's layers, in one place.
+fn assemble<S, M>(layers: Route<M>, upstream: S) -> Stack<S, M> {
+    let Route {
+        faults,
+        headers,
+        rewrite,
+        mirror,
+        timeout,
+    } = layers;
     ServiceBuilder::new()
         // An injected delay is not counted against the route timeout, and an injected abort
         // never reaches the upstream, nor gets the route's response headers (as in Envoy,
@@ -131,6 +171,10 @@ fn assemble<S>(
         // The request headers the upstream sees, and the response headers the caller sees,
         // including on a timeout's reply.
         .layer(headers)
+        // Envoy's router rewrites after the route's header mutations (a host rewrite from a
+        // header reads the mutated headers), and mirrors what it would send.
+        .layer(rewrite)
+        .layer(mirror)
         .layer(timeout)
         .service(upstream)
 }
@@ -157,11 +201,12 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::layer::mirror::MirrorTarget;
     use crate::{ResponseInfo, RspBody};
     use http::{HeaderName, HeaderValue, StatusCode};
     use mesh_core::model::{
         AbortKind, AppendAction, DelayKind, FaultAbort, FaultDelay, Fraction, HeaderAdd,
-        HeaderMatch, HeaderMatcher, HeaderMutations,
+        HeaderMatch, HeaderMatcher, HeaderMutations, PathMatch,
     };
     use tower::{ServiceExt, service_fn};
 
@@ -273,6 +318,26 @@ mod tests {
         FaultLayer::new([Arc::new(config)])
     }
 
+    /// The stack of a route with `faults`, [`tagging`] headers, `timeout`, and `mirror`.
+    fn stack<S: Clone>(
+        faults: FaultLayer,
+        timeout: RouteTimeoutLayer,
+        mirror: MirrorLayer<S>,
+        upstream: S,
+    ) -> Stack<S, S> {
+        let rewrite = RewriteLayer::new().prefix(PathMatch::Prefix("/v1/".into()), "/api/");
+        assemble(
+            Route {
+                faults,
+                headers: tagging(),
+                rewrite,
+                mirror,
+                timeout,
+            },
+            upstream,
+        )
+    }
+
     fn faulty() -> http::Request<()> {
         http::Request::get("/")
             .header("x-fault", "1")
@@ -283,10 +348,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_fault_delay_is_outside_the_route_timeout() {
         let timeout = RouteTimeoutLayer::new(Duration::from_secs(1));
-        let svc = assemble(
+        let svc = stack(
             fault(Some(Duration::from_secs(3)), None),
-            tagging(),
             timeout,
+            MirrorLayer::default(),
             upstream(Duration::from_millis(500)),
         );
         let rsp = svc.oneshot(faulty()).await.unwrap();
@@ -306,10 +371,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_timeout_reply_gets_the_route_response_headers() {
-        let svc = assemble(
+        let svc = stack(
             fault(Some(Duration::from_secs(3)), None),
-            tagging(),
             RouteTimeoutLayer::new(Duration::from_secs(1)),
+            MirrorLayer::default(),
             upstream(Duration::from_secs(2)),
         );
         let rsp = svc.oneshot(faulty()).await.unwrap();
@@ -320,10 +385,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_abort_is_answered_before_the_route_headers_and_timeout() {
-        let svc = assemble(
+        let svc = stack(
             fault(None, Some(503)),
-            tagging(),
             RouteTimeoutLayer::new(Duration::from_secs(1)),
+            MirrorLayer::default(),
             upstream(Duration::ZERO),
         );
         let rsp = svc.clone().oneshot(faulty()).await.unwrap();
@@ -332,5 +397,61 @@ mod tests {
         assert_eq!(ResponseInfo::of(&rsp).unwrap().flags.to_string(), "FI");
         let plain = svc.oneshot(http::Request::new(())).await.unwrap();
         assert_eq!(plain.status(), StatusCode::OK, "no x-fault, no fault");
+    }
+
+    /// Mirrors copy what the upstream would get (the route's headers, the rewritten path, a
+    /// `-shadow` host), outside the route timeout, and never what a fault aborted.
+    #[tokio::test(start_paused = true)]
+    async fn mirrors_copy_the_mutated_rewritten_request_outside_the_timeout() {
+        let (tx, mut copies) = tokio::sync::mpsc::unbounded_channel::<http::Request<()>>();
+        let shadow = service_fn(move |req: http::Request<()>| {
+            let tx = tx.clone();
+            async move {
+                // Slower than the route timeout: a copy is not timed by it.
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let _ = tx.send(req);
+                Ok::<_, std::convert::Infallible>(http::Response::new(RspBody::empty()))
+            }
+        });
+        let to_shadow = |service| {
+            MirrorLayer::new([MirrorTarget {
+                service,
+                fraction: Fraction::ALWAYS,
+                shadow_host_suffix: true,
+            }])
+        };
+        let main = service_fn(|req: http::Request<()>| async move {
+            assert_eq!(
+                req.uri().path(),
+                "/api/items",
+                "the upstream sees the rewrite"
+            );
+            Ok::<_, std::convert::Infallible>(http::Response::new(RspBody::empty()))
+        });
+        type Svc = tower::util::BoxCloneSyncService<
+            http::Request<()>,
+            http::Response<RspBody>,
+            std::convert::Infallible,
+        >;
+        let svc = stack::<Svc>(
+            fault(None, Some(503)),
+            RouteTimeoutLayer::new(Duration::from_secs(1)),
+            to_shadow(Svc::new(shadow)),
+            Svc::new(main),
+        );
+        let req = http::Request::get("http://reviews:9080/v1/items")
+            .body(())
+            .unwrap();
+        let rsp = svc.clone().oneshot(req).await.unwrap();
+        assert_eq!(rsp.status(), StatusCode::OK);
+        let copy = copies.recv().await.expect("a copy");
+        assert_eq!(copy.uri(), "http://reviews-shadow:9080/api/items");
+        assert_eq!(copy.headers()["x-route"], "yes");
+        svc.oneshot(faulty()).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(
+            copies.try_recv().is_err(),
+            "an aborted request is not mirrored"
+        );
     }
 }

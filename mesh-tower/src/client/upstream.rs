@@ -1,6 +1,6 @@
 //! The innermost service of a route's stack: what Envoy's router does once the route's
-//! filters have run. Mirrors get their copies, then the attempts run: retry → circuit
-//! breaker → balancer → per-try timeout → connection ([`attempt`](super::attempt)).
+//! filters, rewrites and mirrors are done. The attempts run: retry → circuit breaker →
+//! balancer → per-try timeout → connection ([`attempt`](super::attempt)).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -9,15 +9,15 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::uri::{Authority, PathAndQuery};
-use http::{HeaderValue, Request, Response};
+use http::{HeaderValue, Request, Response, StatusCode};
 use mesh_core::model::RetryPolicy;
 
 use super::attempt::{self, AttemptCtx};
 use super::circuit_breaker::RetryBudget;
 use super::cluster::ClusterRuntime;
-use super::policy::Mirror;
-use super::route;
 use crate::body::{BodySource, RspBody};
+use crate::flags::ResponseFlags;
+use crate::layer::mirror::MirrorBody;
 use crate::respond::{self, ResponseInfo};
 
 /// Sends a route's requests to one cluster.
@@ -33,22 +33,19 @@ pub(crate) struct UpstreamRoute {
     /// The route's retry policy, `None` when it allows no retry.
     pub(crate) retry: Option<Arc<RetryPolicy>>,
     pub(crate) hedge_on_per_try_timeout: bool,
-    pub(crate) mirrors: Arc<[Mirror]>,
+    /// Send to the chosen endpoint's address as the authority (`auto_host_rewrite`).
+    pub(crate) auto_host: bool,
     /// `x-envoy-attempt-count` on upstream requests (`include_request_attempt_count`).
     pub(crate) attempt_count_header: bool,
     pub(crate) retry_budget: Option<RetryBudget>,
 }
 
 /// A request as the router hands it to a route's stack: the body, taken in for replay, with
-/// what the router decided about the upstream request. The route's layers see the request's
-/// own URI and headers; the upstream request gets the rewritten path and authority.
+/// what the router decided from the request as it arrived (the hash, computed before the
+/// route's header mutations, as Envoy's router chooses its host).
 #[derive(Debug)]
 pub(crate) struct Routed {
     pub(crate) body: BodySource,
-    pub(crate) authority: Authority,
-    /// Rewrite the authority to the chosen endpoint's address (`auto_host_rewrite`).
-    pub(crate) auto_host: bool,
-    pub(crate) pq: PathAndQuery,
     pub(crate) hash: Option<u64>,
     /// A cookie a hash policy made, set on the response.
     pub(crate) set_cookie: Option<HeaderValue>,
@@ -84,28 +81,44 @@ impl UpstreamRoute {
         let (parts, routed) = req.into_parts();
         let Routed {
             mut body,
-            authority,
-            auto_host,
-            pq,
             hash,
             set_cookie,
             retriable,
         } = routed;
+        let grpc = respond::is_grpc(&parts.headers);
+        // The URI's own authority is reused as is (a reference count, no copy).
+        let authority = parts.uri.authority().cloned().or_else(|| {
+            parts
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .and_then(|h| h.parse::<Authority>().ok())
+        });
+        let Some(authority) = authority else {
+            let info = ResponseInfo {
+                flags: ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+                ..ResponseInfo::default()
+            };
+            return respond::local(StatusCode::BAD_REQUEST, "invalid authority", grpc, info);
+        };
         let ctx = AttemptCtx {
             cluster: self.cluster.clone(),
             method: parts.method,
-            pq,
+            pq: parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
             authority,
-            auto_host,
+            auto_host: self.auto_host,
             version: parts.version,
             hedge_on_per_try_timeout: self.hedge_on_per_try_timeout,
             retry: self.retry.clone().filter(|_| retriable),
             hash,
             attempt_count_header: self.attempt_count_header,
-            grpc: respond::is_grpc(&parts.headers),
+            grpc,
             retry_budget: self.retry_budget,
         };
-        self.mirror(&ctx, &parts.headers, &body);
         let mut info = ResponseInfo::default();
         let mut rsp = attempt::run(&ctx, parts.headers, &mut body, &mut info).await;
         if let Some(cookie) = set_cookie {
@@ -114,38 +127,17 @@ impl UpstreamRoute {
         rsp.extensions_mut().insert(info);
         rsp
     }
+}
 
-    /// Sends the shadow copies: each on its own, never affecting this request's answer.
-    fn mirror(&self, ctx: &AttemptCtx, headers: &http::HeaderMap, body: &BodySource) {
-        for m in self.mirrors.iter() {
-            if !m.policy.fraction.hit(fastrand::u32(0..1_000_000)) {
-                continue;
-            }
-            let (Some(target), Some(copy)) = (&m.cluster, body.duplicate()) else {
-                continue;
-            };
-            let authority = if m.policy.disable_shadow_host_suffix {
-                ctx.authority.clone()
-            } else {
-                match route::shadow_authority(ctx.authority.as_str()).parse() {
-                    Ok(a) => a,
-                    Err(_) => continue,
-                }
-            };
-            let shadow = AttemptCtx {
-                cluster: target.clone(),
-                authority,
-                retry: None,
-                ..ctx.clone()
-            };
-            let headers = headers.clone();
-            tokio::spawn(async move {
-                let mut info = ResponseInfo::default();
-                let mut src = copy;
-                let rsp = attempt::run(&shadow, headers, &mut src, &mut info).await;
-                // Read the answer so the connection can be reused, then drop it.
-                let _ = http_body_util::BodyExt::collect(rsp.into_body()).await;
-            });
-        }
+/// A mirror's copy: the whole body (when it is known in full) and the same hash; never
+/// retried, and no cookie for the caller.
+impl MirrorBody for Routed {
+    fn duplicate(&self) -> Option<Self> {
+        Some(Self {
+            body: self.body.duplicate()?,
+            hash: self.hash,
+            set_cookie: None,
+            retriable: false,
+        })
     }
 }

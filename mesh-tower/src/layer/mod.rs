@@ -8,8 +8,10 @@
 //! ```text
 //! FaultLayer            delay, then abort (an aborted request never reaches the upstream)
 //!  → HeaderMutationLayer request headers on the way in, response headers on the way out
-//!  → RouteTimeoutLayer  one deadline over every attempt (route timeout, grpc-timeout)
-//!  → the route's upstream: mirrors, retries, circuit breaker, balancer, connection
+//!  → RewriteLayer        the path and host the upstream sees
+//!  → MirrorLayer         copies to shadow services, fire and forget
+//!  → RouteTimeoutLayer   one deadline over every attempt (route timeout, grpc-timeout)
+//!  → the route's upstream: retries, circuit breaker, balancer, connection
 //! ```
 //!
 //! A layer that answers for the service it wraps (a timeout, an injected abort) writes the
@@ -57,9 +59,13 @@
 
 pub mod fault;
 pub mod headers;
+pub mod mirror;
+pub mod rewrite;
 pub mod timeout;
 
 pub use crate::respond::LocalBody;
 pub use fault::{Fault, FaultLayer};
 pub use headers::{HeaderMutation, HeaderMutationLayer};
+pub use mirror::{Mirror, MirrorBody, MirrorLayer, MirrorTarget};
+pub use rewrite::{Rewrite, RewriteLayer};
 pub use timeout::{RouteTimeout, RouteTimeoutLayer};
