@@ -16,6 +16,7 @@ pub mod jwt;
 pub mod load;
 pub mod otlp;
 pub mod pki;
+pub mod ports;
 pub mod prometheus;
 pub mod python;
 pub mod resources;
@@ -26,6 +27,7 @@ pub use ads::AdsServer;
 pub use backend::{Backend, Behavior};
 pub use envoy::Envoy;
 pub use pki::{CertifiedKey, TempFiles, TestCa};
+pub use ports::unused_port;
 
 /// Installs a `tracing` subscriber for tests once (`RUST_LOG` filters it; default `warn`).
 pub fn trace_init() {

@@ -47,9 +47,7 @@ impl Prometheus {
             ),
         )
         .expect("write config");
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port");
+        let addr = crate::unused_port();
         let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log file");
         let child = Command::new(binary())
             .arg(format!("--config.file={}", config.display()))

@@ -49,11 +49,8 @@ async fn server_restart_reconnects_and_resubscribes() {
 #[tokio::test]
 async fn falls_back_when_primary_is_unreachable_and_returns_to_it() {
     mesh_test_support::trace_init();
-    // A port with nothing listening: bind, read the port, close.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // A port with nothing listening.
+    let dead = mesh_test_support::unused_port();
     let fallback = AdsServer::start().await;
     fallback.set(r::any(r::eds_cluster("c1")));
     let json = serde_json::json!({

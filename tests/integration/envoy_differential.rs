@@ -181,10 +181,7 @@ async fn retries_agree() {
 
 #[tokio::test]
 async fn timeouts_faults_and_connect_failures_agree() {
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let dead = mesh_test_support::unused_port();
     let routes = json!([
         {"match": {"prefix": "/", "headers": [{"name": "x-case", "string_match": {"exact": "timeout"}}]},
          "route": {"cluster": "slow", "timeout": "0.2s"}},

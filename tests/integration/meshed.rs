@@ -157,12 +157,9 @@ fn workload_bootstrap(
     b.to_json(xds)
 }
 
-/// A loopback address nobody listens on yet.
+/// A loopback address nobody listens on yet ([`mesh_test_support::unused_port`]).
 pub(crate) fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
+    mesh_test_support::unused_port()
 }
 
 /// A Kubernetes Service and the WorkloadEntry behind it (port name `http`).

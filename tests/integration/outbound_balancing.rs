@@ -85,10 +85,7 @@ async fn ring_hash_keeps_a_key_on_one_host() {
 async fn priorities_fail_over_when_the_first_is_gone() {
     let primary = Backend::start("primary").await;
     let backup = Backend::start("backup").await;
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let dead = mesh_test_support::unused_port();
     let lb = |addr: std::net::SocketAddr, health: &str| {
         json!({"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": addr.port()}}},
                "health_status": health})

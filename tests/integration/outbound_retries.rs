@@ -72,10 +72,7 @@ async fn non_matching_conditions_are_not_retried() {
 #[tokio::test]
 async fn connect_failures_retry_on_another_host() {
     let b = Backend::start("b").await;
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let dead = mesh_test_support::unused_port();
     let client = client_for(retry("connect-failure", 1), &[dead, b.addr()]).await;
     for _ in 0..6 {
         let a = get(&client, "http://svc/", &[]).await;

@@ -92,9 +92,7 @@ async fn hop_by_hop_headers_never_travel_upstream() {
 async fn requests_wait_for_config_then_fail_clearly() {
     mesh_test_support::trace_init();
     // A control plane that is not there.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = closed.local_addr().unwrap();
-    drop(closed);
+    let addr = mesh_test_support::unused_port();
     let bootstrap = mesh_core::Bootstrap::from_json(&format!(
         r#"{{"xds_servers": [{{"server_uri": "{addr}", "channel_creds": [{{"type": "insecure"}}]}}],
             "node": {{"id": "n"}}}}"#

@@ -61,7 +61,7 @@ pub fn client_config_with(
             roots: Roots::Provider(provider.clone()),
             sans,
             check_name,
-            crypto,
+            checks: SignatureChecks(crypto),
         }))
         .with_client_cert_resolver(Arc::new(Resolver(provider.clone())));
     config.alpn_protocols = alpn;
@@ -86,7 +86,7 @@ pub fn system_client_config(
             roots: Roots::Fixed(system_roots()?),
             sans,
             check_name: true,
-            crypto,
+            checks: SignatureChecks(crypto),
         }))
         .with_no_client_auth();
     config.alpn_protocols = alpn;
@@ -300,7 +300,7 @@ pub fn server_config_with(
             provider: clients.roots.clone(),
             sans: clients.sans.clone(),
             mandatory: client_auth == ClientAuth::Required,
-            crypto,
+            checks: SignatureChecks(crypto),
         }))
         .with_cert_resolver(Arc::new(Resolver(provider.clone())));
     config.alpn_protocols = alpn;
@@ -340,7 +340,7 @@ struct MeshServerVerifier {
     sans: Arc<[SanMatcher]>,
     /// With no `sans`, whether the certificate must be valid for the server name asked for.
     check_name: bool,
-    crypto: Arc<CryptoProvider>,
+    checks: SignatureChecks,
 }
 
 /// Where a verifier's roots come from.
@@ -372,7 +372,7 @@ impl ServerCertVerifier for MeshServerVerifier {
             &roots,
             intermediates,
             now,
-            self.crypto.signature_verification_algorithms.all,
+            self.checks.0.signature_verification_algorithms.all,
         )?;
         if self.sans.is_empty() && self.check_name {
             rustls::client::verify_server_name(&cert, server_name)?;
@@ -393,15 +393,43 @@ impl ServerCertVerifier for MeshServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
+        self.checks.tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.checks.tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.checks.schemes()
+    }
+}
+
+/// The handshake signature checks both verifiers make, with the configuration's provider.
+#[derive(Debug)]
+struct SignatureChecks(Arc<CryptoProvider>);
+
+impl SignatureChecks {
+    fn tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
         rustls::crypto::verify_tls12_signature(
             message,
             cert,
             dss,
-            &self.crypto.signature_verification_algorithms,
+            &self.0.signature_verification_algorithms,
         )
     }
 
-    fn verify_tls13_signature(
+    fn tls13_signature(
         &self,
         message: &[u8],
         cert: &CertificateDer<'_>,
@@ -411,14 +439,12 @@ impl ServerCertVerifier for MeshServerVerifier {
             message,
             cert,
             dss,
-            &self.crypto.signature_verification_algorithms,
+            &self.0.signature_verification_algorithms,
         )
     }
 
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.crypto
-            .signature_verification_algorithms
-            .supported_schemes()
+    fn schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -463,7 +489,7 @@ struct MeshClientVerifier {
     /// A client certificate must carry a SAN matching one of these (empty: any).
     sans: Arc<[SanMatcher]>,
     mandatory: bool,
-    crypto: Arc<CryptoProvider>,
+    checks: SignatureChecks,
 }
 
 impl ClientCertVerifier for MeshClientVerifier {
@@ -492,10 +518,12 @@ impl ClientCertVerifier for MeshClientVerifier {
             .current()
             .roots_for(end_entity)
             .map_err(Error::General)?;
-        let verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(roots, self.crypto.clone())
-                .build()
-                .map_err(|e| Error::General(format!("no usable trust roots: {e}")))?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            roots,
+            self.checks.0.clone(),
+        )
+        .build()
+        .map_err(|e| Error::General(format!("no usable trust roots: {e}")))?;
         let verified = verifier.verify_client_cert(end_entity, intermediates, now)?;
         if !self.sans.is_empty() && !san_matches(end_entity, &self.sans) {
             return Err(Error::General(format!(
@@ -512,12 +540,7 @@ impl ClientCertVerifier for MeshClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.crypto.signature_verification_algorithms,
-        )
+        self.checks.tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -526,18 +549,11 @@ impl ClientCertVerifier for MeshClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.crypto.signature_verification_algorithms,
-        )
+        self.checks.tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.crypto
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.checks.schemes()
     }
 }
 
