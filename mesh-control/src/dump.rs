@@ -63,7 +63,7 @@ pub fn resources(snap: &Snapshot, node: &NodeInfo, targets: &[String]) -> Vec<An
 }
 
 /// Renders resources as `{"resources": [...]}` in proto3 JSON with `@type`s.
-pub fn to_json(resources: &[Any]) -> Result<serde_json::Value, String> {
+pub fn to_json(resources: &[Any]) -> Result<serde_json::Value, mesh_core::status::DumpError> {
     let out = resources
         .iter()
         .map(|a| mesh_core::status::resource_json(&a.type_url, &a.value))

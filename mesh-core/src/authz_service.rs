@@ -161,14 +161,18 @@ pub fn encode_request(r: &CheckRequest<'_>) -> Vec<u8> {
     msg.encode_to_vec()
 }
 
+/// An authorization service's answer that does not decode as a `CheckResponse`.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("invalid CheckResponse: {0}")]
+pub struct InvalidCheckResponse(#[source] pub prost::DecodeError);
+
 // The deprecated `append` is what says "overwrite" in these messages; `append_action`'s
 // default would say "append", contrary to the documented default.
 #[allow(deprecated)]
 /// Decodes a `CheckResponse` message. A status other than OK denies; so does a denied HTTP
 /// response.
-pub fn decode_response(bytes: &[u8]) -> Result<CheckResponse, String> {
-    let msg =
-        auth::CheckResponse::decode(bytes).map_err(|e| format!("invalid CheckResponse: {e}"))?;
+pub fn decode_response(bytes: &[u8]) -> Result<CheckResponse, InvalidCheckResponse> {
+    let msg = auth::CheckResponse::decode(bytes).map_err(InvalidCheckResponse)?;
     let code = msg.status.as_ref().map_or(0, |s| s.code);
     let headers = |list: &[core::HeaderValueOption]| -> Vec<HeaderToSet> {
         list.iter()

@@ -23,15 +23,44 @@ use prost_reflect::{DynamicMessage, SerializeOptions};
 use crate::Mesh;
 use crate::xds::{ResourceDump, ResourceStatus};
 
+/// Why a resource could not be rendered as JSON ([`resource_json`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DumpError {
+    /// No descriptor for the resource's type (the type URL names a message this library does
+    /// not carry).
+    #[error("no descriptor for {0}")]
+    UnknownType(Box<str>),
+    /// The bytes do not decode as that message.
+    #[error("{message}: {source}")]
+    Decode {
+        /// The message's full name.
+        message: Box<str>,
+        /// Why.
+        source: prost::DecodeError,
+    },
+    /// The message cannot be written as JSON.
+    #[error("{message}: {source}")]
+    Json {
+        /// The message's full name.
+        message: Box<str>,
+        /// Why.
+        source: serde_json::Error,
+    },
+}
+
 /// A resource's encoded form as proto3 JSON with its `@type`, field names as the proto spells
 /// them (`virtual_hosts`), as Envoy's config dumps print them.
-pub fn resource_json(type_url: &str, bytes: &[u8]) -> Result<serde_json::Value, String> {
+pub fn resource_json(type_url: &str, bytes: &[u8]) -> Result<serde_json::Value, DumpError> {
     let pool = crate::static_config::descriptor_pool();
     let name = type_url.trim_start_matches("type.googleapis.com/");
     let desc = pool
         .get_message_by_name(name)
-        .ok_or_else(|| format!("no descriptor for {name}"))?;
-    let msg = DynamicMessage::decode(desc, bytes).map_err(|e| format!("{name}: {e}"))?;
+        .ok_or_else(|| DumpError::UnknownType(name.into()))?;
+    let msg = DynamicMessage::decode(desc, bytes).map_err(|e| DumpError::Decode {
+        message: name.into(),
+        source: e,
+    })?;
     let mut v = msg
         .serialize_with_options(
             serde_json::value::Serializer,
@@ -39,7 +68,10 @@ pub fn resource_json(type_url: &str, bytes: &[u8]) -> Result<serde_json::Value, 
                 .skip_default_fields(true)
                 .use_proto_field_name(true),
         )
-        .map_err(|e| format!("{name}: {e}"))?;
+        .map_err(|e| DumpError::Json {
+            message: name.into(),
+            source: e,
+        })?;
     if let Some(obj) = v.as_object_mut() {
         obj.insert("@type".into(), type_url.into());
     }
@@ -104,7 +136,7 @@ fn dump_json(r: &ResourceDump) -> serde_json::Value {
     }
     if let Some(raw) = &st.raw {
         out["resource"] = resource_json(r.resource_type.type_url(), raw)
-            .unwrap_or_else(|e| serde_json::json!({"error": e}));
+            .unwrap_or_else(|e| serde_json::json!({"error": e.to_string()}));
     }
     out
 }

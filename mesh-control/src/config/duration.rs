@@ -14,8 +14,8 @@ use serde::{Deserialize, Deserializer};
 /// // Beyond google.protobuf.Duration's range: an error, never a panic.
 /// assert!(mesh_control::config::parse_duration("99999999999999999999h").is_err());
 /// ```
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("{s:?} is not a duration (use e.g. \"1s\", \"250ms\", \"1m30s\")");
+pub fn parse_duration(s: &str) -> Result<Duration, InvalidDuration> {
+    let bad = || InvalidDuration::Syntax(s.into());
     if s.is_empty() {
         return Err(bad());
     }
@@ -48,7 +48,20 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         total += value * scale;
         rest = &rest[unit_len..];
     }
-    mesh_core::model::duration_from_secs_f64(total).map_err(|why| format!("{s:?} {why}"))
+    mesh_core::model::duration_from_secs_f64(total)
+        .map_err(|why| InvalidDuration::Range(s.into(), why))
+}
+
+/// Why a string is not an Istio duration ([`parse_duration`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidDuration {
+    /// Not Go's duration syntax.
+    #[error("{0:?} is not a duration (use e.g. \"1s\", \"250ms\", \"1m30s\")")]
+    Syntax(Box<str>),
+    /// Negative or too large.
+    #[error("{0:?} {1}")]
+    Range(Box<str>, mesh_core::model::InvalidDuration),
 }
 
 /// A duration field in Istio YAML.

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use duration::{IstioDuration, parse_duration};
+pub use duration::{InvalidDuration, IstioDuration, parse_duration};
 
 /// `metadata` of any object.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]

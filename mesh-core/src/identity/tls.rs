@@ -83,7 +83,7 @@ pub fn system_client_config(
         .map_err(|e| e.to_string())?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(MeshServerVerifier {
-            roots: Roots::Fixed(system_roots()?),
+            roots: Roots::Fixed(system_roots().map_err(|e| e.to_string())?),
             sans,
             check_name: true,
             checks: SignatureChecks(crypto),
@@ -93,12 +93,22 @@ pub fn system_client_config(
     Ok(config)
 }
 
+/// The system trust store holds no certificate rustls can use ([`system_roots`]).
+#[derive(Clone, Debug, thiserror::Error)]
+#[error(
+    "the system trust store has no usable certificate (set SSL_CERT_FILE to a CA bundle){detail}"
+)]
+pub struct NoSystemRoots {
+    /// What went wrong reading it, when something did (`": why; why"`).
+    detail: String,
+}
+
 /// The system's trust store, read once: the bundle `SSL_CERT_FILE` names (or the directory
 /// `SSL_CERT_DIR` names), else the platform's (on Linux, the distribution's CA bundle, as
 /// OpenSSL finds it). An error when it holds no usable certificate, so that nothing is
 /// ever trusted by default without roots.
-pub fn system_roots() -> Result<Arc<rustls::RootCertStore>, String> {
-    static ROOTS: OnceLock<Result<Arc<rustls::RootCertStore>, String>> = OnceLock::new();
+pub fn system_roots() -> Result<Arc<rustls::RootCertStore>, NoSystemRoots> {
+    static ROOTS: OnceLock<Result<Arc<rustls::RootCertStore>, NoSystemRoots>> = OnceLock::new();
     ROOTS
         .get_or_init(|| {
             let found = rustls_native_certs::load_native_certs();
@@ -106,14 +116,13 @@ pub fn system_roots() -> Result<Arc<rustls::RootCertStore>, String> {
             let (added, _ignored) = roots.add_parsable_certificates(found.certs);
             if added == 0 {
                 let why: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
-                return Err(format!(
-                    "the system trust store has no usable certificate (set SSL_CERT_FILE to a CA bundle){}",
-                    if why.is_empty() {
+                return Err(NoSystemRoots {
+                    detail: if why.is_empty() {
                         String::new()
                     } else {
                         format!(": {}", why.join("; "))
-                    }
-                ));
+                    },
+                });
             }
             Ok(Arc::new(roots))
         })

@@ -45,15 +45,25 @@ pub const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(315
 /// assert!(duration_from_secs_f64(-1.0).is_err());
 /// assert!(duration_from_secs_f64(f64::NAN).is_err());
 /// ```
-pub fn duration_from_secs_f64(secs: f64) -> Result<std::time::Duration, String> {
+pub fn duration_from_secs_f64(secs: f64) -> Result<std::time::Duration, InvalidDuration> {
     if secs.is_nan() || secs < 0.0 {
-        return Err("must be a non-negative number of seconds".into());
+        return Err(InvalidDuration::Negative);
     }
     match std::time::Duration::try_from_secs_f64(secs) {
         Ok(d) if d <= MAX_DURATION => Ok(d),
-        _ => Err(format!(
-            "is too large (at most {}s, 10,000 years)",
-            MAX_DURATION.as_secs()
-        )),
+        _ => Err(InvalidDuration::TooLarge),
     }
+}
+
+/// Why a number of seconds is not a duration ([`duration_from_secs_f64`]). Its message
+/// completes a sentence that starts with the value or the field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidDuration {
+    /// Negative, or not a number.
+    #[error("must be a non-negative number of seconds")]
+    Negative,
+    /// Beyond 10,000 years (more than `google.protobuf.Duration` holds).
+    #[error("is too large (at most {}s, 10,000 years)", MAX_DURATION.as_secs())]
+    TooLarge,
 }

@@ -126,14 +126,26 @@ pub enum DomainMatcher {
     Any,
 }
 
+/// Why a virtual host's domain is not one Envoy accepts ([`DomainMatcher::parse`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidDomain {
+    /// An empty string.
+    #[error("empty domain")]
+    Empty,
+    /// A `*` elsewhere than first or last.
+    #[error("domain {0:?}: a wildcard may only be the first or last character")]
+    Wildcard(Box<str>),
+}
+
 impl DomainMatcher {
     /// Parses one domain as Envoy accepts it.
-    pub fn parse(domain: &str) -> Result<Self, String> {
+    pub fn parse(domain: &str) -> Result<Self, InvalidDomain> {
         if domain == "*" {
             return Ok(Self::Any);
         }
         if domain.is_empty() {
-            return Err("empty domain".into());
+            return Err(InvalidDomain::Empty);
         }
         let stars = domain.matches('*').count();
         match stars {
@@ -144,9 +156,7 @@ impl DomainMatcher {
             1 if domain.ends_with('*') => Ok(Self::Prefix(
                 domain[..domain.len() - 1].to_ascii_lowercase().into(),
             )),
-            _ => Err(format!(
-                "domain {domain:?}: a wildcard may only be the first or last character"
-            )),
+            _ => Err(InvalidDomain::Wildcard(domain.into())),
         }
     }
 
@@ -325,6 +335,11 @@ pub struct ClusterWeight {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RetryOn(u32);
 
+/// A `retry_on` condition Envoy does not define ([`RetryOn::parse`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown retry_on condition {0:?}")]
+pub struct UnknownRetryOn(pub Box<str>);
+
 impl RetryOn {
     /// Any 5xx, or a connect failure / reset.
     pub const FIVE_XX: Self = Self(1 << 0);
@@ -363,7 +378,7 @@ impl RetryOn {
 
     /// Parses Envoy's comma-separated list. Unknown names are errors: silently ignoring a typo
     /// would disable retries someone asked for.
-    pub fn parse(list: &str) -> Result<Self, String> {
+    pub fn parse(list: &str) -> Result<Self, UnknownRetryOn> {
         let mut out = Self::NONE;
         for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             out.0 |= match name {
@@ -382,7 +397,7 @@ impl RetryOn {
                 "resource-exhausted" => Self::GRPC_RESOURCE_EXHAUSTED,
                 "unavailable" => Self::GRPC_UNAVAILABLE,
                 "http3-post-connect-failure" => Self::HTTP3_POST_CONNECT_FAILURE,
-                other => return Err(format!("unknown retry_on condition {other:?}")),
+                other => return Err(UnknownRetryOn(other.into())),
             }
             .0;
         }
@@ -659,7 +674,10 @@ mod tests {
         assert!(r.contains(RetryOn::FIVE_XX));
         assert!(r.contains(RetryOn::GRPC_UNAVAILABLE));
         assert!(!r.contains(RetryOn::RESET));
-        assert!(RetryOn::parse("5xxx").unwrap_err().contains("5xxx"));
+        assert_eq!(
+            RetryOn::parse("5xxx").unwrap_err(),
+            UnknownRetryOn("5xxx".into())
+        );
     }
 
     #[test]

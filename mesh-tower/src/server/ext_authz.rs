@@ -332,34 +332,36 @@ impl ExtAuthzFilter {
         if body.len() < len {
             return Err("authorization service sent a truncated message".into());
         }
-        Ok(match authz_service::decode_response(&body[..len])? {
-            CheckResponse::Allowed {
-                headers,
-                headers_to_remove,
-                response_headers,
-            } => Answer::Allow(Changes {
-                upstream: convert(&headers),
-                remove: headers_to_remove
-                    .iter()
-                    .filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok())
-                    .collect(),
-                downstream: convert(&response_headers),
-            }),
-            CheckResponse::Denied {
-                status,
-                headers,
-                body,
-            } => Answer::Deny {
-                status: StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN),
-                headers: convert(&headers),
-                body: body.into(),
+        Ok(
+            match authz_service::decode_response(&body[..len]).map_err(|e| e.to_string())? {
+                CheckResponse::Allowed {
+                    headers,
+                    headers_to_remove,
+                    response_headers,
+                } => Answer::Allow(Changes {
+                    upstream: convert(&headers),
+                    remove: headers_to_remove
+                        .iter()
+                        .filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok())
+                        .collect(),
+                    downstream: convert(&response_headers),
+                }),
+                CheckResponse::Denied {
+                    status,
+                    headers,
+                    body,
+                } => Answer::Deny {
+                    status: StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN),
+                    headers: convert(&headers),
+                    body: body.into(),
+                },
+                _ => Answer::Deny {
+                    status: StatusCode::FORBIDDEN,
+                    headers: Vec::new(),
+                    body: Bytes::new(),
+                },
             },
-            _ => Answer::Deny {
-                status: StatusCode::FORBIDDEN,
-                headers: Vec::new(),
-                body: Bytes::new(),
-            },
-        })
+        )
     }
 }
 

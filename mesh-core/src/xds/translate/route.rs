@@ -52,7 +52,7 @@ fn virtual_host(vh: &pb::VirtualHost) -> Result<VirtualHost, FieldError> {
         return Err(FieldError::new("at least one domain is required").at("domains"));
     }
     let domains = each("domains", &vh.domains, |d| {
-        DomainMatcher::parse(d).map_err(FieldError::new)
+        DomainMatcher::parse(d).map_err(|e| FieldError::new(e.to_string()))
     })?;
     let routes = each("routes", &vh.routes, route)?;
     Ok(VirtualHost {
@@ -349,7 +349,8 @@ fn optional_retry(r: Option<&pb::RetryPolicy>) -> Result<Option<Arc<RetryPolicy>
 }
 
 pub(crate) fn retry_policy(r: &pb::RetryPolicy) -> Result<RetryPolicy, FieldError> {
-    let retry_on = RetryOn::parse(&r.retry_on).map_err(|e| FieldError::new(e).at("retry_on"))?;
+    let retry_on =
+        RetryOn::parse(&r.retry_on).map_err(|e| FieldError::new(e.to_string()).at("retry_on"))?;
     let (backoff_base, backoff_max) = match &r.retry_back_off {
         Some(b) => {
             let base = b
