@@ -33,6 +33,12 @@
 //! | HTTP/1.1 and HTTP/2 upstreams, pooled per endpoint | `http2_protocol_options`, `HttpProtocolOptions` |
 //! | unknown hosts | Istio `outboundTrafficPolicy` (`ALLOW_ANY`, `REGISTRY_ONLY`) |
 //! | path normalization before routing (when the listener asks; also inbound, and as [`normalize::NormalizePathLayer`]) | `normalize_path`, `merge_slashes`, `path_with_escaped_slashes_action`; Istio `pathNormalization` |
+//!
+//! Route policies are also public Tower layers, one concern each, usable around any
+//! `tower::Service` (see [`layer`]): [`layer::FaultLayer`], [`layer::HeaderMutationLayer`],
+//! [`layer::RewriteLayer`], [`layer::MirrorLayer`], [`layer::RouteTimeoutLayer`].
+//! `MeshClient` builds one stack of them per route and cluster when the configuration
+//! arrives.
 #![forbid(unsafe_code)]
 
 pub mod admin;
