@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::Scheme;
 use http::{Request, Response, StatusCode};
 use http_body::Body;
 use mesh_core::model::CircuitBreakers;
@@ -87,19 +87,13 @@ impl Passthrough {
             );
         };
         // The authority as the caller wrote it (without the default port the lookup added).
-        let Some(target_authority) = route::authority_host(&parts.uri, &parts.headers)
-            .and_then(|a| a.parse::<Authority>().ok())
-        else {
+        let Some(target_authority) = route::upstream_authority(&parts.uri, &parts.headers) else {
             info.flags |= ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR;
             return respond::local(StatusCode::BAD_REQUEST, "invalid authority", grpc, info);
         };
         let target = UpstreamTarget {
             method: parts.method,
-            pq: parts
-                .uri
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            pq: route::path_and_query(&parts.uri),
             authority: target_authority,
             scheme: if https { Scheme::HTTPS } else { Scheme::HTTP },
         };

@@ -43,11 +43,23 @@ pub(crate) fn authority<B>(req: &http::Request<B>) -> Option<Cow<'_, str>> {
     Some(Cow::Owned(format!("{a}:{port}")))
 }
 
-/// The authority as the caller wrote it (URI, else `Host`), without a default port.
-pub(crate) fn authority_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<&'a str> {
-    uri.authority()
-        .map(Authority::as_str)
-        .or_else(|| headers.get(HOST).and_then(|h| h.to_str().ok()))
+/// The authority an upstream request goes to, as the caller (or a rewrite) wrote it: the
+/// URI's, reused as is (a reference count, no copy), else the `Host` header's; without a
+/// default port.
+pub(crate) fn upstream_authority(uri: &http::Uri, headers: &HeaderMap) -> Option<Authority> {
+    uri.authority().cloned().or_else(|| {
+        headers
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.parse().ok())
+    })
+}
+
+/// The URI's path and query, `/` when it has none (an authority-form or empty URI).
+pub(crate) fn path_and_query(uri: &http::Uri) -> PathAndQuery {
+    uri.path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"))
 }
 
 /// The redirect response for a request.

@@ -17,7 +17,6 @@
 
 use std::sync::Arc;
 
-use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
 use mesh_core::model::{Action, ClusterSpecifier, RequestView};
@@ -84,11 +83,7 @@ where
             return rsp;
         }
         Action::Redirect(r) => {
-            let pq = req
-                .uri()
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/"));
+            let pq = route::path_and_query(req.uri());
             let mut rsp = route::redirect(r, view.scheme, view.authority, &pq, &route.matcher.path);
             mutate_response(
                 rsp.headers_mut(),

@@ -8,13 +8,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::uri::{Authority, PathAndQuery};
 use http::{HeaderValue, Request, Response, StatusCode};
 use mesh_core::model::RetryPolicy;
 
 use super::attempt::{self, AttemptCtx};
 use super::circuit_breaker::RetryBudget;
 use super::cluster::ClusterRuntime;
+use super::route;
 use crate::body::{BodySource, RspBody};
 use crate::flags::ResponseFlags;
 use crate::layer::mirror::MirrorBody;
@@ -86,15 +86,7 @@ impl UpstreamRoute {
             retriable,
         } = routed;
         let grpc = respond::is_grpc(&parts.headers);
-        // The URI's own authority is reused as is (a reference count, no copy).
-        let authority = parts.uri.authority().cloned().or_else(|| {
-            parts
-                .headers
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .and_then(|h| h.parse::<Authority>().ok())
-        });
-        let Some(authority) = authority else {
+        let Some(authority) = route::upstream_authority(&parts.uri, &parts.headers) else {
             let info = ResponseInfo {
                 flags: ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
                 ..ResponseInfo::default()
@@ -104,11 +96,7 @@ impl UpstreamRoute {
         let ctx = AttemptCtx {
             cluster: self.cluster.clone(),
             method: parts.method,
-            pq: parts
-                .uri
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            pq: route::path_and_query(&parts.uri),
             authority,
             auto_host: self.auto_host,
             version: parts.version,
