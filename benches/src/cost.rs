@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::client::{self, ClientArgs};
-use crate::mesh_config::{self, Side};
+use crate::mesh_config;
 use crate::scenario::{Mode, Scenario, Stack};
 use crate::server::{self, ServerArgs};
 
@@ -42,8 +42,9 @@ pub(crate) async fn run(args: CostArgs) {
     let ports: Vec<u16> = (0..instances).map(|_| free_port()).collect();
     let port = ports[0];
     let (client_bootstrap, server_bootstrap) = if s.stack.is_mesh() {
-        let (c, srv) = control_plane(dir.path(), &s, args.mode, &ports).await;
-        (Some(c), Some(srv))
+        let yaml = mesh_config::istio_yaml(&s, args.mode, &ports);
+        let cp = mesh_config::start_control_plane(dir.path(), &yaml).await;
+        (Some(cp.client_bootstrap), Some(cp.server_bootstrap))
     } else {
         (None, None)
     };
@@ -90,39 +91,6 @@ pub(crate) async fn run(args: CostArgs) {
     if failed > 0 {
         std::process::exit(1);
     }
-}
-
-/// mesh-control, in this process, serving the scenario's Istio YAML; returns the client's and
-/// the server's bootstraps.
-async fn control_plane(
-    dir: &std::path::Path,
-    s: &Scenario,
-    mode: Mode,
-    ports: &[u16],
-) -> (std::path::PathBuf, std::path::PathBuf) {
-    let ca = mesh_test_support::TestCa::new("bench root");
-    let client_certs = mesh_config::write_certificates(&ca, dir, Side::Client);
-    let server_certs = mesh_config::write_certificates(&ca, dir, Side::Server);
-    let config_dir = dir.join("istio");
-    std::fs::create_dir_all(&config_dir).expect("config dir");
-    std::fs::write(
-        config_dir.join("bench.yaml"),
-        mesh_config::istio_yaml(s, mode, ports),
-    )
-    .expect("write config");
-    let control = std::sync::Arc::new(
-        mesh_control::control::ControlPlane::new(&config_dir)
-            .unwrap_or_else(|e| panic!("mesh-control: {e:?}")),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let xds = listener.local_addr().expect("addr");
-    tokio::spawn(control.serve_tcp(listener));
-    (
-        mesh_config::write_bootstrap(dir, Side::Client, xds, &client_certs),
-        mesh_config::write_bootstrap(dir, Side::Server, xds, &server_certs),
-    )
 }
 
 fn free_port() -> u16 {

@@ -155,6 +155,42 @@ pub(crate) fn write_bootstrap(dir: &Path, side: Side, xds: SocketAddr, certs: &P
     path
 }
 
+/// mesh-control serving Istio YAML from a directory, with both sides' certificates and
+/// bootstraps.
+pub(crate) struct ControlPlane {
+    pub(crate) control: std::sync::Arc<mesh_control::control::ControlPlane>,
+    /// Where the YAML lives (`bench.yaml`): write it and `reload` to change the scenario.
+    pub(crate) config_dir: PathBuf,
+    pub(crate) client_bootstrap: PathBuf,
+    pub(crate) server_bootstrap: PathBuf,
+}
+
+/// Starts mesh-control in this process on a loopback port, serving `yaml`, with a test CA's
+/// certificates for both sides and their bootstraps, all under `dir`.
+pub(crate) async fn start_control_plane(dir: &Path, yaml: &str) -> ControlPlane {
+    let ca = mesh_test_support::TestCa::new("bench root");
+    let client_certs = write_certificates(&ca, dir, Side::Client);
+    let server_certs = write_certificates(&ca, dir, Side::Server);
+    let config_dir = dir.join("istio");
+    std::fs::create_dir_all(&config_dir).expect("config dir");
+    std::fs::write(config_dir.join("bench.yaml"), yaml).expect("write config");
+    let control = std::sync::Arc::new(
+        mesh_control::control::ControlPlane::new(&config_dir)
+            .unwrap_or_else(|e| panic!("mesh-control: {e:?}")),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let xds = listener.local_addr().expect("addr");
+    tokio::spawn(control.clone().serve_tcp(listener));
+    ControlPlane {
+        control,
+        config_dir,
+        client_bootstrap: write_bootstrap(dir, Side::Client, xds, &client_certs),
+        server_bootstrap: write_bootstrap(dir, Side::Server, xds, &server_certs),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-use crate::mesh_config::{self, Side};
+use crate::mesh_config;
 use crate::scenario::{Mode, SCENARIOS, Scenario};
 use crate::sys;
 
@@ -202,47 +202,21 @@ fn selected(args: &RunArgs) -> Vec<(Scenario, Mode)> {
 
 async fn setup() -> Setup {
     let dir = tempfile::tempdir().expect("temp dir");
-    let ca = mesh_test_support::TestCa::new("bench root");
-    mesh_config::write_certificates(&ca, dir.path(), Side::Client);
-    mesh_config::write_certificates(&ca, dir.path(), Side::Server);
-    let config_dir = dir.path().join("istio");
-    std::fs::create_dir_all(&config_dir).expect("config dir");
     // A first configuration, so that the control plane starts; every run writes its own.
-    std::fs::write(
-        config_dir.join("bench.yaml"),
-        mesh_config::istio_yaml(&SCENARIOS[1], Mode::MaxH1, &[1]),
+    let cp = mesh_config::start_control_plane(
+        dir.path(),
+        &mesh_config::istio_yaml(&SCENARIOS[1], Mode::MaxH1, &[1]),
     )
-    .expect("write config");
-    let control = Arc::new(
-        mesh_control::control::ControlPlane::new(&config_dir)
-            .unwrap_or_else(|e| panic!("mesh-control: {e:?}")),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let xds = listener.local_addr().expect("addr");
-    tokio::spawn(control.clone().serve_tcp(listener));
-    let client_bootstrap = mesh_config::write_bootstrap(
-        dir.path(),
-        Side::Client,
-        xds,
-        &dir.path().join("bench-client"),
-    );
-    let server_bootstrap = mesh_config::write_bootstrap(
-        dir.path(),
-        Side::Server,
-        xds,
-        &dir.path().join("bench-server"),
-    );
+    .await;
     let pinned = std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2;
     Setup {
         exe: std::env::current_exe().expect("own path"),
         certs: dir.path().to_owned(),
         dir,
-        client_bootstrap,
-        server_bootstrap,
-        control,
-        config_dir,
+        client_bootstrap: cp.client_bootstrap,
+        server_bootstrap: cp.server_bootstrap,
+        control: cp.control,
+        config_dir: cp.config_dir,
         sink: mesh_test_support::otlp::Sink::start().await,
         pinned,
     }
