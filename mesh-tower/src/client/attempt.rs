@@ -369,9 +369,11 @@ pub(super) fn upstream_request(
     for h in HOP_BY_HOP {
         headers.remove(h);
     }
+    // Every value, not the first: a second `te: gzip` behind `te: trailers` must not pass.
     if headers
-        .get(header::TE)
-        .is_some_and(|v| v.as_bytes() != b"trailers")
+        .get_all(header::TE)
+        .iter()
+        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
     {
         headers.remove(header::TE);
     }
