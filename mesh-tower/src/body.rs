@@ -12,6 +12,7 @@
 //! accounting until it is dropped, as Envoy counts a request active until its stream ends) or a
 //! local reply.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -260,6 +261,32 @@ impl BodySource {
         Self::Held { state, cap }
     }
 
+    /// Takes the caller's body without reading any of it: it is recorded as the first
+    /// attempt streams it (up to `cap`).
+    pub(crate) fn streaming<B>(body: B, cap: usize) -> Self
+    where
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        if body.is_end_stream() {
+            return Self::Empty;
+        }
+        let stream: Stream = body
+            .map_frame(|f| f.map_data(|mut d| d.copy_to_bytes(d.remaining())))
+            .map_err(Into::into)
+            .boxed_unsync();
+        let state = ReplayState {
+            recorded: Vec::new(),
+            recorded_len: 0,
+            trailers: None,
+            rest: Some(stream),
+            overflowed: false,
+            failed: false,
+        };
+        Self::Held { state, cap }
+    }
+
     /// A copy for a mirror, when the whole body is known (empty, or read in full).
     pub(crate) fn duplicate(&self) -> Option<BodySource> {
         match self {
@@ -320,13 +347,30 @@ impl BodySource {
 
     /// Waits (at most `wait`) for the last attempt to give the body back. After this,
     /// [`lend`](Self::lend) can replay it, unless it was too large or failed.
+    #[cfg(test)]
     pub(crate) async fn reclaim(&mut self, wait: std::time::Duration) {
+        let back = std::future::poll_fn(|cx| self.poll_reclaim(cx));
+        if tokio::time::timeout(wait, back).await.is_err() {
+            self.abandon();
+        }
+    }
+
+    /// Polls for the last attempt's body to come back (ready at once when it is not lent).
+    pub(crate) fn poll_reclaim(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         if let Self::Lent { rx, cap } = self {
             let cap = *cap;
-            *self = match tokio::time::timeout(wait, rx).await {
-                Ok(Ok(state)) => Self::Held { state, cap },
-                _ => Self::Gone,
+            *self = match ready!(Pin::new(rx).poll(cx)) {
+                Ok(state) => Self::Held { state, cap },
+                Err(_) => Self::Gone,
             };
+        }
+        Poll::Ready(())
+    }
+
+    /// Stops waiting for a lent body: it will not be sent again.
+    pub(crate) fn abandon(&mut self) {
+        if let Self::Lent { .. } = self {
+            *self = Self::Gone;
         }
     }
 

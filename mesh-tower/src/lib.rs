@@ -36,9 +36,10 @@
 //!
 //! Route policies are also public Tower layers, one concern each, usable around any
 //! `tower::Service` (see [`layer`]): [`layer::FaultLayer`], [`layer::HeaderMutationLayer`],
-//! [`layer::RewriteLayer`], [`layer::MirrorLayer`], [`layer::RouteTimeoutLayer`].
-//! `MeshClient` builds one stack of them per route and cluster when the configuration
-//! arrives.
+//! [`layer::RewriteLayer`], [`layer::MirrorLayer`], [`layer::RouteTimeoutLayer`],
+//! [`layer::RetryLayer`]; and on the inbound side [`layer::AuthenticationLayer`],
+//! [`layer::AuthorizationLayer`], [`layer::RateLimitLayer`]. `MeshClient` builds one stack of
+//! them per route and cluster when the configuration arrives.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -56,5 +57,5 @@ pub use body::{BoxError, DEFAULT_REPLAY_CAP, ReqBody, RspBody};
 pub use client::{MeshClient, MeshClientBuilder, OutboundTrafficPolicy, RetryBudget};
 pub use error::Error;
 pub use flags::ResponseFlags;
-pub use respond::{LocalBody, ResponseInfo};
+pub use respond::{LocalBody, ResponseInfo, UpstreamFailure};
 pub use server::{serve, serve_listener, serve_with_shutdown};

@@ -41,6 +41,32 @@ pub struct ResponseInfo {
     pub attempts: u32,
     /// Injected fault delay, if any.
     pub fault_delay: Option<Duration>,
+    /// How the last attempt failed, when this response is the mesh's reply for a failed
+    /// attempt: what a retry policy reads (`connect-failure`, `reset`, `refused-stream`), and
+    /// what tells such a reply from an upstream's answer of the same status.
+    pub failure: Option<UpstreamFailure>,
+}
+
+/// How an upstream attempt failed without a response, as Envoy's retry conditions tell
+/// failures apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UpstreamFailure {
+    /// No connection could be made (`connect-failure`).
+    ConnectFailure,
+    /// The stream was reset or the connection closed before a response (`reset`).
+    Reset,
+    /// HTTP/2 `REFUSED_STREAM`: the server did not process the request (`refused-stream`).
+    RefusedStream,
+    /// The per-try timeout fired (retried under `5xx`, `gateway-error` and `reset`).
+    PerTryTimeout,
+    /// A circuit breaker refused the attempt (`UO`); never retried.
+    Overflow,
+    /// No host could take the attempt (`UH`); never retried.
+    NoHealthyUpstream,
+    /// The request could not be sent as it is (no authority, an unreadable body); never
+    /// retried.
+    NotSent,
 }
 
 impl ResponseInfo {

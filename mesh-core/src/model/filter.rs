@@ -244,6 +244,20 @@ pub struct LocalRateLimit {
     pub response_headers: Box<[(http::HeaderName, http::HeaderValue)]>,
 }
 
+impl LocalRateLimit {
+    /// A limit enforced on every request, answered with 429 and no extra headers. (Envoy's
+    /// filter, unconfigured, enables and enforces nothing; a limit built in code means it.)
+    pub fn new(bucket: TokenBucket) -> Self {
+        Self {
+            bucket: Some(bucket),
+            enabled: Fraction::ALWAYS,
+            enforced: Fraction::ALWAYS,
+            status: http::StatusCode::TOO_MANY_REQUESTS,
+            response_headers: Box::new([]),
+        }
+    }
+}
+
 /// A token bucket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TokenBucket {
@@ -298,6 +312,26 @@ pub struct JwtProvider {
     pub payload_in_metadata: Option<Box<str>>,
     /// Allowed clock skew.
     pub clock_skew: Duration,
+}
+
+impl JwtProvider {
+    /// A provider for `issuer` with keys from `jwks` and Envoy's defaults otherwise: tokens
+    /// in `Authorization: Bearer` or `access_token`, any audience, stripped once verified,
+    /// 60 s of clock skew.
+    pub fn new(issuer: impl Into<Box<str>>, jwks: JwksSource) -> Self {
+        Self {
+            issuer: issuer.into(),
+            audiences: Box::new([]),
+            jwks,
+            from_headers: Box::new([]),
+            from_params: Box::new([]),
+            forward: false,
+            forward_payload_header: None,
+            claim_to_headers: Box::new([]),
+            payload_in_metadata: None,
+            clock_skew: Duration::from_secs(60),
+        }
+    }
 }
 
 /// Where a provider's keys come from.

@@ -449,6 +449,26 @@ pub struct RetryPolicy {
     pub host_selection_max_attempts: u32,
 }
 
+/// Envoy's defaults for a `RetryPolicy` that sets nothing: no condition (so no retry), one
+/// retry, no per-try timeout, 25 ms backoff capped at 250 ms.
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            retry_on: RetryOn::default(),
+            num_retries: 1,
+            per_try_timeout: None,
+            per_try_idle_timeout: None,
+            retriable_status_codes: Box::new([]),
+            retriable_headers: Box::new([]),
+            retriable_request_headers: Box::new([]),
+            backoff_base: Duration::from_millis(25),
+            backoff_max: Duration::from_millis(250),
+            avoid_previous_hosts: false,
+            host_selection_max_attempts: 1,
+        }
+    }
+}
+
 /// A validated `HedgePolicy`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HedgePolicy {

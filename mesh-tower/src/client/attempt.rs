@@ -1,55 +1,119 @@
-//! The router's inner loop: attempts, each through the circuit breaker, the balancer and a
-//! connection, retried by the route's policy within the retry budget.
-//!
-//! Per attempt, in Envoy's order: circuit breaker (`max_requests`) → pick a host (skipping
-//! ejected and, on retries, previously tried ones) → per-try timeout → connection pool
-//! (`max_connections`, `max_pending_requests`) → send. Every outcome feeds outlier detection.
+//! One attempt of a routed request, in Envoy's order: circuit breaker (`max_requests`) →
+//! pick a host (skipping ejected and, on retries, previously tried ones) → per-try timeout →
+//! connection pool (`max_connections`, `max_pending_requests`) → send. Every outcome feeds
+//! outlier detection. The retries around it are [`RetryLayer`](crate::layer::RetryLayer)'s.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::header::{self, HOST};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
-use mesh_core::model::RetryPolicy;
 
 use super::balance::PickContext;
 use super::circuit_breaker::{Inflight, RetryBudget, RetrySlot};
 use super::cluster::ClusterRuntime;
 use super::host::{Protocol, SendError};
 use super::outlier;
-use super::retry::{self, Outcome};
-use crate::body::{BodySource, ReqBody, RspBody};
+use super::route;
+use crate::body::{ReqBody, RspBody};
 use crate::flags::ResponseFlags;
-use crate::respond::{self, RESET_BEFORE_HEADERS, ResponseInfo};
+use crate::layer::retry::Admission;
+use crate::respond::{self, RESET_BEFORE_HEADERS, ResponseInfo, UpstreamFailure};
 
-/// How long a retry waits for the previous attempt to hand the request body back.
-const RECLAIM_WAIT: Duration = Duration::from_secs(1);
-
-/// Everything an attempt needs, owned so that mirrors can run it in a task of their own.
-#[derive(Clone, Debug)]
-pub(crate) struct AttemptCtx {
+/// How a route's attempts reach its cluster.
+#[derive(Debug)]
+pub(crate) struct AttemptRoute {
     pub(crate) cluster: Arc<ClusterRuntime>,
-    pub(crate) method: Method,
-    pub(crate) pq: PathAndQuery,
-    pub(crate) authority: Authority,
     /// Rewrite the host to the chosen endpoint's address (`auto_host_rewrite`).
     pub(crate) auto_host: bool,
-    pub(crate) version: Version,
-    pub(crate) retry: Option<Arc<RetryPolicy>>,
-    /// Send another attempt when the per-try timeout fires, keeping the first in flight.
-    pub(crate) hedge_on_per_try_timeout: bool,
+    /// The retry policy's per-try timeout.
+    pub(crate) per_try_timeout: Option<Duration>,
+    /// How many picks may be made to avoid hosts already tried.
+    pub(crate) host_selection_max_attempts: u32,
+}
+
+/// One attempt's request body, with what the router and the retries decided for it.
+#[derive(Debug)]
+pub(crate) struct Try {
+    /// `None` when the caller's body could not be read.
+    pub(crate) body: Option<ReqBody>,
+    /// The request's hash, from the route's hash policies.
     pub(crate) hash: Option<u64>,
-    pub(crate) attempt_count_header: bool,
-    pub(crate) grpc: bool,
-    pub(crate) retry_budget: Option<RetryBudget>,
+    /// Hosts the balancer should avoid (tried before).
+    pub(crate) avoid: Vec<SocketAddr>,
+}
+
+/// Sends attempts to a route's cluster: the service inside the route's retries.
+#[derive(Clone, Debug)]
+pub(crate) struct Attempts {
+    route: Arc<AttemptRoute>,
+}
+
+impl Attempts {
+    pub(crate) fn new(route: AttemptRoute) -> Self {
+        Self {
+            route: Arc::new(route),
+        }
+    }
+
+    pub(crate) fn route(&self) -> &Arc<AttemptRoute> {
+        &self.route
+    }
+}
+
+impl tower::Service<Request<Try>> for Attempts {
+    type Response = Response<RspBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<RspBody>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Try>) -> Self::Future {
+        // The one box of the request path: the connection's send future is large, and the
+        // retry future holds this across its states.
+        let route = self.route.clone();
+        Box::pin(async move {
+            let grpc = respond::is_grpc(req.headers());
+            Ok(one(&route, req, true).await.into_response(grpc))
+        })
+    }
+}
+
+/// What admits a retry to a cluster: its circuit breaker's `max_retries` (or its retry
+/// budget), and the client's budget.
+#[derive(Clone, Debug)]
+pub(crate) struct ClusterAdmission {
+    pub(crate) cluster: Arc<ClusterRuntime>,
+    pub(crate) client: Option<RetryBudget>,
+}
+
+impl Admission for ClusterAdmission {
+    type Permit = RetrySlot;
+
+    fn admit(&self) -> Option<RetrySlot> {
+        let state = self.cluster.state();
+        self.cluster
+            .counters
+            .try_retry(&state.config.circuit_breakers, self.client.as_ref())
+    }
 }
 
 /// Why an attempt got no upstream response.
 #[derive(Debug)]
 pub(super) enum Failure {
+    /// The request has no authority to send upstream.
+    NoAuthority,
+    /// The caller's body could not be read.
+    NoBody,
     Overflow,
     NoHealthyUpstream,
     PerTryTimeout,
@@ -57,42 +121,59 @@ pub(super) enum Failure {
 }
 
 pub(super) struct Attempt {
-    pub(super) host: Option<(u32, SocketAddr)>,
+    pub(super) host: Option<SocketAddr>,
     pub(super) result: Result<(Response<Incoming>, Inflight), Failure>,
 }
 
 impl Attempt {
-    pub(super) fn retry_outcome(&self) -> Option<Outcome<'_>> {
-        Some(match &self.result {
-            Ok((rsp, _)) => Outcome::Response {
-                status: rsp.status().as_u16(),
-                headers: rsp.headers(),
-            },
-            Err(Failure::PerTryTimeout) => Outcome::PerTryTimeout,
-            Err(Failure::Send(SendError::Connect(_))) => Outcome::ConnectFailure,
-            Err(Failure::Send(SendError::Reset { refused: true, .. })) => Outcome::RefusedStream,
-            Err(Failure::Send(
+    /// How the attempt failed, as the retry conditions see it (`None` for an answer).
+    pub(super) fn failure(&self) -> Option<UpstreamFailure> {
+        let Err(failure) = &self.result else {
+            return None;
+        };
+        Some(match failure {
+            Failure::PerTryTimeout => UpstreamFailure::PerTryTimeout,
+            Failure::Send(SendError::Connect(_)) => UpstreamFailure::ConnectFailure,
+            Failure::Send(SendError::Reset { refused: true, .. }) => UpstreamFailure::RefusedStream,
+            Failure::Send(
                 SendError::Reset { .. }
                 | SendError::ConnectionTerminated(_)
                 | SendError::Protocol(_),
-            )) => Outcome::Reset,
-            Err(
-                Failure::Overflow
-                | Failure::NoHealthyUpstream
-                | Failure::Send(SendError::Overflow | SendError::Body(_)),
-            ) => return None,
+            ) => UpstreamFailure::Reset,
+            Failure::Overflow | Failure::Send(SendError::Overflow) => UpstreamFailure::Overflow,
+            Failure::NoHealthyUpstream => UpstreamFailure::NoHealthyUpstream,
+            Failure::NoAuthority | Failure::NoBody | Failure::Send(SendError::Body(_)) => {
+                UpstreamFailure::NotSent
+            }
         })
     }
 
-    pub(super) fn into_response(
-        self,
-        ctx: &AttemptCtx,
-        info: &mut ResponseInfo,
-    ) -> Response<RspBody> {
+    /// The attempt's answer: the upstream's response, or Envoy's local reply for its failure,
+    /// with the host and flags in its [`ResponseInfo`].
+    pub(super) fn into_response(self, grpc: bool) -> Response<RspBody> {
+        let failure = self.failure();
+        let mut info = ResponseInfo {
+            upstream: self.host,
+            attempts: 1,
+            failure,
+            ..ResponseInfo::default()
+        };
         let (status, flag, why): (StatusCode, ResponseFlags, String) = match self.result {
             Ok((rsp, inflight)) => {
-                return rsp.map(|b| RspBody::upstream(b, Some(inflight)));
+                let mut rsp = rsp.map(|b| RspBody::upstream(b, Some(inflight)));
+                rsp.extensions_mut().insert(info);
+                return rsp;
             }
+            Err(Failure::NoAuthority) => (
+                StatusCode::BAD_REQUEST,
+                ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+                "invalid authority".into(),
+            ),
+            Err(Failure::NoBody) => (
+                StatusCode::BAD_REQUEST,
+                ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+                "request body could not be read".into(),
+            ),
             Err(Failure::Overflow | Failure::Send(SendError::Overflow)) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 ResponseFlags::UPSTREAM_OVERFLOW,
@@ -127,139 +208,63 @@ impl Attempt {
             }
         };
         info.flags |= flag;
-        respond::local(status, why, ctx.grpc, info.clone())
+        respond::local(status, why, grpc, info)
     }
 }
 
-/// Runs the attempts of one request: the first, then retries while the policy, the attempts
-/// left, the body and the budget allow.
-pub(crate) async fn run(
-    ctx: &AttemptCtx,
-    mut headers: HeaderMap,
-    body: &mut BodySource,
-    info: &mut ResponseInfo,
-) -> Response<RspBody> {
-    let max = 1 + ctx.retry.as_ref().map_or(0, |p| p.num_retries);
-    if ctx.hedge_on_per_try_timeout
-        && max > 1
-        && ctx
-            .retry
-            .as_ref()
-            .is_some_and(|p| p.per_try_timeout.is_some())
-        && let Some(copies) = super::hedge::Copies::new(body)
-    {
-        return super::hedge::run(ctx, headers, copies, info).await;
-    }
-    let mut tried: Vec<u32> = Vec::new();
-    let mut slot: Option<RetrySlot> = None;
-    let mut n = 0u32;
-    loop {
-        n += 1;
-        let Some(req_body) = body.lend() else {
-            info.flags |= ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR;
-            return respond::local(
-                StatusCode::BAD_REQUEST,
-                "request body could not be read",
-                ctx.grpc,
-                info.clone(),
-            );
-        };
-        let attempt_headers = if n < max {
-            headers.clone()
-        } else {
-            std::mem::take(&mut headers)
-        };
-        let attempt = one(ctx, n, attempt_headers, req_body, &tried, slot.take(), true).await;
-        info.attempts = n;
-        if let Some((index, addr)) = attempt.host {
-            info.upstream = Some(addr);
-            // Only a later attempt reads it; the common single attempt allocates nothing.
-            if n < max {
-                tried.push(index);
-            }
-        }
-        let Some(policy) = ctx.retry.as_deref() else {
-            return attempt.into_response(ctx, info);
-        };
-        if !attempt
-            .retry_outcome()
-            .is_some_and(|o| retry::retriable(policy, o))
-        {
-            return attempt.into_response(ctx, info);
-        }
-        if n >= max {
-            info.flags |= ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED;
-            return attempt.into_response(ctx, info);
-        }
-        body.reclaim(RECLAIM_WAIT).await;
-        if !body.replayable() {
-            return attempt.into_response(ctx, info);
-        }
-        tokio::time::sleep(retry::backoff(policy, n)).await;
-        // The budget counts retries on the wire: a request sleeping in backoff is no load on
-        // the upstream. (Envoy holds the slot through the backoff too, so at high rates its
-        // default of 3 concurrent retries denies most of them.) If the budget says no, the
-        // caller gets the upstream's last answer.
-        let state = ctx.cluster.state();
-        match ctx
-            .cluster
-            .counters
-            .try_retry(&state.config.circuit_breakers, ctx.retry_budget.as_ref())
-        {
-            Some(s) => slot = Some(s),
-            None => {
-                info.flags |= ResponseFlags::UPSTREAM_OVERFLOW;
-                return attempt.into_response(ctx, info);
-            }
-        }
-        drop(attempt);
-    }
-}
-
-/// One attempt; `per_try` applies the policy's per-try timeout (hedging times attempts
-/// itself).
-pub(super) async fn one(
-    ctx: &AttemptCtx,
-    n: u32,
-    headers: HeaderMap,
-    body: ReqBody,
-    tried: &[u32],
-    retry: Option<RetrySlot>,
-    per_try: bool,
-) -> Attempt {
-    let cluster = &ctx.cluster;
+/// One attempt; `per_try` applies the per-try timeout (hedging times attempts itself).
+pub(super) async fn one(route: &AttemptRoute, req: Request<Try>, per_try: bool) -> Attempt {
+    let (parts, attempt) = req.into_parts();
+    let fail = |f| Attempt {
+        host: None,
+        result: Err(f),
+    };
+    let Some(authority) = route::upstream_authority(&parts.uri, &parts.headers) else {
+        return fail(Failure::NoAuthority);
+    };
+    let Some(body) = attempt.body else {
+        return fail(Failure::NoBody);
+    };
+    let cluster = &route.cluster;
     let state = cluster.state();
     let limits = &state.config.circuit_breakers;
     if !cluster.counters.try_request(limits) {
-        // The retry slot, if any, is released here with `retry`.
-        return Attempt {
-            host: None,
-            result: Err(Failure::Overflow),
-        };
+        return fail(Failure::Overflow);
     }
-    let mut inflight = Inflight::new(cluster.counters.clone(), retry);
-    let policy = ctx.retry.as_deref();
+    let mut inflight = Inflight::new(cluster.counters.clone());
+    let avoid: Vec<u32> = if attempt.avoid.is_empty() {
+        Vec::new()
+    } else {
+        (0..state.entries.len() as u32)
+            .filter(|&i| attempt.avoid.contains(&state.entries[i as usize].host.addr))
+            .collect()
+    };
     let pick = PickContext {
-        hash: ctx.hash,
-        avoid: if policy.is_some_and(|p| p.avoid_previous_hosts) {
-            tried
-        } else {
-            &[]
-        },
-        max_attempts: policy.map_or(0, |p| p.host_selection_max_attempts),
+        hash: attempt.hash,
+        avoid: &avoid,
+        max_attempts: route.host_selection_max_attempts,
     };
     let Some(index) = state.lb.pick(&state.entries, &state.config.lb, pick) else {
-        return Attempt {
-            host: None,
-            result: Err(Failure::NoHealthyUpstream),
-        };
+        return fail(Failure::NoHealthyUpstream);
     };
     let host = state.entries[index as usize].host.clone();
     inflight.on_host(host.clone());
-    let protocol = state.protocol(ctx.version);
-    let req = build(ctx, n, headers, body, protocol, &host.addr_text);
+    let protocol = state.protocol(parts.version);
+    let grpc = respond::is_grpc(&parts.headers);
+    let authority = if route.auto_host {
+        host.addr_text.parse().unwrap_or(authority)
+    } else {
+        authority
+    };
+    let target = UpstreamTarget {
+        method: parts.method,
+        pq: route::path_and_query(&parts.uri),
+        authority,
+        scheme: Scheme::HTTP,
+    };
+    let req = upstream_request(target, parts.headers, body, protocol);
     let send = host.send(req, protocol, &state.settings, &cluster.counters, limits);
-    let result = match policy.and_then(|p| p.per_try_timeout).filter(|_| per_try) {
+    let result = match route.per_try_timeout.filter(|_| per_try) {
         Some(t) => match tokio::time::timeout(t, send).await {
             Ok(r) => r.map_err(Failure::Send),
             Err(_) => Err(Failure::PerTryTimeout),
@@ -276,7 +281,7 @@ pub(super) async fn one(
         );
     }
     let outcome = match &result {
-        Ok(rsp) => Some(outlier::Outcome::Status(outlier_status(ctx.grpc, rsp))),
+        Ok(rsp) => Some(outlier::Outcome::Status(outlier_status(grpc, rsp))),
         Err(Failure::Send(SendError::Overflow | SendError::Body(_))) => None,
         Err(_) => Some(outlier::Outcome::LocalFailure),
     };
@@ -284,7 +289,7 @@ pub(super) async fn one(
         cluster.report(&state, &host, o);
     }
     Attempt {
-        host: Some((index, host.addr)),
+        host: Some(host.addr),
         result: result.map(|rsp| (rsp, inflight)),
     }
 }
@@ -314,38 +319,6 @@ const HOP_BY_HOP: [&str; 5] = [
     "transfer-encoding",
     "upgrade",
 ];
-
-/// The upstream request of one attempt: the attempt's own headers, then
-/// [`upstream_request`].
-fn build(
-    ctx: &AttemptCtx,
-    n: u32,
-    mut headers: HeaderMap,
-    body: ReqBody,
-    protocol: Protocol,
-    host_addr: &str,
-) -> Request<ReqBody> {
-    let authority = if ctx.auto_host {
-        host_addr.parse().unwrap_or_else(|_| ctx.authority.clone())
-    } else {
-        ctx.authority.clone()
-    };
-    if ctx.attempt_count_header {
-        headers.insert("x-envoy-attempt-count", HeaderValue::from(n));
-    }
-    // gRFC A6: a gRPC retry tells the server how many attempts went before it, so servers
-    // (and the interop suite's `succeed-on-retry-attempt-N`) can tell retries apart.
-    if n > 1 && ctx.grpc {
-        headers.insert("grpc-previous-rpc-attempts", HeaderValue::from(n - 1));
-    }
-    let target = UpstreamTarget {
-        method: ctx.method.clone(),
-        pq: ctx.pq.clone(),
-        authority,
-        scheme: Scheme::HTTP,
-    };
-    upstream_request(target, headers, body, protocol)
-}
 
 /// Where an upstream request goes, as its request line and `Host` say it.
 pub(super) struct UpstreamTarget {

@@ -123,7 +123,7 @@ impl Counters {
     }
 }
 
-/// One admitted retry, counted until dropped.
+/// One admitted retry, counted until dropped (when its attempt has answered).
 #[derive(Debug)]
 pub(crate) struct RetrySlot(Arc<Counters>);
 
@@ -148,17 +148,14 @@ impl Drop for PendingGuard<'_> {
 pub(crate) struct Inflight {
     counters: Arc<Counters>,
     host: Option<Arc<Host>>,
-    _retry: Option<RetrySlot>,
 }
 
 impl Inflight {
-    /// Takes over an admission made with [`Counters::try_request`] (and the retry slot of
-    /// a retry).
-    pub(crate) fn new(counters: Arc<Counters>, retry: Option<RetrySlot>) -> Self {
+    /// Takes over an admission made with [`Counters::try_request`].
+    pub(crate) fn new(counters: Arc<Counters>) -> Self {
         Self {
             counters,
             host: None,
-            _retry: retry,
         }
     }
 
@@ -198,9 +195,9 @@ mod tests {
         let c = Arc::new(Counters::default());
         let l = limits(2, 3);
         assert!(c.try_request(&l));
-        let a = Inflight::new(c.clone(), None);
+        let a = Inflight::new(c.clone());
         assert!(c.try_request(&l));
-        let _b = Inflight::new(c.clone(), None);
+        let _b = Inflight::new(c.clone());
         assert!(!c.try_request(&l), "third request overflows");
         drop(a);
         assert!(c.try_request(&l), "a slot frees when a request ends");

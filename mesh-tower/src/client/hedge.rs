@@ -6,16 +6,19 @@
 //! whose body is known in full (empty, or small and of known length); others are retried the
 //! ordinary way, one attempt after another.
 
+use std::net::SocketAddr;
 use std::pin::Pin;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use http::{HeaderMap, Response};
+use http::request::Parts;
+use http::{HeaderValue, Request, Response};
+use mesh_core::model::RetryPolicy;
 
-use super::attempt::{self, Attempt, AttemptCtx};
-use super::retry;
+use super::attempt::{self, Attempt, AttemptRoute, ClusterAdmission, Try};
 use crate::body::{BodySource, CompleteBody, RspBody};
 use crate::flags::ResponseFlags;
-use crate::respond::ResponseInfo;
+use crate::layer::retry::{self, Admission};
+use crate::respond::{self, ResponseInfo};
 
 /// A complete body, copied once per attempt.
 pub(super) struct Copies(CompleteBody);
@@ -34,28 +37,71 @@ impl Copies {
 type InFlight<'a> =
     FuturesUnordered<Pin<Box<dyn std::future::Future<Output = Attempt> + Send + 'a>>>;
 
+/// What a hedged request is sent with.
+pub(super) struct Hedged<'a> {
+    pub(super) route: &'a AttemptRoute,
+    pub(super) policy: &'a RetryPolicy,
+    pub(super) admission: &'a ClusterAdmission,
+    pub(super) attempt_count_header: bool,
+}
+
 /// Runs attempts, starting another whenever the newest one's per-try timeout fires.
 pub(super) async fn run(
-    ctx: &AttemptCtx,
-    headers: HeaderMap,
+    hedged: Hedged<'_>,
+    head: Parts,
     body: Copies,
-    info: &mut ResponseInfo,
+    hash: Option<u64>,
 ) -> Response<RspBody> {
-    let policy = ctx.retry.as_deref().expect("hedging needs a retry policy");
+    let Hedged {
+        route,
+        policy,
+        admission,
+        attempt_count_header,
+    } = hedged;
     let per_try = policy
         .per_try_timeout
         .expect("hedging needs a per-try timeout");
+    let grpc = respond::is_grpc(&head.headers);
     let max = 1 + policy.num_retries;
-    let mut tried: Vec<u32> = Vec::new();
+    let mut tried: Vec<SocketAddr> = Vec::new();
     let mut started = 0u32;
     let mut in_flight: InFlight<'_> = FuturesUnordered::new();
     let mut last: Option<Attempt> = None;
-    let launch = |n: u32, tried: &[u32], slot| {
-        let tried = tried.to_vec();
-        let headers = headers.clone();
-        let body = body.next();
-        Box::pin(async move { attempt::one(ctx, n, headers, body, &tried, slot, false).await })
-            as Pin<Box<dyn std::future::Future<Output = Attempt> + Send + '_>>
+    let head = &head;
+    let body = &body;
+    let launch = |n: u32, tried: &[SocketAddr], slot| {
+        let mut req = Request::new(Try {
+            body: Some(body.next()),
+            hash,
+            avoid: if policy.avoid_previous_hosts {
+                tried.to_vec()
+            } else {
+                Vec::new()
+            },
+        });
+        *req.method_mut() = head.method.clone();
+        *req.uri_mut() = head.uri.clone();
+        *req.version_mut() = head.version;
+        let headers = req.headers_mut();
+        *headers = head.headers.clone();
+        if attempt_count_header {
+            headers.insert("x-envoy-attempt-count", HeaderValue::from(n));
+        }
+        if n > 1 && grpc {
+            headers.insert("grpc-previous-rpc-attempts", HeaderValue::from(n - 1));
+        }
+        Box::pin(async move {
+            // A retry counts against the budget while it is in flight.
+            let _slot = slot;
+            attempt::one(route, req, false).await
+        }) as Pin<Box<dyn std::future::Future<Output = Attempt> + Send + '_>>
+    };
+    let answer = |a: Attempt, started: u32, flags: ResponseFlags| {
+        let mut rsp = a.into_response(grpc);
+        let info = ResponseInfo::of_mut(&mut rsp);
+        info.attempts = started;
+        info.flags |= flags;
+        rsp
     };
     started += 1;
     in_flight.push(launch(started, &tried, None));
@@ -63,14 +109,17 @@ pub(super) async fn run(
     loop {
         tokio::select! {
             Some(a) = in_flight.next() => {
-                info.attempts = started;
-                if let Some((index, addr)) = a.host {
-                    info.upstream = Some(addr);
-                    tried.push(index);
+                if let Some(addr) = a.host {
+                    tried.push(addr);
                 }
-                let retriable = a.retry_outcome().is_some_and(|o| retry::retriable(policy, o));
+                let retriable = match a.failure() {
+                    Some(f) => retry::failure_retriable(policy, f),
+                    None => a.result.as_ref().is_ok_and(|(rsp, _)| {
+                        retry::status_retriable(policy, rsp.status().as_u16(), rsp.headers())
+                    }),
+                };
                 if !retriable {
-                    return a.into_response(ctx, info);
+                    return answer(a, started, ResponseFlags::NONE);
                 }
                 last = Some(a);
                 if !in_flight.is_empty() {
@@ -78,22 +127,20 @@ pub(super) async fn run(
                     continue;
                 }
                 if started >= max {
-                    info.flags |= ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED;
-                    return last.take().expect("just set").into_response(ctx, info);
+                    let a = last.take().expect("just set");
+                    return answer(a, started, ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
                 }
                 tokio::time::sleep(retry::backoff(policy, started)).await;
-                let state = ctx.cluster.state();
-                let Some(slot) = ctx.cluster.counters.try_retry(&state.config.circuit_breakers, ctx.retry_budget.as_ref()) else {
-                    info.flags |= ResponseFlags::UPSTREAM_OVERFLOW;
-                    return last.take().expect("just set").into_response(ctx, info);
+                let Some(slot) = admission.admit() else {
+                    let a = last.take().expect("just set");
+                    return answer(a, started, ResponseFlags::UPSTREAM_OVERFLOW);
                 };
                 started += 1;
                 in_flight.push(launch(started, &tried, Some(slot)));
                 timer.as_mut().reset(tokio::time::Instant::now() + per_try);
             }
             _ = &mut timer, if started < max => {
-                let state = ctx.cluster.state();
-                if let Some(slot) = ctx.cluster.counters.try_retry(&state.config.circuit_breakers, ctx.retry_budget.as_ref()) {
+                if let Some(slot) = admission.admit() {
                     started += 1;
                     in_flight.push(launch(started, &tried, Some(slot)));
                 }
@@ -101,9 +148,8 @@ pub(super) async fn run(
             }
             else => {
                 // Nothing in flight and nothing more to start.
-                info.flags |= ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED;
                 return match last.take() {
-                    Some(a) => a.into_response(ctx, info),
+                    Some(a) => answer(a, started, ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED),
                     None => unreachable!("an attempt always finishes before the loop ends"),
                 };
             }

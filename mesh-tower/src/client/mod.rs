@@ -9,7 +9,6 @@ pub(crate) mod host;
 pub(crate) mod outlier;
 mod passthrough;
 mod policy;
-mod retry;
 mod route;
 mod router;
 mod stack;

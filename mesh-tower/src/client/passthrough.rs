@@ -68,7 +68,7 @@ impl Passthrough {
             retry_budget: None,
         };
         self.counters.try_request(&limits);
-        let mut inflight = Inflight::new(self.counters.clone(), None);
+        let mut inflight = Inflight::new(self.counters.clone());
         inflight.on_host(host.clone());
         let protocol = if req.version() == http::Version::HTTP_2 {
             Protocol::Http2

@@ -160,7 +160,7 @@ where
     let retriable = policy
         .retry
         .as_ref()
-        .is_some_and(|p| super::retry::request_allows(p, &view));
+        .is_some_and(|p| crate::layer::retry::request_allows(p, &view));
     let set_cookie = hasher
         .set_cookie
         .as_deref()

@@ -1,29 +1,37 @@
 //! The innermost service of a route's stack: what Envoy's router does once the route's
-//! filters, rewrites and mirrors are done. The attempts run: retry → circuit breaker →
-//! balancer → per-try timeout → connection ([`attempt`](super::attempt)).
+//! filters, rewrites and mirrors are done. Its own stack, in order:
+//!
+//! ```text
+//! RetryLayer     the route's retry policy, admitted by the cluster's max_retries and the
+//!                client's budget (or hedging on per-try timeout, when the route asks)
+//!  → Attempts    circuit breaker → balancer → per-try timeout → connection
+//! ```
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{HeaderValue, Request, Response};
 use mesh_core::model::RetryPolicy;
+use tower::{Layer, Service};
 
-use super::attempt::{self, AttemptCtx};
+use super::attempt::{AttemptRoute, Attempts, ClusterAdmission, Try};
 use super::circuit_breaker::RetryBudget;
 use super::cluster::ClusterRuntime;
-use super::route;
+use super::hedge;
 use crate::body::{BodySource, RspBody};
-use crate::flags::ResponseFlags;
 use crate::layer::mirror::MirrorBody;
-use crate::respond::{self, ResponseInfo};
+use crate::layer::retry::{self, AttemptContext, Replay, Retry, RetryLayer};
 
 /// Sends a route's requests to one cluster.
 #[derive(Clone, Debug)]
 pub(crate) struct Upstream {
-    route: Arc<UpstreamRoute>,
+    retry: Retry<Attempts, ClusterAdmission>,
+    /// Set when the route hedges on per-try timeout.
+    hedge: Option<Arc<RetryPolicy>>,
+    attempt_count_header: bool,
 }
 
 /// What a route backend's upstream sends with.
@@ -55,65 +63,152 @@ pub(crate) struct Routed {
 
 impl Upstream {
     pub(crate) fn new(route: UpstreamRoute) -> Self {
+        let policy = route.retry.clone().unwrap_or_else(|| {
+            Arc::new(RetryPolicy {
+                num_retries: 0,
+                ..RetryPolicy::default()
+            })
+        });
+        let attempts = Attempts::new(AttemptRoute {
+            cluster: route.cluster.clone(),
+            auto_host: route.auto_host,
+            per_try_timeout: policy.per_try_timeout,
+            host_selection_max_attempts: policy.host_selection_max_attempts,
+        });
+        let hedge = route.retry.filter(|p| {
+            route.hedge_on_per_try_timeout && p.num_retries > 0 && p.per_try_timeout.is_some()
+        });
+        let admission = ClusterAdmission {
+            cluster: route.cluster,
+            client: route.retry_budget,
+        };
+        let retry = RetryLayer::from_arc(policy)
+            .admission(admission)
+            .attempt_count_header(route.attempt_count_header)
+            .layer(attempts);
         Self {
-            route: Arc::new(route),
+            retry,
+            hedge,
+            attempt_count_header: route.attempt_count_header,
         }
     }
 }
 
-impl tower::Service<Request<Routed>> for Upstream {
+impl Service<Request<Routed>> for Upstream {
     type Response = Response<RspBody>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<RspBody>, Infallible>> + Send>>;
+    type Future = UpstreamFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Routed>) -> Self::Future {
-        let route = self.route.clone();
-        Box::pin(async move { Ok(route.send(req).await) })
+    fn call(&mut self, mut req: Request<Routed>) -> UpstreamFuture {
+        let set_cookie = req.body_mut().set_cookie.take();
+        // Concurrent hedged attempts each need the whole body: hedging applies to requests
+        // whose body is known in full, others are retried one attempt after another.
+        if let Some(policy) = &self.hedge
+            && req.body().retriable
+            && let Some(copies) = hedge::Copies::new(&req.body().body)
+        {
+            let policy = policy.clone();
+            let route = self.retry.get_ref().route().clone();
+            let admission = self.retry.admission().clone();
+            let attempt_count_header = self.attempt_count_header;
+            let (head, routed) = req.into_parts();
+            let hedged = Box::pin(async move {
+                let hedged = hedge::Hedged {
+                    route: &route,
+                    policy: &policy,
+                    admission: &admission,
+                    attempt_count_header,
+                };
+                hedge::run(hedged, head, copies, routed.hash).await
+            });
+            return UpstreamFuture {
+                inner: Inner::Hedged { future: hedged },
+                set_cookie,
+            };
+        }
+        UpstreamFuture {
+            inner: Inner::Retried {
+                future: self.retry.call(req),
+            },
+            set_cookie,
+        }
     }
 }
 
-impl UpstreamRoute {
-    async fn send(&self, req: Request<Routed>) -> Response<RspBody> {
-        let (parts, routed) = req.into_parts();
-        let Routed {
-            mut body,
-            hash,
-            set_cookie,
-            retriable,
-        } = routed;
-        let grpc = respond::is_grpc(&parts.headers);
-        let Some(authority) = route::upstream_authority(&parts.uri, &parts.headers) else {
-            let info = ResponseInfo {
-                flags: ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
-                ..ResponseInfo::default()
-            };
-            return respond::local(StatusCode::BAD_REQUEST, "invalid authority", grpc, info);
+type RetryFuture = retry::ResponseFuture<Attempts, ClusterAdmission, Routed, RspBody>;
+
+pin_project_lite::pin_project! {
+    /// The future of [`Upstream`].
+    pub(crate) struct UpstreamFuture {
+        #[pin]
+        inner: Inner,
+        set_cookie: Option<HeaderValue>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = InnerProj]
+    enum Inner {
+        Retried { #[pin] future: RetryFuture },
+        Hedged { future: Pin<Box<dyn Future<Output = Response<RspBody>> + Send>> },
+    }
+}
+
+impl Future for UpstreamFuture {
+    type Output = Result<Response<RspBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut rsp = match this.inner.project() {
+            InnerProj::Retried { future } => ready!(future.poll(cx))?,
+            InnerProj::Hedged { future } => ready!(future.as_mut().poll(cx)),
         };
-        let ctx = AttemptCtx {
-            cluster: self.cluster.clone(),
-            method: parts.method,
-            pq: route::path_and_query(&parts.uri),
-            authority,
-            auto_host: self.auto_host,
-            version: parts.version,
-            hedge_on_per_try_timeout: self.hedge_on_per_try_timeout,
-            retry: self.retry.clone().filter(|_| retriable),
-            hash,
-            attempt_count_header: self.attempt_count_header,
-            grpc,
-            retry_budget: self.retry_budget,
-        };
-        let mut info = ResponseInfo::default();
-        let mut rsp = attempt::run(&ctx, parts.headers, &mut body, &mut info).await;
-        if let Some(cookie) = set_cookie {
+        if let Some(cookie) = this.set_cookie.take() {
             rsp.headers_mut().append(http::header::SET_COOKIE, cookie);
         }
-        rsp.extensions_mut().insert(info);
-        rsp
+        Poll::Ready(Ok(rsp))
+    }
+}
+
+/// The router's request, sent again by the route's retries: the body replayed, the hash kept,
+/// the hosts tried before avoided.
+impl Replay for Routed {
+    type Attempt = Try;
+
+    fn first(&mut self) -> Try {
+        Try {
+            body: self.body.lend(),
+            hash: self.hash,
+            avoid: Vec::new(),
+        }
+    }
+
+    fn poll_reclaim(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.body.poll_reclaim(cx)
+    }
+
+    fn abandon(&mut self) {
+        self.body.abandon();
+    }
+
+    fn replayable(&self) -> bool {
+        self.body.replayable()
+    }
+
+    fn again(&mut self, cx: AttemptContext<'_>) -> Option<Try> {
+        Some(Try {
+            body: Some(self.body.lend()?),
+            hash: self.hash,
+            avoid: cx.avoid.to_vec(),
+        })
+    }
+
+    fn retriable(&self) -> bool {
+        self.retriable
     }
 }
 

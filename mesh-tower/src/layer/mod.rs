@@ -11,13 +11,24 @@
 //!  → RewriteLayer        the path and host the upstream sees
 //!  → MirrorLayer         copies to shadow services, fire and forget
 //!  → RouteTimeoutLayer   one deadline over every attempt (route timeout, grpc-timeout)
-//!  → the route's upstream: retries, circuit breaker, balancer, connection
+//!  → RetryLayer          Envoy's retry policy, with a budget and body replay
+//!  → the route's attempts: circuit breaker, balancer, per-try timeout, connection
+//! ```
+//!
+//! The inbound policies are layers too, for a service served some other way than
+//! [`serve`](crate::serve) (which runs the same checks in the listener's filter order):
+//!
+//! ```text
+//! AuthenticationLayer   JWT (RequestAuthentication): 401 for a bad token, claims to metadata
+//!  → AuthorizationLayer RBAC (AuthorizationPolicy): 403 unless the rules allow
+//!  → RateLimitLayer     local token bucket: 429
 //! ```
 //!
 //! A layer that answers for the service it wraps (a timeout, an injected abort) writes the
 //! answer Envoy would, gRPC-shaped for gRPC requests, into a body of the inner service's type,
 //! which must implement [`LocalBody`]; and it records its [`ResponseFlags`] in the response's
-//! [`ResponseInfo`](crate::ResponseInfo). None of them boxes a future.
+//! [`ResponseInfo`](crate::ResponseInfo). None of them boxes a future but
+//! [`AuthenticationLayer`], whose verification may wait for a key set to be fetched.
 //!
 //! Two of them around a plain hyper client:
 //!
@@ -57,15 +68,23 @@
 //!
 //! [`ResponseFlags`]: crate::ResponseFlags
 
+pub mod authn;
+pub mod authz;
 pub mod fault;
 pub mod headers;
 pub mod mirror;
+pub mod rate_limit;
+pub mod retry;
 pub mod rewrite;
 pub mod timeout;
 
 pub use crate::respond::LocalBody;
+pub use authn::{Authenticate, AuthenticationLayer};
+pub use authz::{AuthorizationLayer, Authorize};
 pub use fault::{Fault, FaultLayer};
 pub use headers::{HeaderMutation, HeaderMutationLayer};
 pub use mirror::{Mirror, MirrorBody, MirrorLayer, MirrorTarget};
+pub use rate_limit::{RateLimit, RateLimitLayer};
+pub use retry::{Admission, Classify, Replay, ReplayBody, Retry, RetryLayer, Unlimited};
 pub use rewrite::{Rewrite, RewriteLayer};
 pub use timeout::{RouteTimeout, RouteTimeoutLayer};

@@ -13,14 +13,13 @@ use std::sync::Arc;
 use http::{HeaderName, HeaderValue, Request, StatusCode};
 use mesh_core::model::{
     ClientAddress, FilterConfig, FilterOverride, ForwardClientCert, HttpConnectionManager,
-    JwtPerRoute, PathNormalization, RbacAction, RbacFilter, RequestView, Route, RouteSource,
-    RouteTable,
+    JwtPerRoute, PathNormalization, RbacFilter, RequestView, Route, RouteSource, RouteTable,
 };
 
 use super::ext_authz::{Decision, ExtAuthzFilter};
 use super::jwt::{JwtFilter, RemoteKeys};
-use super::metadata::{Metadata, RBAC_NAMESPACE};
-use super::rate_limit::RateLimiter;
+use super::metadata::Metadata;
+use super::rate_limit::{LIMITED, RateLimiter};
 use super::{Caller, Reply, rbac};
 use crate::MeshClient;
 use crate::flags::ResponseFlags;
@@ -238,8 +237,8 @@ impl HttpFilters {
                             .map_or(listener_level, |l| &l.limiter),
                         _ => listener_level,
                     };
-                    if let Some(reply) = limiter.check(grpc) {
-                        return answer(reply);
+                    if limiter.limited() {
+                        return answer(rate_limited(limiter, grpc));
                     }
                 }
                 Kind::Jwt(jwt) => {
@@ -257,14 +256,10 @@ impl HttpFilters {
                             path = req.uri().path(),
                             "JWT refused"
                         );
+                        let refusal = e.refusal(req);
                         let mut reply =
-                            Reply::new(e.status(), e.message(), grpc, ResponseFlags::NONE);
-                        let realm = format!(
-                            "http://{}{}",
-                            RequestView::from_request(req).authority,
-                            req.uri().path()
-                        );
-                        if let Some(v) = e.challenge(&realm) {
+                            Reply::new(refusal.status, refusal.message, grpc, ResponseFlags::NONE);
+                        if let Some(v) = refusal.challenge {
                             reply.header(http::header::WWW_AUTHENTICATE, v, false);
                         }
                         return answer(reply);
@@ -292,7 +287,7 @@ impl HttpFilters {
                     tracing::error!(filter = %f.name, %why, "filter cannot work; denying");
                     return answer(Reply::new(
                         StatusCode::FORBIDDEN,
-                        "RBAC: access denied",
+                        rbac::DENIED,
                         grpc,
                         ResponseFlags::NONE,
                     ));
@@ -368,9 +363,18 @@ fn kind(config: &FilterConfig, cx: &FilterContext<'_>) -> Kind {
     }
 }
 
-/// Evaluates one RBAC filter: the verdict of its rules, and what its shadow rules would
-/// have done, published (as Envoy does) under `envoy.filters.http.rbac` as
-/// `<shadow_stat_prefix>shadow_effective_policy_id` and `…shadow_engine_result`.
+/// Envoy's answer to a request over a local rate limit: 429 `local_rate_limited` (or the
+/// configured status), flag `RL`, with the filter's response headers.
+fn rate_limited(limiter: &RateLimiter, grpc: bool) -> Reply {
+    let c = limiter.config();
+    let mut reply = Reply::new(c.status, LIMITED, grpc, ResponseFlags::RATE_LIMITED);
+    for (k, v) in c.response_headers.iter() {
+        reply.header(k.clone(), v.clone(), true);
+    }
+    reply
+}
+
+/// Enforces one RBAC filter, publishing what its shadow rules would have done.
 fn enforce_rbac<B>(
     filter: &RbacFilter,
     req: &Request<B>,
@@ -389,42 +393,17 @@ fn enforce_rbac<B>(
         sni: caller.sni,
         metadata: &*metadata,
     };
-    let verdict = rbac::evaluate(filter, &view, &conn);
-    let shadow = filter.shadow_rules.as_ref().map(|rules| {
-        let matched = rbac::first_match(rules, &view, &conn).map(str::to_owned);
-        let allowed = match rules.action {
-            RbacAction::Allow => matched.is_some(),
-            RbacAction::Deny => matched.is_none(),
-            RbacAction::Log => true,
-        };
-        (matched, allowed)
-    });
-    if let Some((matched, allowed)) = shadow {
-        let prefix = &filter.shadow_stat_prefix;
-        tracing::debug!(shadow = %prefix, policy = ?matched, allowed, path = view.path, "RBAC shadow rules");
-        if let Some(policy) = matched {
-            metadata.set(
-                RBAC_NAMESPACE,
-                format!("{prefix}shadow_effective_policy_id"),
-                policy.into(),
-            );
-        }
-        metadata.set(
-            RBAC_NAMESPACE,
-            format!("{prefix}shadow_engine_result"),
-            if allowed { "allowed" } else { "denied" }.into(),
-        );
+    let rbac::Decision { verdict, shadow } = rbac::decide(filter, &view, &conn);
+    if let Some(shadow) = shadow {
+        shadow.publish(filter, metadata);
     }
     match verdict {
         rbac::Verdict::Allow => None,
-        rbac::Verdict::Deny(policy) => {
-            tracing::debug!(?policy, peer = ?caller.peer.spiffe_id, path = req.uri().path(), "RBAC denied");
-            Some(Reply::new(
-                StatusCode::FORBIDDEN,
-                "RBAC: access denied",
-                grpc,
-                ResponseFlags::NONE,
-            ))
-        }
+        rbac::Verdict::Deny(_) => Some(Reply::new(
+            StatusCode::FORBIDDEN,
+            rbac::DENIED,
+            grpc,
+            ResponseFlags::NONE,
+        )),
     }
 }

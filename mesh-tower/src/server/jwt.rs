@@ -91,6 +91,20 @@ impl JwtError {
         }
     }
 
+    /// Envoy's answer to `req`, refused for this reason.
+    pub(crate) fn refusal<B>(&self, req: &http::Request<B>) -> Refusal {
+        let realm = format!(
+            "http://{}{}",
+            RequestView::from_request(req).authority,
+            req.uri().path()
+        );
+        Refusal {
+            status: self.status(),
+            message: self.message(),
+            challenge: self.challenge(&realm),
+        }
+    }
+
     /// The `www-authenticate` challenge for `realm`.
     pub(crate) fn challenge(&self, realm: &str) -> Option<HeaderValue> {
         let v = match self {
@@ -99,6 +113,14 @@ impl JwtError {
         };
         HeaderValue::from_str(&v).ok()
     }
+}
+
+/// How a refused request is answered.
+pub(crate) struct Refusal {
+    pub(crate) status: StatusCode,
+    pub(crate) message: &'static str,
+    /// `www-authenticate`.
+    pub(crate) challenge: Option<HeaderValue>,
 }
 
 /// A configured `jwt_authn` filter.

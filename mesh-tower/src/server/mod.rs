@@ -51,12 +51,12 @@ mod ext_authz;
 mod filters;
 mod follow;
 mod http_connection;
-mod jwks;
-mod jwt;
+pub(crate) mod jwks;
+pub(crate) mod jwt;
 mod limits;
 mod listener;
 mod metadata;
-mod rate_limit;
+pub(crate) mod rate_limit;
 pub mod rbac;
 mod request;
 
@@ -98,6 +98,30 @@ pub struct PeerIdentity {
     pub certificate: Option<Arc<PeerCertificate>>,
     /// Whether the connection is TLS.
     pub tls: bool,
+}
+
+impl PeerIdentity {
+    /// A plaintext peer at `addr`: no certificate, so no principal.
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            spiffe_id: None,
+            certificate: None,
+            tls: false,
+        }
+    }
+
+    /// A TLS peer at `addr` whose certificate was verified, for services that terminate TLS
+    /// themselves and then apply the mesh's [`AuthorizationLayer`](crate::layer::AuthorizationLayer).
+    pub fn verified(addr: SocketAddr, certificate: Arc<PeerCertificate>) -> Self {
+        Self {
+            addr,
+            // As the server reads it: the first URI SAN that is a SPIFFE ID.
+            spiffe_id: certificate.uri_sans.iter().find_map(|u| u.parse().ok()),
+            certificate: Some(certificate),
+            tls: true,
+        }
+    }
 }
 
 /// Why serving stopped.

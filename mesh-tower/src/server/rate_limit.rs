@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use mesh_core::model::{LocalRateLimit, TokenBucket};
 
-use super::Reply;
-use crate::flags::ResponseFlags;
+/// Envoy's body for a request over the limit.
+pub(crate) const LIMITED: &str = "local_rate_limited";
 
 /// A configured limit. Its bucket starts full.
 pub(crate) struct RateLimiter {
@@ -26,24 +26,28 @@ impl RateLimiter {
         Self { config, bucket }
     }
 
-    /// `Some` answer when the request is over the limit (and the limit is enforced for it).
-    pub(crate) fn check(&self, grpc: bool) -> Option<Reply> {
-        let bucket = self.bucket.as_ref()?;
+    /// Whether a request is over the limit (and the limit is enforced for it); takes a token
+    /// when it is not.
+    pub(crate) fn limited(&self) -> bool {
+        let Some(bucket) = self.bucket.as_ref() else {
+            return false;
+        };
         let c = &self.config;
         let sample = || fastrand::u32(0..1_000_000);
-        if !c.enabled.hit(sample()) || bucket.check().is_ok() || !c.enforced.hit(sample()) {
-            return None;
-        }
-        let mut reply = Reply::new(
-            c.status,
-            "local_rate_limited",
-            grpc,
-            ResponseFlags::RATE_LIMITED,
-        );
-        for (k, v) in c.response_headers.iter() {
-            reply.header(k.clone(), v.clone(), true);
-        }
-        Some(reply)
+        c.enabled.hit(sample()) && bucket.check().is_err() && c.enforced.hit(sample())
+    }
+
+    /// The limit's configuration (status and headers of its answer).
+    pub(crate) fn config(&self) -> &LocalRateLimit {
+        &self.config
+    }
+}
+
+impl std::fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimiter")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use mesh_core::identity::{PeerCertificate, SpiffeId};
 
 use super::Metadata;
+use super::metadata::RBAC_NAMESPACE;
 use mesh_core::model::{Permission, Principal, RbacAction, RbacFilter, RbacPolicies, RequestView};
 
 /// What RBAC sees of a request besides its headers.
@@ -78,6 +79,66 @@ fn verdict<'a>(
         (RbacAction::Allow, None) => Verdict::Deny(None),
         (RbacAction::Deny, Some(p)) => Verdict::Deny(Some(p)),
     }
+}
+
+/// Envoy's body for a request RBAC refuses.
+pub(crate) const DENIED: &str = "RBAC: access denied";
+
+/// A filter's verdict on a request, with what its shadow rules would have done.
+pub(crate) struct Decision<'a> {
+    pub(crate) verdict: Verdict<'a>,
+    pub(crate) shadow: Option<Shadow>,
+}
+
+/// What a filter's shadow rules would have done: the policy they matched, and whether they
+/// allow the request.
+pub(crate) struct Shadow {
+    policy: Option<String>,
+    allowed: bool,
+}
+
+impl Shadow {
+    /// Publishes the result (as Envoy does) under `envoy.filters.http.rbac` as
+    /// `<shadow_stat_prefix>shadow_effective_policy_id` and `…shadow_engine_result`.
+    pub(crate) fn publish(self, filter: &RbacFilter, metadata: &mut Metadata) {
+        let prefix = &filter.shadow_stat_prefix;
+        if let Some(policy) = self.policy {
+            metadata.set(
+                RBAC_NAMESPACE,
+                format!("{prefix}shadow_effective_policy_id"),
+                policy.into(),
+            );
+        }
+        metadata.set(
+            RBAC_NAMESPACE,
+            format!("{prefix}shadow_engine_result"),
+            if self.allowed { "allowed" } else { "denied" }.into(),
+        );
+    }
+}
+
+/// Evaluates one RBAC filter over a request: its rules' verdict, and its shadow rules'
+/// result (which never changes the verdict).
+pub(crate) fn decide<'a>(
+    filter: &'a RbacFilter,
+    req: &RequestView<'_>,
+    conn: &Connection<'_>,
+) -> Decision<'a> {
+    let verdict = evaluate(filter, req, conn);
+    let shadow = filter.shadow_rules.as_ref().map(|rules| {
+        let policy = first_match(rules, req, conn).map(str::to_owned);
+        let allowed = match rules.action {
+            RbacAction::Allow => policy.is_some(),
+            RbacAction::Deny => policy.is_none(),
+            RbacAction::Log => true,
+        };
+        tracing::debug!(shadow = %filter.shadow_stat_prefix, ?policy, allowed, path = req.path, "RBAC shadow rules");
+        Shadow { policy, allowed }
+    });
+    if let Verdict::Deny(policy) = &verdict {
+        tracing::debug!(?policy, peer = ?conn.spiffe_id, path = req.path, "RBAC denied");
+    }
+    Decision { verdict, shadow }
 }
 
 /// The name of the first policy of `rules` that matches (shadow-rule evaluation uses it too).
