@@ -12,6 +12,7 @@
 //!  → MirrorLayer         copies to shadow services, fire and forget
 //!  → RouteTimeoutLayer   one deadline over every attempt (route timeout, grpc-timeout)
 //!  → RetryLayer          Envoy's retry policy, with a budget and body replay
+//!  → CircuitBreakerLayer max_requests in flight, failing fast (the cluster's, per attempt)
 //!  → the route's attempts: circuit breaker, balancer, per-try timeout, connection
 //! ```
 //!
@@ -70,6 +71,7 @@
 
 pub mod authn;
 pub mod authz;
+pub mod circuit_breaker;
 pub mod fault;
 pub mod headers;
 pub mod mirror;
@@ -81,6 +83,10 @@ pub mod timeout;
 pub use crate::respond::LocalBody;
 pub use authn::{Authenticate, AuthenticationLayer};
 pub use authz::{AuthorizationLayer, Authorize};
+pub use circuit_breaker::{
+    CircuitBreak, CircuitBreaker, CircuitBreakerLayer, CircuitBreakerStats, Counted,
+    RetryAdmission, RetryPermit,
+};
 pub use fault::{Fault, FaultLayer};
 pub use headers::{HeaderMutation, HeaderMutationLayer};
 pub use mirror::{Mirror, MirrorBody, MirrorLayer, MirrorTarget};

@@ -519,7 +519,8 @@ where
                     match rest.admission.admit() {
                         Some(permit) => rest.phase = Phase::Ready { last, permit },
                         None => {
-                            return Poll::Ready(flagged(last, ResponseFlags::UPSTREAM_OVERFLOW));
+                            let n = rest.number;
+                            return Poll::Ready(flagged(last, ResponseFlags::UPSTREAM_OVERFLOW, n));
                         }
                     }
                 }
@@ -592,6 +593,7 @@ where
             return Some(flagged(
                 result,
                 ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED,
+                n,
             ));
         }
         if self.policy.avoid_previous_hosts
@@ -608,13 +610,16 @@ where
     }
 }
 
-/// `result` with `flag` recorded, when it is a response.
+/// `result` with `flag` recorded, when it is a response, after `attempts`.
 fn flagged<RB, E>(
     mut result: Result<Response<RB>, E>,
     flag: ResponseFlags,
+    attempts: u32,
 ) -> Result<Response<RB>, E> {
     if let Ok(rsp) = &mut result {
-        ResponseInfo::of_mut(rsp).flags |= flag;
+        let info = ResponseInfo::of_mut(rsp);
+        info.flags |= flag;
+        info.attempts = attempts;
     }
     result
 }
