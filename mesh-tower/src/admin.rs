@@ -123,7 +123,7 @@ async fn handle(mesh: &Mesh, path: &str) -> Response<AdminBody> {
             Telemetry::of(mesh).prometheus(),
         ),
         "/config_dump" => json(&mesh_core::status::config_dump(mesh).await),
-        "/clusters" => json(&Telemetry::of(mesh).clusters()),
+        "/clusters" => json(&crate::client::clusters(mesh)),
         "/ready" => {
             let resources = mesh.dump().await.unwrap_or_default();
             let waiting = resources

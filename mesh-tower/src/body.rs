@@ -23,7 +23,7 @@ use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use tokio::sync::oneshot;
 
-use crate::client::circuit_breaker::Inflight;
+use crate::counters::Inflight;
 
 /// A boxed error, as bodies and hyper report them.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -471,6 +471,12 @@ impl RspBody {
         } else {
             self.exchange = Some(x);
         }
+    }
+}
+
+impl crate::respond::LocalBody for RspBody {
+    fn local(text: Bytes) -> Self {
+        RspBody::full(text)
     }
 }
 

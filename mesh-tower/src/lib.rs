@@ -45,6 +45,7 @@
 pub mod admin;
 mod body;
 pub mod client;
+mod counters;
 mod error;
 mod flags;
 pub mod layer;

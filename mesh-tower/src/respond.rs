@@ -14,7 +14,6 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::combinators::{BoxBody, UnsyncBoxBody};
 use http_body_util::{BodyExt, Full};
 
-use crate::body::RspBody;
 use crate::flags::ResponseFlags;
 
 /// What the mesh did with a request, attached to every response's extensions.
@@ -89,19 +88,13 @@ pub(crate) const RESET_BEFORE_HEADERS: &str =
 /// A response body the mesh can write its own replies in (a timeout, an injected abort, an
 /// overflow), so that the [layers](crate::layer) can answer for the service they wrap.
 ///
-/// Implemented for the mesh's [`RspBody`] and for `http-body-util`'s [`Full`] and boxed
+/// Implemented for the mesh's [`RspBody`](crate::RspBody) and for `http-body-util`'s [`Full`] and boxed
 /// bodies; a client whose body is hyper's `Incoming` can map it into a boxed body first.
 ///
 /// [`Full`]: http_body_util::Full
 pub trait LocalBody: Sized {
     /// A complete body holding `text` (empty `text` for an empty body).
     fn local(text: Bytes) -> Self;
-}
-
-impl LocalBody for RspBody {
-    fn local(text: Bytes) -> Self {
-        RspBody::full(text)
-    }
 }
 
 impl LocalBody for Full<Bytes> {
@@ -224,6 +217,7 @@ pub(crate) fn is_grpc(headers: &http::HeaderMap) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::body::RspBody;
 
     #[test]
     fn grpc_local_replies_are_trailers_only() {

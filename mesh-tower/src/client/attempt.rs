@@ -17,12 +17,12 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, V
 use hyper::body::Incoming;
 
 use super::balance::PickContext;
-use super::circuit_breaker::{Inflight, RetryBudget, RetrySlot};
 use super::cluster::ClusterRuntime;
 use super::host::{Protocol, SendError};
 use super::outlier;
 use super::route;
 use crate::body::{ReqBody, RspBody};
+use crate::counters::{Inflight, RetryBudget, RetrySlot};
 use crate::flags::ResponseFlags;
 use crate::layer::retry::Admission;
 use crate::respond::{self, RESET_BEFORE_HEADERS, ResponseInfo, UpstreamFailure};

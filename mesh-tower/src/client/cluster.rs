@@ -17,10 +17,10 @@ use mesh_core::model::{Cluster, Discovery, EndpointSet, UpstreamProtocol};
 use mesh_core::snapshot::ClusterEntry;
 
 use super::balance::{HostEntry, LbTable, TableConfig};
-use super::circuit_breaker::Counters;
 use super::host::{ConnectSettings, Host, Protocol, Transport};
 use super::outlier::{self, Outcome};
 use super::tls::Origination;
+use crate::counters::Counters;
 
 /// Envoy's default overprovisioning factor, for clusters without endpoints data.
 const DEFAULT_OVERPROVISIONING: u32 = 140;

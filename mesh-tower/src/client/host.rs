@@ -25,10 +25,10 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_core::model::CircuitBreakers;
 
-use super::circuit_breaker::Counters;
 use super::outlier::HostOutlier;
 use super::tls::{Io, Origination};
 use crate::body::ReqBody;
+use crate::counters::{Counters, HostActive};
 
 /// Idle HTTP/1 connections kept per host; more are closed when they become idle.
 const MAX_IDLE_PER_HOST: usize = 256;
@@ -46,6 +46,12 @@ pub(crate) struct Host {
     /// Passive health.
     pub(crate) outlier: HostOutlier,
     pool: Pool,
+}
+
+impl HostActive for Host {
+    fn active(&self) -> &AtomicU32 {
+        &self.active
+    }
 }
 
 #[derive(Debug)]

@@ -2,13 +2,13 @@
 
 mod attempt;
 pub(crate) mod balance;
-pub(crate) mod circuit_breaker;
 mod cluster;
 mod hedge;
 pub(crate) mod host;
 pub(crate) mod outlier;
 mod passthrough;
 mod policy;
+mod registry;
 mod route;
 mod router;
 mod stack;
@@ -30,7 +30,8 @@ use http_body::Body;
 use mesh_core::Mesh;
 use tokio::sync::watch;
 
-pub use circuit_breaker::RetryBudget;
+pub use crate::counters::RetryBudget;
+pub use registry::clusters;
 
 /// Marks a request the mesh itself sends over `https` (a JWKS fetch): the cluster it is sent
 /// to must originate TLS or the request is refused (503 `UF`). Never sent in plaintext.
@@ -157,7 +158,7 @@ impl MeshClientBuilder {
             labels: ArcSwap::default(),
             shutdown,
         });
-        telemetry.register(&inner);
+        registry::Clients::of(&inner.mesh).register(&inner);
         MeshClient { inner }
     }
 }

@@ -12,10 +12,10 @@ use http_body::Body;
 use mesh_core::model::CircuitBreakers;
 
 use super::attempt::{UpstreamTarget, upstream_request};
-use super::circuit_breaker::{Counters, Inflight};
 use super::host::{ConnectSettings, Host, Protocol, Transport};
 use super::route;
 use crate::body::{BodySource, BoxError, RspBody};
+use crate::counters::{Counters, Inflight};
 use crate::flags::ResponseFlags;
 use crate::respond::{self, RESET_BEFORE_HEADERS, ResponseInfo};
 

@@ -25,10 +25,10 @@ use mesh_core::model::{
 };
 use tower::ServiceBuilder;
 
-use super::circuit_breaker::RetryBudget;
 use super::cluster::ClusterRuntime;
 use super::policy::RoutePolicy;
 use super::upstream::{Upstream, UpstreamRoute};
+use crate::counters::RetryBudget;
 use crate::layer::fault::{Fault, FaultLayer};
 use crate::layer::headers::{HeaderMutation, HeaderMutationLayer};
 use crate::layer::mirror::{Mirror, MirrorLayer};

@@ -18,10 +18,10 @@ use mesh_core::model::RetryPolicy;
 use tower::{Layer, Service};
 
 use super::attempt::{AttemptRoute, Attempts, ClusterAdmission, Try};
-use super::circuit_breaker::RetryBudget;
 use super::cluster::ClusterRuntime;
 use super::hedge;
 use crate::body::{BodySource, RspBody};
+use crate::counters::RetryBudget;
 use crate::layer::mirror::MirrorBody;
 use crate::layer::retry::{self, AttemptContext, Replay, Retry, RetryLayer};
 

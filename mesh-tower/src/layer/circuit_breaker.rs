@@ -20,7 +20,7 @@ use http_body::{Body, Frame, SizeHint};
 use mesh_core::model::CircuitBreakers;
 
 use super::retry::Admission;
-use crate::client::circuit_breaker::{Counters, Inflight, RetrySlot};
+use crate::counters::{Counters, Inflight, RetrySlot};
 use crate::flags::ResponseFlags;
 use crate::respond::{self, LocalBody, RESET_BEFORE_HEADERS, ResponseInfo, UpstreamFailure};
 

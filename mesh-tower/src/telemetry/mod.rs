@@ -20,10 +20,10 @@ pub(crate) mod propagation;
 mod tracing;
 pub(crate) mod workload;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwapOption;
 use mesh_core::Mesh;
 use mesh_core::model::{ServiceRef, authority_of};
 
@@ -41,8 +41,6 @@ use workload::{Peer, UNKNOWN};
 pub struct Telemetry {
     pub(crate) metrics: Metrics,
     pub(crate) local: Peer,
-    /// The mesh's clients, for `/clusters`.
-    clients: ArcSwap<Vec<Weak<crate::client::Outbound>>>,
     /// Set by [`Tracing::install`].
     pub(crate) tracer: ArcSwapOption<Tracer>,
     pub(crate) dropped_spans: Arc<AtomicU64>,
@@ -65,7 +63,6 @@ impl Telemetry {
         mesh.extension(|| Self {
             metrics: Metrics::new(metrics::DEFAULT_MAX_SERIES),
             local: Peer::local(mesh),
-            clients: ArcSwap::default(),
             tracer: ArcSwapOption::empty(),
             dropped_spans: Arc::default(),
             access_log: ArcSwapOption::empty(),
@@ -101,32 +98,6 @@ impl Telemetry {
     /// Spans dropped because the OTLP receiver did not take them.
     pub fn dropped_spans(&self) -> u64 {
         self.dropped_spans.load(Ordering::Relaxed)
-    }
-
-    /// Lists a client's clusters in `/clusters` for as long as it lives.
-    pub(crate) fn register(&self, client: &Arc<crate::client::Outbound>) {
-        let weak = Arc::downgrade(client);
-        self.clients.rcu(|list| {
-            let mut list: Vec<_> = list
-                .iter()
-                .filter(|w| w.strong_count() > 0)
-                .cloned()
-                .collect();
-            list.push(weak.clone());
-            list
-        });
-    }
-
-    /// Every live cluster of the mesh's clients, with its hosts.
-    pub fn clusters(&self) -> serde_json::Value {
-        let clusters: Vec<serde_json::Value> = self
-            .clients
-            .load()
-            .iter()
-            .filter_map(Weak::upgrade)
-            .flat_map(|c| c.clusters.dump())
-            .collect();
-        serde_json::json!({ "clusters": clusters })
     }
 
     /// Every metric in the Prometheus text format.

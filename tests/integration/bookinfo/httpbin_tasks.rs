@@ -66,7 +66,7 @@ async fn c1_the_circuit_breaker_trips_past_one_connection_and_one_pending_reques
     assert_eq!(c3.count(200) + c3.count(503), 30, "{c3:?}");
 
     // The client's overflow counter counts exactly the refusals.
-    let clusters = mesh_tower::telemetry::Telemetry::of(&fortio_mesh).clusters();
+    let clusters = mesh_tower::client::clusters(&fortio_mesh);
     let cluster = clusters["clusters"]
         .as_array()
         .unwrap()

@@ -1,5 +1,7 @@
-//! Envoy's circuit breakers: per-cluster limits on connections, pending requests, active
-//! requests and active retries, checked with atomics and answered at once on overflow (503, `UO`).
+//! Envoy's circuit-breaker counts: per-cluster limits on connections, pending requests, active
+//! requests and active retries, checked with atomics and answered at once on overflow (503,
+//! `UO`). The cluster's attempts and [`CircuitBreakerLayer`](crate::layer::CircuitBreakerLayer)
+//! count with them; response bodies hold an [`Inflight`].
 //!
 //! tower has no equivalent (a concurrency limit waits instead of failing fast), so the counters
 //! are ours. A request holds an [`Inflight`] from admission until its response body is dropped,
@@ -10,8 +12,6 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use mesh_core::model::CircuitBreakers;
 use tokio::sync::Notify;
-
-use super::host::Host;
 
 /// A client-wide retry budget, on top of each cluster's own limits: retries in flight may not
 /// exceed `percent` of the requests in flight, or `min_concurrency`, whichever is larger.
@@ -142,12 +142,17 @@ impl Drop for PendingGuard<'_> {
     }
 }
 
+/// A host's count of requests in flight (for least-request balancing).
+pub(crate) trait HostActive: Send + Sync + std::fmt::Debug {
+    fn active(&self) -> &AtomicU32;
+}
+
 /// One admitted upstream request (an attempt): counted active in its cluster, and on its host
 /// for least-request balancing, until dropped.
 #[derive(Debug)]
 pub(crate) struct Inflight {
     counters: Arc<Counters>,
-    host: Option<Arc<Host>>,
+    host: Option<Arc<dyn HostActive>>,
 }
 
 impl Inflight {
@@ -160,10 +165,10 @@ impl Inflight {
     }
 
     /// Counts the request on `host` too.
-    pub(crate) fn on_host(&mut self, host: Arc<Host>) {
-        host.active.fetch_add(1, Ordering::AcqRel);
+    pub(crate) fn on_host(&mut self, host: Arc<dyn HostActive>) {
+        host.active().fetch_add(1, Ordering::AcqRel);
         if let Some(old) = self.host.replace(host) {
-            old.active.fetch_sub(1, Ordering::AcqRel);
+            old.active().fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
@@ -172,7 +177,7 @@ impl Drop for Inflight {
     fn drop(&mut self) {
         self.counters.active_requests.fetch_sub(1, Ordering::AcqRel);
         if let Some(h) = &self.host {
-            h.active.fetch_sub(1, Ordering::AcqRel);
+            h.active().fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
