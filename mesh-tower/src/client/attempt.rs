@@ -37,6 +37,8 @@ pub(crate) struct AttemptRoute {
     pub(crate) per_try_timeout: Option<Duration>,
     /// How many picks may be made to avoid hosts already tried.
     pub(crate) host_selection_max_attempts: u32,
+    /// The `:scheme` of HTTP/2 requests (`https` for the passthrough's TLS destinations).
+    pub(crate) scheme: Scheme,
 }
 
 /// One attempt's request body, with what the router and the retries decided for it.
@@ -260,7 +262,7 @@ pub(super) async fn one(route: &AttemptRoute, req: Request<Try>, per_try: bool) 
         method: parts.method,
         pq: route::path_and_query(&parts.uri),
         authority,
-        scheme: Scheme::HTTP,
+        scheme: route.scheme.clone(),
     };
     let req = upstream_request(target, parts.headers, body, protocol);
     let send = host.send(req, protocol, &state.settings, &cluster.counters, limits);

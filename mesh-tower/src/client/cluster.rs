@@ -13,7 +13,9 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use mesh_core::model::{Cluster, Discovery, EndpointSet, UpstreamProtocol};
+use mesh_core::model::{
+    CircuitBreakers, Cluster, Discovery, EndpointSet, LbPolicy, UpstreamProtocol,
+};
 use mesh_core::snapshot::ClusterEntry;
 
 use super::balance::{HostEntry, LbTable, TableConfig};
@@ -89,6 +91,54 @@ impl ClusterRuntime {
                 endpoints: None,
                 config,
                 built: false,
+            }),
+            counters: Arc::default(),
+            clock: tokio::time::Instant::now(),
+            outlier_task: AtomicBool::new(false),
+        }
+    }
+
+    /// A cluster of one host that no configuration describes (a passthrough destination):
+    /// no limits, no outlier detection, the request's protocol.
+    pub(crate) fn single(name: Arc<str>, host: Arc<Host>, settings: ConnectSettings) -> Self {
+        let config = Arc::new(Cluster {
+            name: name.clone(),
+            discovery: Discovery::OriginalDst,
+            connect_timeout: settings.connect_timeout,
+            lb: LbPolicy::RoundRobin,
+            // Istio's PassthroughCluster: every threshold at its maximum.
+            circuit_breakers: CircuitBreakers {
+                max_connections: u32::MAX,
+                max_pending_requests: u32::MAX,
+                max_requests: u32::MAX,
+                max_retries: u32::MAX,
+                retry_budget: None,
+            },
+            outlier_detection: None,
+            tls: None,
+            protocol: UpstreamProtocol::Downstream,
+            healthy_panic_threshold: 50.0,
+            locality_weighted: false,
+            max_requests_per_connection: settings.max_requests_per_connection,
+        });
+        let entries: Box<[HostEntry]> = Box::new([HostEntry {
+            host,
+            weight: 1,
+            health: mesh_core::model::HealthStatus::Healthy,
+            priority: 0,
+            locality: 0,
+            locality_weight: None,
+        }]);
+        let lb = ClusterState::table(&config, None, &entries);
+        Self {
+            name,
+            state: ArcSwap::from_pointee(ClusterState {
+                config,
+                endpoints: None,
+                entries,
+                lb,
+                settings,
+                built: true,
             }),
             counters: Arc::default(),
             clock: tokio::time::Instant::now(),

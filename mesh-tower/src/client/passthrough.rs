@@ -1,5 +1,10 @@
 //! Istio's PassthroughCluster: with the `ALLOW_ANY` outbound traffic policy, requests for hosts
 //! the mesh does not know go straight to the host named by the authority, with no mesh policy.
+//!
+//! Each destination becomes a synthetic cluster of one host (as Envoy's ORIGINAL_DST cluster
+//! makes a host per destination), sent to by the same attempt path as any route's cluster:
+//! the same request shaping, counting and errors, with no limits, no retries and no outlier
+//! detection.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,28 +14,27 @@ use arc_swap::ArcSwap;
 use http::uri::Scheme;
 use http::{Request, Response, StatusCode};
 use http_body::Body;
-use mesh_core::model::CircuitBreakers;
 
-use super::attempt::{UpstreamTarget, upstream_request};
+use super::attempt::{self, AttemptRoute, Try};
+use super::cluster::ClusterRuntime;
 use super::host::{ConnectSettings, Host, Protocol, Transport};
-use super::route;
 use crate::body::{BodySource, BoxError, RspBody};
-use crate::counters::{Counters, Inflight};
 use crate::flags::ResponseFlags;
 use crate::respond::{self, RESET_BEFORE_HEADERS, ResponseInfo};
 
 /// Istio's connect timeout for the passthrough cluster.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Direct connections to hosts outside the mesh, pooled per resolved address. An `https`
-/// request is sent over TLS verified against the system's roots and for its host name:
-/// never in plaintext, never to a server that cannot prove it is that host.
+/// The cluster's name, as Istio calls it.
+const NAME: &str = "PassthroughCluster";
+
+/// Direct connections to hosts outside the mesh: one synthetic cluster (and pool) per
+/// destination and protocol. An `https` request is sent over TLS verified against the
+/// system's roots and for its host name: never in plaintext, never to a server that cannot
+/// prove it is that host.
 #[derive(Debug, Default)]
 pub(crate) struct Passthrough {
-    hosts: ArcSwap<HashMap<Box<str>, Arc<Host>>>,
-    /// TLS settings per `host|alpn`, made once.
-    tls: ArcSwap<HashMap<Box<str>, Transport>>,
-    counters: Arc<Counters>,
+    routes: ArcSwap<HashMap<Box<str>, Arc<AttemptRoute>>>,
 }
 
 impl Passthrough {
@@ -41,142 +45,100 @@ impl Passthrough {
         B::Error: Into<BoxError>,
     {
         let grpc = respond::is_grpc(req.headers());
-        let mut info = ResponseInfo {
-            cluster: Some(Arc::from("PassthroughCluster")),
-            ..ResponseInfo::default()
-        };
         let https = req.uri().scheme_str() == Some("https");
-        let host = match self.host(authority, https).await {
-            Ok(h) => h,
-            Err(e) => {
-                info.flags |= ResponseFlags::UPSTREAM_CONNECTION_FAILURE;
-                return respond::local(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("{RESET_BEFORE_HEADERS}connection failure: resolving {authority}: {e}"),
-                    grpc,
-                    info,
-                );
-            }
-        };
-        info.upstream = Some(host.addr);
-        info.attempts = 1;
-        let limits = CircuitBreakers {
-            max_connections: u32::MAX,
-            max_pending_requests: u32::MAX,
-            max_requests: u32::MAX,
-            max_retries: 0,
-            retry_budget: None,
-        };
-        self.counters.try_request(&limits);
-        let mut inflight = Inflight::new(self.counters.clone());
-        inflight.on_host(host.clone());
         let protocol = if req.version() == http::Version::HTTP_2 {
             Protocol::Http2
         } else {
             Protocol::Http1
         };
-        let (parts, body) = req.into_parts();
-        let mut body = BodySource::new(body, 0).await;
-        let Some(body) = body.lend() else {
-            info.flags |= ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR;
-            return respond::local(
-                StatusCode::BAD_REQUEST,
-                "request body could not be read",
-                grpc,
-                info,
-            );
-        };
-        // The authority as the caller wrote it (without the default port the lookup added).
-        let Some(target_authority) = route::upstream_authority(&parts.uri, &parts.headers) else {
-            info.flags |= ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR;
-            return respond::local(StatusCode::BAD_REQUEST, "invalid authority", grpc, info);
-        };
-        let target = UpstreamTarget {
-            method: parts.method,
-            pq: route::path_and_query(&parts.uri),
-            authority: target_authority,
-            scheme: if https { Scheme::HTTPS } else { Scheme::HTTP },
-        };
-        let req = upstream_request(target, parts.headers, body, protocol);
-        let transport = if https {
-            self.tls(authority, protocol)
-        } else {
-            Transport::Plain
-        };
-        let settings = ConnectSettings {
-            connect_timeout: CONNECT_TIMEOUT,
-            max_requests_per_connection: None,
-            transport,
-        };
-        match host
-            .send(req, protocol, &settings, &self.counters, &limits)
-            .await
-        {
-            Ok(rsp) => {
-                let mut rsp = rsp.map(|b| RspBody::upstream(b, Some(inflight)));
-                rsp.extensions_mut().insert(info);
-                rsp
+        let mut rsp = match self.route(authority, https, protocol).await {
+            Ok(route) => {
+                let (parts, body) = req.into_parts();
+                let mut body = BodySource::new(body, 0).await;
+                let attempt = Try {
+                    body: body.lend(),
+                    hash: None,
+                    avoid: Vec::new(),
+                };
+                let req = Request::from_parts(parts, attempt);
+                attempt::one(&route, req, false).await.into_response(grpc)
             }
             Err(e) => {
-                info.flags |= ResponseFlags::UPSTREAM_CONNECTION_FAILURE;
+                let info = ResponseInfo {
+                    flags: ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
+                    ..ResponseInfo::default()
+                };
                 respond::local(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    format!("{RESET_BEFORE_HEADERS}{e}"),
+                    format!("{RESET_BEFORE_HEADERS}connection failure: resolving {authority}: {e}"),
                     grpc,
                     info,
                 )
             }
-        }
+        };
+        ResponseInfo::of_mut(&mut rsp).cluster = Some(Arc::from(NAME));
+        rsp
     }
 
-    /// TLS to the authority's host, speaking `protocol` (ALPN); the reason it cannot be
-    /// had (no system roots) fails the connection.
-    fn tls(&self, authority: &str, protocol: Protocol) -> Transport {
-        let host = authority
-            .rsplit_once(':')
-            .filter(|(_, port)| port.parse::<u16>().is_ok())
-            .map_or(authority, |(h, _)| h);
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let alpn: &[u8] = match protocol {
-            Protocol::Http2 => b"h2",
-            Protocol::Http1 => b"http/1.1",
+    /// The synthetic cluster for `authority` (TLS and plaintext apart, and TLS per ALPN).
+    async fn route(
+        &self,
+        authority: &str,
+        https: bool,
+        protocol: Protocol,
+    ) -> std::io::Result<Arc<AttemptRoute>> {
+        let key = match (https, protocol) {
+            (false, _) => std::borrow::Cow::Borrowed(authority),
+            (true, Protocol::Http1) => std::borrow::Cow::Owned(format!("https://{authority}")),
+            (true, Protocol::Http2) => std::borrow::Cow::Owned(format!("h2://{authority}")),
         };
-        let key = format!("{host}|{}", String::from_utf8_lossy(alpn));
-        if let Some(t) = self.tls.load().get(key.as_str()) {
-            return t.clone();
-        }
-        let made = match super::tls::Origination::system(host, alpn) {
-            Ok(o) => Transport::Tls(Arc::new(o)),
-            Err(why) => Transport::Broken(format!("TLS to {host}: {why}").into()),
-        };
-        self.tls.rcu(|m| {
-            let mut m = HashMap::clone(m);
-            m.entry(key.as_str().into()).or_insert_with(|| made.clone());
-            m
-        });
-        made
-    }
-
-    /// The pool for `authority` (TLS and plaintext connections apart).
-    async fn host(&self, authority: &str, https: bool) -> std::io::Result<Arc<Host>> {
-        let key = if https {
-            std::borrow::Cow::Owned(format!("https://{authority}"))
-        } else {
-            std::borrow::Cow::Borrowed(authority)
-        };
-        if let Some(h) = self.hosts.load().get(&*key) {
-            return Ok(h.clone());
+        if let Some(r) = self.routes.load().get(&*key) {
+            return Ok(r.clone());
         }
         let addr = tokio::net::lookup_host(authority)
             .await?
             .next()
             .ok_or_else(|| std::io::Error::other("no address"))?;
-        let host = Arc::new(Host::new(addr));
-        self.hosts.rcu(|m| {
+        let settings = ConnectSettings {
+            connect_timeout: CONNECT_TIMEOUT,
+            max_requests_per_connection: None,
+            transport: if https {
+                tls(authority, protocol)
+            } else {
+                Transport::Plain
+            },
+        };
+        let cluster = ClusterRuntime::single(Arc::from(NAME), Arc::new(Host::new(addr)), settings);
+        let route = Arc::new(AttemptRoute {
+            cluster: Arc::new(cluster),
+            auto_host: false,
+            per_try_timeout: None,
+            host_selection_max_attempts: 1,
+            scheme: if https { Scheme::HTTPS } else { Scheme::HTTP },
+        });
+        self.routes.rcu(|m| {
             let mut m = HashMap::clone(m);
-            m.entry((*key).into()).or_insert_with(|| host.clone());
+            m.entry((*key).into()).or_insert_with(|| route.clone());
             m
         });
-        Ok(self.hosts.load().get(&*key).cloned().unwrap_or(host))
+        Ok(self.routes.load().get(&*key).cloned().unwrap_or(route))
+    }
+}
+
+/// TLS to the authority's host, speaking `protocol` (ALPN); the reason it cannot be had (no
+/// system roots) fails the connection.
+fn tls(authority: &str, protocol: Protocol) -> Transport {
+    let host = authority
+        .rsplit_once(':')
+        .filter(|(_, port)| port.parse::<u16>().is_ok())
+        .map_or(authority, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let alpn: &[u8] = match protocol {
+        Protocol::Http2 => b"h2",
+        Protocol::Http1 => b"http/1.1",
+    };
+    match super::tls::Origination::system(host, alpn) {
+        Ok(o) => Transport::Tls(Arc::new(o)),
+        Err(why) => Transport::Broken(format!("TLS to {host}: {why}").into()),
     }
 }

@@ -74,6 +74,7 @@ impl Upstream {
             auto_host: route.auto_host,
             per_try_timeout: policy.per_try_timeout,
             host_selection_max_attempts: policy.host_selection_max_attempts,
+            scheme: http::uri::Scheme::HTTP,
         });
         let hedge = route.retry.filter(|p| {
             route.hedge_on_per_try_timeout && p.num_retries > 0 && p.per_try_timeout.is_some()
