@@ -43,10 +43,7 @@ use crate::error::Error;
 use crate::flags::ResponseFlags;
 use crate::respond::{self, ResponseInfo};
 use crate::telemetry::metrics::{Labels, Security};
-use crate::telemetry::{
-    AccessLogger, Exchange, LogEntry, RequestSpan, Side, SpanEnd, Telemetry, propagation,
-    span_attributes, span_name,
-};
+use crate::telemetry::{Side, Telemetry, Watch};
 use cluster::ClusterStore;
 use target::{Plan, TargetRuntime};
 
@@ -163,23 +160,18 @@ impl MeshClientBuilder {
     }
 }
 
-/// What telemetry keeps of a request once it is sent: cheap copies (the authority's bytes
-/// are shared, not copied).
+/// What telemetry keeps of a request once it is sent, for its labels: cheap copies (the
+/// authority's bytes are shared, not copied).
 struct Seen {
     authority: Option<http::uri::Authority>,
     host: Option<http::HeaderValue>,
-    grpc: bool,
-    request_bytes: u64,
 }
 
 impl Seen {
-    fn of<B: Body>(req: &Request<B>) -> Self {
-        let size = req.body().size_hint();
+    fn of<B>(req: &Request<B>) -> Self {
         Self {
             authority: req.uri().authority().cloned(),
             host: req.headers().get(http::header::HOST).cloned(),
-            grpc: respond::is_grpc(req.headers()),
-            request_bytes: size.exact().unwrap_or(size.lower()),
         }
     }
 
@@ -305,17 +297,17 @@ impl Outbound {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        let start = std::time::Instant::now();
-        let span = self.telemetry.tracer.load().as_ref().and_then(|t| {
-            propagation::ensure_request_id(req.headers_mut());
-            t.start(Side::Client, &mut req, |req| {
-                (span_name(req), span_attributes(req, &self.telemetry))
-            })
-        });
+        let mut watch = Watch::begin(
+            &self.telemetry,
+            Side::Client,
+            &mut req,
+            std::time::Instant::now(),
+            |_| {},
+            || None,
+        );
         let seen = Seen::of(&req);
-        let log = self.telemetry.log_entry(&req, true, || None);
         let rsp = self.clone().dispatch(req, cluster).await?;
-        Ok(self.observe(seen, start, rsp, span, log))
+        Ok(self.observe(seen, &mut watch, rsp))
     }
 
     async fn dispatch<B>(
@@ -421,40 +413,22 @@ impl Outbound {
     fn observe(
         &self,
         seen: Seen,
-        start: std::time::Instant,
+        watch: &mut Watch,
         mut rsp: Response<RspBody>,
-        span: Option<RequestSpan>,
-        mut log: Option<(Arc<AccessLogger>, Box<LogEntry>)>,
     ) -> Response<RspBody> {
         let (flags, cluster, upstream) = ResponseInfo::of(&rsp)
             .map_or((ResponseFlags::NONE, None, None), |i| {
                 (i.flags, i.cluster.clone(), i.upstream)
             });
         let labels = self.labels(cluster.as_deref(), seen.authority());
-        if let Some((_, entry)) = &mut log {
-            entry.upstream_cluster = cluster.clone();
-            entry.upstream_host = upstream;
-        }
-        let end = match &span {
-            None => SpanEnd::default(),
-            Some(_) => SpanEnd {
-                cluster: cluster.clone(),
-                upstream,
-            },
-        };
-        let exchange = Exchange::new(
-            self.telemetry.clone(),
+        let exchange = watch.answer(
             labels,
-            start,
             rsp.status(),
             rsp.headers(),
-            seen.grpc,
             flags,
             Security::Unknown,
-            seen.request_bytes,
-        )
-        .with_span(span, end)
-        .with_log(log);
+            Some((cluster, upstream)),
+        );
         rsp.body_mut().observe(exchange);
         rsp
     }

@@ -19,9 +19,9 @@ use super::{App, Caller, PeerIdentity, Reply, limits};
 use crate::body::BoxError;
 use crate::flags::ResponseFlags;
 use crate::respond::{self, ResponseInfo};
-use crate::telemetry::exchange::{Exchange, Observed};
+use crate::telemetry::exchange::Observed;
 use crate::telemetry::metrics::Security;
-use crate::telemetry::{Side, SpanEnd, propagation, span_attributes, span_name};
+use crate::telemetry::{Side, Watch};
 
 type ServerBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
@@ -137,41 +137,29 @@ pub(super) async fn handle<S: App>(
         }));
     }
     let labels = conn.labels(identity, RequestView::from_request(&req).authority);
-    let grpc = respond::is_grpc(req.headers());
-    let size = http_body::Body::size_hint(req.body());
-    let mut span = conn.telemetry.tracer.load().as_ref().and_then(|t| {
-        propagation::ensure_request_id(req.headers_mut());
-        t.start(Side::Server, &mut req, |req| {
-            let mut attributes = span_attributes(req, &conn.telemetry);
+    let mut watch = Watch::begin(
+        &conn.telemetry,
+        Side::Server,
+        &mut req,
+        start,
+        |attributes| {
             attributes.push(KeyValue::new("peer.address", identity.addr.to_string()));
             if let Some(id) = &identity.spiffe_id {
                 attributes.push(KeyValue::new("downstream_principal", id.to_string()));
             }
-            (span_name(req), attributes)
-        })
-    });
-    let mut log = conn.telemetry.log_entry(&req, false, || {
-        Some(
-            identity
-                .spiffe_id
-                .as_ref()
-                .map_or_else(|| identity.addr.to_string(), |id| id.to_string()),
-        )
-    });
+        },
+        || {
+            Some(
+                identity
+                    .spiffe_id
+                    .as_ref()
+                    .map_or_else(|| identity.addr.to_string(), |id| id.to_string()),
+            )
+        },
+    );
+    let grpc = watch.grpc();
     let mut observe = |status, headers: &http::HeaderMap, flags| {
-        Exchange::new(
-            conn.telemetry.clone(),
-            labels.clone(),
-            start,
-            status,
-            headers,
-            grpc,
-            flags,
-            security,
-            size.exact().unwrap_or(size.lower()),
-        )
-        .with_span(span.take(), SpanEnd::default())
-        .with_log(log.take())
+        watch.answer(labels.clone(), status, headers, flags, security, None)
     };
     let mut extra = Vec::new();
     if !current.is_empty() {

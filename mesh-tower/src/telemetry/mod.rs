@@ -18,6 +18,7 @@ pub(crate) mod metrics;
 mod metrics_export;
 pub(crate) mod propagation;
 mod tracing;
+mod watch;
 pub(crate) mod workload;
 
 use std::sync::Arc;
@@ -28,13 +29,14 @@ use mesh_core::Mesh;
 use mesh_core::model::{ServiceRef, authority_of};
 
 pub use access_log::AccessLog;
-pub(crate) use access_log::{Entry as LogEntry, Logger as AccessLogger};
+pub(crate) use access_log::Entry as LogEntry;
 pub(crate) use exchange::Exchange;
 use metrics::{Labels, Metrics, Reporter};
 pub use metrics_export::{MetricsExport, MetricsExportError};
 use tracing::Tracer;
 pub(crate) use tracing::{RequestSpan, Side, SpanEnd};
 pub use tracing::{Tracing, TracingError};
+pub(crate) use watch::Watch;
 use workload::{Peer, UNKNOWN};
 
 /// A mesh's telemetry: the metrics registry and what it knows about this workload.
