@@ -10,11 +10,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Response, StatusCode, header};
 use http_body_util::combinators::{BoxBody, UnsyncBoxBody};
 use http_body_util::{BodyExt, Full};
 
 use crate::flags::ResponseFlags;
+
+/// `grpc-status` (a name, not a string: a lookup by `&str` parses the name each time).
+pub(crate) const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+/// `grpc-message`.
+pub(crate) const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 
 /// What the mesh did with a request, attached to every response's extensions.
 ///
@@ -132,9 +137,9 @@ pub(crate) fn local<B: LocalBody>(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/grpc"),
         );
-        h.insert("grpc-status", HeaderValue::from(grpc_status_for(status)));
+        h.insert(GRPC_STATUS, HeaderValue::from(grpc_status_for(status)));
         if let Ok(v) = HeaderValue::from_bytes(&percent_encode(&body)) {
-            h.insert("grpc-message", v);
+            h.insert(GRPC_MESSAGE, v);
         }
         rsp
     } else {
@@ -204,7 +209,7 @@ fn percent_encode(s: &[u8]) -> Vec<u8> {
 /// The `grpc-status` a header block carries (a trailers-only response's headers, or the
 /// trailers), if any.
 pub(crate) fn grpc_status(h: &http::HeaderMap) -> Option<u16> {
-    h.get("grpc-status")?.to_str().ok()?.parse().ok()
+    h.get(GRPC_STATUS)?.to_str().ok()?.parse().ok()
 }
 
 /// Whether a request is gRPC (its local replies must be gRPC too).

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use http::header::{self, HOST};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
+};
 use hyper::body::Incoming;
 
 use super::balance::PickContext;
@@ -314,12 +316,13 @@ fn outlier_status<B>(grpc: bool, rsp: &Response<B>) -> u16 {
 }
 
 /// Hop-by-hop headers, which never travel upstream (and which HTTP/2 forbids).
-const HOP_BY_HOP: [&str; 5] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "upgrade",
+/// (Names, not strings: a lookup by `&str` parses the name on every request.)
+static HOP_BY_HOP: [HeaderName; 5] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 /// Where an upstream request goes, as its request line and `Host` say it.
@@ -341,16 +344,23 @@ pub(super) fn upstream_request(
     body: ReqBody,
     protocol: Protocol,
 ) -> Request<ReqBody> {
-    for h in HOP_BY_HOP {
-        headers.remove(h);
-    }
-    // Every value, not the first: a second `te: gzip` behind `te: trailers` must not pass.
+    // One pass over the few names a request has, instead of six lookups: most requests
+    // carry none of these.
     if headers
-        .get_all(header::TE)
-        .iter()
-        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+        .keys()
+        .any(|k| k == header::TE || HOP_BY_HOP.contains(k))
     {
-        headers.remove(header::TE);
+        for h in &HOP_BY_HOP {
+            headers.remove(h);
+        }
+        // Every value, not the first: a second `te: gzip` behind `te: trailers` must not pass.
+        if headers
+            .get_all(header::TE)
+            .iter()
+            .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+        {
+            headers.remove(header::TE);
+        }
     }
     let (uri, version) = match protocol {
         Protocol::Http1 => {

@@ -16,7 +16,6 @@ mod target;
 mod tls;
 mod upstream;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -38,6 +37,7 @@ pub use registry::clusters;
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct RequireTls;
 
+use crate::FastMap;
 use crate::body::{BoxError, DEFAULT_REPLAY_CAP, RspBody};
 use crate::error::Error;
 use crate::flags::ResponseFlags;
@@ -189,14 +189,14 @@ impl Seen {
 pub(crate) struct Outbound {
     pub(crate) mesh: Mesh,
     pub(crate) config: ClientConfig,
-    targets: ArcSwap<HashMap<Arc<str>, Arc<TargetRuntime>>>,
+    targets: ArcSwap<FastMap<Arc<str>, Arc<TargetRuntime>>>,
     /// Targets that send every request to one cluster ([`MeshClient::send_to_cluster`]).
-    cluster_targets: ArcSwap<HashMap<Arc<str>, Arc<TargetRuntime>>>,
+    cluster_targets: ArcSwap<FastMap<Arc<str>, Arc<TargetRuntime>>>,
     pub(crate) clusters: ClusterStore,
     passthrough: passthrough::Passthrough,
     telemetry: Arc<Telemetry>,
     /// Metric label sets by cluster (or, for requests no cluster took, by authority).
-    labels: ArcSwap<HashMap<Box<str>, Arc<Labels>>>,
+    labels: ArcSwap<FastMap<Box<str>, Arc<Labels>>>,
     /// Dropped with the client: the targets' tasks end.
     shutdown: watch::Sender<()>,
 }
@@ -262,7 +262,7 @@ impl Outbound {
     /// The live plan of the target `key` in `map`, started by `make` the first time.
     fn runtime(
         self: &Arc<Self>,
-        map: &ArcSwap<HashMap<Arc<str>, Arc<TargetRuntime>>>,
+        map: &ArcSwap<FastMap<Arc<str>, Arc<TargetRuntime>>>,
         key: &str,
         make: impl Fn() -> mesh_core::Target,
     ) -> Arc<TargetRuntime> {
@@ -276,7 +276,7 @@ impl Outbound {
                 found = Some(t.clone());
                 return Arc::clone(map);
             }
-            let mut map = HashMap::clone(map);
+            let mut map = FastMap::clone(map);
             let t = TargetRuntime::spawn(Arc::downgrade(self), make(), self.shutdown.subscribe());
             map.insert(Arc::from(key), t.clone());
             found = Some(t);
@@ -402,7 +402,7 @@ impl Outbound {
         let made = self.telemetry.outbound_labels(cluster, authority);
         // Rare (once per cluster): copy-on-write keeps the lookup above lock-free.
         self.labels.rcu(|map| {
-            let mut map = HashMap::clone(map);
+            let mut map = FastMap::clone(map);
             map.insert(key.into(), made.clone());
             map
         });

@@ -18,6 +18,9 @@ use tokio::time::Sleep;
 use crate::flags::ResponseFlags;
 use crate::respond::{self, LocalBody, ResponseInfo};
 
+/// `grpc-timeout`, as a name (a lookup by `&str` parses it on every request).
+const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+
 /// A route's timeouts, as Envoy's `RouteAction` sets them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RouteTimeout {
@@ -57,7 +60,7 @@ impl RouteTimeout {
         let mut timeout = self.timeout;
         if let Some(cap) = self.grpc_timeout_header_max
             && let Some(grpc) = headers
-                .get("grpc-timeout")
+                .get(GRPC_TIMEOUT)
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_grpc_timeout)
         {

@@ -25,6 +25,9 @@ use crate::MeshClient;
 use crate::flags::ResponseFlags;
 use crate::normalize::normalize_request;
 
+/// `x-forwarded-client-cert`, as a name (a lookup by `&str` parses it on every request).
+const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+
 /// A chain's filters, ready for requests.
 pub(crate) struct HttpFilters {
     /// The connection manager's own work before any filter; `None` when requests are served
@@ -337,7 +340,7 @@ impl Manager {
             ForwardClientCert::Always => true,
         };
         if !keep {
-            req.headers_mut().remove("x-forwarded-client-cert");
+            req.headers_mut().remove(XFCC);
         }
         Ok(())
     }

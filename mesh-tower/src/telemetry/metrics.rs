@@ -12,7 +12,7 @@
 //! allocation; a new label set copies the map once. The number of series is capped: past the
 //! cap, requests are counted in one overflow series whose labels say `overflow`.
 
-use std::collections::HashMap;
+use crate::FastMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -152,8 +152,8 @@ pub(crate) struct Observation {
 
 /// The registry.
 pub(crate) struct Metrics {
-    series: ArcSwap<HashMap<Key, Arc<Series>>>,
-    interned: ArcSwap<HashMap<Arc<Labels>, ()>>,
+    series: ArcSwap<FastMap<Key, Arc<Series>>>,
+    interned: ArcSwap<FastMap<Arc<Labels>, ()>>,
     count: AtomicUsize,
     cap: usize,
     overflowed: AtomicU64,
@@ -197,7 +197,7 @@ impl Metrics {
         drop(interned);
         let made = Arc::new(labels);
         self.interned.rcu(|map| {
-            let mut map = HashMap::clone(map);
+            let mut map = FastMap::clone(map);
             map.entry(made.clone()).or_insert(());
             map
         });
@@ -253,7 +253,7 @@ impl Metrics {
                 made = Some(s.clone());
                 return Arc::clone(map);
             }
-            let mut map = HashMap::clone(map);
+            let mut map = FastMap::clone(map);
             let s = Arc::new(Series {
                 labels: if key.outcome.is_none() {
                     Arc::new(overflow_labels(labels.reporter))
