@@ -37,7 +37,8 @@
 //! Route policies are also public Tower layers, one concern each, usable around any
 //! `tower::Service` (see [`layer`]): [`layer::FaultLayer`], [`layer::HeaderMutationLayer`],
 //! [`layer::RewriteLayer`], [`layer::MirrorLayer`], [`layer::RouteTimeoutLayer`],
-//! [`layer::RetryLayer`], [`layer::CircuitBreakerLayer`]; and on the inbound side [`layer::AuthenticationLayer`],
+//! [`layer::RetryLayer`], [`layer::CircuitBreakerLayer`], [`layer::OutlierDetectionLayer`]; and on
+//! the inbound side [`layer::AuthenticationLayer`],
 //! [`layer::AuthorizationLayer`], [`layer::RateLimitLayer`]. `MeshClient` builds one stack of
 //! them per route and cluster when the configuration arrives.
 #![forbid(unsafe_code)]

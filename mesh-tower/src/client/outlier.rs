@@ -51,6 +51,11 @@ impl HostOutlier {
         self.ejected_until.load(Ordering::Acquire) != 0
     }
 
+    /// When the current ejection ends, in ms on the cluster's clock (0: not ejected).
+    pub(crate) fn ejected_until(&self) -> u64 {
+        self.ejected_until.load(Ordering::Acquire)
+    }
+
     /// Records an outcome; returns the consecutive-failure threshold it crossed, if any (the
     /// caller decides whether ejecting is allowed).
     pub(crate) fn record(&self, od: &OutlierDetection, outcome: Outcome) -> Option<EjectReason> {

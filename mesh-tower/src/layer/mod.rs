@@ -12,9 +12,14 @@
 //!  → MirrorLayer         copies to shadow services, fire and forget
 //!  → RouteTimeoutLayer   one deadline over every attempt (route timeout, grpc-timeout)
 //!  → RetryLayer          Envoy's retry policy, with a budget and body replay
-//!  → CircuitBreakerLayer max_requests in flight, failing fast (the cluster's, per attempt)
-//!  → the route's attempts: circuit breaker, balancer, per-try timeout, connection
+//!  → the cluster's attempts: circuit breaker, balancer (skipping ejected hosts), per-try
+//!    timeout, connection, outcome to outlier detection
 //! ```
+//!
+//! The attempts apply the cluster's circuit breaker and outlier detection with the same
+//! counters and rules as [`CircuitBreakerLayer`] and [`OutlierDetectionLayer`], which offer
+//! them around a client of your own (the cluster's limits follow CDS, and its balancer reads
+//! ejections from its host table rather than from readiness).
 //!
 //! The inbound policies are layers too, for a service served some other way than
 //! [`serve`](crate::serve) (which runs the same checks in the listener's filter order):
@@ -75,6 +80,7 @@ pub mod circuit_breaker;
 pub mod fault;
 pub mod headers;
 pub mod mirror;
+pub mod outlier;
 pub mod rate_limit;
 pub mod retry;
 pub mod rewrite;
@@ -90,6 +96,7 @@ pub use circuit_breaker::{
 pub use fault::{Fault, FaultLayer};
 pub use headers::{HeaderMutation, HeaderMutationLayer};
 pub use mirror::{Mirror, MirrorBody, MirrorLayer, MirrorTarget};
+pub use outlier::{Ejectable, OutlierDetectionLayer, OutlierDetector};
 pub use rate_limit::{RateLimit, RateLimitLayer};
 pub use retry::{Admission, Classify, Replay, ReplayBody, Retry, RetryLayer, Unlimited};
 pub use rewrite::{Rewrite, RewriteLayer};

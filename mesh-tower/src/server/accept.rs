@@ -13,7 +13,7 @@ use super::listener::Inbound;
 use super::{App, ServeError, ServingState};
 use crate::telemetry::Telemetry;
 
-/// [`serve_with_shutdown`], publishing each change of its [`ServingState`] on `state`: the
+/// [`serve_with_shutdown`](crate::serve_with_shutdown), publishing each change of its [`ServingState`] on `state`: the
 /// serving-state callback gRFC A36 asks xDS servers to offer.
 ///
 /// ```no_run
