@@ -62,18 +62,20 @@ pub struct ReqBody {
 #[derive(Debug)]
 enum ReqKind {
     Empty,
-    Replay(Replay),
+    /// Boxed: a request body is moved with its request through every layer, and an empty
+    /// body (most requests) should not carry a replay's size.
+    Replay(Box<Replay>),
 }
 
 #[derive(Debug)]
 struct Replay {
     /// `Some` until dropped.
-    state: Option<ReplayState>,
+    state: Option<Box<ReplayState>>,
     /// Next recorded frame to replay.
     pos: usize,
     trailers_sent: bool,
     cap: usize,
-    back: Option<oneshot::Sender<ReplayState>>,
+    back: Option<oneshot::Sender<Box<ReplayState>>>,
 }
 
 impl ReqBody {
@@ -202,10 +204,10 @@ pub(crate) enum BodySource {
     /// No body: every attempt gets an empty one.
     Empty,
     /// A body, not yet (or no longer) lent to an attempt.
-    Held { state: ReplayState, cap: usize },
+    Held { state: Box<ReplayState>, cap: usize },
     /// Lent to an attempt; it comes back on this channel when the attempt drops it.
     Lent {
-        rx: oneshot::Receiver<ReplayState>,
+        rx: oneshot::Receiver<Box<ReplayState>>,
         cap: usize,
     },
     /// Cannot be sent again.
@@ -258,7 +260,10 @@ impl BodySource {
                 }
             }
         }
-        Self::Held { state, cap }
+        Self::Held {
+            state: Box::new(state),
+            cap,
+        }
     }
 
     /// Takes the caller's body without reading any of it: it is recorded as the first
@@ -284,7 +289,10 @@ impl BodySource {
             overflowed: false,
             failed: false,
         };
-        Self::Held { state, cap }
+        Self::Held {
+            state: Box::new(state),
+            cap,
+        }
     }
 
     /// A copy for a mirror, when the whole body is known (empty, or read in full).
@@ -292,14 +300,14 @@ impl BodySource {
         match self {
             Self::Empty => Some(Self::Empty),
             Self::Held { state, .. } if state.complete() => Some(Self::Held {
-                state: ReplayState {
+                state: Box::new(ReplayState {
                     recorded: state.recorded.clone(),
                     recorded_len: state.recorded_len,
                     trailers: state.trailers.clone(),
                     rest: None,
                     overflowed: false,
                     failed: false,
-                },
+                }),
                 cap: 0,
             }),
             _ => None,
@@ -332,13 +340,13 @@ impl BodySource {
                 let (tx, rx) = oneshot::channel();
                 *self = Self::Lent { rx, cap };
                 Some(ReqBody {
-                    kind: ReqKind::Replay(Replay {
+                    kind: ReqKind::Replay(Box::new(Replay {
                         state: Some(state),
                         pos: 0,
                         trailers_sent: false,
                         cap,
                         back: Some(tx),
-                    }),
+                    })),
                 })
             }
             Self::Lent { .. } | Self::Gone => None,
@@ -398,20 +406,20 @@ impl CompleteBody {
             return ReqBody::empty();
         }
         ReqBody {
-            kind: ReqKind::Replay(Replay {
-                state: Some(ReplayState {
+            kind: ReqKind::Replay(Box::new(Replay {
+                state: Some(Box::new(ReplayState {
                     recorded_len: self.chunks.iter().map(Bytes::len).sum(),
                     recorded: self.chunks.clone(),
                     trailers: self.trailers.clone(),
                     rest: None,
                     overflowed: false,
                     failed: false,
-                }),
+                })),
                 pos: 0,
                 trailers_sent: false,
                 cap: 0,
                 back: None,
-            }),
+            })),
         }
     }
 }
