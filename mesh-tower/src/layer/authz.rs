@@ -9,6 +9,11 @@
 //! principals and claims). The client address is the peer's: deciding it from
 //! `x-forwarded-for` is the connection manager's job, which a plain service does not have.
 //!
+//! Rules the layer cannot evaluate fail closed, never open: a request is refused when the
+//! rules read the peer's address and no [`PeerIdentity`] says it, read the local address and
+//! none was configured ([`AuthorizationLayer::local_addr`]), or read the TLS server name,
+//! which a layer never sees. (An unknown address would otherwise miss every DENY rule.)
+//!
 //! [`AuthenticationLayer`]: super::AuthenticationLayer
 
 use std::future::Ready;
@@ -18,7 +23,7 @@ use std::task::{Context, Poll};
 
 use futures_util::future::Either;
 use http::{Request, Response, StatusCode};
-use mesh_core::model::{RbacFilter, RequestView};
+use mesh_core::model::{Permission, Principal, RbacFilter, RequestView};
 
 use crate::flags::ResponseFlags;
 use crate::respond::{self, LocalBody, ResponseInfo};
@@ -72,23 +77,78 @@ use crate::server::{Metadata, PeerIdentity};
 #[derive(Clone, Debug)]
 pub struct AuthorizationLayer {
     filter: Arc<RbacFilter>,
-    local: SocketAddr,
+    local: Option<SocketAddr>,
+    reads: Reads,
+}
+
+/// What a filter's rules read of the connection besides the peer's certificate.
+#[derive(Clone, Copy, Debug, Default)]
+struct Reads {
+    peer_address: bool,
+    local_address: bool,
+    server_name: bool,
 }
 
 impl AuthorizationLayer {
     /// Enforces `filter`.
     pub fn new(filter: Arc<RbacFilter>) -> Self {
+        let mut reads = Reads::default();
+        for (_, p) in filter.rules.iter().flat_map(|r| r.policies.iter()) {
+            p.permissions
+                .iter()
+                .for_each(|x| permission_reads(x, &mut reads));
+            p.principals
+                .iter()
+                .for_each(|x| principal_reads(x, &mut reads));
+        }
         Self {
             filter,
-            local: (Ipv4Addr::UNSPECIFIED, 0).into(),
+            local: None,
+            reads,
         }
     }
 
     /// The address the service is served on, which `destination_ip` and `destination_port`
-    /// rules read (Istio's `to.operation.ports`). Unset, such rules see `0.0.0.0:0`.
+    /// rules read (Istio's `to.operation.ports`). Unset, requests such rules would judge are
+    /// refused.
     pub fn local_addr(mut self, addr: SocketAddr) -> Self {
-        self.local = addr;
+        self.local = Some(addr);
         self
+    }
+}
+
+fn permission_reads(p: &Permission, reads: &mut Reads) {
+    match p {
+        Permission::And(all) | Permission::Or(all) => {
+            all.iter().for_each(|x| permission_reads(x, reads))
+        }
+        Permission::Not(inner) => permission_reads(inner, reads),
+        Permission::DestinationIp(_)
+        | Permission::DestinationPort(_)
+        | Permission::DestinationPortRange(..) => reads.local_address = true,
+        Permission::RequestedServerName(_) => reads.server_name = true,
+        Permission::Any
+        | Permission::Header(_)
+        | Permission::UrlPath(_)
+        | Permission::Metadata(_) => {}
+    }
+}
+
+fn principal_reads(p: &Principal, reads: &mut Reads) {
+    match p {
+        Principal::And(all) | Principal::Or(all) => {
+            all.iter().for_each(|x| principal_reads(x, reads))
+        }
+        Principal::Not(inner) => principal_reads(inner, reads),
+        Principal::SourceIp(_) | Principal::DirectRemoteIp(_) | Principal::RemoteIp(_) => {
+            reads.peer_address = true
+        }
+        Principal::Any
+        | Principal::Authenticated(_)
+        | Principal::Header(_)
+        | Principal::UrlPath(_)
+        | Principal::Metadata(_)
+        | Principal::FilterState { .. } => {}
     }
 }
 
@@ -100,6 +160,7 @@ impl<S> tower::Layer<S> for AuthorizationLayer {
             inner,
             filter: self.filter.clone(),
             local: self.local,
+            reads: self.reads,
         }
     }
 }
@@ -109,7 +170,8 @@ impl<S> tower::Layer<S> for AuthorizationLayer {
 pub struct Authorize<S> {
     inner: S,
     filter: Arc<RbacFilter>,
-    local: SocketAddr,
+    local: Option<SocketAddr>,
+    reads: Reads,
 }
 
 impl<S, B, RB> tower::Service<Request<B>> for Authorize<S>
@@ -126,6 +188,17 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let told = req.extensions().get::<PeerIdentity>().is_some();
+        if (self.reads.peer_address && !told)
+            || (self.reads.local_address && self.local.is_none())
+            || self.reads.server_name
+        {
+            tracing::debug!(
+                path = req.uri().path(),
+                "RBAC rules read what this layer is not told; denied"
+            );
+            return Either::Left(std::future::ready(Ok(denied(&req))));
+        }
         let unknown;
         let peer = match req.extensions().get::<PeerIdentity>() {
             Some(p) => p,
@@ -140,7 +213,7 @@ where
         let conn = Connection {
             peer: peer.addr,
             client: peer.addr.ip(),
-            local: self.local,
+            local: self.local.unwrap_or((Ipv4Addr::UNSPECIFIED, 0).into()),
             spiffe_id: peer.spiffe_id.as_ref(),
             certificate: peer.certificate.as_deref(),
             sni: None,
@@ -156,18 +229,18 @@ where
         if allowed {
             return Either::Right(self.inner.call(req));
         }
-        let grpc = respond::is_grpc(req.headers());
-        let info = ResponseInfo {
-            flags: ResponseFlags::NONE,
-            ..ResponseInfo::default()
-        };
-        Either::Left(std::future::ready(Ok(respond::local(
-            StatusCode::FORBIDDEN,
-            rbac::DENIED,
-            grpc,
-            info,
-        ))))
+        Either::Left(std::future::ready(Ok(denied(&req))))
     }
+}
+
+/// Envoy's answer to a request RBAC refuses.
+fn denied<B, RB: LocalBody>(req: &Request<B>) -> Response<RB> {
+    let grpc = respond::is_grpc(req.headers());
+    let info = ResponseInfo {
+        flags: ResponseFlags::NONE,
+        ..ResponseInfo::default()
+    };
+    respond::local(StatusCode::FORBIDDEN, rbac::DENIED, grpc, info)
 }
 
 #[cfg(test)]
@@ -262,10 +335,47 @@ mod tests {
     #[tokio::test]
     async fn destination_ports_read_the_configured_local_address() {
         let f = Arc::new(filter(RbacAction::Deny, Principal::Any, Some(9080)));
-        let unset = AuthorizationLayer::new(f.clone());
-        assert_eq!(status(unset, from(None)).await.0, 200);
-        let served = AuthorizationLayer::new(f).local_addr("10.0.0.9:9080".parse().unwrap());
+        let served =
+            AuthorizationLayer::new(f.clone()).local_addr("10.0.0.9:9080".parse().unwrap());
         assert_eq!(status(served, from(None)).await.0, 403);
+        let other = AuthorizationLayer::new(f.clone()).local_addr("10.0.0.9:8000".parse().unwrap());
+        assert_eq!(status(other, from(None)).await.0, 200);
+        // Unset, the DENY cannot be judged: refused rather than let through.
+        let unset = AuthorizationLayer::new(f);
+        assert_eq!(status(unset, from(None)).await.0, 403);
+    }
+
+    #[tokio::test]
+    async fn rules_on_what_the_layer_is_not_told_fail_closed() {
+        // DENY from 10.0.0.0/8: a request whose peer nobody told is not let through as if it
+        // came from elsewhere.
+        let ten = Principal::SourceIp(mesh_core::model::Cidr {
+            addr: "10.0.0.0".parse().unwrap(),
+            prefix_len: 8,
+        });
+        let deny = AuthorizationLayer::new(Arc::new(filter(RbacAction::Deny, ten, None)));
+        let bare = Request::get("http://svc/x").body(()).unwrap();
+        assert_eq!(status(deny.clone(), bare).await.0, 403);
+        assert_eq!(
+            status(deny.clone(), from(None)).await.0,
+            403,
+            "10.1.2.3 is denied"
+        );
+        let mut outside = Request::get("http://svc/x").body(()).unwrap();
+        outside
+            .extensions_mut()
+            .insert(PeerIdentity::new("192.0.2.1:4000".parse().unwrap()));
+        assert_eq!(status(deny, outside).await.0, 200);
+        // A server-name rule, nested under NOT: never seen here, so always refused.
+        let sni = Permission::Not(Box::new(Permission::RequestedServerName(
+            StringMatcher::exact("api.example"),
+        )));
+        let mut f = filter(RbacAction::Deny, Principal::Any, None);
+        if let Some(r) = &mut f.rules {
+            r.policies[0].1.permissions = Box::new([sni]);
+        }
+        let layer = AuthorizationLayer::new(Arc::new(f)).local_addr("10.0.0.9:80".parse().unwrap());
+        assert_eq!(status(layer, from(None)).await.0, 403);
     }
 
     #[tokio::test]
