@@ -224,23 +224,11 @@ impl BodySource {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        if body.is_end_stream() {
-            return Self::Empty;
-        }
         let known_small = body.size_hint().exact().is_some_and(|n| n as usize <= cap);
-        let stream: Stream = body
-            .map_frame(|f| f.map_data(|mut d| d.copy_to_bytes(d.remaining())))
-            .map_err(Into::into)
-            .boxed_unsync();
-        let mut state = ReplayState {
-            recorded: Vec::new(),
-            recorded_len: 0,
-            trailers: None,
-            rest: Some(stream),
-            overflowed: false,
-            failed: false,
-        };
-        if known_small {
+        let mut source = Self::streaming(body, cap);
+        if let Self::Held { state, .. } = &mut source
+            && known_small
+        {
             let mut stream = state.rest.take().expect("just set");
             loop {
                 match stream.frame().await {
@@ -260,10 +248,7 @@ impl BodySource {
                 }
             }
         }
-        Self::Held {
-            state: Box::new(state),
-            cap,
-        }
+        source
     }
 
     /// Takes the caller's body without reading any of it: it is recorded as the first

@@ -61,6 +61,25 @@ pub use body::{BoxError, DEFAULT_REPLAY_CAP, ReqBody, RspBody};
 /// series). std's SipHash cost about 2,000 instructions a request there (callgrind, mesh-min);
 /// foldhash, seeded per process, costs a fraction, and the keys are the mesh's own or capped.
 pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// Adds `item` to a list that holds its members weakly (the clients of `/clusters`, the
+/// endpoints of an outlier detector), dropping the members that are gone. Copy-on-write: the
+/// list is read lock-free, and written only when a member is made.
+pub(crate) fn push_live<T>(
+    list: &arc_swap::ArcSwap<Vec<std::sync::Weak<T>>>,
+    item: &std::sync::Arc<T>,
+) {
+    let weak = std::sync::Arc::downgrade(item);
+    list.rcu(|members| {
+        let mut members: Vec<_> = members
+            .iter()
+            .filter(|w| w.strong_count() > 0)
+            .cloned()
+            .collect();
+        members.push(weak.clone());
+        members
+    });
+}
 pub use client::{MeshClient, MeshClientBuilder, OutboundTrafficPolicy, RetryBudget};
 pub use error::Error;
 pub use flags::ResponseFlags;

@@ -11,7 +11,7 @@ use std::pin::Pin;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use http::request::Parts;
-use http::{HeaderValue, Request, Response};
+use http::{Request, Response};
 use mesh_core::model::RetryPolicy;
 
 use super::attempt::{self, Attempt, AttemptRoute, ClusterAdmission, Try};
@@ -84,12 +84,7 @@ pub(super) async fn run(
         *req.version_mut() = head.version;
         let headers = req.headers_mut();
         *headers = head.headers.clone();
-        if attempt_count_header {
-            headers.insert("x-envoy-attempt-count", HeaderValue::from(n));
-        }
-        if n > 1 && grpc {
-            headers.insert("grpc-previous-rpc-attempts", HeaderValue::from(n - 1));
-        }
+        retry::mark_attempt(headers, n, grpc, attempt_count_header);
         Box::pin(async move {
             // A retry counts against the budget while it is in flight.
             let _slot = slot;

@@ -21,16 +21,7 @@ impl Clients {
 
     /// Lists a client's clusters for as long as it lives.
     pub(crate) fn register(&self, client: &Arc<Outbound>) {
-        let weak = Arc::downgrade(client);
-        self.list.rcu(|list| {
-            let mut list: Vec<_> = list
-                .iter()
-                .filter(|w| w.strong_count() > 0)
-                .cloned()
-                .collect();
-            list.push(weak.clone());
-            list
-        });
+        crate::push_live(&self.list, client);
     }
 }
 

@@ -155,16 +155,7 @@ impl<S> tower::Layer<S> for OutlierDetectionLayer {
 
     fn layer(&self, inner: S) -> Ejectable<S> {
         let host = Arc::new(HostOutlier::default());
-        let weak = Arc::downgrade(&host);
-        self.shared.endpoints.rcu(|list| {
-            let mut list: Vec<_> = list
-                .iter()
-                .filter(|w| w.strong_count() > 0)
-                .cloned()
-                .collect();
-            list.push(weak.clone());
-            list
-        });
+        crate::push_live(&self.shared.endpoints, &host);
         Ejectable {
             inner,
             host,

@@ -398,20 +398,25 @@ impl Head {
         } else {
             std::mem::take(&mut self.headers)
         };
-        if self.attempt_count_header {
-            headers.insert("x-envoy-attempt-count", HeaderValue::from(n));
-        }
-        // gRFC A6: a gRPC retry tells the server how many attempts went before it, so servers
-        // (and the interop suite's `succeed-on-retry-attempt-N`) can tell retries apart.
-        if n > 1 && self.grpc {
-            headers.insert("grpc-previous-rpc-attempts", HeaderValue::from(n - 1));
-        }
+        mark_attempt(&mut headers, n, self.grpc, self.attempt_count_header);
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
         *req.version_mut() = self.version;
         *req.headers_mut() = headers;
         req
+    }
+}
+
+/// The headers that tell an upstream which attempt this is: `x-envoy-attempt-count` when
+/// the route asks for it, and (gRFC A6) `grpc-previous-rpc-attempts` on a gRPC retry, so
+/// servers (and the interop suite's `succeed-on-retry-attempt-N`) can tell retries apart.
+pub(crate) fn mark_attempt(headers: &mut HeaderMap, n: u32, grpc: bool, attempt_count: bool) {
+    if attempt_count {
+        headers.insert("x-envoy-attempt-count", HeaderValue::from(n));
+    }
+    if n > 1 && grpc {
+        headers.insert("grpc-previous-rpc-attempts", HeaderValue::from(n - 1));
     }
 }
 
