@@ -35,12 +35,14 @@
 //! | path normalization before routing (when the listener asks; also inbound, and as [`normalize::NormalizePathLayer`]) | `normalize_path`, `merge_slashes`, `path_with_escaped_slashes_action`; Istio `pathNormalization` |
 //!
 //! Route policies are also public Tower layers, one concern each, usable around any
-//! `tower::Service` (see [`layer`]): [`layer::FaultLayer`], [`layer::HeaderMutationLayer`],
+//! `tower::Service` (see [`layer`], which wraps a plain hyper client in two of them):
+//! [`layer::RouteLayer`], [`layer::FaultLayer`], [`layer::HeaderMutationLayer`],
 //! [`layer::RewriteLayer`], [`layer::MirrorLayer`], [`layer::RouteTimeoutLayer`],
-//! [`layer::RetryLayer`], [`layer::CircuitBreakerLayer`], [`layer::OutlierDetectionLayer`]; and on
-//! the inbound side [`layer::AuthenticationLayer`],
-//! [`layer::AuthorizationLayer`], [`layer::RateLimitLayer`]. `MeshClient` builds one stack of
-//! them per route and cluster when the configuration arrives.
+//! [`layer::RetryLayer`], [`layer::CircuitBreakerLayer`], [`layer::OutlierDetectionLayer`],
+//! [`layer::LoadBalancer`]; and on the inbound side [`layer::AuthenticationLayer`],
+//! [`layer::AuthorizationLayer`], [`layer::RateLimitLayer`]. `MeshClient` runs the route
+//! layer's decision, then the stack of them it built for that route and cluster when the
+//! configuration arrived.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -52,6 +54,7 @@ mod flags;
 pub mod layer;
 pub mod normalize;
 mod respond;
+mod rules;
 pub mod server;
 pub mod telemetry;
 

@@ -227,7 +227,8 @@ mod tests {
         use proptest::prelude::*;
 
         use super::*;
-        use crate::server::{Metadata, rbac};
+        use crate::rules::metadata::Metadata;
+        use crate::rules::rbac;
 
         /// A spelling of `/admin/<segments>`: each separator `/` or `\`, characters
         /// percent-encoded in either case, and dot segments (`./`, `x/../`, `x/..;p/`,

@@ -18,16 +18,16 @@ use http::{
 };
 use hyper::body::Incoming;
 
-use super::balance::PickContext;
 use super::cluster::ClusterRuntime;
 use super::host::{Protocol, SendError};
-use super::outlier;
 use super::route;
 use crate::body::{ReqBody, RspBody};
 use crate::counters::{Inflight, RetryBudget, RetrySlot};
 use crate::flags::ResponseFlags;
 use crate::layer::retry::Admission;
 use crate::respond::{self, RESET_BEFORE_HEADERS, ResponseInfo, UpstreamFailure};
+use crate::rules::balance::PickContext;
+use crate::rules::outlier;
 
 /// How a route's attempts reach its cluster.
 #[derive(Debug)]
@@ -350,7 +350,17 @@ pub(super) fn upstream_request(
         .keys()
         .any(|k| k == header::TE || HOP_BY_HOP.contains(k))
     {
-        for h in &HOP_BY_HOP {
+        // Headers the `Connection` header nominates are hop-by-hop too (RFC 9110 §7.6.1),
+        // as Envoy's HTTP/1 codec removes them; `te` is handled below.
+        let nominated: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+            .filter(|name| name != header::TE)
+            .collect();
+        for h in nominated.iter().chain(&HOP_BY_HOP) {
             headers.remove(h);
         }
         // Every value, not the first: a second `te: gzip` behind `te: trailers` must not pass.

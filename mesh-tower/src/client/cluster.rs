@@ -18,11 +18,14 @@ use mesh_core::model::{
 };
 use mesh_core::snapshot::ClusterEntry;
 
-use super::balance::{HostEntry, LbTable, TableConfig};
 use super::host::{ConnectSettings, Host, Protocol, Transport};
-use super::outlier::{self, Outcome};
 use super::tls::Origination;
 use crate::counters::Counters;
+use crate::rules::balance::{LbTable, TableConfig};
+use crate::rules::outlier::{self, Outcome};
+
+/// A host of a cluster, with what its endpoint list says about it.
+pub(crate) type HostEntry = crate::rules::balance::HostEntry<Arc<Host>>;
 
 /// Envoy's default overprovisioning factor, for clusters without endpoints data.
 const DEFAULT_OVERPROVISIONING: u32 = 140;

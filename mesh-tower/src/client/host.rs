@@ -25,10 +25,10 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_core::model::CircuitBreakers;
 
-use super::outlier::HostOutlier;
 use super::tls::{Io, Origination};
 use crate::body::ReqBody;
 use crate::counters::{Counters, HostActive};
+use crate::rules::outlier::HostOutlier;
 
 /// Idle HTTP/1 connections kept per host; more are closed when they become idle.
 const MAX_IDLE_PER_HOST: usize = 256;
@@ -415,5 +415,20 @@ impl Host {
 impl Host {
     pub(crate) fn active_requests(&self) -> u32 {
         self.active.load(Ordering::Acquire)
+    }
+}
+
+/// What the cluster's balancer table reads from a host.
+impl crate::rules::balance::Balanced for Arc<Host> {
+    fn ring_key(&self) -> &str {
+        &self.addr_text
+    }
+
+    fn active_requests(&self) -> u32 {
+        Host::active_requests(self)
+    }
+
+    fn is_ejected(&self) -> bool {
+        self.outlier.is_ejected()
     }
 }

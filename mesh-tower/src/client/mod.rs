@@ -1,11 +1,9 @@
 //! The outbound data path: [`MeshClient`].
 
 mod attempt;
-pub(crate) mod balance;
 mod cluster;
 mod hedge;
 pub(crate) mod host;
-pub(crate) mod outlier;
 mod passthrough;
 mod policy;
 mod registry;
@@ -255,6 +253,29 @@ impl MeshClient {
         B::Error: Into<BoxError>,
     {
         self.inner.clone().handle(req, Some(cluster)).await
+    }
+}
+
+/// Remote key sets (`remote_jwks`) are fetched through the mesh, from the provider's cluster.
+impl crate::rules::FetchJwks for MeshClient {
+    fn fetch(
+        &self,
+        cluster: Arc<str>,
+        mut req: Request<http_body_util::Empty<bytes::Bytes>>,
+        tls: bool,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response<RspBody>, BoxError>> + Send>,
+    > {
+        if tls {
+            req.extensions_mut().insert(RequireTls);
+        }
+        let client = self.clone();
+        Box::pin(async move {
+            client
+                .send_to_cluster(&cluster, req)
+                .await
+                .map_err(BoxError::from)
+        })
     }
 }
 

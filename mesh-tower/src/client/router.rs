@@ -3,9 +3,9 @@
 //!
 //! ```text
 //! path normalization (when the listener asks for it)
-//!  → route (virtual host by authority, first matching route, and its policy as the plan
-//!    resolved it; see [`policy`](super::policy))
-//!  → split (weighted cluster, chosen once; retries stay in it)
+//!  → route and split ([`RouteLayer`](crate::layer::RouteLayer)'s decision: virtual host by
+//!    authority, first matching route, one weighted cluster; retries stay in it), and the
+//!    route's policy as the plan resolved it (see [`policy`](super::policy))
 //!  → what the router decides from the request as it came: the hash, whether the request may
 //!    be retried; the body taken in for replay
 //!  → the backend's stack (see [`stack`](super::stack)): fault → header mutations → rewrites
@@ -13,25 +13,24 @@
 //!    timeout → connection
 //! ```
 //!
-//! Direct responses, redirects and routing failures are answered here.
+//! Direct responses, redirects and routing failures are answered by the route decision.
 
 use std::sync::Arc;
 
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
-use mesh_core::model::{Action, ClusterSpecifier, RequestView};
+use mesh_core::model::RequestView;
 use tower::Service;
 
 use super::Outbound;
-use super::balance::RequestHasher;
-use super::route;
 use super::stack::{self, Backend, RouteRef};
 use super::target::RoutePlan;
 use super::upstream::Routed;
 use crate::body::{BodySource, BoxError, RspBody};
 use crate::flags::ResponseFlags;
-use crate::layer::headers::mutate_response;
+use crate::layer::route::Pick;
 use crate::respond::{self, ResponseInfo};
+use crate::rules::balance::RequestHasher;
 
 /// Forwards `req` by `plan`.
 pub(crate) async fn forward<B>(
@@ -61,70 +60,36 @@ where
         return rsp;
     }
 
-    // Route: the virtual host by authority, then the first route that matches.
+    // Route and split (the route layer's decision): the virtual host by authority, the
+    // first route that matches, and one cluster of a weighted split, chosen once per
+    // request (retries stay in it). What the route answers itself is answered there.
     let view = RequestView::from_request(&req);
-    let Some(found) = table.find_indexed(&view, fastrand::u32(0..1_000_000)) else {
-        info.flags |= ResponseFlags::NO_ROUTE_FOUND;
-        return respond::local(StatusCode::NOT_FOUND, "", grpc, info);
+    let to = match crate::layer::route::decide(table, &view, grpc) {
+        Ok(to) => to,
+        Err(answer) => return answer,
     };
-    let (vh, route) = (found.host, found.route);
-    let policy = plan.policies.get(found.host_index, found.route_index);
+    let (vh, route, fwd) = (to.found.host, to.found.route, to.action);
+    let policy = plan.policies.get(to.found.host_index, to.found.route_index);
     let route_name = (!route.name.is_empty()).then(|| route.name.clone());
     info.route = route_name.clone();
-    let fwd = match &route.action {
-        Action::Forward(f) => f,
-        Action::DirectResponse { status, body } => {
-            let mut rsp = route::direct(*status, body);
-            mutate_response(
-                rsp.headers_mut(),
-                [&route.headers, &vh.headers, &table.headers],
-            );
-            rsp.extensions_mut().insert(info);
-            return rsp;
-        }
-        Action::Redirect(r) => {
-            let pq = route::path_and_query(req.uri());
-            let mut rsp = route::redirect(r, view.scheme, view.authority, &pq, &route.matcher.path);
-            mutate_response(
-                rsp.headers_mut(),
-                [&route.headers, &vh.headers, &table.headers],
-            );
-            rsp.extensions_mut().insert(info);
-            return rsp;
-        }
-        Action::NonForwarding => {
-            info.flags |= ResponseFlags::NO_ROUTE_FOUND;
-            return respond::local(StatusCode::NOT_FOUND, "", grpc, info);
-        }
-    };
 
-    // Split: the cluster is chosen once per request; retries stay in it. Named clusters'
-    // stacks were built with the plan; only `cluster_header` is looked up per request.
+    // Named clusters' stacks were built with the plan; only `cluster_header` is looked up
+    // per request.
     let header_backend;
-    let resolved: Result<&Backend, Arc<str>> = match &fwd.cluster {
-        ClusterSpecifier::Cluster(c) => resolved_or(&policy.backends, 0, c),
-        ClusterSpecifier::Weighted(w) => {
-            let i = w.pick_index(fastrand::u32(0..w.total));
-            resolved_or(&policy.backends, i, &w.clusters[i].name)
-        }
-        ClusterSpecifier::Header(h) => match view.headers.get(h).and_then(|v| v.to_str().ok()) {
-            Some(name) => match plan.clusters.get(name) {
-                Some(c) => {
-                    let at = RouteRef {
-                        table,
-                        host: vh,
-                        route,
-                        forward: fwd,
-                    };
-                    header_backend = stack::backend(&plan.env, at, policy, c, None);
-                    Ok(&header_backend)
-                }
-                None => Err(name.into()),
-            },
-            None => {
-                info.flags |= ResponseFlags::NO_CLUSTER_FOUND;
-                return respond::local(fwd.cluster_not_found_status, "", grpc, info);
+    let resolved: Result<&Backend, Arc<str>> = match to.cluster {
+        Pick::Named { index, name } => resolved_or(&policy.backends, index, name),
+        Pick::Header(name) => match plan.clusters.get(name) {
+            Some(c) => {
+                let at = RouteRef {
+                    table,
+                    host: vh,
+                    route,
+                    forward: fwd,
+                };
+                header_backend = stack::backend(&plan.env, at, policy, c, None);
+                Ok(&header_backend)
             }
+            None => Err(name.into()),
         },
     };
     let backend = match resolved {

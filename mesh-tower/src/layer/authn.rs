@@ -6,13 +6,15 @@
 //! an [`AuthorizationLayer`] below reads for `request.auth.principal` rules); one that does
 //! not gets Envoy's 401 (403 for an audience the provider does not accept) with a
 //! `www-authenticate` challenge. Inline key sets work on their own; fetched ones
-//! (`remote_jwks`) need a [`MeshClient`] to fetch with ([`AuthenticationLayer::with_client`]),
-//! and without one their providers refuse every token (fail closed).
+//! (`remote_jwks`) need a fetcher ([`FetchJwks`], which [`MeshClient`] implements; see
+//! [`AuthenticationLayer::with_client`]), and without one their providers refuse every token
+//! (fail closed).
 //!
 //! The layer boxes its future: verifying may wait for a key set to be fetched.
 //!
 //! [`AuthorizationLayer`]: super::AuthorizationLayer
 //! [`VerifiedJwt`]: crate::server::VerifiedJwt
+//! [`MeshClient`]: crate::MeshClient
 
 use std::future::Future;
 use std::pin::Pin;
@@ -22,12 +24,11 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use mesh_core::model::{JwksSource, JwtConfig};
 
-use crate::MeshClient;
 use crate::flags::ResponseFlags;
 use crate::respond::{self, LocalBody, ResponseInfo};
-use crate::server::Metadata;
-use crate::server::jwks::RemoteJwks;
-use crate::server::jwt::{JwtFilter, RemoteKeys};
+use crate::rules::jwks::{FetchJwks, RemoteJwks};
+use crate::rules::jwt::{JwtFilter, RemoteKeys};
+use crate::rules::metadata::Metadata;
 
 /// Verifies requests' JWTs by a `jwt_authn` configuration.
 ///
@@ -69,7 +70,7 @@ impl std::fmt::Debug for AuthenticationLayer {
 }
 
 /// Remote key sets fetched with a client, or none.
-struct Fetcher(Option<MeshClient>);
+struct Fetcher(Option<Arc<dyn FetchJwks>>);
 
 impl RemoteKeys for Fetcher {
     fn remote(&self, uri: &str, source: &JwksSource) -> Result<Arc<RemoteJwks>, String> {
@@ -100,10 +101,10 @@ impl AuthenticationLayer {
     }
 
     /// Verifies by `config`, fetching remote key sets with `client` (from the cluster each
-    /// provider names).
-    pub fn with_client(config: Arc<JwtConfig>, client: MeshClient) -> Self {
+    /// provider names): a [`MeshClient`](crate::MeshClient), or a fetcher of your own.
+    pub fn with_client(config: Arc<JwtConfig>, client: impl FetchJwks) -> Self {
         Self {
-            filter: Arc::new(JwtFilter::new(config, &Fetcher(Some(client)))),
+            filter: Arc::new(JwtFilter::new(config, &Fetcher(Some(Arc::new(client))))),
         }
     }
 }
@@ -196,7 +197,7 @@ mod tests {
     use super::*;
     use crate::body::RspBody;
     use crate::layer::AuthorizationLayer;
-    use crate::server::VerifiedJwt;
+    use crate::rules::jwt::VerifiedJwt;
 
     fn config(provider: JwtProvider, requirement: JwtRequirement) -> Arc<JwtConfig> {
         Arc::new(JwtConfig {

@@ -27,8 +27,9 @@ use mesh_core::model::{Permission, Principal, RbacFilter, RequestView};
 
 use crate::flags::ResponseFlags;
 use crate::respond::{self, LocalBody, ResponseInfo};
-use crate::server::rbac::{self, Connection};
-use crate::server::{Metadata, PeerIdentity};
+use crate::rules::PeerIdentity;
+use crate::rules::metadata::Metadata;
+use crate::rules::rbac::{self, Connection};
 
 /// Answers 403 `RBAC: access denied` to requests the RBAC filter's rules refuse; lets the
 /// others through.

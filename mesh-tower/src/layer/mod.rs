@@ -6,7 +6,9 @@
 //! configuration arrives, in Envoy's order (see `client/stack.rs`):
 //!
 //! ```text
-//! FaultLayer            delay, then abort (an aborted request never reaches the upstream)
+//! RouteLayer            virtual host, route, one cluster of a weighted split; direct
+//!                       responses and redirects; then the stack built for that route:
+//!  → FaultLayer          delay, then abort (an aborted request never reaches the upstream)
 //!  → HeaderMutationLayer request headers on the way in, response headers on the way out
 //!  → RewriteLayer        the path and host the upstream sees
 //!  → MirrorLayer         copies to shadow services, fire and forget
@@ -16,10 +18,11 @@
 //!    timeout, connection, outcome to outlier detection
 //! ```
 //!
-//! The attempts apply the cluster's circuit breaker and outlier detection with the same
-//! counters and rules as [`CircuitBreakerLayer`] and [`OutlierDetectionLayer`], which offer
-//! them around a client of your own (the cluster's limits follow CDS, and its balancer reads
-//! ejections from its host table rather than from readiness).
+//! The attempts apply the cluster's circuit breaker, balancer and outlier detection with the
+//! same counters, picker and rules as [`CircuitBreakerLayer`], [`LoadBalancer`] and
+//! [`OutlierDetectionLayer`], which offer them around clients of your own (the cluster's
+//! limits follow CDS, and its balancer table is rebuilt on EDS updates and ejections rather
+//! than polling readiness).
 //!
 //! The inbound policies are layers too, for a service served some other way than
 //! [`serve`](crate::serve) (which runs the same checks in the listener's filter order):
@@ -76,6 +79,7 @@
 
 pub mod authn;
 pub mod authz;
+pub mod balance;
 pub mod circuit_breaker;
 pub mod fault;
 pub mod headers;
@@ -84,11 +88,14 @@ pub mod outlier;
 pub mod rate_limit;
 pub mod retry;
 pub mod rewrite;
+pub mod route;
 pub mod timeout;
 
 pub use crate::respond::LocalBody;
+pub use crate::rules::FetchJwks;
 pub use authn::{Authenticate, AuthenticationLayer};
 pub use authz::{AuthorizationLayer, Authorize};
+pub use balance::{Endpoint, LoadBalancer, RequestHash};
 pub use circuit_breaker::{
     CircuitBreak, CircuitBreaker, CircuitBreakerLayer, CircuitBreakerStats, Counted,
     RetryAdmission, RetryPermit,
@@ -100,4 +107,5 @@ pub use outlier::{Ejectable, OutlierDetectionLayer, OutlierDetector};
 pub use rate_limit::{RateLimit, RateLimitLayer};
 pub use retry::{Admission, Classify, Replay, ReplayBody, Retry, RetryLayer, Unlimited};
 pub use rewrite::{Rewrite, RewriteLayer};
+pub use route::{RouteLayer, RouteTarget, Router};
 pub use timeout::{RouteTimeout, RouteTimeoutLayer};

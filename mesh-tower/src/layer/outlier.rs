@@ -22,8 +22,8 @@ use http::Response;
 use mesh_core::model::OutlierDetection;
 use tokio::time::{Instant, Sleep};
 
-use crate::client::outlier::{self, HostOutlier, Outcome};
 use crate::respond;
+use crate::rules::outlier::{self, HostOutlier, Outcome};
 
 /// The outlier detection of one set of endpoints.
 ///

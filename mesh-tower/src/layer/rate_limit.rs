@@ -11,7 +11,7 @@ use mesh_core::model::LocalRateLimit;
 
 use crate::flags::ResponseFlags;
 use crate::respond::{self, LocalBody, ResponseInfo};
-use crate::server::rate_limit::{LIMITED, RateLimiter};
+use crate::rules::rate_limit::{LIMITED, RateLimiter};
 
 /// Answers Envoy's 429 `local_rate_limited` (flag `RL`, with the filter's response headers)
 /// to requests over the token bucket's rate; lets the others through. Every service the

@@ -13,9 +13,9 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 use super::listener::{Chain, ConnectionSlot, Inbound};
-use super::metadata::Metadata;
 use super::{PeerIdentity, rbac};
 use crate::body::BoxError;
+use crate::rules::metadata::Metadata;
 
 /// The connection's bytes, decrypted or not.
 pub(crate) enum Io {

@@ -27,11 +27,11 @@ use http_body_util::{BodyExt, Full};
 use mesh_core::authz_service::{self, CheckRequest, CheckResponse, HeaderToSet};
 use mesh_core::model::{ExtAuthz, ExtAuthzService, StringMatcher};
 
-use super::metadata::Metadata;
 use super::{Caller, Reply};
 use crate::MeshClient;
 use crate::flags::ResponseFlags;
 use crate::respond::{ResponseInfo, grpc_status};
+use crate::rules::metadata::Metadata;
 
 /// A configured ext_authz filter.
 pub(crate) struct ExtAuthzFilter {

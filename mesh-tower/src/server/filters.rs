@@ -17,13 +17,13 @@ use mesh_core::model::{
 };
 
 use super::ext_authz::{Decision, ExtAuthzFilter};
-use super::jwt::{JwtFilter, RemoteKeys};
-use super::metadata::Metadata;
-use super::rate_limit::{LIMITED, RateLimiter};
 use super::{Caller, Reply, rbac};
 use crate::MeshClient;
 use crate::flags::ResponseFlags;
 use crate::normalize::normalize_request;
+use crate::rules::jwt::{JwtFilter, RemoteKeys};
+use crate::rules::metadata::Metadata;
+use crate::rules::rate_limit::{LIMITED, RateLimiter};
 
 /// `x-forwarded-client-cert`, as a name (a lookup by `&str` parses it on every request).
 const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");

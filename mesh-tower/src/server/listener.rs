@@ -15,10 +15,10 @@ use mesh_core::model::{
 };
 
 use super::filters::{FilterContext, HttpFilters};
-use super::jwks::RemoteJwks;
-use super::jwt::RemoteKeys;
 use super::limits::Limits;
 use crate::MeshClient;
+use crate::rules::jwks::RemoteJwks;
+use crate::rules::jwt::RemoteKeys;
 
 /// One filter chain, ready to serve connections.
 pub(crate) struct Chain {
@@ -377,7 +377,13 @@ impl RemoteKeys for ServerShared {
         if let Some(found) = self.jwks.load().get(&key) {
             return Ok(found.clone());
         }
-        let made = RemoteJwks::new(uri, cluster, *timeout, *cache_duration, self.client())?;
+        let made = RemoteJwks::new(
+            uri,
+            cluster,
+            *timeout,
+            *cache_duration,
+            Arc::new(self.client()),
+        )?;
         // Off the request path (configuration time): copy-on-write keeps lookups lock-free.
         self.jwks.rcu(|map| {
             let mut map = HashMap::clone(map);

@@ -22,8 +22,8 @@
 //! By job: the server's loop and its drain (`accept`), the inbound listener it follows
 //! (`follow`), one connection up to HTTP (`connection`: chain selection, TLS, network filters),
 //! the connection's HTTP (`http_connection`: hyper, its watchdog and drain), one request
-//! (`request`), and the HTTP filters it runs (`filters`, with `jwt`, `rbac`, `ext_authz`,
-//! `rate_limit`).
+//! (`request`), and the HTTP filters it runs (`filters`, with `ext_authz`, and the rules the
+//! inbound layers share: JWT, RBAC and rate limits, in `crate::rules`).
 //!
 //! Before any filter and before the route is chosen, each request's path is checked and
 //! normalized as the chain's connection manager asks ([`crate::normalize`]), so policy
@@ -51,78 +51,27 @@ mod ext_authz;
 mod filters;
 mod follow;
 mod http_connection;
-pub(crate) mod jwks;
-pub(crate) mod jwt;
 mod limits;
 mod listener;
-mod metadata;
-pub(crate) mod rate_limit;
-pub mod rbac;
 mod request;
 
+pub use crate::rules::PeerIdentity;
+pub use crate::rules::jwt::VerifiedJwt;
+pub use crate::rules::metadata::Metadata;
+pub use crate::rules::rbac;
 pub use accept::serve_observed;
 pub use connection::looks_like_tls;
-pub use jwt::VerifiedJwt;
-pub use metadata::Metadata;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use mesh_core::Mesh;
-use mesh_core::identity::{PeerCertificate, SpiffeId};
 
 use crate::body::{BoxError, RspBody};
 use crate::flags::ResponseFlags;
 use crate::respond::{self, ResponseInfo};
-
-/// Who called, as the inbound side verified it. Inserted into every request's extensions.
-///
-/// ```
-/// # fn handler(req: http::Request<()>) {
-/// if let Some(peer) = req.extensions().get::<mesh_tower::server::PeerIdentity>() {
-///     println!("{} from {:?}", peer.addr, peer.spiffe_id);
-/// }
-/// # }
-/// ```
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct PeerIdentity {
-    /// The peer's address.
-    pub addr: SocketAddr,
-    /// Its SPIFFE ID, when it presented a verified certificate (mTLS).
-    pub spiffe_id: Option<SpiffeId>,
-    /// The names in the verified certificate it presented, if any.
-    pub certificate: Option<Arc<PeerCertificate>>,
-    /// Whether the connection is TLS.
-    pub tls: bool,
-}
-
-impl PeerIdentity {
-    /// A plaintext peer at `addr`: no certificate, so no principal.
-    pub fn new(addr: SocketAddr) -> Self {
-        Self {
-            addr,
-            spiffe_id: None,
-            certificate: None,
-            tls: false,
-        }
-    }
-
-    /// A TLS peer at `addr` whose certificate was verified, for services that terminate TLS
-    /// themselves and then apply the mesh's [`AuthorizationLayer`](crate::layer::AuthorizationLayer).
-    pub fn verified(addr: SocketAddr, certificate: Arc<PeerCertificate>) -> Self {
-        Self {
-            addr,
-            // As the server reads it: the first URI SAN that is a SPIFFE ID.
-            spiffe_id: certificate.uri_sans.iter().find_map(|u| u.parse().ok()),
-            certificate: Some(certificate),
-            tls: true,
-        }
-    }
-}
 
 /// Why serving stopped.
 #[derive(Debug, thiserror::Error)]

@@ -12,6 +12,8 @@
 //! (never by routing the URI's host: a route could send them elsewhere); an `https` URI only
 //! over TLS that cluster's context verifies; a document over 1 MiB is refused.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -22,7 +24,24 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::MeshClient;
+use crate::body::{BoxError, RspBody};
+
+/// What fetches a remote key set (`remote_jwks`): an HTTP GET sent to the cluster the
+/// provider names (`http_uri.cluster`), never routed by the URI's host.
+/// [`MeshClient`](crate::MeshClient) is one; give it to
+/// [`AuthenticationLayer::with_client`](crate::layer::AuthenticationLayer::with_client).
+///
+/// With `tls` (an `https` URI), the request must go out only over TLS that the cluster's
+/// context verifies: a fetcher that cannot promise that fails the fetch instead.
+pub trait FetchJwks: Send + Sync + 'static {
+    /// Sends `req` to `cluster` and returns the answer's head and body.
+    fn fetch(
+        &self,
+        cluster: Arc<str>,
+        req: http::Request<http_body_util::Empty<bytes::Bytes>>,
+        tls: bool,
+    ) -> Pin<Box<dyn Future<Output = Result<http::Response<RspBody>, BoxError>> + Send>>;
+}
 
 /// Keys ready to verify signatures.
 pub(crate) struct KeySet {
@@ -100,7 +119,7 @@ pub(crate) struct RemoteJwks {
     cluster: Arc<str>,
     timeout: Duration,
     cache_duration: Duration,
-    client: MeshClient,
+    client: Arc<dyn FetchJwks>,
     state: watch::Sender<Option<Fetched>>,
     fetching: AtomicBool,
 }
@@ -159,7 +178,7 @@ impl RemoteJwks {
         cluster: &Arc<str>,
         timeout: Duration,
         cache_duration: Duration,
-        client: MeshClient,
+        client: Arc<dyn FetchJwks>,
     ) -> Result<Arc<Self>, String> {
         let uri: http::Uri = uri
             .parse()
@@ -282,18 +301,16 @@ impl RemoteJwks {
     }
 
     async fn fetch(&self) -> Result<Arc<KeySet>, String> {
-        let mut req = http::Request::get(self.uri.clone())
+        let req = http::Request::get(self.uri.clone())
             .header(http::header::ACCEPT, "application/json")
             .body(http_body_util::Empty::<bytes::Bytes>::new())
             .map_err(|e| e.to_string())?;
-        if self.uri.scheme_str() == Some("https") {
-            // Keys that sign tokens must come from the server the URI names, over TLS that
-            // the cluster's context verifies.
-            req.extensions_mut().insert(crate::client::RequireTls);
-        }
+        // Keys that sign tokens must come from the server the URI names, over TLS that the
+        // cluster's context verifies.
+        let tls = self.uri.scheme_str() == Some("https");
         let rsp = self
             .client
-            .send_to_cluster(&self.cluster, req)
+            .fetch(self.cluster.clone(), req, tls)
             .await
             .map_err(|e| format!("fetching {} from cluster {}: {e}", self.uri, self.cluster))?;
         if rsp.status() != http::StatusCode::OK {

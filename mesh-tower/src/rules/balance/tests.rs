@@ -1,9 +1,46 @@
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use mesh_core::model::OutlierDetection;
 
 use super::*;
+use crate::rules::outlier::HostOutlier;
+
+/// An endpoint as a cluster's host carries one, without the connections.
+#[derive(Debug)]
+struct Host {
+    addr: SocketAddr,
+    addr_text: Box<str>,
+    active: AtomicU32,
+    outlier: HostOutlier,
+}
+
+impl Host {
+    fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            addr_text: addr.to_string().into(),
+            active: AtomicU32::new(0),
+            outlier: HostOutlier::default(),
+        }
+    }
+}
+
+impl Balanced for Arc<Host> {
+    fn ring_key(&self) -> &str {
+        &self.addr_text
+    }
+    fn active_requests(&self) -> u32 {
+        self.active.load(Ordering::Relaxed)
+    }
+    fn is_ejected(&self) -> bool {
+        self.outlier.is_ejected()
+    }
+}
+
+type HostEntry = super::HostEntry<Arc<Host>>;
 
 fn entry(port: u16, weight: u32, priority: u32) -> HostEntry {
     HostEntry {
@@ -136,9 +173,9 @@ fn panic_mode_uses_every_host() {
 
 #[test]
 fn no_hosts_means_no_pick() {
-    let table = LbTable::build(&[], cfg(&LbPolicy::RoundRobin));
+    let table = LbTable::build::<Arc<Host>>(&[], cfg(&LbPolicy::RoundRobin));
     assert_eq!(
-        table.pick(&[], &LbPolicy::RoundRobin, PickContext::default()),
+        table.pick::<Arc<Host>>(&[], &LbPolicy::RoundRobin, PickContext::default()),
         None
     );
 }

@@ -19,22 +19,29 @@
 
 mod hash;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use mesh_core::model::{HealthStatus, LbPolicy};
 
 pub(crate) use hash::RequestHasher;
-#[cfg(test)]
-use hash::hash_key;
+pub(crate) use hash::hash_key;
 use hash::{Maglev, Ring};
 
-use super::host::Host;
+/// What a pick reads from an endpoint besides its weight and place: the cluster's hosts
+/// (`client::host`) and the public balancer's endpoints both answer it.
+pub(crate) trait Balanced {
+    /// Its key on a hash ring or Maglev table (Envoy hashes the address: `10.0.0.1:9080`).
+    fn ring_key(&self) -> &str;
+    /// Requests in flight to it (least request).
+    fn active_requests(&self) -> u32;
+    /// Whether outlier detection has ejected it.
+    fn is_ejected(&self) -> bool;
+}
 
 /// One host of a cluster, with what the endpoint list says about it.
 #[derive(Clone, Debug)]
-pub(crate) struct HostEntry {
-    pub(crate) host: Arc<Host>,
+pub(crate) struct HostEntry<H> {
+    pub(crate) host: H,
     pub(crate) weight: u32,
     pub(crate) health: HealthStatus,
     pub(crate) priority: u32,
@@ -99,9 +106,9 @@ pub(crate) struct PickContext<'a> {
 impl LbTable {
     /// Builds the table over `entries` as they are now (health from EDS, ejection from
     /// outlier detection).
-    pub(crate) fn build(entries: &[HostEntry], cfg: TableConfig<'_>) -> Self {
+    pub(crate) fn build<H: Balanced>(entries: &[HostEntry<H>], cfg: TableConfig<'_>) -> Self {
         let levels = entries.iter().map(|e| e.priority + 1).max().unwrap_or(0) as usize;
-        let healthy = |e: &HostEntry| e.health.is_healthy() && !e.host.outlier.is_ejected();
+        let healthy = |e: &HostEntry<H>| e.health.is_healthy() && !e.host.is_ejected();
         let mut health = vec![0u32; levels];
         let mut counts = vec![0usize; levels];
         for p in 0..levels {
@@ -185,9 +192,9 @@ impl LbTable {
     }
 
     /// Picks a host entry index, or `None` when no host is usable.
-    pub(crate) fn pick(
+    pub(crate) fn pick<H: Balanced>(
         &self,
-        entries: &[HostEntry],
+        entries: &[HostEntry<H>],
         policy: &LbPolicy,
         ctx: PickContext<'_>,
     ) -> Option<u32> {
@@ -204,9 +211,9 @@ impl LbTable {
         last
     }
 
-    fn pick_once(
+    fn pick_once<H: Balanced>(
         &self,
-        entries: &[HostEntry],
+        entries: &[HostEntry<H>],
         policy: &LbPolicy,
         hash: Option<u64>,
     ) -> Option<u32> {
@@ -229,7 +236,7 @@ impl LbTable {
 }
 
 impl PriorityTable {
-    fn build(entries: &[HostEntry], members: &[u32], cfg: TableConfig<'_>) -> Self {
+    fn build<H: Balanced>(entries: &[HostEntry<H>], members: &[u32], cfg: TableConfig<'_>) -> Self {
         if !cfg.locality_weighted {
             return Self {
                 localities: Box::new([LocalityTable::build(entries, members, cfg.policy)]),
@@ -287,7 +294,7 @@ impl PriorityTable {
 }
 
 impl LocalityTable {
-    fn build(entries: &[HostEntry], hosts: &[u32], policy: &LbPolicy) -> Self {
+    fn build<H: Balanced>(entries: &[HostEntry<H>], hosts: &[u32], policy: &LbPolicy) -> Self {
         let weights: Vec<u32> = hosts
             .iter()
             .map(|&i| entries[i as usize].weight.max(1))
@@ -304,7 +311,7 @@ impl LocalityTable {
         } else {
             smooth_wrr_order(&weights)
         };
-        let keys = || hosts.iter().map(|&i| &*entries[i as usize].host.addr_text);
+        let keys = || hosts.iter().map(|&i| entries[i as usize].host.ring_key());
         let ring = match policy {
             LbPolicy::RingHash {
                 min_ring_size,
@@ -334,7 +341,12 @@ impl LocalityTable {
         }
     }
 
-    fn pick(&self, entries: &[HostEntry], policy: &LbPolicy, hash: Option<u64>) -> Option<u32> {
+    fn pick<H: Balanced>(
+        &self,
+        entries: &[HostEntry<H>],
+        policy: &LbPolicy,
+        hash: Option<u64>,
+    ) -> Option<u32> {
         let n = self.hosts.len();
         if n == 0 {
             return None;
@@ -379,7 +391,12 @@ impl LocalityTable {
 
     /// Envoy's least request: sample `choice_count` hosts and take the one with the fewest
     /// active requests; with unequal weights, the best `weight / (active + 1) ^ bias`.
-    fn least_request(&self, entries: &[HostEntry], choice_count: u32, bias: f64) -> usize {
+    fn least_request<H: Balanced>(
+        &self,
+        entries: &[HostEntry<H>],
+        choice_count: u32,
+        bias: f64,
+    ) -> usize {
         let n = self.hosts.len();
         let active = |pos: usize| entries[self.hosts[pos] as usize].host.active_requests();
         let mut best = fastrand::usize(0..n);

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 use mesh_core::identity::{PeerCertificate, SpiffeId};
 
-use super::Metadata;
+use super::metadata::Metadata;
 use super::metadata::RBAC_NAMESPACE;
 use mesh_core::model::{Permission, Principal, RbacAction, RbacFilter, RbacPolicies, RequestView};
 
