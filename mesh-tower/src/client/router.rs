@@ -66,7 +66,7 @@ where
     let view = RequestView::from_request(&req);
     let to = match crate::layer::route::decide(table, &view, grpc) {
         Ok(to) => to,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
     let (vh, route, fwd) = (to.found.host, to.found.route, to.action);
     let policy = plan.policies.get(to.found.host_index, to.found.route_index);

@@ -144,7 +144,7 @@ where
                 host_index: to.found.host_index,
                 route_index: to.found.route_index,
             },
-            Err(answer) => return Either::Left(std::future::ready(Ok(answer))),
+            Err(answer) => return Either::Left(std::future::ready(Ok(*answer))),
         };
         req.extensions_mut().insert(target);
         Either::Right(self.inner.call(req))
@@ -170,19 +170,18 @@ pub(crate) enum Pick<'a> {
 
 /// Envoy's router decision for one request: where it goes, or the answer the route gives
 /// itself (direct response, redirect, no route, no cluster header), with the route's and
-/// virtual host's response headers and a [`ResponseInfo`] naming the route.
+/// virtual host's response headers and a [`ResponseInfo`] naming the route. The answer is
+/// boxed: it is rare, and a large `Result` would be copied on every forwarded request.
 pub(crate) fn decide<'a, B: LocalBody>(
     table: &'a RouteTable,
     view: &RequestView<'a>,
     grpc: bool,
-) -> Result<Forward<'a>, Response<B>> {
-    let mut info = ResponseInfo::default();
+) -> Result<Forward<'a>, Box<Response<B>>> {
     let Some(found) = table.find_indexed(view, fastrand::u32(0..1_000_000)) else {
-        info.flags |= ResponseFlags::NO_ROUTE_FOUND;
-        return Err(respond::local(StatusCode::NOT_FOUND, "", grpc, info));
+        return Err(no_route(None, grpc));
     };
     let (vh, route) = (found.host, found.route);
-    info.route = (!route.name.is_empty()).then(|| route.name.clone());
+    let route_name = || (!route.name.is_empty()).then(|| route.name.clone());
     let mut answer = match &route.action {
         Action::Forward(action) => {
             let cluster = match &action.cluster {
@@ -198,9 +197,13 @@ pub(crate) fn decide<'a, B: LocalBody>(
                     match view.headers.get(h).and_then(|v| v.to_str().ok()) {
                         Some(name) => Pick::Header(name),
                         None => {
-                            info.flags |= ResponseFlags::NO_CLUSTER_FOUND;
+                            let info = ResponseInfo {
+                                route: route_name(),
+                                flags: ResponseFlags::NO_CLUSTER_FOUND,
+                                ..ResponseInfo::default()
+                            };
                             let status = action.cluster_not_found_status;
-                            return Err(respond::local(status, "", grpc, info));
+                            return Err(Box::new(respond::local(status, "", grpc, info)));
                         }
                     }
                 }
@@ -213,17 +216,27 @@ pub(crate) fn decide<'a, B: LocalBody>(
         }
         Action::DirectResponse { status, body } => direct(*status, body),
         Action::Redirect(r) => redirect(r, view, &route.matcher.path),
-        Action::NonForwarding => {
-            info.flags |= ResponseFlags::NO_ROUTE_FOUND;
-            return Err(respond::local(StatusCode::NOT_FOUND, "", grpc, info));
-        }
+        Action::NonForwarding => return Err(no_route(route_name(), grpc)),
     };
     mutate_response(
         answer.headers_mut(),
         [&route.headers, &vh.headers, &table.headers],
     );
-    answer.extensions_mut().insert(info);
-    Err(answer)
+    answer.extensions_mut().insert(ResponseInfo {
+        route: route_name(),
+        ..ResponseInfo::default()
+    });
+    Err(Box::new(answer))
+}
+
+/// Envoy's 404 with flag `NR`.
+fn no_route<B: LocalBody>(route: Option<Arc<str>>, grpc: bool) -> Box<Response<B>> {
+    let info = ResponseInfo {
+        route,
+        flags: ResponseFlags::NO_ROUTE_FOUND,
+        ..ResponseInfo::default()
+    };
+    Box::new(respond::local(StatusCode::NOT_FOUND, "", grpc, info))
 }
 
 /// A `direct_response`.
