@@ -51,6 +51,7 @@ pub mod client;
 mod counters;
 mod error;
 mod flags;
+mod hop;
 pub mod layer;
 pub mod normalize;
 mod respond;

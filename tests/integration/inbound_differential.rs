@@ -170,6 +170,16 @@ struct Case {
 }
 
 fn get(name: &'static str, path: &[u8], headers: &[(&str, &[u8])]) -> Case {
+    get_with_connection(name, path, headers, b"close")
+}
+
+/// [`get`], with this `Connection` header (which should still close the connection).
+fn get_with_connection(
+    name: &'static str,
+    path: &[u8],
+    headers: &[(&str, &[u8])],
+    connection: &[u8],
+) -> Case {
     let mut bytes = b"GET ".to_vec();
     bytes.extend_from_slice(path);
     bytes.extend_from_slice(b" HTTP/1.1\r\nhost: app\r\n");
@@ -179,7 +189,9 @@ fn get(name: &'static str, path: &[u8], headers: &[(&str, &[u8])]) -> Case {
         bytes.extend_from_slice(v);
         bytes.extend_from_slice(b"\r\n");
     }
-    bytes.extend_from_slice(b"connection: close\r\n\r\n");
+    bytes.extend_from_slice(b"connection: ");
+    bytes.extend_from_slice(connection);
+    bytes.extend_from_slice(b"\r\n\r\n");
     Case {
         name,
         bytes,
@@ -242,6 +254,32 @@ fn path_cases() -> Vec<Case> {
 fn header_cases() -> Vec<Case> {
     let mut cases = vec![
         get("user", b"/public", &[("x-user", b"attacker")]),
+        // Headers a client nominates in `Connection` are hop-by-hop: gone before policy looks
+        // (a DENY rule on them sees them absent), and some nominations are refused.
+        get_with_connection(
+            "user nominated hop-by-hop",
+            b"/public",
+            &[("x-user", b"attacker")],
+            b"X-User, close",
+        ),
+        get_with_connection(
+            "role nominated hop-by-hop",
+            b"/public",
+            &[("x-role", b"admin")],
+            b"close, x-role",
+        ),
+        get_with_connection(
+            "forwarded-for nominated",
+            b"/public",
+            &[],
+            b"close, x-forwarded-for",
+        ),
+        get_with_connection(
+            "ten nominations",
+            b"/public",
+            &[],
+            b"close, a, b, c, d, e, f, g, h, i",
+        ),
         get(
             "user repeated",
             b"/public",

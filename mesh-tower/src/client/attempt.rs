@@ -13,9 +13,7 @@ use std::time::Duration;
 
 use http::header::{self, HOST};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{
-    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
-};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
 use super::cluster::ClusterRuntime;
@@ -24,6 +22,7 @@ use super::route;
 use crate::body::{ReqBody, RspBody};
 use crate::counters::{Inflight, RetryBudget, RetrySlot};
 use crate::flags::ResponseFlags;
+use crate::hop;
 use crate::layer::retry::Admission;
 use crate::respond::{self, RESET_BEFORE_HEADERS, ResponseInfo, UpstreamFailure};
 use crate::rules::balance::PickContext;
@@ -315,16 +314,6 @@ fn outlier_status<B>(grpc: bool, rsp: &Response<B>) -> u16 {
     status
 }
 
-/// Hop-by-hop headers, which never travel upstream (and which HTTP/2 forbids).
-/// (Names, not strings: a lookup by `&str` parses the name on every request.)
-static HOP_BY_HOP: [HeaderName; 5] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
 /// Where an upstream request goes, as its request line and `Host` say it.
 pub(super) struct UpstreamTarget {
     pub(super) method: Method,
@@ -348,19 +337,12 @@ pub(super) fn upstream_request(
     // carry none of these.
     if headers
         .keys()
-        .any(|k| k == header::TE || HOP_BY_HOP.contains(k))
+        .any(|k| k == header::TE || hop::STANDARD.contains(k))
     {
-        // Headers the `Connection` header nominates are hop-by-hop too (RFC 9110 §7.6.1),
-        // as Envoy's HTTP/1 codec removes them; `te` is handled below.
-        let nominated: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-            .filter(|name| name != header::TE)
-            .collect();
-        for h in nominated.iter().chain(&HOP_BY_HOP) {
+        // Headers the `Connection` header nominates are hop-by-hop too (in process there is
+        // no one to refuse the request to: they are only removed).
+        let nominated = hop::nominated(&headers).names;
+        for h in nominated.iter().chain(&hop::STANDARD) {
             headers.remove(h);
         }
         // Every value, not the first: a second `te: gzip` behind `te: trailers` must not pass.

@@ -20,6 +20,7 @@ use super::ext_authz::{Decision, ExtAuthzFilter};
 use super::{Caller, Reply, rbac};
 use crate::MeshClient;
 use crate::flags::ResponseFlags;
+use crate::hop;
 use crate::normalize::normalize_request;
 use crate::rules::jwt::{JwtFilter, RemoteKeys};
 use crate::rules::metadata::Metadata;
@@ -303,10 +304,11 @@ impl HttpFilters {
 }
 
 impl Manager {
-    /// What Envoy's connection manager checks and changes before routing: one `Host` (more
-    /// is a 400, as Envoy answers; a policy would read one, the application maybe another),
-    /// the path (normalized), and a client's `x-forwarded-client-cert` (removed unless kept
-    /// by `forward_client_cert_details`).
+    /// What Envoy's codec and connection manager check and change before routing: one
+    /// `Host` (more is a 400, as Envoy answers; a policy would read one, the application maybe
+    /// another), the headers `Connection` nominates (removed), the path (normalized), and a
+    /// client's `x-forwarded-client-cert` (removed unless kept by
+    /// `forward_client_cert_details`).
     fn check<B>(
         &self,
         req: &mut Request<B>,
@@ -326,6 +328,24 @@ impl Manager {
                 grpc,
                 ResponseFlags::NONE,
             )));
+        }
+        // Headers the `Connection` header nominates are hop-by-hop: removed before policy
+        // and the application see the request, as Envoy's HTTP/1 codec removes them (a DENY
+        // rule on a header the client nominated then sees it absent, in Envoy as here). What
+        // Envoy refuses, this refuses.
+        if req.headers().contains_key(http::header::CONNECTION) && !hop::is_upgrade(req.headers()) {
+            let nominated = hop::nominated(req.headers());
+            if nominated.refused {
+                return Err(Box::new(Reply::new(
+                    StatusCode::BAD_REQUEST,
+                    "",
+                    grpc,
+                    ResponseFlags::NONE,
+                )));
+            }
+            for name in &nominated.names {
+                req.headers_mut().remove(name);
+            }
         }
         if let Err(rejection) = normalize_request(&self.paths, req) {
             let mut reply = Reply::new(rejection.status(grpc), "", grpc, ResponseFlags::NONE);
