@@ -143,13 +143,7 @@ mod tests {
 
     use super::*;
     use crate::client::cluster::ClusterStore;
-
-    fn table(doc: serde_json::Value) -> Arc<RouteTable> {
-        match parse_typed(&doc, Some(ResourceType::RouteConfiguration)) {
-            Ok((_, _, Resource::RouteConfiguration(t))) => t,
-            other => panic!("a route configuration: {other:?}"),
-        }
-    }
+    use crate::layer::route::tests::table;
 
     fn runtimes(names: &[&str]) -> HashMap<Arc<str>, Arc<ClusterRuntime>> {
         let store = ClusterStore::default();

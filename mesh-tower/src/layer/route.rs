@@ -312,7 +312,7 @@ fn split_port(authority: &str) -> (&str, Option<&str>) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::convert::Infallible;
 
     use mesh_core::static_config::parse_typed;
@@ -323,7 +323,8 @@ mod tests {
     use super::*;
     use crate::body::RspBody;
 
-    fn table(doc: serde_json::Value) -> Arc<RouteTable> {
+    /// A route table from Envoy's JSON (for the client's tests too).
+    pub(crate) fn table(doc: serde_json::Value) -> Arc<RouteTable> {
         match parse_typed(&doc, Some(ResourceType::RouteConfiguration)) {
             Ok((_, _, Resource::RouteConfiguration(t))) => t,
             other => panic!("a route configuration: {other:?}"),
