@@ -228,7 +228,7 @@ impl StaticResources {
 pub fn parse_typed(
     value: &serde_json::Value,
     ty: Option<ResourceType>,
-) -> Result<(ResourceType, String, Resource), String> {
+) -> Result<(ResourceType, String, Resource), InvalidJson> {
     let pool = descriptor_pool();
     let mut value = value.clone();
     let type_url = match ty {
@@ -242,31 +242,55 @@ pub fn parse_typed(
             let url = value
                 .get("@type")
                 .and_then(|t| t.as_str())
-                .ok_or(": \"@type\" is required")?
+                .ok_or_else(|| InvalidJson::new("", "\"@type\" is required"))?
                 .to_owned();
             value.as_object_mut().map(|o| o.remove("@type"));
             url
         }
     };
-    let ty = ResourceType::from_type_url(&type_url)
-        .ok_or_else(|| format!(".@type: {type_url} is not an xDS resource type"))?;
+    let ty = ResourceType::from_type_url(&type_url).ok_or_else(|| {
+        InvalidJson::new(".@type", format!("{type_url} is not an xDS resource type"))
+    })?;
     wrap_unknown_any(&mut value, pool);
     let desc = pool
         .get_message_by_name(type_url.trim_start_matches("type.googleapis.com/"))
-        .ok_or_else(|| format!(": descriptor for {type_url} missing"))?;
+        .ok_or_else(|| InvalidJson::new("", format!("descriptor for {type_url} missing")))?;
     let mut track = serde_path_to_error::Track::new();
     let de = serde_path_to_error::Deserializer::new(&value, &mut track);
-    let msg =
-        DynamicMessage::deserialize(desc, de).map_err(|e| format!(".{}: {e}", track.path()))?;
+    let msg = DynamicMessage::deserialize(desc, de)
+        .map_err(|e| InvalidJson::new(format!(".{}", track.path()), e.to_string()))?;
     let any = Any {
         type_url,
         value: msg.encode_to_vec(),
     };
-    let decoded = crate::xds::decode_any(&any).map_err(|e| format!(": {e}"))?;
+    let decoded = crate::xds::decode_any(&any).map_err(|e| InvalidJson::new("", e))?;
     debug_assert_eq!(decoded.0, ty);
     let d = decoded.1;
-    let r = d.result.map_err(|e| format!(" ({ty} {}): {e}", d.name))?;
+    let r = d
+        .result
+        .map_err(|e| InvalidJson::new(format!(" ({ty} {})", d.name), e.to_string()))?;
     Ok((ty, d.name, r))
+}
+
+/// Why [`parse_typed`] refuses a value: where in it (a field path such as
+/// `.virtual_hosts[0].routes[1]`, empty for the value itself) and why. Displayed as
+/// `{path}: {reason}`, so a caller can put where the value came from in front.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {reason}")]
+pub struct InvalidJson {
+    /// The field path inside the value.
+    pub path: String,
+    /// Why.
+    pub reason: String,
+}
+
+impl InvalidJson {
+    fn new(path: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
 }
 
 /// Replaces `{"@type": unknown, …}` objects by `TypedStruct`s carrying the type URL.

@@ -75,7 +75,7 @@ fn istiod_config_dumps_translate() {
                     obj.insert(key.into(), format!("inline-{i}").into());
                 }
             }
-            match parse_typed(r, None) {
+            match parse_typed(r, None).map_err(|e| e.to_string()) {
                 Ok((ty, _, _)) => counts[ty as usize] += 1,
                 Err(e) if e.contains("unsupported filter") => {
                     let what = e.rsplit("unsupported filter ").next().unwrap().to_owned();

@@ -153,6 +153,21 @@ pub enum IdentityError {
     SpiffeId(String),
 }
 
+/// Why a peer's certificate has no roots to chain to ([`Identity::roots_for`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeerRootsError {
+    /// With a SPIFFE bundle map, a peer must carry exactly one SPIFFE ID.
+    #[error("a peer verified with a SPIFFE bundle map must carry exactly one SPIFFE ID, not {0}")]
+    SpiffeIds(usize),
+    /// Its SPIFFE ID is malformed.
+    #[error(transparent)]
+    SpiffeId(#[from] IdentityError),
+    /// Its trust domain has no bundle.
+    #[error("trust domain {0:?} is not in the SPIFFE bundle map")]
+    UnknownTrustDomain(String),
+}
+
 /// A workload's certificate chain and key, with the roots it trusts. Immutable; providers
 /// publish new ones.
 #[derive(Debug)]
@@ -302,27 +317,20 @@ impl Identity {
     pub fn roots_for(
         &self,
         leaf: &CertificateDer<'_>,
-    ) -> Result<Arc<rustls::RootCertStore>, String> {
+    ) -> Result<Arc<rustls::RootCertStore>, PeerRootsError> {
         let Some(bundles) = &self.trust_bundles else {
             return Ok(self.roots.clone());
         };
         let sans = certificate_uri_sans(leaf);
         let spiffe: Vec<&String> = sans.iter().filter(|s| s.starts_with("spiffe://")).collect();
         let [id] = spiffe.as_slice() else {
-            return Err(format!(
-                "a peer verified with a SPIFFE bundle map must carry exactly one SPIFFE ID, not {}",
-                spiffe.len()
-            ));
+            return Err(PeerRootsError::SpiffeIds(spiffe.len()));
         };
-        let domain = id
-            .parse::<SpiffeId>()
-            .map_err(|e| e.to_string())?
-            .trust_domain()
-            .to_owned();
+        let domain = id.parse::<SpiffeId>()?.trust_domain().to_owned();
         bundles
             .get(&domain)
             .cloned()
-            .ok_or_else(|| format!("trust domain {domain:?} is not in the SPIFFE bundle map"))
+            .ok_or(PeerRootsError::UnknownTrustDomain(domain))
     }
 
     /// The workload's SPIFFE ID (the leaf's URI SAN), if it has a certificate with one.

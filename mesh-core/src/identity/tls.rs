@@ -51,11 +51,10 @@ pub fn client_config_with(
     alpn: Vec<Vec<u8>>,
     check_name: bool,
     params: &TlsParams,
-) -> Result<rustls::ClientConfig, String> {
+) -> Result<rustls::ClientConfig, TlsConfigError> {
     let (crypto, versions) = crypto_for(params)?;
     let mut config = rustls::ClientConfig::builder_with_provider(crypto.clone())
-        .with_protocol_versions(&versions)
-        .map_err(|e| e.to_string())?
+        .with_protocol_versions(&versions)?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(MeshServerVerifier {
             roots: Roots::Provider(provider.clone()),
@@ -76,14 +75,13 @@ pub fn system_client_config(
     sans: Arc<[SanMatcher]>,
     alpn: Vec<Vec<u8>>,
     params: &TlsParams,
-) -> Result<rustls::ClientConfig, String> {
+) -> Result<rustls::ClientConfig, TlsConfigError> {
     let (crypto, versions) = crypto_for(params)?;
     let mut config = rustls::ClientConfig::builder_with_provider(crypto.clone())
-        .with_protocol_versions(&versions)
-        .map_err(|e| e.to_string())?
+        .with_protocol_versions(&versions)?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(MeshServerVerifier {
-            roots: Roots::Fixed(system_roots().map_err(|e| e.to_string())?),
+            roots: Roots::Fixed(system_roots()?),
             sans,
             check_name: true,
             checks: SignatureChecks(crypto),
@@ -129,6 +127,39 @@ pub fn system_roots() -> Result<Arc<rustls::RootCertStore>, NoSystemRoots> {
         .clone()
 }
 
+/// Why a TLS configuration cannot be made from `tls_params` (and a trust store).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsConfigError {
+    /// The minimum version is above the maximum.
+    #[error("the minimum version ({min:?}) is above the maximum ({max:?})")]
+    Versions {
+        /// `tls_minimum_protocol_version`.
+        min: TlsVersion,
+        /// `tls_maximum_protocol_version`.
+        max: TlsVersion,
+    },
+    /// Only TLS 1.2 is allowed, and none of its cipher suites asked for is implemented.
+    #[error(
+        "none of the TLS 1.2 cipher suites {0:?} is implemented here (ECDHE with AES-GCM or CHACHA20-POLY1305 are)"
+    )]
+    NoCipherSuite(Box<[Box<str>]>),
+    /// None of the curves asked for is implemented.
+    #[error(
+        "none of the curves {0:?} is implemented here (X25519, P-256, P-384, X25519MLKEM768 are)"
+    )]
+    NoCurve(Box<[Box<str>]>),
+    /// Only TLS 1.2 is allowed, and the curves are TLS 1.3's only.
+    #[error("the curves {0:?} leave TLS 1.2 nothing to agree keys with")]
+    NoTls12Curve(Box<[Box<str>]>),
+    /// rustls refused the configuration.
+    #[error(transparent)]
+    Rustls(#[from] rustls::Error),
+    /// The system trust store could not be read.
+    #[error(transparent)]
+    SystemRoots(#[from] NoSystemRoots),
+}
+
 /// What a context's `tls_params` allow, as rustls takes it: the crypto provider (its TLS 1.2
 /// cipher suites and key-exchange groups filtered to the allowed ones) and the versions. An
 /// error names what leaves nothing to speak. Defaults share one provider.
@@ -153,14 +184,12 @@ pub fn crypto_for(
         Arc<CryptoProvider>,
         Vec<&'static rustls::SupportedProtocolVersion>,
     ),
-    String,
+    TlsConfigError,
 > {
     let min = params.min_version.unwrap_or(TlsVersion::V1_2);
     let max = params.max_version.unwrap_or(TlsVersion::V1_3);
     if min > max {
-        return Err(format!(
-            "the minimum version ({min:?}) is above the maximum ({max:?})"
-        ));
+        return Err(TlsConfigError::Versions { min, max });
     }
     let mut tls12 = min <= TlsVersion::V1_2;
     let tls13 = max >= TlsVersion::V1_3;
@@ -195,10 +224,7 @@ pub fn crypto_for(
             .any(|s| matches!(s, rustls::SupportedCipherSuite::Tls12(_)));
         if tls12 && !any12 {
             if !tls13 {
-                return Err(format!(
-                    "none of the TLS 1.2 cipher suites {:?} is implemented here (ECDHE with AES-GCM or CHACHA20-POLY1305 are)",
-                    params.cipher_suites
-                ));
+                return Err(TlsConfigError::NoCipherSuite(names(&params.cipher_suites)));
             }
             tls12 = false;
         }
@@ -215,10 +241,7 @@ pub fn crypto_for(
             params.ecdh_curves.iter().any(|c| &**c == name)
         });
         if provider.kx_groups.is_empty() {
-            return Err(format!(
-                "none of the curves {:?} is implemented here (X25519, P-256, P-384, X25519MLKEM768 are)",
-                params.ecdh_curves
-            ));
+            return Err(TlsConfigError::NoCurve(names(&params.ecdh_curves)));
         }
         // A post-quantum group alone is TLS 1.3's only: TLS 1.2 would fail every handshake.
         let any12 = provider
@@ -227,10 +250,7 @@ pub fn crypto_for(
             .any(|g| g.usable_for_version(rustls::ProtocolVersion::TLSv1_2));
         if tls12 && !any12 {
             if !tls13 {
-                return Err(format!(
-                    "the curves {:?} leave TLS 1.2 nothing to agree keys with",
-                    params.ecdh_curves
-                ));
+                return Err(TlsConfigError::NoTls12Curve(names(&params.ecdh_curves)));
             }
             tls12 = false;
         }
@@ -300,11 +320,10 @@ pub fn server_config_with(
     client_auth: ClientAuth,
     alpn: Vec<Vec<u8>>,
     params: &TlsParams,
-) -> Result<rustls::ServerConfig, String> {
+) -> Result<rustls::ServerConfig, TlsConfigError> {
     let (crypto, versions) = crypto_for(params)?;
     let mut config = rustls::ServerConfig::builder_with_provider(crypto.clone())
-        .with_protocol_versions(&versions)
-        .map_err(|e| e.to_string())?
+        .with_protocol_versions(&versions)?
         .with_client_cert_verifier(Arc::new(MeshClientVerifier {
             provider: clients.roots.clone(),
             sans: clients.sans.clone(),
@@ -373,7 +392,10 @@ impl ServerCertVerifier for MeshServerVerifier {
         let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
         let roots = match &self.roots {
             // The provider's roots, or the peer's trust domain's with a SPIFFE bundle map.
-            Roots::Provider(p) => p.current().roots_for(end_entity).map_err(Error::General)?,
+            Roots::Provider(p) => p
+                .current()
+                .roots_for(end_entity)
+                .map_err(|e| Error::General(e.to_string()))?,
             Roots::Fixed(roots) => roots.clone(),
         };
         rustls::client::verify_server_cert_signed_by_trust_anchor(
@@ -526,7 +548,7 @@ impl ClientCertVerifier for MeshClientVerifier {
             .provider
             .current()
             .roots_for(end_entity)
-            .map_err(Error::General)?;
+            .map_err(|e| Error::General(e.to_string()))?;
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
             roots,
             self.checks.0.clone(),
@@ -571,4 +593,9 @@ pub fn peer_spiffe_id(chain: &[CertificateDer<'_>]) -> Option<super::SpiffeId> {
     super::certificate_uri_sans(chain.first()?)
         .into_iter()
         .find_map(|u| u.parse().ok())
+}
+
+/// The names a `tls_params` list gives, for an error.
+fn names(list: &[impl AsRef<str>]) -> Box<[Box<str>]> {
+    list.iter().map(|n| n.as_ref().into()).collect()
 }

@@ -97,7 +97,8 @@ impl Origination {
                 // caCertificates): the platform's roots, and the server's name checked.
                 let alpn = t.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
                 let config =
-                    system_client_config(validation.san_matchers.clone().into(), alpn, &t.params)?;
+                    system_client_config(validation.san_matchers.clone().into(), alpn, &t.params)
+                        .map_err(|e| e.to_string())?;
                 return Ok(Self {
                     connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
                     sni: sni(t, cluster)?,
@@ -116,7 +117,8 @@ impl Origination {
         // by host name; a server a CA file vouches for (SIMPLE, MUTUAL) must be valid for the
         // name asked for when no SAN is given, or any server of that CA would pass.
         let check_name = t.verify_server_name || matches!(validation.ca, CertSource::Files { .. });
-        let config = client_config_with(&provider, sans, alpn, check_name, &t.params)?;
+        let config = client_config_with(&provider, sans, alpn, check_name, &t.params)
+            .map_err(|e| e.to_string())?;
         Ok(Self {
             connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
             sni: sni(t, cluster)?,
@@ -130,7 +132,8 @@ impl Origination {
             Arc::new([]),
             vec![alpn.to_vec()],
             &mesh_core::model::TlsParams::default(),
-        )?;
+        )
+        .map_err(|e| e.to_string())?;
         let sni = ServerName::try_from(host.to_owned()).map_err(|e| format!("{host:?}: {e}"))?;
         Ok(Self {
             connector: tokio_rustls::TlsConnector::from(Arc::new(config)),

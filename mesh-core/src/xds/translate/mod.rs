@@ -39,10 +39,33 @@ pub use route::route_configuration;
 /// its type, name and model, or an error naming the resource and field.
 pub fn resource(
     any: &Any,
-) -> Result<(crate::xds::ResourceType, String, crate::xds::Resource), String> {
-    let (ty, d) = crate::xds::decode_any(any)?;
-    let r = d.result.map_err(|e| format!("{ty} {}: {e}", d.name))?;
+) -> Result<(crate::xds::ResourceType, String, crate::xds::Resource), InvalidResource> {
+    let (ty, d) = crate::xds::decode_any(any).map_err(InvalidResource::Decode)?;
+    let r = d.result.map_err(|error| InvalidResource::Field {
+        ty,
+        name: d.name.clone(),
+        error,
+    })?;
     Ok((ty, d.name, r))
+}
+
+/// Why [`resource`] refuses a resource.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidResource {
+    /// It is not one of the four types, or not a valid message of its type.
+    #[error("{0}")]
+    Decode(String),
+    /// It fails validation at a field.
+    #[error("{ty} {name}: {error}")]
+    Field {
+        /// Its type.
+        ty: crate::xds::ResourceType,
+        /// Its name.
+        name: String,
+        /// The field, and why.
+        error: FieldError,
+    },
 }
 
 /// A validation failure inside one resource, with the path of the offending field.

@@ -215,7 +215,7 @@ fn tls_params(p: Option<&pb::TlsParameters>) -> Result<TlsParams, FieldError> {
         cipher_suites: p.cipher_suites.iter().map(|s| s.as_str().into()).collect(),
         ecdh_curves: p.ecdh_curves.iter().map(|s| s.as_str().into()).collect(),
     };
-    crate::identity::tls::crypto_for(&params).map_err(FieldError::new)?;
+    crate::identity::tls::crypto_for(&params).map_err(|e| FieldError::new(e.to_string()))?;
     Ok(params)
 }
 
