@@ -151,6 +151,10 @@ impl XdsClient {
         name: impl Into<String>,
     ) -> Result<ResourceWatch, ClientStopped> {
         let name = name.into();
+        // A stopped worker sends nothing: say so rather than hand out a silent receiver.
+        if self.commands.is_closed() {
+            return Err(ClientStopped);
+        }
         let mut subs = self.subs.lock().expect("subscription registry");
         if let Some(tx) = subs[ty.index()].get(&name) {
             return Ok(ResourceWatch { rx: tx.subscribe() });
