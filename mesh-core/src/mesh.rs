@@ -216,11 +216,11 @@ impl Mesh {
         self.inner.serve_without_inbound_policy
     }
 
-    /// Every subscribed resource and its state (empty in static mode).
+    /// Every subscribed resource and its state (in static mode, every resource).
     pub async fn dump(&self) -> Result<Vec<ResourceDump>, ClientStopped> {
         match &self.inner.source {
             Source::Ads(c) => c.dump().await,
-            Source::Static(_) => Ok(Vec::new()),
+            Source::Static(s) => Ok(s.dump()),
         }
     }
 }
@@ -235,6 +235,7 @@ pub struct MeshBuilder {
     xds: XdsClientConfig,
     certificates: HashMap<String, CertificateProvider>,
     serve_without_inbound_policy: bool,
+    strict_fields: bool,
 }
 
 impl MeshBuilder {
@@ -283,6 +284,25 @@ impl MeshBuilder {
         self
     }
 
+    /// Strict field accounting: a resource that sets a field this client does not apply,
+    /// where Envoy would treat traffic differently, is refused instead of served without it
+    /// (NACKed with the field's path over xDS; a [`build`](Self::build) error for static
+    /// resources). See [`crate::xds::fields`] and `docs/xds-support.md`.
+    ///
+    /// ```
+    /// # async fn run() -> Result<(), mesh_core::Error> {
+    /// let mesh = mesh_core::Mesh::builder()
+    ///     .static_file("mesh.yaml")?
+    ///     .strict_fields()
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn strict_fields(mut self) -> Self {
+        self.strict_fields = true;
+        self
+    }
+
     /// Starts the mesh on the current Tokio runtime. The bootstrap's `file_watcher`
     /// certificate providers read their files here: unusable certificates fail the build.
     pub async fn build(mut self) -> Result<Mesh, Error> {
@@ -318,7 +338,9 @@ impl MeshBuilder {
                 self.certificates.insert(name.clone(), provider);
             }
         }
+        self.xds.strict_fields |= self.strict_fields;
         let source = match self.static_resources {
+            Some(r) if self.strict_fields => Source::Static(Arc::new(r.strict()?)),
             Some(r) => Source::Static(Arc::new(r)),
             None if !bootstrap.xds_servers.is_empty() => {
                 Source::Ads(XdsClient::start(bootstrap.clone(), self.xds))

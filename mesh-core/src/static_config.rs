@@ -33,14 +33,16 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage};
 
-use crate::xds::{Resource, ResourceState, ResourceStatus, ResourceType};
+use crate::xds::{
+    FieldClass, Resource, ResourceState, ResourceStatus, ResourceType, UnappliedFields,
+};
 
 /// Why a static configuration was rejected.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +109,17 @@ fn typed_struct_file() -> prost_types::FileDescriptorProto {
 #[derive(Clone, Debug, Default)]
 pub struct StaticResources {
     resources: HashMap<(ResourceType, String), Resource>,
+    /// Per resource: where it was defined, as received and what it sets that is not applied.
+    details: HashMap<(ResourceType, String), Details>,
+}
+
+#[derive(Clone, Debug)]
+struct Details {
+    /// `file: static_resources.clusters[0]`.
+    at: String,
+    /// The encoded resource (for config dumps).
+    raw: bytes::Bytes,
+    unapplied: UnappliedFields,
 }
 
 impl StaticResources {
@@ -145,7 +158,7 @@ impl StaticResources {
                 .enumerate()
             {
                 let at = format!("{path}[{i}]");
-                let r = parse_typed(v, Some(ty))
+                let r = parse_resource(v, Some(ty))
                     .map_err(|e| StaticConfigError::new(origin, format!("{at}{e}")))?;
                 out.insert(r, origin, &at)?;
             }
@@ -158,7 +171,7 @@ impl StaticResources {
             .enumerate()
         {
             let at = format!("resources[{i}]");
-            let r = parse_typed(v, None)
+            let r = parse_resource(v, None)
                 .map_err(|e| StaticConfigError::new(origin, format!("{at}{e}")))?;
             out.insert(r, origin, &at)?;
         }
@@ -173,17 +186,102 @@ impl StaticResources {
 
     fn insert(
         &mut self,
-        (ty, name, r): (ResourceType, String, Resource),
+        parsed: ParsedResource,
         origin: &str,
         at: &str,
     ) -> Result<(), StaticConfigError> {
-        if self.resources.insert((ty, name.clone()), r).is_some() {
+        let ParsedResource {
+            resource_type: ty,
+            name,
+            resource,
+            unapplied,
+            raw,
+        } = parsed;
+        let key = (ty, name);
+        if self.resources.insert(key.clone(), resource).is_some() {
             return Err(StaticConfigError::new(
                 origin,
-                format!("{at}: {ty} {name:?} is defined twice"),
+                format!("{at}: {ty} {:?} is defined twice", key.1),
             ));
         }
+        let listed = unapplied
+            .iter()
+            .filter(|f| f.class == FieldClass::Ignored)
+            .map(|f| format!("{at}.{f}"))
+            .collect::<Vec<_>>();
+        if !listed.is_empty() {
+            tracing::warn!(
+                file = origin,
+                "fields not applied by this client: {}",
+                listed.join(", ")
+            );
+        }
+        self.details.insert(
+            key,
+            Details {
+                at: format!("{origin}: {at}"),
+                raw,
+                unapplied,
+            },
+        );
         Ok(())
+    }
+
+    /// Strict field accounting: fails, naming the file and every field, when a resource sets
+    /// a field this client ignores (one that would change traffic under Envoy). Inert fields
+    /// pass.
+    ///
+    /// ```
+    /// let yaml = r#"
+    /// static_resources:
+    ///   clusters:
+    ///   - name: a
+    ///     type: EDS
+    ///     health_checks: [{ timeout: 1s, interval: 5s, http_health_check: { path: /healthz } }]
+    /// "#;
+    /// let loaded = mesh_core::StaticResources::from_str(yaml, "mesh.yaml").unwrap();
+    /// let e = loaded.strict().unwrap_err().to_string();
+    /// assert!(e.contains("static_resources.clusters[0].health_checks"), "{e}");
+    /// ```
+    pub fn strict(self) -> Result<Self, StaticConfigError> {
+        let mut problems: Vec<String> = Vec::new();
+        for d in self.details.values() {
+            for f in d
+                .unapplied
+                .iter()
+                .filter(|f| f.class == FieldClass::Ignored)
+            {
+                problems.push(format!("{}.{f}", d.at));
+            }
+        }
+        if problems.is_empty() {
+            return Ok(self);
+        }
+        problems.sort();
+        Err(StaticConfigError {
+            origin: "strict field accounting".into(),
+            message: format!("fields this client does not apply: {}", problems.join("; ")),
+        })
+    }
+
+    /// The fields a resource sets that this client does not apply.
+    pub fn unapplied(&self, ty: ResourceType, name: &str) -> UnappliedFields {
+        self.details
+            .get(&(ty, name.to_owned()))
+            .map_or_else(|| Arc::from([]), |d| d.unapplied.clone())
+    }
+
+    /// Every resource with its state, sorted by type and name (what `/config_dump` shows).
+    pub(crate) fn dump(&self) -> Vec<crate::xds::ResourceDump> {
+        let mut keys: Vec<_> = self.resources.keys().collect();
+        keys.sort();
+        keys.into_iter()
+            .map(|(ty, name)| crate::xds::ResourceDump {
+                resource_type: *ty,
+                name: name.clone(),
+                state: self.state(*ty, name),
+            })
+            .collect()
     }
 
     /// The resource of this type and name.
@@ -208,8 +306,12 @@ impl StaticResources {
                 version: "static".into(),
                 status: ResourceStatus::Acked,
                 error: None,
-                raw: None,
+                raw: self
+                    .details
+                    .get(&(ty, name.to_owned()))
+                    .map(|d| d.raw.clone()),
                 updated_at: Some(SystemTime::now()),
+                unapplied: self.unapplied(ty, name),
             },
             None => ResourceState {
                 status: ResourceStatus::DoesNotExist,
@@ -219,16 +321,69 @@ impl StaticResources {
     }
 }
 
-/// Parses one resource in proto3 JSON (with `@type`, or of type `ty`) and validates it.
+/// One resource parsed from proto3 JSON by [`parse_resource`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ParsedResource {
+    /// Its type.
+    pub resource_type: ResourceType,
+    /// Its name.
+    pub name: String,
+    /// The validated model.
+    pub resource: Resource,
+    /// The fields it sets that this client does not apply ([`crate::xds::fields`]).
+    pub unapplied: UnappliedFields,
+    /// The resource in protobuf encoding.
+    pub raw: bytes::Bytes,
+}
+
+/// Parses one resource in proto3 JSON (with `@type`, or of type `ty`) and validates it, as
+/// [`parse_resource`] does, without the list of unapplied fields.
+pub fn parse_typed(
+    value: &serde_json::Value,
+    ty: Option<ResourceType>,
+) -> Result<(ResourceType, String, Resource), InvalidJson> {
+    parse_resource(value, ty).map(|p| (p.resource_type, p.name, p.resource))
+}
+
+/// Parses one resource in proto3 JSON (with `@type`, or of type `ty`), validates it and lists
+/// the fields it sets that this client does not apply.
 ///
 /// Errors start with the field path inside the value (`.virtual_hosts[0]…: why`), so callers
 /// can prefix where the value came from. Any `@type` the descriptor pool does not know (say,
 /// Istio's own filters) is wrapped in a `TypedStruct` so that validation can say which filter
 /// is unsupported, or skip it when it is optional.
-pub fn parse_typed(
+pub fn parse_resource(
     value: &serde_json::Value,
     ty: Option<ResourceType>,
-) -> Result<(ResourceType, String, Resource), InvalidJson> {
+) -> Result<ParsedResource, InvalidJson> {
+    let (ty, bytes) = encode_resource(value, ty)?;
+    let any = Any {
+        type_url: ty.type_url().to_owned(),
+        value: bytes,
+    };
+    let decoded = crate::xds::decode_any(&any, false).map_err(|e| InvalidJson::new("", e))?;
+    debug_assert_eq!(decoded.0, ty);
+    let d = decoded.1;
+    let resource = d
+        .result
+        .map_err(|e| InvalidJson::new(format!(" ({ty} {})", d.name), e.to_string()))?;
+    Ok(ParsedResource {
+        resource_type: ty,
+        name: d.name,
+        resource,
+        unapplied: d.unapplied,
+        raw: d.raw,
+    })
+}
+
+/// Encodes one resource in proto3 JSON (with `@type`, or of type `ty`) as protobuf, without
+/// validating it: for tools that look at a resource the client would refuse (what fields does
+/// it set that are not applied?).
+pub fn encode_resource(
+    value: &serde_json::Value,
+    ty: Option<ResourceType>,
+) -> Result<(ResourceType, Vec<u8>), InvalidJson> {
     let pool = descriptor_pool();
     let mut value = value.clone();
     let type_url = match ty {
@@ -259,17 +414,7 @@ pub fn parse_typed(
     let de = serde_path_to_error::Deserializer::new(&value, &mut track);
     let msg = DynamicMessage::deserialize(desc, de)
         .map_err(|e| InvalidJson::new(format!(".{}", track.path()), e.to_string()))?;
-    let any = Any {
-        type_url,
-        value: msg.encode_to_vec(),
-    };
-    let decoded = crate::xds::decode_any(&any).map_err(|e| InvalidJson::new("", e))?;
-    debug_assert_eq!(decoded.0, ty);
-    let d = decoded.1;
-    let r = d
-        .result
-        .map_err(|e| InvalidJson::new(format!(" ({ty} {})", d.name), e.to_string()))?;
-    Ok((ty, d.name, r))
+    Ok((ty, msg.encode_to_vec()))
 }
 
 /// Why [`parse_typed`] refuses a value: where in it (a field path such as

@@ -103,9 +103,11 @@ fn rfc3339(t: SystemTime) -> String {
 }
 
 /// Every subscribed resource as JSON: `{"node": …, "resources": [{"type", "name",
-/// "status", "version", "last_updated", "error": {"detail", "version", "at"}, "resource"}]}`.
+/// "status", "version", "last_updated", "error": {"detail", "version", "at"},
+/// "unapplied_fields": [{"field", "class", "note"}], "resource"}]}`.
 /// After a NACK, `status` is `NACKED`, `error` says why and which version was refused, and
-/// `version` / `resource` are what is still served.
+/// `version` / `resource` are what is still served. `unapplied_fields` lists what the served
+/// resource sets that this client does not apply ([`crate::xds::fields`]).
 pub async fn config_dump(mesh: &Mesh) -> serde_json::Value {
     let resources = mesh.dump().await.unwrap_or_default();
     let node = &mesh.bootstrap().node;
@@ -133,6 +135,13 @@ fn dump_json(r: &ResourceDump) -> serde_json::Value {
             "version": &*e.version,
             "at": rfc3339(e.at),
         });
+    }
+    if !st.unapplied.is_empty() {
+        out["unapplied_fields"] = st
+            .unapplied
+            .iter()
+            .map(|f| serde_json::json!({"field": &*f.path, "class": f.class.as_str(), "note": f.note}))
+            .collect();
     }
     if let Some(raw) = &st.raw {
         out["resource"] = resource_json(r.resource_type.type_url(), raw)

@@ -3,8 +3,8 @@
 //!
 //! | path | answers |
 //! |---|---|
-//! | `/stats/prometheus` | Istio's standard metrics, Prometheus text |
-//! | `/config_dump` | every xDS resource with its version, ACK/NACK status and last error (JSON) |
+//! | `/stats/prometheus` | Istio's standard metrics, and `mesh_xds_unapplied_fields`, Prometheus text |
+//! | `/config_dump` | every xDS resource with its version, ACK/NACK status, last error and the fields it sets that are not applied (JSON) |
 //! | `/clusters` | the clients' clusters: hosts, health, ejection, requests in flight (JSON) |
 //! | `/ready` | 200 `LIVE` once every subscribed resource has an answer, else 503 |
 //! | `/healthz` | 200 `OK` while the process serves |
@@ -115,13 +115,45 @@ fn json(v: &serde_json::Value) -> Response<AdminBody> {
     reply(StatusCode::OK, "application/json", text)
 }
 
+/// `mesh_xds_unapplied_fields`: how many fields the resources in force set that this client
+/// does not apply, by resource type and class (every series always present, so a rule can
+/// alert on `class="ignored" > 0`).
+async fn unapplied_fields_metric(mesh: &Mesh, out: &mut String) {
+    use mesh_core::xds::{FieldClass, ResourceType};
+    use std::fmt::Write as _;
+    let mut counts = [[0usize; 2]; 4];
+    for r in mesh.dump().await.unwrap_or_default() {
+        for f in r.state.unapplied.iter() {
+            let class = usize::from(f.class == FieldClass::Ignored);
+            counts[r.resource_type as usize][class] += 1;
+        }
+    }
+    out.push_str(
+        "# HELP mesh_xds_unapplied_fields Fields of the xDS resources in force that this client \
+         does not apply (docs/xds-support.md).\n# TYPE mesh_xds_unapplied_fields gauge\n",
+    );
+    for ty in ResourceType::ALL {
+        for (class, name) in [(FieldClass::Inert, 0), (FieldClass::Ignored, 1)] {
+            let _ = writeln!(
+                out,
+                "mesh_xds_unapplied_fields{{type=\"{ty}\",class=\"{class}\"}} {}",
+                counts[ty as usize][name]
+            );
+        }
+    }
+}
+
 async fn handle(mesh: &Mesh, path: &str) -> Response<AdminBody> {
     match path {
-        "/stats/prometheus" => reply(
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            Telemetry::of(mesh).prometheus(),
-        ),
+        "/stats/prometheus" => {
+            let mut text = Telemetry::of(mesh).prometheus();
+            unapplied_fields_metric(mesh, &mut text).await;
+            reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                text,
+            )
+        }
         "/config_dump" => json(&mesh_core::status::config_dump(mesh).await),
         "/clusters" => json(&crate::client::clusters(mesh)),
         "/ready" => {

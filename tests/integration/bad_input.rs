@@ -57,25 +57,8 @@ fn weighted_clusters_all_zero() {
 
 #[test]
 fn unknown_required_filter_is_rejected_and_optional_one_skipped() {
-    let listener = |optional: bool| {
-        format!(
-            r#"
-static_resources:
-  listeners:
-  - name: l
-    api_listener:
-      api_listener:
-        "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-        rds: {{ route_config_name: r }}
-        http_filters:
-        - name: istio.stats
-          is_optional: {optional}
-          typed_config: {{ "@type": type.googleapis.com/stats.PluginConfig, foo: bar }}
-        - name: router
-          typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
-"#
-        )
-    };
+    let stats = r#"{ "@type": type.googleapis.com/stats.PluginConfig, foo: bar }"#;
+    let listener = |optional| client_listener(stats, optional);
     let e = error(&listener(false));
     assert!(e.contains("Listener l"), "{e}");
     assert!(
@@ -86,8 +69,81 @@ static_resources:
         e.contains("unsupported filter type.googleapis.com/stats.PluginConfig"),
         "{e}"
     );
-    StaticResources::from_str(&listener(true), "ok.yaml")
+    let ok = StaticResources::from_str(&listener(true), "ok.yaml")
         .expect("an optional unknown filter is skipped");
+    // ... and the skip is reported, by path and type.
+    let unapplied = ok.unapplied(mesh_core::xds::ResourceType::Listener, "l");
+    let skipped = unapplied
+        .iter()
+        .find(|f| &*f.path == "api_listener.api_listener.http_filters[0].typed_config")
+        .unwrap_or_else(|| panic!("{unapplied:?}"));
+    assert_eq!(skipped.class, mesh_core::xds::FieldClass::Ignored);
+    assert!(skipped.note.contains("stats.PluginConfig"), "{skipped}");
+}
+
+/// An API listener (the client side) with an HTTP filter only servers apply.
+fn client_listener(filter: &str, optional: bool) -> String {
+    format!(
+        r#"
+static_resources:
+  listeners:
+  - name: l
+    api_listener:
+      api_listener:
+        "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+        rds: {{ route_config_name: r }}
+        http_filters:
+        - name: policy
+          is_optional: {optional}
+          typed_config: {filter}
+        - name: router
+          typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+"#
+    )
+}
+
+#[test]
+fn a_policy_filter_on_the_client_side_is_refused_not_passed_over() {
+    // Envoy would enforce RBAC on outbound requests; the client does not, so it says so
+    // (gRPC's rule: a server-only filter on a client listener is a NACK unless optional).
+    let rbac = r#"{ "@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC, rules: { action: DENY, policies: {} } }"#;
+    let e = error(&client_listener(rbac, false));
+    assert!(
+        e.contains("http_filters[0].typed_config: is not applied on clients"),
+        "{e}"
+    );
+    StaticResources::from_str(&client_listener(rbac, true), "ok.yaml").expect("optional: skipped");
+}
+
+#[test]
+fn listener_level_configs_are_refused_per_route() {
+    let e = error(&format!(
+        "{ROUTE_HEAD}    - match: {{ prefix: / }}\n      route: {{ cluster: c }}\n      typed_per_filter_config:\n        jwt: {{ \"@type\": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication }}\n"
+    ));
+    assert!(e.contains("typed_per_filter_config"), "{e}");
+    assert!(
+        e.contains("is not a per-route config (use type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig)"),
+        "{e}"
+    );
+}
+
+#[test]
+fn routes_and_endpoints_from_elsewhere_than_the_ads_stream_are_refused() {
+    let e = error(
+        r#"
+static_resources:
+  listeners:
+  - name: l
+    api_listener:
+      api_listener:
+        "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+        rds: { route_config_name: r, config_source: { path_config_source: { path: /etc/routes.yaml } } }
+        http_filters:
+        - name: router
+          typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+"#,
+    );
+    assert!(e.contains("rds.config_source: a file config source"), "{e}");
 }
 
 #[test]

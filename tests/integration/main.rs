@@ -15,6 +15,7 @@ mod envoy_control_plane;
 mod envoy_differential;
 mod envoy_inbound_authz;
 mod envoy_mtls;
+mod field_accounting;
 mod grpc_interop;
 mod grpc_mesh;
 mod grpcio_control_plane;
@@ -65,6 +66,32 @@ pub(crate) fn fast_config() -> XdsClientConfig {
     c.routine_reconnect_delay = Duration::from_millis(10);
     c.connect_timeout = Duration::from_secs(2);
     c
+}
+
+/// Serves `mesh`'s admin endpoint on an ephemeral loopback port.
+pub(crate) async fn start_admin(mesh: &Mesh) -> std::net::SocketAddr {
+    let admin = mesh_tower::admin::Admin::bind(mesh, "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("admin");
+    let addr = admin.local_addr();
+    tokio::spawn(admin.run());
+    addr
+}
+
+/// The `/config_dump` entry of the resource named `name`, from the admin endpoint at `addr`.
+pub(crate) async fn dumped_resource(addr: std::net::SocketAddr, name: &str) -> serde_json::Value {
+    let (status, body) = mesh_test_support::http::get(addr, "/config_dump", &[])
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let dump: serde_json::Value = serde_json::from_str(&body).unwrap();
+    dump["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == name)
+        .unwrap_or_else(|| panic!("{name} in {dump}"))
+        .clone()
 }
 
 /// A mesh connected to `server` with `features`.

@@ -8,7 +8,6 @@ use envoy_types::pb::envoy::service::status::v3::client_status_discovery_service
 use mesh_core::xds::{ResourceStatus, ResourceType};
 use mesh_test_support::AdsServer;
 use mesh_test_support::resources as r;
-use mesh_tower::admin::Admin;
 
 use super::mesh_for;
 
@@ -45,23 +44,8 @@ async fn a_nack_shows_in_config_dump_and_csds() {
     let refused = nacked.error.as_ref().expect("an error").version.to_string();
     assert_ne!(refused, *good.version);
 
-    let admin = Admin::bind(&mesh, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let addr = admin.local_addr();
-    tokio::spawn(admin.run());
-
-    let (status, body) = mesh_test_support::http::get(addr, "/config_dump", &[])
-        .await
-        .unwrap();
-    assert_eq!(status, 200);
-    let dump: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let rc = dump["resources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == "rc")
-        .unwrap_or_else(|| panic!("{dump}"));
+    let addr = super::start_admin(&mesh).await;
+    let rc = super::dumped_resource(addr, "rc").await;
     assert_eq!(rc["type"], "RouteConfiguration");
     assert_eq!(rc["status"], "NACKED");
     assert_eq!(rc["version"], *good.version, "the version still served");

@@ -10,7 +10,6 @@ use bytes::Bytes;
 use http_body_util::Full;
 use mesh_test_support::prometheus::Prometheus;
 use mesh_tower::MeshClient;
-use mesh_tower::admin::Admin;
 
 use super::meshed::{DETAILS, PRODUCTPAGE, TestMesh, eventually, free_port, service};
 
@@ -25,15 +24,6 @@ async fn details(
     Ok(rsp)
 }
 
-async fn admin(mesh: &mesh_core::Mesh) -> std::net::SocketAddr {
-    let admin = Admin::bind(mesh, "127.0.0.1:0".parse().unwrap())
-        .await
-        .expect("admin");
-    let addr = admin.local_addr();
-    tokio::spawn(admin.run());
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_istio_standard_metrics_from_both_sides() {
     let addr = free_port();
@@ -45,7 +35,10 @@ async fn prometheus_scrapes_istio_standard_metrics_from_both_sides() {
     let server = mesh.serve(DETAILS, addr, tower::service_fn(details)).await;
     let client_mesh = mesh.mesh(PRODUCTPAGE).await;
     let client = MeshClient::new(&client_mesh);
-    let (client_admin, server_admin) = (admin(&client_mesh).await, admin(&server).await);
+    let (client_admin, server_admin) = (
+        super::start_admin(&client_mesh).await,
+        super::start_admin(&server).await,
+    );
 
     let get = |path: &'static str| {
         let client = client.clone();

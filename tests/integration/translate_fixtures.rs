@@ -592,16 +592,23 @@ fn inbound_listener_with_every_filter() {
     assert_eq!(
         kinds,
         [
-            "fault",
+            "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
             "rbac",
             "rbac",
             "jwt_authn",
             "local_ratelimit",
             "router"
-        ]
+        ],
+        "the optional fault filter is skipped on a server, as gRPC does"
     );
 
-    let FilterConfig::Fault(fault) = &h.http_filters[0].config else {
+    let Some(Resource::Listener(api)) = r.get(ResourceType::Listener, "reviews:9080") else {
+        panic!()
+    };
+    let ListenerKind::Api(client) = &api.kind else {
+        panic!("an API listener")
+    };
+    let FilterConfig::Fault(fault) = &client.http_filters[0].config else {
         panic!()
     };
     assert!(matches!(

@@ -31,6 +31,9 @@ pub struct Cluster {
     pub locality_weighted: bool,
     /// Close a connection after this many requests.
     pub max_requests_per_connection: Option<u32>,
+    /// HTTP/2 settings of its connections (`http2_protocol_options`, in the cluster or in
+    /// `HttpProtocolOptions`): flow-control windows and PING keepalive.
+    pub http2: super::Http2Limits,
 }
 
 impl Cluster {

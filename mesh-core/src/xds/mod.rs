@@ -21,6 +21,7 @@
 //! | fallback to the next `xds_servers` entry; back to the primary when it returns | gRFC A71 |
 //! | jittered exponential reconnect backoff, short fixed delay after a routine stream end | gRPC connection backoff |
 
+pub mod fields;
 mod resource;
 mod state;
 pub mod translate;
@@ -33,6 +34,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub use fields::{FieldClass, UnappliedField, UnappliedFields};
 pub(crate) use resource::decode_any;
 pub use resource::{Resource, ResourceType, type_urls};
 pub use state::{ResourceError, ResourceState, ResourceStatus};
@@ -60,6 +62,10 @@ pub struct XdsClientConfig {
     pub connect_timeout: Duration,
     /// `node.user_agent_name` (default `mesh`).
     pub user_agent_name: String,
+    /// Strict field accounting for every server (default off; a server can also ask for it
+    /// with the bootstrap feature [`fields::STRICT_FEATURE`]): a resource that sets a field
+    /// this client ignores is NACKed, naming the field, instead of applied without it.
+    pub strict_fields: bool,
 }
 
 impl Default for XdsClientConfig {
@@ -72,6 +78,7 @@ impl Default for XdsClientConfig {
             stable_after: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             user_agent_name: "mesh".into(),
+            strict_fields: false,
         }
     }
 }

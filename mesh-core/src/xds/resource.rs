@@ -11,6 +11,7 @@ use envoy_types::pb::envoy::config::{
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 
+use super::fields::{UnappliedField, UnappliedFields};
 use super::translate::{self, FieldError};
 use crate::model::{Cluster, EndpointSet, Listener, RouteTable};
 
@@ -108,12 +109,15 @@ pub(crate) struct Decoded {
     pub(crate) name: String,
     pub(crate) raw: Bytes,
     pub(crate) result: Result<Resource, FieldError>,
+    /// The fields it sets that are not applied (empty when `result` is an error).
+    pub(crate) unapplied: UnappliedFields,
 }
 
 const RESOURCE_WRAPPER: &str = "type.googleapis.com/envoy.service.discovery.v3.Resource";
 
-/// Decodes one `Any` of a response. `Err` means not even the name could be read.
-pub(crate) fn decode(ty: ResourceType, any: &Any) -> Result<Decoded, String> {
+/// Decodes one `Any` of a response. `Err` means not even the name could be read. In `strict`
+/// mode a resource that sets an [ignored](super::FieldClass::Ignored) field is refused.
+pub(crate) fn decode(ty: ResourceType, any: &Any, strict: bool) -> Result<Decoded, String> {
     // Some servers wrap each resource in `discovery.v3.Resource` (name + resource).
     let unwrapped;
     let any = if any.type_url == RESOURCE_WRAPPER {
@@ -173,14 +177,46 @@ pub(crate) fn decode(ty: ResourceType, any: &Any) -> Result<Decoded, String> {
     if name.is_empty() {
         return Err("resource has no name".into());
     }
-    Ok(Decoded { name, raw, result })
+    let (result, unapplied) = match result {
+        Ok(r) => {
+            let unapplied = super::fields::unapplied(ty, &raw);
+            match super::fields::any_ignored(&unapplied) {
+                Some(first) if strict => (Err(strict_error(first, &unapplied)), Arc::from([])),
+                _ => (Ok(r), unapplied),
+            }
+        }
+        Err(e) => (Err(e), Arc::from([])),
+    };
+    Ok(Decoded {
+        name,
+        raw,
+        result,
+        unapplied,
+    })
+}
+
+/// The NACK detail of strict mode: the first ignored field by path, and how many more.
+fn strict_error(first: &UnappliedField, all: &[UnappliedField]) -> FieldError {
+    let more = all
+        .iter()
+        .filter(|f| f.class == super::FieldClass::Ignored)
+        .count()
+        - 1;
+    let mut reason = format!(
+        "is not applied by this client ({}), and strict field accounting refuses it",
+        first.note
+    );
+    if more > 0 {
+        reason.push_str(&format!(" ({more} more ignored field(s))"));
+    }
+    FieldError::new(reason).at(&first.path)
 }
 
 /// Decodes a resource given as an `Any` of a known type (used by the static loader).
-pub(crate) fn decode_any(any: &Any) -> Result<(ResourceType, Decoded), String> {
+pub(crate) fn decode_any(any: &Any, strict: bool) -> Result<(ResourceType, Decoded), String> {
     let ty = ResourceType::from_type_url(&any.type_url)
         .ok_or_else(|| format!("{} is not an xDS resource type", any.type_url))?;
-    decode(ty, any).map(|d| (ty, d))
+    decode(ty, any, strict).map(|d| (ty, d))
 }
 
 #[cfg(test)]

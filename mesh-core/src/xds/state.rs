@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
+use super::fields::UnappliedFields;
 use super::resource::Resource;
 
 /// The client's view of one resource.
@@ -23,6 +24,8 @@ pub struct ResourceState {
     pub raw: Option<Bytes>,
     /// When `value` arrived.
     pub updated_at: Option<SystemTime>,
+    /// The fields `value` sets that this client does not apply (see [`super::fields`]).
+    pub unapplied: UnappliedFields,
 }
 
 impl ResourceState {
@@ -34,6 +37,7 @@ impl ResourceState {
             error: None,
             raw: None,
             updated_at: None,
+            unapplied: Arc::from([]),
         }
     }
 

@@ -462,6 +462,7 @@ impl Worker {
             };
         };
         let fail_on_data_errors = server.has_feature("fail_on_data_errors");
+        let strict = self.config.strict_fields || server.has_feature(super::fields::STRICT_FEATURE);
         let version: Arc<str> = resp.version_info.as_str().into();
         let now = SystemTime::now();
         let mut errors: Vec<String> = Vec::new();
@@ -473,7 +474,7 @@ impl Worker {
         // their absence proves nothing.
         let settled = t.changes_in_flight == 0;
         for (i, any) in resp.resources.iter().enumerate() {
-            let decoded = match decode(ty, any) {
+            let decoded = match decode(ty, any, strict) {
                 Ok(d) => d,
                 Err(e) => {
                     errors.push(format!("{ty} #{i}: {e}"));
@@ -496,6 +497,7 @@ impl Worker {
             match decoded.result {
                 Ok(value) => {
                     let raw = decoded.raw;
+                    let unapplied = decoded.unapplied;
                     sub.tx.send_if_modified(|st| {
                         let same =
                             st.raw.as_ref() == Some(&raw) && st.status == ResourceStatus::Acked;
@@ -503,8 +505,12 @@ impl Worker {
                         if same {
                             return false;
                         }
+                        if st.unapplied != unapplied {
+                            log_unapplied(ty, &decoded.name, &unapplied);
+                        }
                         st.value = Some(value);
                         st.raw = Some(raw);
+                        st.unapplied = unapplied;
                         st.status = ResourceStatus::Acked;
                         st.error = None;
                         st.updated_at = Some(now);
@@ -525,6 +531,7 @@ impl Worker {
                         if fail_on_data_errors {
                             st.value = None;
                             st.raw = None;
+                            st.unapplied = Arc::from([]);
                         }
                     });
                 }
@@ -576,6 +583,7 @@ impl Worker {
                     if fail_on_data_errors {
                         st.value = None;
                         st.raw = None;
+                        st.unapplied = Arc::from([]);
                     }
                     true
                 });
@@ -590,6 +598,32 @@ impl Worker {
             let detail = errors.join("; ");
             self.request(ty, false, Some((resp.nonce, detail)))
         }
+    }
+}
+
+/// Says once, when a resource's list changes, which fields it sets that are not applied:
+/// ignored ones as a warning (traffic differs from Envoy's), inert ones at debug level.
+fn log_unapplied(ty: ResourceType, name: &str, fields: &[super::UnappliedField]) {
+    use super::FieldClass;
+    let list = |class| {
+        fields
+            .iter()
+            .filter(|f| f.class == class)
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+    };
+    let ignored = list(FieldClass::Ignored);
+    if !ignored.is_empty() {
+        warn!(
+            resource_type = %ty,
+            %name,
+            "fields not applied by this client: {}",
+            ignored.join(", ")
+        );
+    }
+    let inert = list(FieldClass::Inert);
+    if !inert.is_empty() {
+        debug!(resource_type = %ty, %name, "inert fields not applied: {}", inert.join(", "));
     }
 }
 

@@ -88,6 +88,7 @@ impl ClusterRuntime {
                 settings: ConnectSettings {
                     connect_timeout: config.connect_timeout,
                     max_requests_per_connection: None,
+                    http2: Default::default(),
                     transport: Transport::Plain,
                 },
                 entries: Box::new([]),
@@ -123,6 +124,7 @@ impl ClusterRuntime {
             healthy_panic_threshold: 50.0,
             locality_weighted: false,
             max_requests_per_connection: settings.max_requests_per_connection,
+            http2: settings.http2.clone(),
         });
         let entries: Box<[HostEntry]> = Box::new([HostEntry {
             host,
@@ -333,6 +335,7 @@ async fn settings(mesh: &mesh_core::Mesh, c: &Cluster) -> ConnectSettings {
     ConnectSettings {
         connect_timeout: c.connect_timeout,
         max_requests_per_connection: c.max_requests_per_connection,
+        http2: c.http2.clone(),
         transport,
     }
 }

@@ -23,7 +23,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use mesh_core::model::CircuitBreakers;
+use mesh_core::model::{CircuitBreakers, Http2Limits};
 
 use super::tls::{Io, Origination};
 use crate::body::ReqBody;
@@ -78,6 +78,8 @@ pub(crate) enum Protocol {
 pub(crate) struct ConnectSettings {
     pub(crate) connect_timeout: Duration,
     pub(crate) max_requests_per_connection: Option<u32>,
+    /// Windows and PING keepalive of HTTP/2 connections.
+    pub(crate) http2: Http2Limits,
     pub(crate) transport: Transport,
 }
 
@@ -93,6 +95,7 @@ impl PartialEq for ConnectSettings {
     fn eq(&self, other: &Self) -> bool {
         self.connect_timeout == other.connect_timeout
             && self.max_requests_per_connection == other.max_requests_per_connection
+            && self.http2 == other.http2
             && match (&self.transport, &other.transport) {
                 (Transport::Plain, Transport::Plain) => true,
                 (Transport::Tls(a), Transport::Tls(b)) => Arc::ptr_eq(a, b),
@@ -335,7 +338,7 @@ impl Host {
             }
             if counters.try_connection(limits) {
                 let tx = open(self.addr, settings, counters, |io| {
-                    http2::handshake(TokioExecutor::new(), io)
+                    http2_builder(&settings.http2).handshake(io)
                 })
                 .await?;
                 // Concurrent first requests may each connect; the last one stored is shared and
@@ -431,4 +434,24 @@ impl crate::rules::balance::Balanced for Arc<Host> {
     fn is_ejected(&self) -> bool {
         self.outlier.is_ejected()
     }
+}
+
+/// An HTTP/2 client connection with the cluster's settings: windows (hyper's when unset) and,
+/// when configured, a PING every `interval` that closes the connection when unanswered for
+/// `timeout`, as Envoy's `connection_keepalive`.
+fn http2_builder(limits: &Http2Limits) -> http2::Builder<TokioExecutor> {
+    let mut b = http2::Builder::new(TokioExecutor::new());
+    b.timer(hyper_util::rt::TokioTimer::new());
+    if let Some(n) = limits.initial_stream_window_size {
+        b.initial_stream_window_size(n);
+    }
+    if let Some(n) = limits.initial_connection_window_size {
+        b.initial_connection_window_size(n);
+    }
+    if let (Some(interval), Some(timeout)) = (limits.keepalive_interval, limits.keepalive_timeout) {
+        b.keep_alive_interval(interval)
+            .keep_alive_timeout(timeout)
+            .keep_alive_while_idle(true);
+    }
+    b
 }

@@ -102,6 +102,7 @@ impl Passthrough {
         let settings = ConnectSettings {
             connect_timeout: CONNECT_TIMEOUT,
             max_requests_per_connection: None,
+            http2: Default::default(),
             transport: if https {
                 tls(authority, protocol)
             } else {

@@ -65,6 +65,9 @@ pub(crate) enum JwtError {
     Expired,
     NotYetValid,
     AudienceNotAllowed,
+    /// The route names a requirement the filter does not have: refused, as Envoy does,
+    /// rather than let through unverified.
+    UnknownRequirement,
 }
 
 impl JwtError {
@@ -80,13 +83,14 @@ impl JwtError {
             Self::Expired => "Jwt is expired",
             Self::NotYetValid => "Jwt not yet valid",
             Self::AudienceNotAllowed => "Audiences in Jwt are not allowed",
+            Self::UnknownRequirement => "Jwt requirement of the route is not configured",
         }
     }
 
     /// 403 for a token of the wrong audience, 401 for the rest (Envoy's choice).
     pub(crate) fn status(&self) -> StatusCode {
         match self {
-            Self::AudienceNotAllowed => StatusCode::FORBIDDEN,
+            Self::AudienceNotAllowed | Self::UnknownRequirement => StatusCode::FORBIDDEN,
             _ => StatusCode::UNAUTHORIZED,
         }
     }
@@ -185,12 +189,14 @@ impl JwtFilter {
     ) -> Result<(), JwtError> {
         let requirement = match per_route {
             Some(JwtPerRoute::Disabled) => return Ok(()),
-            Some(JwtPerRoute::RequirementName(n)) => self
-                .config
-                .requirement_map
-                .iter()
-                .find(|(name, _)| name == n)
-                .map(|(_, r)| r),
+            Some(JwtPerRoute::RequirementName(n)) => Some(
+                self.config
+                    .requirement_map
+                    .iter()
+                    .find(|(name, _)| name == n)
+                    .map(|(_, r)| r)
+                    .ok_or(JwtError::UnknownRequirement)?,
+            ),
             None => {
                 let view = RequestView::from_request(req);
                 let sample = fastrand::u32(0..1_000_000);

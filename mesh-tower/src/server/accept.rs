@@ -46,7 +46,7 @@ pub async fn serve_observed<S: App>(
     let telemetry = Telemetry::of(mesh);
     let mut follow = match mesh.bootstrap().server_listener_name(local) {
         Some(name) => {
-            let mut f = Follow::start(mesh, name).await?;
+            let mut f = Follow::start(mesh, name, local).await?;
             let next = f.next_state();
             state.send_replace(f.serving_state(next.is_some()));
             config.store(next);

@@ -1,6 +1,7 @@
 //! Following the inbound listener: the control plane's current answer about it, as the
 //! configuration to serve with, or not serving (gRFC A36).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use mesh_core::Mesh;
@@ -20,15 +21,23 @@ pub(super) async fn changed(follow: &mut Option<Follow>) {
 /// The watched inbound listener, and what serving state it implies.
 pub(super) struct Follow {
     name: String,
+    /// The address this server listens on, which the listener's must match (gRFC A36).
+    local: SocketAddr,
     watch: mesh_core::xds::ResourceWatch,
     shared: Arc<ServerShared>,
     serving: bool,
+    /// Why not serving, when not.
+    reason: String,
 }
 
 impl Follow {
     /// Subscribes to `name` and waits until the control plane has answered (a listener or
     /// its absence).
-    pub(super) async fn start(mesh: &Mesh, name: String) -> Result<Self, ServeError> {
+    pub(super) async fn start(
+        mesh: &Mesh,
+        name: String,
+        local: SocketAddr,
+    ) -> Result<Self, ServeError> {
         let mut watch = mesh
             .watch_listener(&name)
             .await
@@ -38,9 +47,11 @@ impl Follow {
             .await;
         Ok(Self {
             name,
+            local,
             watch,
             shared: Arc::new(ServerShared::new(mesh)),
             serving: true,
+            reason: String::new(),
         })
     }
 
@@ -50,12 +61,24 @@ impl Follow {
     pub(super) fn next_state(&mut self) -> Option<Arc<Inbound>> {
         let st = self.watch.current();
         let next = match &st.value {
-            Some(Resource::Listener(l)) => Some(Arc::new(self.shared.build(l))),
-            _ => None,
+            Some(Resource::Listener(l)) => match mismatch(l, self.local) {
+                None => Some(Arc::new(self.shared.build(l))),
+                Some(reason) => {
+                    self.reason = reason;
+                    None
+                }
+            },
+            _ => {
+                self.reason = format!(
+                    "inbound listener {:?} does not exist on the control plane",
+                    self.name
+                );
+                None
+            }
         };
         match (self.serving, next.is_some()) {
             (true, false) => {
-                tracing::warn!(listener = %self.name, "inbound listener does not exist on the control plane: not serving (gRFC A36)")
+                tracing::warn!(listener = %self.name, "{}: not serving (gRFC A36)", self.reason)
             }
             (false, true) => {
                 tracing::warn!(listener = %self.name, "inbound listener is back: serving")
@@ -71,10 +94,24 @@ impl Follow {
         if serving {
             ServingState::Serving
         } else {
-            ServingState::NotServing(format!(
-                "inbound listener {:?} does not exist on the control plane",
-                self.name
-            ))
+            ServingState::NotServing(self.reason.clone())
         }
     }
+}
+
+/// Why a listener cannot be served on `local`: its address names another port or host (gRFC
+/// A36 has the server check it, since the configuration was written for that address). An
+/// unspecified IP matches any, and a listener without an address (internal) is not checked.
+fn mismatch(l: &mesh_core::model::Listener, local: SocketAddr) -> Option<String> {
+    let mesh_core::model::ListenerKind::Socket(s) = &l.kind else {
+        return Some(format!("{} is an API listener, not a server's", l.name));
+    };
+    let want = s.address?;
+    let ip_matches = want.ip() == local.ip() || want.ip().is_unspecified();
+    (want.port() != local.port() || !ip_matches).then(|| {
+        format!(
+            "inbound listener {} is for {want}, but this server listens on {local}",
+            l.name
+        )
+    })
 }

@@ -6,10 +6,15 @@
 //! ```text
 //! mesh-curl [--static FILE | --bootstrap FILE] [-n N] [-c CONCURRENCY] [-X METHOD]
 //!           [-H 'name: value']... [-d BODY] [--registry-only] [--ready-timeout SECS]
-//!           [--json] URL
+//!           [--json] [--strict] URL
 //! ```
 //! Without `--static` or `--bootstrap`, the bootstrap comes from `GRPC_XDS_BOOTSTRAP` /
 //! `GRPC_XDS_BOOTSTRAP_CONFIG`, as for any meshed program.
+//!
+//! After the requests, every field of the resources in use that this client does not apply
+//! is listed on standard error (`unapplied: Cluster a: health_checks (ignored: …)`), so a
+//! routing decision is never read without knowing what configuration was left out.
+//! `--strict` refuses such resources instead (strict field accounting).
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -20,7 +25,8 @@ use http_body_util::{BodyExt, Full};
 use mesh_tower::{MeshClient, OutboundTrafficPolicy, ResponseInfo};
 
 const USAGE: &str = "usage: mesh-curl [--static FILE | --bootstrap FILE] [-n N] [-c CONCURRENCY] \
-[-X METHOD] [-H 'name: value']... [-d BODY] [--registry-only] [--ready-timeout SECS] [--json] URL";
+[-X METHOD] [-H 'name: value']... [-d BODY] [--registry-only] [--ready-timeout SECS] [--json] \
+[--strict] URL";
 
 #[derive(Debug)]
 struct Args {
@@ -34,6 +40,7 @@ struct Args {
     registry_only: bool,
     ready_timeout: Duration,
     json: bool,
+    strict: bool,
     url: http::Uri,
 }
 
@@ -49,6 +56,7 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         registry_only: false,
         ready_timeout: Duration::from_secs(10),
         json: false,
+        strict: false,
         url: http::Uri::default(),
     };
     let mut url = None;
@@ -84,6 +92,7 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
                 )
             }
             "--json" => a.json = true,
+            "--strict" => a.strict = true,
             "-h" | "--help" => return Err(USAGE.into()),
             s if s.starts_with('-') => return Err(format!("unknown option {s}\n{USAGE}")),
             s => {
@@ -150,6 +159,11 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
         (None, Some(b)) => builder.bootstrap_file(b)?,
         (None, None) => builder.bootstrap_from_env()?,
     };
+    let builder = if args.strict {
+        builder.strict_fields()
+    } else {
+        builder
+    };
     let mesh = builder.build().await?;
     let policy = if args.registry_only {
         OutboundTrafficPolicy::RegistryOnly
@@ -195,7 +209,26 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
         println!("statuses: {statuses:?}");
         println!("clusters: {clusters:?}");
     }
+    report_unapplied(&mesh).await;
     Ok(all_ok)
+}
+
+/// Lists on standard error the fields of the resources in use that this client ignores, and
+/// counts the inert ones (statistics names and the like, listed in `/config_dump`).
+async fn report_unapplied(mesh: &mesh_core::Mesh) {
+    let mut inert = 0;
+    for r in mesh.dump().await.unwrap_or_default() {
+        for f in r.state.unapplied.iter() {
+            if f.class == mesh_core::xds::FieldClass::Ignored {
+                eprintln!("unapplied: {} {}: {f}", r.resource_type, r.name);
+            } else {
+                inert += 1;
+            }
+        }
+    }
+    if inert > 0 {
+        eprintln!("unapplied: {inert} inert field(s), without effect on traffic");
+    }
 }
 
 async fn one(client: &MeshClient, args: &Args, n: usize) -> Result<Outcome, mesh_tower::Error> {

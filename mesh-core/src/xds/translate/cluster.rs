@@ -37,6 +37,8 @@ pub fn cluster(c: &pb::Cluster) -> Result<Cluster, FieldError> {
     let discovery = match kind {
         EDS => {
             let cfg = c.eds_cluster_config.as_ref();
+            super::ads_config_source(cfg.and_then(|e| e.eds_config.as_ref()))
+                .at("eds_cluster_config.eds_config")?;
             let service_name = cfg
                 .map(|e| e.service_name.as_str())
                 .filter(|s| !s.is_empty())
@@ -162,7 +164,49 @@ pub fn cluster(c: &pb::Cluster) -> Result<Cluster, FieldError> {
             .as_ref()
             .map(|v| v.value)
             .filter(|v| *v > 0),
+        http2: http2_options(c)?,
     })
+}
+
+/// The cluster's HTTP/2 options: from `HttpProtocolOptions` (whichever protocol choice
+/// carries them), else the deprecated cluster field.
+fn http2_options(c: &pb::Cluster) -> Result<Http2Limits, FieldError> {
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
+        UpstreamProtocolOptions as U, explicit_http_config::ProtocolConfig as P,
+    };
+    const KEY: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+    let from_extension = match c.typed_extension_protocol_options.get(KEY) {
+        None => None,
+        Some(any) => {
+            let o: HttpProtocolOptions =
+                unpack(any).at(format!("typed_extension_protocol_options[{KEY:?}]"))?;
+            let (h2, at) = match o.upstream_protocol_options {
+                Some(U::ExplicitHttpConfig(e)) => match e.protocol_config {
+                    Some(P::Http2ProtocolOptions(h2)) => (Some(h2), "explicit_http_config"),
+                    _ => (None, ""),
+                },
+                Some(U::UseDownstreamProtocolConfig(d)) => {
+                    (d.http2_protocol_options, "use_downstream_protocol_config")
+                }
+                Some(U::AutoConfig(a)) => (a.http2_protocol_options, "auto_config"),
+                None => (None, ""),
+            };
+            match h2 {
+                Some(h2) => Some(
+                    super::listener::http2_limits(&h2)
+                        .at("http2_protocol_options")
+                        .at(at)
+                        .at(format!("typed_extension_protocol_options[{KEY:?}]"))?,
+                ),
+                None => None,
+            }
+        }
+    };
+    match (from_extension, c.http2_protocol_options.as_ref()) {
+        (Some(l), _) => Ok(l),
+        (None, Some(o)) => super::listener::http2_limits(o).at("http2_protocol_options"),
+        (None, None) => Ok(Http2Limits::default()),
+    }
 }
 
 fn legacy_lb(c: &pb::Cluster) -> Result<LbPolicy, FieldError> {

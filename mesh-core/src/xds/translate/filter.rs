@@ -23,9 +23,30 @@ use super::{
 };
 use crate::model::*;
 
-/// Translates one `http_filters` entry.
+/// Which side a connection manager serves: the filters each side applies differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// An API listener: requests this process sends.
+    Client,
+    /// A listener's filter chain: requests this process serves.
+    Server,
+}
+
+/// Whether `side` applies filters of this config: the client runs fault injection only, the
+/// server the policies (as gRPC's filter registry splits them). The router is both.
+fn applies_on(config: &FilterConfig, side: Side) -> bool {
+    match config {
+        FilterConfig::Router | FilterConfig::Unsupported { .. } => true,
+        FilterConfig::Fault(_) => side == Side::Client,
+        _ => side == Side::Server,
+    }
+}
+
+/// Translates one `http_filters` entry. A filter the side does not apply is refused (or
+/// skipped when optional, per gRFC A39), never accepted and then passed over.
 pub(crate) fn http_filter(
     f: &envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter,
+    side: Side,
 ) -> Result<HttpFilter, FieldError> {
     use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType;
     if f.name.is_empty() {
@@ -53,6 +74,30 @@ pub(crate) fn http_filter(
         }
         None => return Err(FieldError::new("typed_config is required")),
     };
+    let config = if applies_on(&config, side) {
+        config
+    } else if f.is_optional {
+        FilterConfig::Unsupported {
+            type_url: f
+                .config_type
+                .as_ref()
+                .map(|c| match c {
+                    ConfigType::TypedConfig(any) => effective_type_url(any),
+                    ConfigType::ConfigDiscovery(_) => "config_discovery".into(),
+                })
+                .unwrap_or_default()
+                .into(),
+        }
+    } else {
+        let side = match side {
+            Side::Client => "clients (API listeners)",
+            Side::Server => "servers (filter chains)",
+        };
+        return Err(FieldError::new(format!(
+            "is not applied on {side}; mark it is_optional or remove it"
+        ))
+        .at("typed_config"));
+    };
     Ok(HttpFilter {
         name: f.name.as_str().into(),
         config,
@@ -66,6 +111,29 @@ const UNSUPPORTED: &str = "unsupported filter";
 fn filter_config(any: &Any, per_route: bool) -> Result<FilterConfig, FieldError> {
     use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
     let url = any.type_url.as_str();
+    // Per route, Envoy takes each filter's own per-route message: a listener-level config
+    // there would be refused by Envoy, and here would be read and then not applied.
+    let per_route_type = [
+        (Router::type_url(), None),
+        (
+            rbac_filter::Rbac::type_url(),
+            Some(rbac_filter::RbacPerRoute::type_url()),
+        ),
+        (
+            jwt::JwtAuthentication::type_url(),
+            Some(jwt::PerRouteConfig::type_url()),
+        ),
+        (
+            ext_authz::ExtAuthz::type_url(),
+            Some(ext_authz::ExtAuthzPerRoute::type_url()),
+        ),
+    ];
+    if per_route && let Some((_, instead)) = per_route_type.iter().find(|(t, _)| t == url) {
+        return Err(FieldError::new(match instead {
+            Some(instead) => format!("{url} is not a per-route config (use {instead})"),
+            None => format!("{url} has no per-route config"),
+        }));
+    }
     Ok(match url {
         _ if url == Router::type_url() => FilterConfig::Router,
         _ if url == fault::HttpFault::type_url() => {
@@ -665,7 +733,9 @@ fn value_matcher(v: &pbm::ValueMatcher) -> Result<ValueMatch, FieldError> {
             },
             P::StringMatch(s) => ValueMatch::String(string_matcher(s).at("string_match")?),
             P::BoolMatch(b) => ValueMatch::Bool(*b),
-            P::PresentMatch(_) => ValueMatch::Present,
+            P::PresentMatch(true) => ValueMatch::Present,
+            // Envoy's `present_match: false` matches nothing (not "absent"): an empty `or`.
+            P::PresentMatch(false) => ValueMatch::Or(Box::new([])),
             P::ListMatch(l) => match &l.match_pattern {
                 Some(pbm::list_matcher::MatchPattern::OneOf(inner)) => {
                     ValueMatch::ListAny(Box::new(value_matcher(inner).at("list_match.one_of")?))

@@ -9,7 +9,7 @@ use envoy_types::pb::envoy::config::listener::v3 as pb;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 use prost::Name;
 
-use super::filter::http_filter;
+use super::filter::{Side, http_filter};
 use super::matcher::cidr;
 use super::route::route_configuration;
 use super::{At, FieldError, each, opt_duration, unpack};
@@ -24,7 +24,7 @@ pub fn listener(l: &pb::Listener) -> Result<Listener, FieldError> {
             .ok_or_else(|| FieldError::new("is required").at("api_listener.api_listener"))?;
         let h: hcm::HttpConnectionManager = unpack(any).at("api_listener.api_listener")?;
         ListenerKind::Api(Arc::new(
-            http_connection_manager(&h).at("api_listener.api_listener")?,
+            http_connection_manager(&h, Side::Client).at("api_listener.api_listener")?,
         ))
     } else {
         let address = match &l.address {
@@ -103,6 +103,7 @@ pub fn listener(l: &pb::Listener) -> Result<Listener, FieldError> {
 
 pub(crate) fn http_connection_manager(
     h: &hcm::HttpConnectionManager,
+    side: Side,
 ) -> Result<HttpConnectionManager, FieldError> {
     use hcm::http_connection_manager::RouteSpecifier as R;
     let routes = match &h.route_specifier {
@@ -110,6 +111,7 @@ pub(crate) fn http_connection_manager(
             if rds.route_config_name.is_empty() {
                 return Err(FieldError::new("must not be empty").at("rds.route_config_name"));
             }
+            super::ads_config_source(rds.config_source.as_ref()).at("rds.config_source")?;
             RouteSource::Rds(rds.route_config_name.as_str().into())
         }
         Some(R::RouteConfig(rc)) => {
@@ -120,7 +122,7 @@ pub(crate) fn http_connection_manager(
         }
         None => return Err(FieldError::new("rds or route_config is required")),
     };
-    let http_filters = each("http_filters", &h.http_filters, http_filter)?;
+    let http_filters = each("http_filters", &h.http_filters, |f| http_filter(f, side))?;
     // gRFC A39: the router must be present and last.
     match http_filters.last() {
         Some(f) if matches!(f.config, FilterConfig::Router) => {}
@@ -240,52 +242,9 @@ fn connection_limits(h: &hcm::HttpConnectionManager) -> Result<ConnectionLimits,
             );
         }
     };
-    let h2 = h.http2_protocol_options.as_ref();
-    let http2 = match h2 {
+    let http2 = match h.http2_protocol_options.as_ref() {
         None => Http2Limits::default(),
-        Some(o) => {
-            let keepalive = o.connection_keepalive.as_ref();
-            let interval = timeout(
-                keepalive.and_then(|k| k.interval.as_ref()),
-                "http2_protocol_options.connection_keepalive.interval",
-                None,
-            )?;
-            Http2Limits {
-                max_concurrent_streams: match &o.max_concurrent_streams {
-                    None => None,
-                    Some(n) if n.value >= 1 => Some(n.value),
-                    Some(_) => {
-                        return Err(FieldError::new("must be at least 1")
-                            .at("http2_protocol_options.max_concurrent_streams"));
-                    }
-                },
-                keepalive_interval: interval,
-                // Envoy requires the timeout with the settings; a PING unanswered that long
-                // closes the connection.
-                keepalive_timeout: match keepalive {
-                    None => None,
-                    Some(k) => Some(
-                        opt_duration(
-                            k.timeout.as_ref(),
-                            "http2_protocol_options.connection_keepalive.timeout",
-                        )?
-                        .filter(|d| !d.is_zero())
-                        .ok_or_else(|| {
-                            FieldError::new("is required and must be positive")
-                                .at("http2_protocol_options.connection_keepalive.timeout")
-                        })?,
-                    ),
-                },
-                initial_stream_window_size: window(
-                    o.initial_stream_window_size.as_ref(),
-                    "http2_protocol_options.initial_stream_window_size",
-                )?,
-                initial_connection_window_size: window(
-                    o.initial_connection_window_size.as_ref(),
-                    "http2_protocol_options.initial_connection_window_size",
-                )?,
-            }
-        }
+        Some(o) => http2_limits(o).at("http2_protocol_options")?,
     };
     Ok(ConnectionLimits {
         drain_timeout: opt_duration(h.drain_timeout.as_ref(), "drain_timeout")?
@@ -312,6 +271,50 @@ fn connection_limits(h: &hcm::HttpConnectionManager) -> Result<ConnectionLimits,
 }
 
 /// An HTTP/2 window size, within the protocol's bounds (Envoy validates the same range).
+/// `Http2ProtocolOptions`, as a server advertises them and a cluster's connections use them.
+pub(crate) fn http2_limits(
+    o: &envoy_types::pb::envoy::config::core::v3::Http2ProtocolOptions,
+) -> Result<Http2Limits, FieldError> {
+    let keepalive = o.connection_keepalive.as_ref();
+    // Zero means no PINGs, as unset.
+    let interval = opt_duration(
+        keepalive.and_then(|k| k.interval.as_ref()),
+        "connection_keepalive.interval",
+    )?
+    .filter(|d| !d.is_zero());
+    Ok(Http2Limits {
+        max_concurrent_streams: match &o.max_concurrent_streams {
+            None => None,
+            Some(n) if n.value >= 1 => Some(n.value),
+            Some(_) => {
+                return Err(FieldError::new("must be at least 1").at("max_concurrent_streams"));
+            }
+        },
+        keepalive_interval: interval,
+        // Envoy requires the timeout with the settings; a PING unanswered that long
+        // closes the connection.
+        keepalive_timeout: match keepalive {
+            None => None,
+            Some(k) => Some(
+                opt_duration(k.timeout.as_ref(), "connection_keepalive.timeout")?
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| {
+                        FieldError::new("is required and must be positive")
+                            .at("connection_keepalive.timeout")
+                    })?,
+            ),
+        },
+        initial_stream_window_size: window(
+            o.initial_stream_window_size.as_ref(),
+            "initial_stream_window_size",
+        )?,
+        initial_connection_window_size: window(
+            o.initial_connection_window_size.as_ref(),
+            "initial_connection_window_size",
+        )?,
+    })
+}
+
 fn window(
     v: Option<&envoy_types::pb::google::protobuf::UInt32Value>,
     field: &str,
@@ -360,7 +363,7 @@ fn filter_chain(fc: &pb::FilterChain) -> Result<FilterChain, FieldError> {
     let filter = match typed {
         Some(any) if any.type_url == hcm::HttpConnectionManager::type_url() => {
             let h: hcm::HttpConnectionManager = unpack(any).at(&at)?;
-            NetworkFilter::Http(Arc::new(http_connection_manager(&h).at("typed_config").at(&at)?))
+            NetworkFilter::Http(Arc::new(http_connection_manager(&h, Side::Server).at("typed_config").at(&at)?))
         }
         Some(any) if any.type_url == envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy::type_url() => {
             use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy::ClusterSpecifier};
@@ -441,8 +444,10 @@ fn network_policy(f: &pb::Filter) -> Result<NetworkPolicy, FieldError> {
 }
 
 fn filter_chain_match(m: &pb::FilterChainMatch) -> Result<FilterChainMatch, FieldError> {
-    let port = |p: u32, f: &str| {
-        u16::try_from(p).map_err(|_| FieldError::new(format!("invalid port {p}")).at(f.to_owned()))
+    // Envoy validates 1..=65535: a chain for port 0 could never match.
+    let port = |p: u32, f: &str| match u16::try_from(p) {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(FieldError::new(format!("invalid port {p}")).at(f.to_owned())),
     };
     if !m.address_suffix.is_empty() || m.suffix_len.is_some() {
         return Err(FieldError::new(

@@ -134,7 +134,9 @@ pub(crate) fn cidr(c: &CidrRange) -> Result<Cidr, FieldError> {
         FieldError::new(format!("invalid IP address {:?}", c.address_prefix)).at("address_prefix")
     })?;
     let max = if addr.is_ipv4() { 32 } else { 128 };
-    let len = c.prefix_len.as_ref().map_or(max, |v| v.value);
+    // Unset is 0, as Envoy reads it (the whole address family), not a single address: a
+    // DENY rule written without a length must refuse what Envoy refuses.
+    let len = c.prefix_len.as_ref().map_or(0, |v| v.value);
     if len > max {
         return Err(FieldError::new(format!("prefix_len {len} exceeds {max}")).at("prefix_len"));
     }

@@ -40,7 +40,7 @@ pub use route::route_configuration;
 pub fn resource(
     any: &Any,
 ) -> Result<(crate::xds::ResourceType, String, crate::xds::Resource), InvalidResource> {
-    let (ty, d) = crate::xds::decode_any(any).map_err(InvalidResource::Decode)?;
+    let (ty, d) = crate::xds::decode_any(any, false).map_err(InvalidResource::Decode)?;
     let r = d.result.map_err(|error| InvalidResource::Field {
         ty,
         name: d.name.clone(),
@@ -201,6 +201,24 @@ pub(crate) fn effective_type_url(any: &Any) -> String {
         return ts.type_url;
     }
     any.type_url.clone()
+}
+
+/// A `ConfigSource` naming where a dependent resource comes from: this client has one
+/// stream, so only `ads` and `self` (or none) can be followed; a file path or another API
+/// server is refused, as gRPC refuses it, rather than fetched from the wrong place.
+pub(crate) fn ads_config_source(
+    c: Option<&envoy_types::pb::envoy::config::core::v3::ConfigSource>,
+) -> Result<(), FieldError> {
+    use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier as S;
+    match c.and_then(|c| c.config_source_specifier.as_ref()) {
+        None | Some(S::Ads(_)) | Some(S::Self_(_)) => Ok(()),
+        Some(S::Path(_) | S::PathConfigSource(_)) => Err(FieldError::new(
+            "a file config source is not supported (ads or self only)",
+        )),
+        Some(S::ApiConfigSource(_)) => Err(FieldError::new(
+            "a separate API config source is not supported (ads or self only)",
+        )),
+    }
 }
 
 /// Parses a header name, naming the field on failure.

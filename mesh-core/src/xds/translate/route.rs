@@ -554,14 +554,20 @@ pub(crate) fn header_mutations(
     rsp_remove: &[String],
 ) -> Result<HeaderMutations, FieldError> {
     Ok(HeaderMutations {
-        request_add: each("request_headers_to_add", req_add, header_add)?,
+        request_add: kept(each("request_headers_to_add", req_add, header_add)?),
         request_remove: each("request_headers_to_remove", req_remove, |n| header_name(n))?,
-        response_add: each("response_headers_to_add", rsp_add, header_add)?,
+        response_add: kept(each("response_headers_to_add", rsp_add, header_add)?),
         response_remove: each("response_headers_to_remove", rsp_remove, |n| header_name(n))?,
     })
 }
 
-fn header_add(h: &core::HeaderValueOption) -> Result<HeaderAdd, FieldError> {
+fn kept(adds: Box<[Option<HeaderAdd>]>) -> Box<[HeaderAdd]> {
+    adds.into_iter().flatten().collect()
+}
+
+/// One header to add; `None` for an empty value without `keep_empty_value`, which Envoy does
+/// not add.
+fn header_add(h: &core::HeaderValueOption) -> Result<Option<HeaderAdd>, FieldError> {
     let hv = h
         .header
         .as_ref()
@@ -586,11 +592,14 @@ fn header_add(h: &core::HeaderValueOption) -> Result<HeaderAdd, FieldError> {
             return Err(FieldError::new(format!("unknown append_action {a}")).at("append_action"));
         }
     };
-    Ok(HeaderAdd {
+    if value.is_empty() && !h.keep_empty_value {
+        return Ok(None);
+    }
+    Ok(Some(HeaderAdd {
         name,
         value,
         append,
-    })
+    }))
 }
 
 #[cfg(test)]

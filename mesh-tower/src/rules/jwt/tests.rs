@@ -176,6 +176,15 @@ async fn audiences_and_named_requirements_follow_envoy() {
         )
         .await;
     assert_eq!(r, Ok(()));
+
+    // A route naming a requirement the filter lacks is refused, never let through
+    // unverified (Envoy answers 403 too), even with a valid token.
+    let unknown = JwtPerRoute::RequirementName("typo".into());
+    let r = f
+        .authenticate(&mut request(Some(&right)), Some(&unknown), &mut md)
+        .await;
+    assert_eq!(r, Err(JwtError::UnknownRequirement));
+    assert_eq!(JwtError::UnknownRequirement.status(), 403);
 }
 
 #[tokio::test]
