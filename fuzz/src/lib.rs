@@ -1,5 +1,7 @@
-//! Fuzz targets for the inbound side's security decisions: path normalization, header
-//! matching, RBAC evaluation, and the PERMISSIVE sniffer with filter-chain selection.
+//! Fuzz targets for the inbound side's security decisions (path normalization, header
+//! matching, RBAC evaluation, the PERMISSIVE sniffer with filter-chain selection) and for
+//! configuration input (xDS resources through decode, translation and field accounting;
+//! mesh-control's Istio YAML).
 //!
 //! Each target is a function of arbitrary bytes that panics when a property fails. The
 //! coverage-guided runs use them through cargo-fuzz (`fuzz/libfuzzer`, started by
@@ -27,7 +29,12 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("header_matching", header_matching),
     ("rbac_evaluation", rbac_evaluation),
     ("permissive_sniffer", permissive_sniffer),
+    ("xds_resources", config::xds_resources),
+    ("istio_yaml", config::istio_yaml),
 ];
+
+mod config;
+pub use config::{istio_yaml, xds_resources};
 
 /// Splits off the first byte (settings) from the rest (the input proper).
 fn split(data: &[u8]) -> (u8, &[u8]) {
@@ -411,6 +418,8 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             with(64, b""),
         ],
         "rbac_evaluation" => rbac_seeds(),
+        "xds_resources" => config::xds_seeds(),
+        "istio_yaml" => config::yaml_seeds(),
         "permissive_sniffer" => vec![
             with(1, b"GET / HTTP/1.1\r\n\r\n"),
             with(0, &client_hello(Some("a.example.com"), &[b"h2", b"istio"])),

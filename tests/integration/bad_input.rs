@@ -360,3 +360,53 @@ fn http2_windows_outside_the_protocols_range_are_refused() {
     );
     assert!(e.contains("65535..=2147483647"), "{e}");
 }
+
+#[test]
+fn a_server_chain_with_routes_over_rds_is_refused() {
+    // The server matches routes for their per-route policies; routes it cannot see would be
+    // policies it never applies.
+    let e = error(
+        r#"
+static_resources:
+  listeners:
+  - name: inbound
+    address: { socket_address: { address: 127.0.0.1, port_value: 8080 } }
+    filter_chains:
+    - filters:
+      - name: hcm
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          rds: { route_config_name: inbound }
+          http_filters:
+          - name: router
+            typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+"#,
+    );
+    assert!(
+        e.contains("typed_config.rds: inbound routes over RDS are not followed"),
+        "{e}"
+    );
+}
+
+#[test]
+fn retry_host_predicates_other_than_previous_hosts_are_refused() {
+    let route = |predicate: &str| {
+        format!(
+            "{ROUTE_HEAD}    - match: {{ prefix: / }}\n      route:\n        cluster: c\n        retry_policy:\n          retry_host_predicate: [{predicate}]\n"
+        )
+    };
+    let e = error(&route(
+        r#"{ name: envoy.retry_host_predicates.omit_canary_hosts, typed_config: { "@type": type.googleapis.com/envoy.extensions.retry.host.omit_canary_hosts.v3.OmitCanaryHostsPredicate } }"#,
+    ));
+    assert!(
+        e.contains("retry_host_predicate[0]: retry host predicate type.googleapis.com/envoy.extensions.retry.host.omit_canary_hosts.v3.OmitCanaryHostsPredicate is not supported"),
+        "{e}"
+    );
+    StaticResources::from_str(
+        &route(
+            r#"{ name: envoy.retry_host_predicates.previous_hosts, typed_config: { "@type": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate } }"#,
+        ),
+        "ok.yaml",
+    )
+    .expect("previous_hosts, typed as v3 asks");
+}

@@ -294,7 +294,7 @@ async fn dns_service_entries_are_resolved_by_the_client() {
             _ => None,
         })
         .expect("a cluster");
-    let mesh_core::model::Discovery::Dns { hosts, logical } = &cluster.discovery else {
+    let mesh_core::model::Discovery::Dns { hosts, logical, .. } = &cluster.discovery else {
         panic!("{:?}", cluster.discovery)
     };
     assert!(*logical);

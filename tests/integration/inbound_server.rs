@@ -321,11 +321,20 @@ async fn certificates_rotate_under_load_without_failures() {
     );
 }
 
-#[tokio::test]
-async fn local_rate_limits_answer_429_past_the_bucket() {
+/// Serves a listener whose local rate limit filter has `config` and whose virtual host has
+/// `host_overrides`, and returns the answers to `n` requests.
+async fn rate_limited(
+    config: serde_json::Value,
+    host_overrides: serde_json::Value,
+    n: usize,
+) -> Vec<(u16, String)> {
     mesh_test_support::trace_init();
     let addr = free_port();
     let name = format!("inbound|{addr}");
+    let mut filter = serde_json::json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+        "stat_prefix": "rl"});
+    mesh_test_support::static_json::merge(&mut filter, config);
     let doc = serde_json::json!({"static_resources": {"listeners": [{
         "name": name,
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": addr.port()}},
@@ -335,15 +344,10 @@ async fn local_rate_limits_answer_429_past_the_bucket() {
                 "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                 "stat_prefix": "inbound",
                 "route_config": {"name": "inbound", "virtual_hosts": [{"name": "all", "domains": ["*"],
+                    "typed_per_filter_config": host_overrides,
                     "routes": [{"match": {"prefix": "/"}, "non_forwarding_action": {}}]}]},
                 "http_filters": [
-                    {"name": "envoy.filters.http.local_ratelimit", "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
-                        "stat_prefix": "rl",
-                        "token_bucket": {"max_tokens": 3, "tokens_per_fill": 1, "fill_interval": "60s"},
-                        "filter_enabled": {"default_value": {"numerator": 100}, "runtime_key": "e"},
-                        "filter_enforced": {"default_value": {"numerator": 100}, "runtime_key": "f"},
-                        "response_headers_to_add": [{"header": {"key": "x-local-rate-limit", "value": "true"}}]}},
+                    {"name": "envoy.filters.http.local_ratelimit", "typed_config": filter},
                     {"name": "envoy.filters.http.router", "typed_config": {
                         "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
                 ]}}]}]
@@ -361,13 +365,41 @@ async fn local_rate_limits_answer_429_past_the_bucket() {
     tokio::spawn(async move { mesh_tower::serve(&mesh, addr, tower::service_fn(whoami)).await });
     let mut answers = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while answers.len() < 5 {
+    while answers.len() < n {
         match plain::get(addr, "/", &[("host", "svc")]).await {
             Ok(a) => answers.push(a),
             Err(e) => assert!(tokio::time::Instant::now() < deadline, "{e}"),
         }
     }
+    answers
+}
+
+fn bucket(max_tokens: u32) -> serde_json::Value {
+    serde_json::json!({
+        "token_bucket": {"max_tokens": max_tokens, "tokens_per_fill": 1, "fill_interval": "60s"},
+        "filter_enabled": {"default_value": {"numerator": 100}, "runtime_key": "e"},
+        "filter_enforced": {"default_value": {"numerator": 100}, "runtime_key": "f"},
+        "response_headers_to_add": [{"header": {"key": "x-local-rate-limit", "value": "true"}}]})
+}
+
+#[tokio::test]
+async fn local_rate_limits_answer_429_past_the_bucket() {
+    let answers = rate_limited(bucket(3), serde_json::json!({}), 5).await;
     let statuses: Vec<u16> = answers.iter().map(|a| a.0).collect();
     assert_eq!(statuses, [200, 200, 200, 429, 429], "a bucket of 3");
     assert_eq!(answers[3].1, "local_rate_limited");
+}
+
+/// Istio's shape: the listener's filter limits nothing, a virtual host's override sets the
+/// bucket, which every route of the host shares (it was passed over for the listener's).
+#[tokio::test]
+async fn a_virtual_host_rate_limit_is_enforced() {
+    let mut host = serde_json::json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+        "stat_prefix": "vh"});
+    mesh_test_support::static_json::merge(&mut host, bucket(2));
+    let overrides = serde_json::json!({"envoy.filters.http.local_ratelimit": host});
+    let answers = rate_limited(serde_json::json!({}), overrides, 4).await;
+    let statuses: Vec<u16> = answers.iter().map(|a| a.0).collect();
+    assert_eq!(statuses, [200, 200, 429, 429], "the host's bucket of 2");
 }

@@ -33,6 +33,7 @@ mod mesh_control_outbound;
 mod meshed;
 mod outbound_balancing;
 mod outbound_circuit_breaking;
+mod outbound_connections;
 mod outbound_faults;
 mod outbound_faulty;
 mod outbound_mirroring;
@@ -66,6 +67,24 @@ pub(crate) fn fast_config() -> XdsClientConfig {
     c.routine_reconnect_delay = Duration::from_millis(10);
     c.connect_timeout = Duration::from_secs(2);
     c
+}
+
+/// A static client whose `svc:80` routes everything to cluster `c` of `addrs`, with `extra`
+/// merged into the cluster.
+pub(crate) async fn one_cluster_client(
+    addrs: &[std::net::SocketAddr],
+    extra: serde_json::Value,
+) -> mesh_tower::MeshClient {
+    use mesh_test_support::static_json::{cluster, listener, resources};
+    static_client(resources(
+        &[listener(
+            "svc:80",
+            serde_json::json!([{"match": {"prefix": "/"}, "route": {"cluster": "c"}}]),
+            serde_json::json!([]),
+        )],
+        &[cluster("c", addrs, extra)],
+    ))
+    .await
 }
 
 /// Serves `mesh`'s admin endpoint on an ephemeral loopback port.

@@ -3,11 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use mesh_test_support::static_json::{cluster, listener, resources};
 use mesh_test_support::{Backend, Behavior};
 use serde_json::json;
 
-use crate::{Answer, get, static_client};
+use crate::{Answer, get};
 
 async fn concurrent(client: &mesh_tower::MeshClient, n: usize) -> Vec<Answer> {
     let tasks: Vec<_> = (0..n)
@@ -24,18 +23,10 @@ async fn concurrent(client: &mesh_tower::MeshClient, n: usize) -> Vec<Answer> {
 }
 
 async fn client_with(b: &Backend, thresholds: serde_json::Value) -> mesh_tower::MeshClient {
-    static_client(resources(
-        &[listener(
-            "svc:80",
-            json!([{"match": {"prefix": "/"}, "route": {"cluster": "c"}}]),
-            json!([]),
-        )],
-        &[cluster(
-            "c",
-            &[b.addr()],
-            json!({"circuit_breakers": {"thresholds": [thresholds]}}),
-        )],
-    ))
+    crate::one_cluster_client(
+        &[b.addr()],
+        json!({"circuit_breakers": {"thresholds": [thresholds]}}),
+    )
     .await
 }
 

@@ -515,7 +515,7 @@ fn every_cluster_policy() {
         "gRFC A52: the first supported policy, through wrr_locality"
     );
     assert!(
-        matches!(&cluster(&r, "dns").discovery, Discovery::Dns { hosts, logical: false } if hosts[0] == ("details.local".into(), 9080))
+        matches!(&cluster(&r, "dns").discovery, Discovery::Dns { hosts, logical: false, .. } if hosts[0] == ("details.local".into(), 9080))
     );
 }
 

@@ -34,6 +34,12 @@ pub struct Cluster {
     /// HTTP/2 settings of its connections (`http2_protocol_options`, in the cluster or in
     /// `HttpProtocolOptions`): flow-control windows and PING keepalive.
     pub http2: super::Http2Limits,
+    /// A connection idle this long is not reused (`common_http_protocol_options.idle_timeout`;
+    /// Envoy's default is one hour, which pooled connections here simply outlive unused).
+    pub idle_timeout: Option<Duration>,
+    /// A connection open this long takes no new request
+    /// (`common_http_protocol_options.max_connection_duration`).
+    pub max_connection_duration: Option<Duration>,
 }
 
 impl Cluster {
@@ -62,6 +68,8 @@ pub enum Discovery {
         hosts: Box<[(Box<str>, u16)]>,
         /// Use only the first address (LOGICAL_DNS).
         logical: bool,
+        /// Which addresses of a name are used (`dns_lookup_family`).
+        family: DnsFamily,
     },
     /// Connect to the request's original destination (ORIGINAL_DST, Istio's PassthroughCluster).
     OriginalDst,
@@ -211,4 +219,54 @@ pub enum UpstreamProtocol {
     Downstream,
     /// Negotiated with ALPN (`auto_config`).
     Auto,
+}
+
+/// `dns_lookup_family`: which of a name's addresses a DNS cluster uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DnsFamily {
+    /// Every address the resolver returns, in its order (unset, `AUTO`; Envoy's `AUTO` takes
+    /// IPv6 when there is any, which would leave IPv4-only backends on `localhost` unreached).
+    #[default]
+    Any,
+    /// IPv4 only.
+    V4Only,
+    /// IPv6 only.
+    V6Only,
+    /// IPv4 when there is any, else IPv6.
+    V4Preferred,
+    /// Both, IPv4 first (`ALL`).
+    All,
+}
+
+impl DnsFamily {
+    /// The addresses of one name this family uses, in order.
+    pub fn select(self, addrs: Vec<std::net::SocketAddr>) -> Vec<std::net::SocketAddr> {
+        let (v4, v6): (Vec<_>, Vec<_>) = addrs.iter().partition(|a| a.is_ipv4());
+        match self {
+            Self::Any => addrs,
+            Self::V4Only => v4,
+            Self::V6Only => v6,
+            Self::V4Preferred if !v4.is_empty() => v4,
+            Self::V4Preferred => v6,
+            Self::All => v4.into_iter().chain(v6).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DnsFamily;
+
+    #[test]
+    fn dns_families_select_as_envoy_names_them() {
+        let v4: std::net::SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let v6: std::net::SocketAddr = "[fd00::1]:80".parse().unwrap();
+        let both = vec![v6, v4];
+        assert_eq!(DnsFamily::Any.select(both.clone()), [v6, v4]);
+        assert_eq!(DnsFamily::V4Only.select(both.clone()), [v4]);
+        assert_eq!(DnsFamily::V6Only.select(both.clone()), [v6]);
+        assert_eq!(DnsFamily::V4Preferred.select(both.clone()), [v4]);
+        assert_eq!(DnsFamily::V4Preferred.select(vec![v6]), [v6]);
+        assert_eq!(DnsFamily::All.select(both), [v4, v6]);
+    }
 }

@@ -302,6 +302,8 @@ pub struct JwtProvider {
     pub from_headers: Box<[(http::HeaderName, Box<str>)]>,
     /// Query parameters carrying the token (default `access_token`).
     pub from_params: Box<[Box<str>]>,
+    /// Cookies carrying the token (none by default).
+    pub from_cookies: Box<[Box<str>]>,
     /// Keep the token in the request forwarded upstream.
     pub forward: bool,
     /// Put the base64url payload in this header.
@@ -325,6 +327,7 @@ impl JwtProvider {
             jwks,
             from_headers: Box::new([]),
             from_params: Box::new([]),
+            from_cookies: Box::new([]),
             forward: false,
             forward_payload_header: None,
             claim_to_headers: Box::new([]),

@@ -274,12 +274,12 @@ pub struct Http2Limits {
 /// reaches the application (it would otherwise let any caller claim a certificate).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ForwardClientCert {
-    /// Removed (Envoy's default, `SANITIZE`; and `SANITIZE_SET`, whose setting of the
-    /// header with the verified peer's details is not done here).
+    /// Removed (Envoy's default, `SANITIZE`; and `SANITIZE_SET` and `APPEND_FORWARD`, whose
+    /// adding of the verified peer's details is not done here: forwarding the caller's header
+    /// alone would hand the application a peer the caller chose).
     #[default]
     Sanitize,
-    /// Kept on mTLS connections, removed otherwise (`FORWARD_ONLY`, `APPEND_FORWARD`; the
-    /// appending is not done here).
+    /// Kept on mTLS connections, removed otherwise (`FORWARD_ONLY`).
     ForwardOnMtls,
     /// Always kept (`ALWAYS_FORWARD_ONLY`).
     Always,

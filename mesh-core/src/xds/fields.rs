@@ -107,10 +107,15 @@ impl fmt::Display for UnappliedField {
 /// The unapplied fields of one resource (shared by every state that carries it).
 pub type UnappliedFields = Arc<[UnappliedField]>;
 
-/// At most this many fields are listed per resource; an endpoint list that sets an unapplied
-/// field on each of ten thousand endpoints is reported once per path already (indices of
-/// repeated implemented fields are kept), so this only bounds the pathological case.
+/// At most this many fields of each class are listed per resource: indices of repeated
+/// fields are kept in paths, so an endpoint list that sets an inert field on each of ten
+/// thousand endpoints would otherwise list ten thousand. The classes are capped separately,
+/// so inert fields can never crowd out the ignored one strict mode refuses.
 const MAX_REPORTED: usize = 100;
+
+/// Nesting deeper than this is not walked (prost decodes at most 100 levels; an `Any` the
+/// translator never decodes could otherwise nest without bound, and the walk recurses).
+const MAX_DEPTH: usize = 100;
 
 /// The fields `bytes`, an encoded resource of type `ty`, sets without this client applying
 /// them. Malformed bytes yield what could be read: the translator has decoded them already.
@@ -124,12 +129,14 @@ pub fn unapplied(ty: ResourceType, bytes: &[u8]) -> UnappliedFields {
     };
     let mut walk = Walk {
         table,
-        resource: ty,
+        context: Context::Resource(ty),
         path: Vec::new(),
-        out: Vec::new(),
+        ignored: Vec::new(),
+        inert: Vec::new(),
     };
     walk.message(root, bytes);
-    walk.out.into()
+    walk.ignored.append(&mut walk.inert);
+    walk.ignored.into()
 }
 
 /// Whether any of `fields` changes traffic (what strict mode refuses).
@@ -144,7 +151,10 @@ const TYPE_PREFIX: &str = "type.googleapis.com/";
 const LB_POLICY_ENTRY: &str = "envoy.config.core.v3.TypedExtensionConfig";
 
 /// Types the translator accepts in an `Any` that have no fields to classify.
-const FIELDLESS_TYPES: &[&str] = &["envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"];
+const FIELDLESS_TYPES: &[&str] = &[
+    "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer",
+    "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate",
+];
 
 /// Why an `Any` of type `ty` is reported: nothing here implements that type. Where the
 /// translator refuses such a type (a required HTTP filter, a transport socket) the resource is
@@ -198,9 +208,10 @@ pub(crate) struct Field {
     pub(crate) name: &'static str,
     /// The class wherever the message is read...
     pub(crate) class: FieldClass,
-    /// ... except in resources of one type (`@Cluster=ignored: why` in the table): a message
-    /// both sides read (HTTP/2 options) may be applied by one only.
-    pub(crate) exception: Option<Exception>,
+    /// ... except in these contexts (`@Cluster=ignored,ApiListener=inert: why` in the table):
+    /// a message both sides read (HTTP/2 options, the connection manager) may be applied by
+    /// one only.
+    pub(crate) exceptions: &'static [Exception],
     pub(crate) note: &'static str,
     shape: Shape,
     repeated: bool,
@@ -208,8 +219,27 @@ pub(crate) struct Field {
     implicit: bool,
 }
 
-/// A field's class in resources of one type, where it differs from its class elsewhere.
-pub(crate) type Exception = (ResourceType, FieldClass);
+/// A field's class in one context, where it differs from its class elsewhere.
+pub(crate) type Exception = (Context, FieldClass);
+
+/// Where in a resource a message is read, for the classes that depend on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Context {
+    /// Anywhere in a resource of this type (a listener's filter chains, for listeners).
+    Resource(ResourceType),
+    /// Inside a listener's `api_listener`: the client side, where the connection manager's
+    /// settings for downstream connections have no connection to apply to.
+    ApiListener,
+}
+
+impl Context {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Resource(t) => t.short_name(),
+            Self::ApiListener => "ApiListener",
+        }
+    }
+}
 
 /// What a field's bytes hold, as far as the walk cares.
 #[derive(Debug, Clone, Copy)]
@@ -265,7 +295,7 @@ impl Table {
         pool: &DescriptorPool,
     ) -> Result<Self, Vec<String>> {
         let mut errors = Vec::new();
-        type Listed = (&'static str, FieldClass, Option<Exception>, &'static str);
+        type Listed = (&'static str, FieldClass, &'static [Exception], &'static str);
         let mut sections: Vec<(&'static str, usize, Vec<Listed>)> = Vec::new();
         for (n, line) in source.lines().enumerate() {
             let line_no = n + 1;
@@ -289,17 +319,17 @@ impl Table {
             let note = parts.next().unwrap_or_default().trim();
             match FieldClass::parse(class) {
                 Some(c) => {
-                    let (exception, note) = match exception(note) {
+                    let (exceptions, note) = match exceptions(note) {
                         Ok(x) => x,
                         Err(e) => {
                             errors.push(format!("line {line_no}: {field}: {e}"));
-                            (None, note)
+                            (&[][..], note)
                         }
                     };
-                    if (c != FieldClass::Implemented || exception.is_some()) && note.is_empty() {
+                    if (c != FieldClass::Implemented || !exceptions.is_empty()) && note.is_empty() {
                         errors.push(format!("line {line_no}: {field}: a {c} field needs a note"));
                     }
-                    fields.push((field, c, exception, note));
+                    fields.push((field, c, exceptions, note));
                 }
                 None => errors.push(format!("line {line_no}: {field}: unknown class {class:?}")),
             }
@@ -319,7 +349,7 @@ impl Table {
                 continue;
             };
             let mut fields = Vec::with_capacity(listed.len());
-            for &(field, class, exception, note) in listed {
+            for &(field, class, exceptions, note) in listed {
                 let Some(fd) = desc.get_field_by_name(field) else {
                     errors.push(format!("{name}: no field {field}"));
                     continue;
@@ -329,7 +359,9 @@ impl Table {
                     continue;
                 }
                 let applied_somewhere = class == FieldClass::Implemented
-                    || exception.is_some_and(|(_, c)| c == FieldClass::Implemented);
+                    || exceptions
+                        .iter()
+                        .any(|(_, c)| *c == FieldClass::Implemented);
                 let shape = if applied_somewhere {
                     shape(&fd.kind(), fd.is_map(), &by_name)
                 } else {
@@ -339,7 +371,7 @@ impl Table {
                     number: fd.number(),
                     name: field,
                     class,
-                    exception,
+                    exceptions,
                     note,
                     shape,
                     repeated: fd.cardinality() == Cardinality::Repeated,
@@ -457,40 +489,45 @@ impl Table {
 }
 
 impl Field {
-    /// Its class in a resource of type `ty`.
-    fn class_in(&self, ty: ResourceType) -> FieldClass {
-        match self.exception {
-            Some((t, c)) if t == ty => c,
-            _ => self.class,
-        }
+    /// Its class in context `cx`.
+    fn class_in(&self, cx: Context) -> FieldClass {
+        self.exceptions
+            .iter()
+            .find(|(c, _)| *c == cx)
+            .map_or(self.class, |(_, class)| *class)
     }
 
     #[cfg(test)]
     fn applied_somewhere(&self) -> bool {
         self.class == FieldClass::Implemented
             || self
-                .exception
-                .is_some_and(|(_, c)| c == FieldClass::Implemented)
+                .exceptions
+                .iter()
+                .any(|(_, c)| *c == FieldClass::Implemented)
     }
 }
 
-/// Splits `@Cluster=ignored: why` off a note: the class in resources of that type.
-fn exception(note: &'static str) -> Result<(Option<Exception>, &'static str), String> {
+/// Splits `@Cluster=ignored,ApiListener=inert: why` off a note: the class in those contexts.
+/// The list is leaked once, when the table is compiled (it lives as long as the table).
+fn exceptions(note: &'static str) -> Result<(&'static [Exception], &'static str), String> {
+    const FORM: &str = "exceptions are written `@Context=class,Context=class: why`";
     let Some(rest) = note.strip_prefix('@') else {
-        return Ok((None, note));
+        return Ok((&[], note));
     };
-    let (head, why) = rest
-        .split_once(':')
-        .ok_or("an exception is written `@Type=class: why`")?;
-    let (ty, class) = head
-        .split_once('=')
-        .ok_or("an exception is written `@Type=class: why`")?;
-    let ty = ResourceType::ALL
-        .into_iter()
-        .find(|t| t.short_name() == ty)
-        .ok_or_else(|| format!("unknown resource type {ty:?}"))?;
-    let class = FieldClass::parse(class).ok_or_else(|| format!("unknown class {class:?}"))?;
-    Ok((Some((ty, class)), why.trim()))
+    let (head, why) = rest.split_once(':').ok_or(FORM)?;
+    let mut out = Vec::new();
+    for item in head.split(',') {
+        let (cx, class) = item.trim().split_once('=').ok_or(FORM)?;
+        let cx = ResourceType::ALL
+            .into_iter()
+            .map(Context::Resource)
+            .chain([Context::ApiListener])
+            .find(|c| c.name() == cx)
+            .ok_or_else(|| format!("unknown context {cx:?}"))?;
+        let class = FieldClass::parse(class).ok_or_else(|| format!("unknown class {class:?}"))?;
+        out.push((cx, class));
+    }
+    Ok((Vec::leak(out), why.trim()))
 }
 
 /// Messages the walk never enters: Google's well-known types (durations, wrappers, `Struct`)
@@ -537,10 +574,11 @@ enum Segment {
 
 struct Walk<'t> {
     table: &'t Table,
-    /// The type of the resource walked (see [`Field::exception`]).
-    resource: ResourceType,
+    /// Where the walk is (see [`Field::exceptions`]).
+    context: Context,
     path: Vec<Segment>,
-    out: Vec<UnappliedField>,
+    ignored: Vec<UnappliedField>,
+    inert: Vec<UnappliedField>,
 }
 
 /// One field occurrence on the wire.
@@ -585,6 +623,9 @@ fn next_field<'b>(buf: &mut &'b [u8]) -> Option<Occurrence<'b>> {
 
 impl Walk<'_> {
     fn message(&mut self, index: usize, mut buf: &[u8]) {
+        if self.path.len() > MAX_DEPTH {
+            return;
+        }
         let msg = &self.table.messages[index];
         // Occurrences so far of each field number, for the indices of repeated fields.
         let mut counts: Vec<(u32, u32)> = Vec::new();
@@ -614,7 +655,7 @@ impl Walk<'_> {
             if field.implicit && occ.is_default {
                 continue;
             }
-            match field.class_in(self.resource) {
+            match field.class_in(self.context) {
                 FieldClass::Implemented | FieldClass::Rejected => {}
                 class => {
                     if seen == 0 {
@@ -629,6 +670,11 @@ impl Walk<'_> {
                 Shape::Message(_) | Shape::Any | Shape::Map(_) => field.shape,
             };
             self.path.push(Segment::Field(field.name));
+            // Entering the client side of a listener.
+            let outer = self.context;
+            if msg.name == "envoy.config.listener.v3.Listener" && field.name == "api_listener" {
+                self.context = Context::ApiListener;
+            }
             match descend {
                 Shape::Map(value) => self.map_entry(value, bytes),
                 shape => {
@@ -655,6 +701,7 @@ impl Walk<'_> {
                     }
                 }
             }
+            self.context = outer;
             self.path.pop();
         }
     }
@@ -725,7 +772,12 @@ impl Walk<'_> {
     }
 
     fn report(&mut self, class: FieldClass, note: Cow<'static, str>, last: Segment) {
-        if self.out.len() >= MAX_REPORTED {
+        let out = if class == FieldClass::Ignored {
+            &mut self.ignored
+        } else {
+            &mut self.inert
+        };
+        if out.len() >= MAX_REPORTED {
             return;
         }
         let mut path = String::new();
@@ -751,7 +803,12 @@ impl Walk<'_> {
                 }
             }
         }
-        self.out.push(UnappliedField {
+        let out = if class == FieldClass::Ignored {
+            &mut self.ignored
+        } else {
+            &mut self.inert
+        };
+        out.push(UnappliedField {
             path: path.into(),
             class,
             note,
@@ -799,10 +856,15 @@ pub fn support_table_markdown() -> String {
         // Declaration order reads like the proto file.
         for fd in desc.fields() {
             if let Some(f) = m.fields.iter().find(|f| f.number == fd.number()) {
-                let class = match f.exception {
-                    Some((ty, c)) => format!("{} ({ty}: {c})", f.class),
-                    None => f.class.to_string(),
-                };
+                let mut class = f.class.to_string();
+                if !f.exceptions.is_empty() {
+                    let list: Vec<String> = f
+                        .exceptions
+                        .iter()
+                        .map(|(cx, c)| format!("{}: {c}", cx.name()))
+                        .collect();
+                    class = format!("{class} ({})", list.join(", "));
+                }
                 let _ = writeln!(
                     out,
                     "| `{}` | {class} | {} |",

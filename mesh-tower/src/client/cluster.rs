@@ -88,6 +88,8 @@ impl ClusterRuntime {
                 settings: ConnectSettings {
                     connect_timeout: config.connect_timeout,
                     max_requests_per_connection: None,
+                    idle_timeout: None,
+                    max_connection_duration: None,
                     http2: Default::default(),
                     transport: Transport::Plain,
                 },
@@ -125,6 +127,8 @@ impl ClusterRuntime {
             locality_weighted: false,
             max_requests_per_connection: settings.max_requests_per_connection,
             http2: settings.http2.clone(),
+            idle_timeout: settings.idle_timeout,
+            max_connection_duration: settings.max_connection_duration,
         });
         let entries: Box<[HostEntry]> = Box::new([HostEntry {
             host,
@@ -196,12 +200,19 @@ impl ClusterRuntime {
             }
         };
         let entries: Vec<HostEntry> = match (&config.discovery, &entry.endpoints) {
-            (Discovery::Dns { hosts, logical }, _) => {
+            (
+                Discovery::Dns {
+                    hosts,
+                    logical,
+                    family,
+                },
+                _,
+            ) => {
                 let mut out = Vec::new();
                 for (name, port) in hosts.iter() {
                     match tokio::net::lookup_host((&**name, *port)).await {
                         Ok(addrs) => {
-                            let addrs: Vec<SocketAddr> = addrs.collect();
+                            let addrs = family.select(addrs.collect());
                             let take = if *logical { 1 } else { addrs.len() };
                             for addr in addrs.into_iter().take(take) {
                                 out.push(HostEntry {
@@ -335,6 +346,8 @@ async fn settings(mesh: &mesh_core::Mesh, c: &Cluster) -> ConnectSettings {
     ConnectSettings {
         connect_timeout: c.connect_timeout,
         max_requests_per_connection: c.max_requests_per_connection,
+        idle_timeout: c.idle_timeout,
+        max_connection_duration: c.max_connection_duration,
         http2: c.http2.clone(),
         transport,
     }

@@ -14,8 +14,8 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use crossbeam_queue::ArrayQueue;
@@ -57,13 +57,71 @@ impl HostActive for Host {
 #[derive(Debug)]
 struct Pool {
     idle: ArrayQueue<H1Conn>,
-    h2: ArcSwapOption<http2::SendRequest<ReqBody>>,
+    h2: ArcSwapOption<H2Conn>,
 }
 
 #[derive(Debug)]
 struct H1Conn {
     tx: http1::SendRequest<ReqBody>,
     used: u32,
+    opened: Instant,
+    /// When it went back to the pool (kept only when an idle timeout applies).
+    idle_since: Option<Instant>,
+}
+
+impl H1Conn {
+    /// Whether the cluster's connection lifetime is over: idle or open too long (Envoy's
+    /// `idle_timeout` and `max_connection_duration`, checked when the connection would be
+    /// reused, so no timer runs per connection).
+    fn expired(&self, s: &ConnectSettings) -> bool {
+        s.idle_timeout
+            .zip(self.idle_since)
+            .is_some_and(|(t, since)| since.elapsed() >= t)
+            || s.max_connection_duration
+                .is_some_and(|d| self.opened.elapsed() >= d)
+    }
+}
+
+/// The shared HTTP/2 connection to a host, with what its lifetime limits need.
+#[derive(Debug)]
+struct H2Conn {
+    tx: http2::SendRequest<ReqBody>,
+    opened: Instant,
+    /// Streams started on it (counted only under `max_requests_per_connection`).
+    streams: AtomicU32,
+    /// Milliseconds after `opened` when it last carried a stream (kept only under an idle
+    /// timeout).
+    last_used_ms: AtomicU64,
+}
+
+impl H2Conn {
+    /// Whether new streams should go to a new connection: this one is closed, idle or open
+    /// too long, or has carried its share of requests. It is not closed here: streams in
+    /// flight finish, and it closes when the last of them drops it.
+    fn spent(&self, s: &ConnectSettings) -> bool {
+        if self.tx.is_closed() {
+            return true;
+        }
+        let age = || self.opened.elapsed();
+        s.max_connection_duration.is_some_and(|d| age() >= d)
+            || s.max_requests_per_connection
+                .is_some_and(|max| self.streams.load(Ordering::Relaxed) >= max)
+            || s.idle_timeout.is_some_and(|t| {
+                let last = Duration::from_millis(self.last_used_ms.load(Ordering::Relaxed));
+                age().saturating_sub(last) >= t
+            })
+    }
+
+    /// Records a stream starting.
+    fn used(&self, s: &ConnectSettings) {
+        if s.max_requests_per_connection.is_some() {
+            self.streams.fetch_add(1, Ordering::Relaxed);
+        }
+        if s.idle_timeout.is_some() {
+            let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+            self.last_used_ms.store(ms, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Which HTTP version an attempt speaks upstream.
@@ -78,6 +136,10 @@ pub(crate) enum Protocol {
 pub(crate) struct ConnectSettings {
     pub(crate) connect_timeout: Duration,
     pub(crate) max_requests_per_connection: Option<u32>,
+    /// Connections idle this long are not reused (`idle_timeout`).
+    pub(crate) idle_timeout: Option<Duration>,
+    /// Connections open this long take no new requests (`max_connection_duration`).
+    pub(crate) max_connection_duration: Option<Duration>,
     /// Windows and PING keepalive of HTTP/2 connections.
     pub(crate) http2: Http2Limits,
     pub(crate) transport: Transport,
@@ -95,6 +157,8 @@ impl PartialEq for ConnectSettings {
     fn eq(&self, other: &Self) -> bool {
         self.connect_timeout == other.connect_timeout
             && self.max_requests_per_connection == other.max_requests_per_connection
+            && self.idle_timeout == other.idle_timeout
+            && self.max_connection_duration == other.max_connection_duration
             && self.http2 == other.http2
             && match (&self.transport, &other.transport) {
                 (Transport::Plain, Transport::Plain) => true,
@@ -240,6 +304,7 @@ impl Host {
         let reusable = settings
             .max_requests_per_connection
             .is_none_or(|max| conn.used < max);
+        let idle_timeout = settings.idle_timeout.is_some();
         if rsp.is_ok() && reusable {
             // Always through the task, never `is_ready()` first (tried: it saved a task per
             // request): hyper's HTTP/1 client is ready for the next request as soon as this
@@ -247,6 +312,7 @@ impl Host {
             // the caller may still drop unread, which closes the connection under it.
             tokio::spawn(async move {
                 if conn.tx.ready().await.is_ok() {
+                    conn.idle_since = idle_timeout.then(Instant::now);
                     host.release(conn, &counters);
                 }
             });
@@ -268,7 +334,7 @@ impl Host {
     ) -> Result<H1Conn, SendError> {
         // The common case, without registering for a wake-up (which takes Notify's lock).
         while let Some(c) = self.pool.idle.pop() {
-            if c.tx.is_ready() {
+            if c.tx.is_ready() && !c.expired(settings) {
                 return Ok(c);
             }
         }
@@ -279,7 +345,7 @@ impl Host {
             tokio::pin!(freed);
             freed.as_mut().enable();
             while let Some(c) = self.pool.idle.pop() {
-                if c.tx.is_ready() {
+                if c.tx.is_ready() && !c.expired(settings) {
                     return Ok(c);
                 }
             }
@@ -303,7 +369,12 @@ impl Host {
         counters: &Arc<Counters>,
     ) -> Result<H1Conn, SendError> {
         let tx = open(self.addr, settings, counters, http1::handshake).await?;
-        Ok(H1Conn { tx, used: 0 })
+        Ok(H1Conn {
+            tx,
+            used: 0,
+            opened: Instant::now(),
+            idle_since: None,
+        })
     }
 
     async fn send_h2(
@@ -313,11 +384,14 @@ impl Host {
         counters: &Arc<Counters>,
         limits: &CircuitBreakers,
     ) -> Result<Response<Incoming>, SendError> {
-        let mut tx = match self.pool.h2.load_full() {
-            Some(tx) if !tx.is_closed() => http2::SendRequest::clone(&tx),
+        let conn = match self.pool.h2.load_full() {
+            Some(c) if !c.spent(settings) => c,
             // Boxed for the same reason as `open_h1`: only the first request connects.
             _ => Box::pin(self.connect_h2(settings, counters, limits)).await?,
         };
+        conn.used(settings);
+        let mut tx = http2::SendRequest::clone(&conn.tx);
+        drop(conn);
         // Waits for stream capacity (the server's SETTINGS_MAX_CONCURRENT_STREAMS).
         tx.ready().await.map_err(SendError::classify)?;
         tx.send_request(req).await.map_err(SendError::classify)
@@ -328,13 +402,19 @@ impl Host {
         settings: &ConnectSettings,
         counters: &Arc<Counters>,
         limits: &CircuitBreakers,
-    ) -> Result<http2::SendRequest<ReqBody>, SendError> {
+    ) -> Result<Arc<H2Conn>, SendError> {
         loop {
             let freed = counters.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            if let Some(tx) = self.pool.h2.load_full().filter(|t| !t.is_closed()) {
-                return Ok(http2::SendRequest::clone(&tx));
+            match self.pool.h2.load_full() {
+                Some(c) if !c.spent(settings) => return Ok(c),
+                // Out of the pool, so it closes once its last stream ends and gives its
+                // connection slot back (kept, it would hold the slot a replacement waits for).
+                Some(spent) => {
+                    self.pool.h2.compare_and_swap(&spent, None);
+                }
+                None => {}
             }
             if counters.try_connection(limits) {
                 let tx = open(self.addr, settings, counters, |io| {
@@ -343,8 +423,14 @@ impl Host {
                 .await?;
                 // Concurrent first requests may each connect; the last one stored is shared and
                 // the others close when their request ends.
-                self.pool.h2.store(Some(Arc::new(tx.clone())));
-                return Ok(tx);
+                let conn = Arc::new(H2Conn {
+                    tx,
+                    opened: Instant::now(),
+                    streams: AtomicU32::new(0),
+                    last_used_ms: AtomicU64::new(0),
+                });
+                self.pool.h2.store(Some(conn.clone()));
+                return Ok(conn);
             }
             let _pending = counters.try_pending(limits).ok_or(SendError::Overflow)?;
             freed.await;

@@ -102,6 +102,8 @@ impl Passthrough {
         let settings = ConnectSettings {
             connect_timeout: CONNECT_TIMEOUT,
             max_requests_per_connection: None,
+            idle_timeout: None,
+            max_connection_duration: None,
             http2: Default::default(),
             transport: if https {
                 tls(authority, protocol)

@@ -489,12 +489,15 @@ struct Token {
 enum Location {
     Header(HeaderName),
     Query,
+    /// A cookie: left in place once verified, as Envoy does.
+    Cookie,
 }
 
-/// The provider's token in the request, from its locations in order (Envoy's default:
-/// `Authorization: Bearer …`, then the `access_token` query parameter).
+/// The provider's token in the request, from its locations in order: headers, query
+/// parameters, cookies (Envoy's default when none is configured: `Authorization: Bearer …`,
+/// then the `access_token` query parameter).
 fn extract<B>(p: &JwtProvider, req: &http::Request<B>) -> Option<Token> {
-    if p.from_headers.is_empty() && p.from_params.is_empty() {
+    if p.from_headers.is_empty() && p.from_params.is_empty() && p.from_cookies.is_empty() {
         return header_token(req, &http::header::AUTHORIZATION, "Bearer ")
             .or_else(|| query_token(req, "access_token"));
     }
@@ -505,6 +508,29 @@ fn extract<B>(p: &JwtProvider, req: &http::Request<B>) -> Option<Token> {
             p.from_params
                 .iter()
                 .find_map(|param| query_token(req, param))
+        })
+        .or_else(|| p.from_cookies.iter().find_map(|c| cookie_token(req, c)))
+}
+
+/// The token in cookie `name`, from the first `Cookie` header that has it.
+fn cookie_token<B>(req: &http::Request<B>, name: &str) -> Option<Token> {
+    req.headers()
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            // One enclosing pair of quotes is removed, as Envoy's cookie parser does.
+            let v = v.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|q| q.strip_suffix('"'))
+                .unwrap_or(v);
+            (k.trim() == name && !v.is_empty()).then(|| Token {
+                value: v.to_owned(),
+                location: Location::Cookie,
+            })
         })
 }
 

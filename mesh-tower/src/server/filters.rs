@@ -13,7 +13,8 @@ use std::sync::Arc;
 use http::{HeaderName, HeaderValue, Request, StatusCode};
 use mesh_core::model::{
     ClientAddress, FilterConfig, FilterOverride, ForwardClientCert, HttpConnectionManager,
-    JwtPerRoute, PathNormalization, RbacFilter, RequestView, Route, RouteSource, RouteTable,
+    JwtPerRoute, LocalRateLimit, PathNormalization, RbacFilter, RequestView, RouteSource,
+    RouteTable,
 };
 
 use super::ext_authz::{Decision, ExtAuthzFilter};
@@ -73,15 +74,17 @@ enum Kind {
 }
 
 struct RouteLimit {
-    /// The route's address: routes live in `HttpFilters::routes`, which this owns, so the
-    /// address names one route for as long as this exists. It is only compared.
-    route: usize,
+    /// The override's address: overrides live in `HttpFilters::routes`, which this owns, so
+    /// the address names one override (a route's, or a virtual host's shared by its routes,
+    /// as Envoy gives each per-route config its own bucket) for as long as this exists. It is
+    /// only compared.
+    config: usize,
     filter: Arc<str>,
     limiter: RateLimiter,
 }
 
-fn address(r: &Route) -> usize {
-    r as *const Route as usize
+fn address(c: &Arc<LocalRateLimit>) -> usize {
+    Arc::as_ptr(c) as usize
 }
 
 /// What the server needs to build filters.
@@ -128,22 +131,20 @@ impl HttpFilters {
             .collect();
         let routes = match &hcm.routes {
             RouteSource::Inline(t) => Some(t.clone()),
-            RouteSource::Rds(name) => {
-                tracing::warn!(route_config = %name, "inbound routes over RDS are not followed; per-route filter settings do not apply");
-                None
-            }
+            // The translator refuses RDS on server chains (routes inline only).
+            RouteSource::Rds(_) => None,
         };
         let mut route_limits = Vec::new();
         for vh in routes.iter().flat_map(|t| t.virtual_hosts.iter()) {
-            for route in vh.routes.iter() {
-                for (name, o) in route.filter_overrides.0.iter() {
-                    if let FilterOverride::Config(FilterConfig::LocalRateLimit(rl)) = o {
-                        route_limits.push(RouteLimit {
-                            route: address(route),
-                            filter: name.clone(),
-                            limiter: RateLimiter::new(rl.clone()),
-                        });
-                    }
+            let overrides = std::iter::once(&vh.filter_overrides)
+                .chain(vh.routes.iter().map(|r| &r.filter_overrides));
+            for (name, o) in overrides.flat_map(|o| o.0.iter()) {
+                if let FilterOverride::Config(FilterConfig::LocalRateLimit(rl)) = o {
+                    route_limits.push(RouteLimit {
+                        config: address(rl),
+                        filter: name.clone(),
+                        limiter: RateLimiter::new(rl.clone()),
+                    });
                 }
             }
         }
@@ -233,11 +234,11 @@ impl HttpFilters {
                     }
                 }
                 Kind::RateLimit(listener_level) => {
-                    let limiter = match (replaced, route) {
-                        (Some(FilterConfig::LocalRateLimit(_)), Some((_, r))) => self
+                    let limiter = match replaced {
+                        Some(FilterConfig::LocalRateLimit(rl)) => self
                             .route_limits
                             .iter()
-                            .find(|l| l.route == address(r) && l.filter == f.name)
+                            .find(|l| l.config == address(rl) && l.filter == f.name)
                             .map_or(listener_level, |l| &l.limiter),
                         _ => listener_level,
                     };

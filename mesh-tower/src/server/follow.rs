@@ -107,7 +107,9 @@ fn mismatch(l: &mesh_core::model::Listener, local: SocketAddr) -> Option<String>
         return Some(format!("{} is an API listener, not a server's", l.name));
     };
     let want = s.address?;
-    let ip_matches = want.ip() == local.ip() || want.ip().is_unspecified();
+    // An IPv4-mapped IPv6 address is its IPv4 address.
+    let ip_matches =
+        want.ip().to_canonical() == local.ip().to_canonical() || want.ip().is_unspecified();
     (want.port() != local.port() || !ip_matches).then(|| {
         format!(
             "inbound listener {} is for {want}, but this server listens on {local}",

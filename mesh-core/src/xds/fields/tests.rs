@@ -138,19 +138,19 @@ fn nested_paths_name_indices_and_map_keys() {
     };
     let got = unapplied(ResourceType::Listener, &l.encode_to_vec());
     assert_eq!(
-        paths(&got)[2..],
+        paths(&got)[..1],
         [(
             "filter_chains[1].filters[0].typed_config.server_name",
             FieldClass::Ignored
         )]
     );
     assert_eq!(
-        paths(&got)[..2],
+        paths(&got)[1..],
         [
             ("filter_chains[0].filters[0].name", FieldClass::Inert),
             ("filter_chains[1].filters[0].name", FieldClass::Inert)
         ],
-        "inert fields are listed too, each occurrence under its own index"
+        "inert fields are listed too (after the ignored ones), each under its own index"
     );
 
     // A map entry of a type the table lacks is named by its key.
@@ -193,4 +193,115 @@ fn malformed_bytes_do_not_panic() {
             let _ = unapplied(ty, bytes);
         }
     }
+}
+
+/// However many inert fields a resource sets, the ignored one is still listed (strict mode
+/// reads the list), and a deep nesting of `Any`s the translator never reads stops the walk
+/// rather than the process.
+#[test]
+fn inert_fields_cannot_hide_an_ignored_one_and_depth_is_bounded() {
+    use envoy_types::pb::envoy::config::core::v3::Metadata;
+    use envoy_types::pb::envoy::config::endpoint::v3::{
+        ClusterLoadAssignment, LbEndpoint, LocalityLbEndpoints, cluster_load_assignment::Policy,
+    };
+    let many = LocalityLbEndpoints {
+        lb_endpoints: (0..300)
+            .map(|_| LbEndpoint {
+                metadata: Some(Metadata {
+                    filter_metadata: [("istio".to_owned(), Default::default())].into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let cla = ClusterLoadAssignment {
+        cluster_name: "c".into(),
+        endpoints: vec![many],
+        policy: Some(Policy {
+            drop_overloads: vec![Default::default()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let got = unapplied(ResourceType::ClusterLoadAssignment, &cla.encode_to_vec());
+    assert_eq!(
+        any_ignored(&got).map(|f| &*f.path),
+        Some("policy.drop_overloads")
+    );
+    assert!(got.len() <= 2 * MAX_REPORTED, "{}", got.len());
+
+    // An HTTP RBAC config of ever deeper `not_rule`s under a protocol-options key the
+    // translator does not read: the walk enters it (its type is in the table) and stops.
+    use envoy_types::pb::envoy::config::rbac::v3::{Permission, permission::Rule};
+    // Encoded by hand, level by level: field 8 (`not_rule`) around the previous level.
+    let mut nested = Permission {
+        rule: Some(Rule::Any(true)),
+    }
+    .encode_to_vec();
+    for _ in 0..5_000 {
+        let mut outer = Vec::new();
+        prost::encoding::encode_key(8, prost::encoding::WireType::LengthDelimited, &mut outer);
+        prost::encoding::encode_varint(nested.len() as u64, &mut outer);
+        outer.extend(&nested);
+        nested = outer;
+    }
+    let c = Cluster {
+        name: "a".into(),
+        typed_extension_protocol_options: [(
+            "other".to_owned(),
+            envoy_types::pb::google::protobuf::Any {
+                type_url: "type.googleapis.com/envoy.config.rbac.v3.Permission".into(),
+                value: nested,
+            },
+        )]
+        .into(),
+        ..Default::default()
+    };
+    let _ = unapplied(ResourceType::Cluster, &cluster_bytes(&c));
+}
+
+/// A connection manager's settings for downstream connections are applied by servers and
+/// mean nothing to a client: the same field is reported inside an API listener only.
+#[test]
+fn classes_follow_the_side_a_message_is_read_on() {
+    use envoy_types::pb::envoy::config::listener::v3::{
+        ApiListener, Filter, FilterChain, Listener, filter,
+    };
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+    let hcm = envoy_types::util::pack_any(HttpConnectionManager {
+        stream_idle_timeout: Some(envoy_types::pb::google::protobuf::Duration {
+            seconds: 5,
+            nanos: 0,
+        }),
+        ..Default::default()
+    });
+    let client = Listener {
+        name: "c".into(),
+        api_listener: Some(ApiListener {
+            api_listener: Some(hcm.clone()),
+        }),
+        ..Default::default()
+    };
+    let got = unapplied(ResourceType::Listener, &client.encode_to_vec());
+    assert_eq!(
+        paths(&got),
+        [(
+            "api_listener.api_listener.stream_idle_timeout",
+            FieldClass::Inert
+        )]
+    );
+    let server = Listener {
+        name: "s".into(),
+        filter_chains: vec![FilterChain {
+            filters: vec![Filter {
+                name: String::new(),
+                config_type: Some(filter::ConfigType::TypedConfig(hcm)),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    assert!(unapplied(ResourceType::Listener, &server.encode_to_vec()).is_empty());
 }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3 as pb;
+use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::extensions::load_balancing_policies as lbp;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
 use prost::Name;
@@ -77,6 +78,18 @@ pub fn cluster(c: &pb::Cluster) -> Result<Cluster, FieldError> {
             Discovery::Dns {
                 hosts: hosts.into(),
                 logical: kind == LOGICAL_DNS,
+                family: match c.dns_lookup_family {
+                    0 => DnsFamily::Any,
+                    1 => DnsFamily::V4Only,
+                    2 => DnsFamily::V6Only,
+                    3 => DnsFamily::V4Preferred,
+                    4 => DnsFamily::All,
+                    n => {
+                        return Err(
+                            FieldError::new(format!("unknown family {n}")).at("dns_lookup_family")
+                        );
+                    }
+                },
             }
         }
         ORIGINAL_DST => Discovery::OriginalDst,
@@ -141,6 +154,7 @@ pub fn cluster(c: &pb::Cluster) -> Result<Cluster, FieldError> {
         }
         (t, _) => t,
     };
+    let (common_http, common_http_at) = common_http_options(c)?;
     Ok(Cluster {
         name: c.name.as_str().into(),
         discovery,
@@ -159,13 +173,53 @@ pub fn cluster(c: &pb::Cluster) -> Result<Cluster, FieldError> {
         protocol: protocol(c)?,
         healthy_panic_threshold,
         locality_weighted,
-        max_requests_per_connection: c
-            .max_requests_per_connection
+        max_requests_per_connection: common_http
             .as_ref()
+            .and_then(|o| o.max_requests_per_connection.as_ref())
+            .or(c.max_requests_per_connection.as_ref())
             .map(|v| v.value)
             .filter(|v| *v > 0),
         http2: http2_options(c)?,
+        idle_timeout: common_http_duration(&common_http, |o| o.idle_timeout.as_ref())
+            .at("idle_timeout")
+            .at(&common_http_at)?,
+        max_connection_duration: common_http_duration(&common_http, |o| {
+            o.max_connection_duration.as_ref()
+        })
+        .at("max_connection_duration")
+        .at(&common_http_at)?,
     })
+}
+
+/// The cluster's `common_http_protocol_options`, from `HttpProtocolOptions` or else the
+/// deprecated cluster field, with the path it was found at.
+fn common_http_options(
+    c: &pb::Cluster,
+) -> Result<(Option<core::HttpProtocolOptions>, String), FieldError> {
+    const KEY: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+    let at = format!("typed_extension_protocol_options[{KEY:?}]");
+    if let Some(any) = c.typed_extension_protocol_options.get(KEY) {
+        let o: HttpProtocolOptions = unpack(any).at(&at)?;
+        if let Some(common) = o.common_http_protocol_options {
+            return Ok((Some(common), format!("{at}.common_http_protocol_options")));
+        }
+    }
+    Ok((
+        c.common_http_protocol_options,
+        "common_http_protocol_options".into(),
+    ))
+}
+
+/// A duration of the common options; zero means none, as in Envoy.
+fn common_http_duration(
+    o: &Option<core::HttpProtocolOptions>,
+    get: impl Fn(&core::HttpProtocolOptions) -> Option<&envoy_types::pb::google::protobuf::Duration>,
+) -> Result<Option<std::time::Duration>, FieldError> {
+    Ok(o.as_ref()
+        .and_then(get)
+        .map(duration)
+        .transpose()?
+        .filter(|d| !d.is_zero()))
 }
 
 /// The cluster's HTTP/2 options: from `HttpProtocolOptions` (whichever protocol choice

@@ -897,6 +897,7 @@ fn jwt_provider(p: &jwt::JwtProvider) -> Result<JwtProvider, FieldError> {
         jwks,
         from_headers,
         from_params: p.from_params.iter().map(|s| s.as_str().into()).collect(),
+        from_cookies: p.from_cookies.iter().map(|s| s.as_str().into()).collect(),
         forward: p.forward,
         forward_payload_header: (!p.forward_payload_header.is_empty())
             .then(|| header_name(&p.forward_payload_header))

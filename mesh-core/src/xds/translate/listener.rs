@@ -112,6 +112,14 @@ pub(crate) fn http_connection_manager(
                 return Err(FieldError::new("must not be empty").at("rds.route_config_name"));
             }
             super::ads_config_source(rds.config_source.as_ref()).at("rds.config_source")?;
+            if side == Side::Server {
+                // The server matches routes for their per-route filter settings (RBAC, JWT,
+                // rate limits); served without them, a per-route policy would be lost.
+                return Err(FieldError::new(
+                    "inbound routes over RDS are not followed; give the route_config inline",
+                )
+                .at("rds"));
+            }
             RouteSource::Rds(rds.route_config_name.as_str().into())
         }
         Some(R::RouteConfig(rc)) => {
@@ -193,8 +201,11 @@ pub(crate) fn http_connection_manager(
         forward_client_cert: {
             use hcm::http_connection_manager::ForwardClientCertDetails as F;
             match F::try_from(h.forward_client_cert_details) {
-                Ok(F::Sanitize | F::SanitizeSet) => ForwardClientCert::Sanitize,
-                Ok(F::ForwardOnly | F::AppendForward) => ForwardClientCert::ForwardOnMtls,
+                // SANITIZE_SET and APPEND_FORWARD add the verified peer's details, which is not
+                // done here: an application reading the last element as its peer (right behind
+                // Envoy) would then read whatever the caller wrote, so the header is removed.
+                Ok(F::Sanitize | F::SanitizeSet | F::AppendForward) => ForwardClientCert::Sanitize,
+                Ok(F::ForwardOnly) => ForwardClientCert::ForwardOnMtls,
                 Ok(F::AlwaysForwardOnly) => ForwardClientCert::Always,
                 Err(_) => {
                     return Err(FieldError::new(format!(

@@ -378,10 +378,31 @@ pub(crate) fn retry_policy(r: &pb::RetryPolicy) -> Result<RetryPolicy, FieldErro
             std::time::Duration::from_millis(250),
         ),
     };
-    let avoid_previous_hosts = r
-        .retry_host_predicate
-        .iter()
-        .any(|p| p.name == "envoy.retry_host_predicates.previous_hosts");
+    // Only the previous-hosts predicate is implemented: named so, or typed so (v3 requires
+    // the typed form; the name alone is what older control planes send). Any other predicate
+    // is refused rather than read as this one.
+    let mut avoid_previous_hosts = false;
+    for (i, p) in r.retry_host_predicate.iter().enumerate() {
+        use envoy_types::pb::envoy::config::route::v3::retry_policy::retry_host_predicate::ConfigType;
+        let typed = p
+            .config_type
+            .as_ref()
+            .map(|ConfigType::TypedConfig(any)| super::effective_type_url(any));
+        let previous_hosts = match typed.as_deref() {
+            Some(t) => {
+                t.ends_with("/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate")
+            }
+            None => p.name == "envoy.retry_host_predicates.previous_hosts",
+        };
+        if !previous_hosts {
+            return Err(FieldError::new(format!(
+                "retry host predicate {} is not supported (previous_hosts only)",
+                typed.unwrap_or_else(|| p.name.clone())
+            ))
+            .at(format!("retry_host_predicate[{i}]")));
+        }
+        avoid_previous_hosts = true;
+    }
     let retriable_status_codes = each("retriable_status_codes", &r.retriable_status_codes, |c| {
         u16::try_from(*c)
             .ok()

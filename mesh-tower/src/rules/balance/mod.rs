@@ -124,8 +124,10 @@ impl LbTable {
             }
         }
         let total_health: u32 = health.iter().sum::<u32>().min(100);
+        // A threshold of 0 turns panic off (Envoy): with no healthy host, nothing is picked
+        // (503 `UH`) rather than every unhealthy one.
         let panic = total_health < cfg.panic_threshold_percent.ceil() as u32
-            || (total_health == 0 && !entries.is_empty());
+            || (total_health == 0 && !entries.is_empty() && cfg.panic_threshold_percent > 0.0);
         let mut loads = vec![0u32; levels];
         if panic {
             // Every host counts; the first priority with hosts takes the traffic.

@@ -172,6 +172,26 @@ fn panic_mode_uses_every_host() {
 }
 
 #[test]
+fn a_zero_panic_threshold_turns_panic_off() {
+    let mut entries: Vec<HostEntry> = (1..=4).map(|p| entry(p, 1, 0)).collect();
+    for e in &mut entries {
+        e.health = HealthStatus::Unhealthy;
+    }
+    let policy = LbPolicy::RoundRobin;
+    let table = LbTable::build(
+        &entries,
+        TableConfig {
+            panic_threshold_percent: 0.0,
+            ..cfg(&policy)
+        },
+    );
+    assert!(!table.in_panic());
+    assert_eq!(table.pick(&entries, &policy, PickContext::default()), None);
+    // With the default threshold, the same hosts are all used.
+    assert!(LbTable::build(&entries, cfg(&policy)).in_panic());
+}
+
+#[test]
 fn no_hosts_means_no_pick() {
     let table = LbTable::build::<Arc<Host>>(&[], cfg(&LbPolicy::RoundRobin));
     assert_eq!(

@@ -22,6 +22,7 @@ fn provider(issuer: &Issuer) -> JwtProvider {
         jwks: JwksSource::Local(issuer.jwks().into()),
         from_headers: Box::new([]),
         from_params: Box::new([]),
+        from_cookies: Box::new([]),
         forward: false,
         forward_payload_header: None,
         claim_to_headers: Box::new([]),
@@ -229,4 +230,38 @@ fn tokens_are_found_where_providers_look() {
         .body(())
         .unwrap();
     assert_eq!(extract(&p, &req).map(|t| t.value), Some("t0k".to_owned()));
+}
+
+#[tokio::test]
+async fn a_provider_reading_cookies_takes_the_token_from_them_only() {
+    let issuer = Issuer::new("iss");
+    let mut p = provider(&issuer);
+    p.from_cookies = Box::new(["session".into()]);
+    let f = istio_filter(p);
+    let token = issuer.token("alice", serde_json::json!({}));
+    let with_cookie = |cookie: &str| {
+        http::Request::get("http://httpbin:8000/headers")
+            .header("cookie", "theme=dark")
+            .header("cookie", cookie)
+            .body(())
+            .unwrap()
+    };
+    let mut req = with_cookie(&format!("a=b; session={token}; c=d"));
+    assert_eq!(run(&f, &mut req).await.0, Ok(()));
+    assert!(
+        req.headers().get_all("cookie").iter().count() == 2,
+        "a cookie is left in place once verified, as Envoy does"
+    );
+    let mut forged = with_cookie("session=not.a.token");
+    assert_eq!(run(&f, &mut forged).await.0, Err(JwtError::Malformed));
+    // Configured locations replace the defaults: a bearer token alone is no token here.
+    let strict = JwtPerRoute::RequirementName("strict".into());
+    let r = f
+        .authenticate(
+            &mut request(Some(&token)),
+            Some(&strict),
+            &mut Metadata::default(),
+        )
+        .await;
+    assert_eq!(r, Err(JwtError::Missing));
 }
