@@ -568,6 +568,8 @@ fn shape(kind: &Kind, is_map: bool, by_name: &HashMap<&'static str, usize>) -> S
 #[derive(Clone)]
 enum Segment {
     Field(&'static str),
+    /// A field number the descriptors do not know.
+    Number(u32),
     Index(u32),
     Key(String),
 }
@@ -646,7 +648,7 @@ impl Walk<'_> {
                     self.report(
                         FieldClass::Ignored,
                         "a field this client's API version does not know".into(),
-                        Segment::Key(format!("#{}", occ.number)),
+                        Segment::Number(occ.number),
                     );
                 }
                 continue;
@@ -772,48 +774,38 @@ impl Walk<'_> {
     }
 
     fn report(&mut self, class: FieldClass, note: Cow<'static, str>, last: Segment) {
+        let full = path_text(&self.path, &last);
         let out = if class == FieldClass::Ignored {
             &mut self.ignored
         } else {
             &mut self.inert
         };
-        if out.len() >= MAX_REPORTED {
-            return;
+        if out.len() < MAX_REPORTED {
+            out.push(UnappliedField {
+                path: full.into(),
+                class,
+                note,
+            });
         }
-        let mut path = String::new();
-        for seg in self.path.iter().chain(std::iter::once(&last)) {
-            match seg {
-                Segment::Field(f) => {
-                    if !path.is_empty() {
-                        path.push('.');
-                    }
-                    path.push_str(f);
-                }
-                Segment::Index(i) => {
-                    let _ = write!(path, "[{i}]");
-                }
-                Segment::Key(k) if k.starts_with('#') => {
-                    if !path.is_empty() {
-                        path.push('.');
-                    }
-                    path.push_str(k);
-                }
-                Segment::Key(k) => {
-                    let _ = write!(path, "[{k}]");
-                }
-            }
-        }
-        let out = if class == FieldClass::Ignored {
-            &mut self.ignored
-        } else {
-            &mut self.inert
-        };
-        out.push(UnappliedField {
-            path: path.into(),
-            class,
-            note,
-        });
     }
+}
+
+/// `a.b[2]["key"].#9`: the walked path, then `last`.
+fn path_text(path: &[Segment], last: &Segment) -> String {
+    let mut out = String::new();
+    for seg in path.iter().chain(std::iter::once(last)) {
+        match seg {
+            Segment::Field(_) | Segment::Number(_) if !out.is_empty() => out.push('.'),
+            _ => {}
+        }
+        let _ = match seg {
+            Segment::Field(f) => write!(out, "{f}"),
+            Segment::Number(n) => write!(out, "#{n}"),
+            Segment::Index(i) => write!(out, "[{i}]"),
+            Segment::Key(k) => write!(out, "[{k}]"),
+        };
+    }
+    out
 }
 
 /// The support table as Markdown (`docs/xds-support.md`).
